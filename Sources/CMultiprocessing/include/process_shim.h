@@ -1,0 +1,32 @@
+#ifndef MP_PROCESS_SHIM_H
+#define MP_PROCESS_SHIM_H
+#include <sys/types.h>
+
+/// Environment variable naming the bootstrap descriptor of a spawned child.
+#define MP_CHILD_ENV "MULTIPROCESSING_CHILD_FD"
+/// Environment variable naming the control descriptor of a fork server.
+#define MP_FORKSERVER_ENV "MULTIPROCESSING_FORKSERVER_FD"
+
+/// posix_spawn `path` with `argv` and `envp`; `keep_fd` is moved to descriptor 3 in the child and every
+/// other descriptor above 2 is closed; signal dispositions and the signal mask are reset to defaults.
+/// Returns 0 and the pid, or an errno value.
+int mp_spawn(const char *path, char *const argv[], char *const envp[], int keep_fd, pid_t *pid);
+
+/// fork(); in the child, closes the `count` descriptors in `close_fds` before returning 0.
+pid_t mp_fork(const int *close_fds, int count);
+
+/// pidfd_open(2).
+int mp_pidfd_open(pid_t pid);
+/// pidfd_send_signal(2).
+int mp_pidfd_send_signal(int pidfd, int sig);
+/// waitid(P_PIDFD) with WEXITED and, when `nohang`, WNOHANG. Returns 1 and the exit code
+/// (negative signal number when killed) once ended, 0 while running, -1 with errno on error.
+int mp_pidfd_wait(int pidfd, int nohang, int *exit_code);
+/// pipe2(fds, O_CLOEXEC).
+int mp_pipe_cloexec(int fds[2]);
+/// getrandom(2): fills buf with len random bytes; returns the count or -1 with errno.
+long mp_getrandom(void *buf, unsigned long len);
+/// prctl(PR_SET_NAME) best effort, for ps output.
+void mp_set_thread_name(const char *name);
+
+#endif

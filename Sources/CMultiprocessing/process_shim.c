@@ -1,0 +1,93 @@
+#define _GNU_SOURCE
+#include "process_shim.h"
+#include <errno.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Implemented in Swift (ChildEntry.swift, ForkServer.swift). */
+extern void multiprocessing_child_main(int fd);
+extern void multiprocessing_forkserver_main(int fd);
+
+/* Runs before main: a spawned child or a fork server never reaches the program's own code. */
+__attribute__((constructor)) static void mp_dispatch_before_main(void) {
+    const char *child = getenv(MP_CHILD_ENV);
+    if (child != NULL) {
+        int fd = atoi(child);
+        unsetenv(MP_CHILD_ENV);
+        multiprocessing_child_main(fd);
+        _exit(1); /* not reached: the child entry always exits */
+    }
+    const char *server = getenv(MP_FORKSERVER_ENV);
+    if (server != NULL) {
+        int fd = atoi(server);
+        unsetenv(MP_FORKSERVER_ENV);
+        multiprocessing_forkserver_main(fd);
+        _exit(0);
+    }
+}
+
+int mp_spawn(const char *path, char *const argv[], char *const envp[], int keep_fd, pid_t *pid) {
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attr;
+    int rc = posix_spawn_file_actions_init(&actions);
+    if (rc != 0) return rc;
+    rc = posix_spawnattr_init(&attr);
+    if (rc != 0) { posix_spawn_file_actions_destroy(&actions); return rc; }
+    /* dup2 onto the same number clears close-on-exec (POSIX, glibc >= 2.29). */
+    if (keep_fd == 3) rc = posix_spawn_file_actions_adddup2(&actions, 3, 3);
+    else rc = posix_spawn_file_actions_adddup2(&actions, keep_fd, 3);
+    if (rc == 0) rc = posix_spawn_file_actions_addclosefrom_np(&actions, 4);
+    sigset_t all, none;
+    sigfillset(&all);
+    sigdelset(&all, SIGKILL);
+    sigdelset(&all, SIGSTOP);
+    sigemptyset(&none);
+    if (rc == 0) rc = posix_spawnattr_setsigdefault(&attr, &all);
+    if (rc == 0) rc = posix_spawnattr_setsigmask(&attr, &none);
+    if (rc == 0) rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+    if (rc == 0) rc = posix_spawn(pid, path, &actions, &attr, argv, envp);
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+    return rc;
+}
+
+pid_t mp_fork(const int *close_fds, int count) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* The forking thread may be a Dispatch worker, which blocks most signals: a child must start
+           with none blocked, or terminate() would not reach it. */
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        for (int i = 0; i < count; i++) close(close_fds[i]);
+    }
+    return pid;
+}
+
+int mp_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+int mp_pidfd_send_signal(int pidfd, int sig) { return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0); }
+
+int mp_pidfd_wait(int pidfd, int nohang, int *exit_code) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    int flags = WEXITED | (nohang ? WNOHANG : 0);
+    if (waitid((idtype_t)P_PIDFD, (id_t)pidfd, &info, flags) != 0) return -1;
+    if (info.si_pid == 0) return 0;
+    *exit_code = info.si_code == CLD_EXITED ? info.si_status : -info.si_status;
+    return 1;
+}
+
+void mp_set_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }
+
+int mp_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+long mp_getrandom(void *buf, unsigned long len) { return (long)getrandom(buf, len, 0); }

@@ -1,0 +1,87 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMultiprocessing
+
+/// Thin wrappers over the system calls the package uses: EINTR is retried here and nowhere else,
+/// and failures become ``MultiprocessingError`` with the errno.
+enum Syscall {
+    /// Runs `body` until it stops failing with EINTR; returns its result, or throws on another error.
+    @discardableResult
+    static func retrying<T: BinaryInteger>(_ what: @autoclosure () -> String, _ body: () -> T) throws -> T {
+        while true {
+            let result = body()
+            if result >= 0 { return result }
+            let error = errno
+            if error == EINTR { continue }
+            throw MultiprocessingError.system(what(), errno: error)
+        }
+    }
+
+    /// Closes `fd`, ignoring errors (after close the descriptor is gone whatever close returns).
+    static func close(_ fd: Int32) {
+        if fd >= 0 { _ = Glibc.close(fd) }
+    }
+
+    /// A connected pair of Unix stream sockets, both close-on-exec.
+    static func socketPair() throws -> (Int32, Int32) {
+        var fds: [Int32] = [-1, -1]
+        try retrying("socketpair") {
+            socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds)
+        }
+        return (fds[0], fds[1])
+    }
+
+    /// Marks `fd` close-on-exec (or clears the mark).
+    static func setCloseOnExec(_ fd: Int32, _ on: Bool = true) throws {
+        let flags = try retrying("fcntl(F_GETFD)") { fcntl(fd, F_GETFD) }
+        let wanted = on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC
+        try retrying("fcntl(F_SETFD)") { fcntl(fd, F_SETFD, wanted) }
+    }
+
+    /// Duplicates `fd` as a new close-on-exec descriptor.
+    static func duplicate(_ fd: Int32) throws -> Int32 {
+        try retrying("dup") { fcntl(fd, F_DUPFD_CLOEXEC, 0) }
+    }
+
+    /// Waits until one of `fds` is readable (or hung up), or `deadline` passes.
+    /// Returns the indexes of the ready descriptors (empty on timeout). Signals do not cut the wait short.
+    static func pollReadable(_ fds: [Int32], until deadline: Deadline) throws -> [Int] {
+        var entries = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        while true {
+            let count = poll(&entries, nfds_t(entries.count), deadline.pollMilliseconds)
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw MultiprocessingError.system("poll", errno: errno)
+            }
+            if count == 0 {
+                if deadline.hasPassed { return [] }
+                continue
+            }
+            var ready: [Int] = []
+            for (index, entry) in entries.enumerated() where entry.revents != 0 {
+                if entry.revents & Int16(POLLNVAL) != 0 {
+                    throw MultiprocessingError(.invalidArgument, "descriptor \(entry.fd) is not open", errno: EBADF)
+                }
+                ready.append(index)
+            }
+            return ready
+        }
+    }
+
+    /// Writes all of `buffer`, retrying short writes and EINTR. Uses MSG_NOSIGNAL on sockets, so a
+    /// closed peer is an error (EPIPE), never a SIGPIPE death.
+    static func writeAll(_ fd: Int32, _ buffer: UnsafeRawBufferPointer) throws {
+        var offset = 0
+        while offset < buffer.count {
+            let pointer = buffer.baseAddress! + offset
+            var written = send(fd, pointer, buffer.count - offset, Int32(MSG_NOSIGNAL))
+            if written < 0 && errno == ENOTSOCK { written = write(fd, pointer, buffer.count - offset) }
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw MultiprocessingError.system("write", errno: errno)
+            }
+            offset += written
+        }
+    }
+}

@@ -1,0 +1,98 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMultiprocessing
+
+/// What a parent tells a new child: its work and its identity.
+struct ChildBootstrap: Codable, Sendable {
+    var work: TaskEnvelope?
+    var name: String
+    var identity: [Int]
+    var authkey: [UInt8]
+    var daemon: Bool
+    var parentPid: Int32
+    var parentName: String
+    var startMethod: String?
+}
+
+/// The entry of a spawned or forkserver child, called before `main` by the C shim's constructor with
+/// the descriptor of its bootstrap connection. Never returns.
+@_cdecl("multiprocessing_child_main")
+func multiprocessingChildMain(_ fd: Int32) {
+    let bootstrap: ChildBootstrap
+    do {
+        try Syscall.setCloseOnExec(fd)
+        let connection = try Connection(adopting: fd)
+        bootstrap = try connection.recv(ChildBootstrap.self, timeout: .seconds(120))
+        // The connection object is dropped here, but `fd` must stay open for the child's whole life:
+        // it is how the child sees its parent die. Keep it by duplicating before the drop.
+        let kept = try Syscall.duplicate(fd)
+        withExtendedLifetime(connection) {}
+        becomeChild(bootstrap, parentSentinel: kept)
+    } catch {
+        writeToStandardError("multiprocessing: child could not start: \(error)\n")
+        exit(1)
+    }
+    guard let work = bootstrap.work else { exit(0) }
+    runChild { try work.task.run() }
+}
+
+/// Installs a child's identity, and for a daemon a watcher that ends it when the parent dies.
+func becomeChild(_ bootstrap: ChildBootstrap, parentSentinel: Int32) {
+    ProcessState.shared.withLock { state in
+        state = ProcessState()
+        state.name = bootstrap.name
+        state.identity = bootstrap.identity
+        state.authkey = bootstrap.authkey
+        state.daemon = bootstrap.daemon
+        state.parent = ParentProcess(pid: bootstrap.parentPid, name: bootstrap.parentName, sentinel: parentSentinel)
+    }
+    ChildRegistry.forgetInheritedChildren()
+    if let name = bootstrap.startMethod, let method = StartMethod(rawValue: name) {
+        try? setStartMethod(method, force: true)
+    }
+    if bootstrap.daemon { watchParent(parentSentinel) }
+}
+
+/// Runs a child's work and ends the process: 0 on return, 1 (with the error on standard error) on throw.
+func runChild(_ body: () throws -> Void) -> Never {
+    do {
+        try body()
+        ExitHooks.run()
+        fflush(nil)
+        exit(0)
+    } catch {
+        let name = ProcessState.shared.withLock { $0.name }
+        writeToStandardError("Process \(name):\n\(type(of: error)): \(error)\n")
+        ExitHooks.run()
+        fflush(nil)
+        exit(1)
+    }
+}
+
+func writeToStandardError(_ text: String) {
+    var text = text
+    text.withUTF8 { bytes in
+        var offset = 0
+        while offset < bytes.count {
+            let written = write(2, bytes.baseAddress! + offset, bytes.count - offset)
+            if written <= 0 { if errno == EINTR { continue } else { return } }
+            offset += written
+        }
+    }
+}
+
+/// Ends this (daemon) process as soon as its parent dies, however the parent ended: a thread of its
+/// own waits for the bootstrap connection to hang up.
+private func watchParent(_ sentinel: Int32) {
+    var thread = pthread_t()
+    let context = UnsafeMutableRawPointer(bitPattern: Int(sentinel) + 1)
+    pthread_create(&thread, nil, { context in
+        let fd = Int32(Int(bitPattern: context) - 1)
+        mp_set_thread_name("mp-parent-watch")
+        _ = try? Syscall.pollReadable([fd], until: .never)
+        kill(getpid(), SIGKILL)
+        return nil
+    }, context)
+    pthread_detach(thread)
+}

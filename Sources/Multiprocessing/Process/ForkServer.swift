@@ -1,0 +1,202 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMultiprocessing
+import Synchronization
+
+/// The forkserver start method.
+///
+/// A server process, spawned on first use, runs a single-threaded loop before its `main` (so forking it
+/// is safe) and forks a copy of itself for each request. The parent sends the child's bootstrap socket
+/// and the write end of a status pipe (SCM_RIGHTS); the server answers with the pid, reaps the child
+/// when it ends and writes its exit code to the status pipe, which is the child's sentinel.
+/// If the server has died, the next start spawns a new one.
+enum ForkServerLauncher {
+    private struct Server: @unchecked Sendable {
+        var control: Int32 = -1
+        var process: PidfdHandle?
+    }
+
+    private static let server = Mutex(Server())
+
+    /// The running server's pid, if one runs.
+    static var serverPid: Int32? { server.withLock { $0.process?.pid } }
+
+    static func launch(bootstrapEnd: Int32) throws -> any ChildHandle {
+        try server.withLock { server in
+            var lastError: (any Error)?
+            for _ in 0..<2 {
+                do {
+                    if server.control < 0 { server = try startServer() }
+                    return try request(over: server.control, bootstrapEnd: bootstrapEnd)
+                } catch {
+                    lastError = error
+                    stop(&server)
+                }
+            }
+            throw lastError!
+        }
+    }
+
+    /// Closes the control socket (the server exits on EOF) and reaps the server.
+    private static func stop(_ server: inout Server) {
+        Syscall.close(server.control)
+        server.control = -1
+        if let process = server.process {
+            try? process.send(signal: SIGKILL)
+            _ = try? Syscall.pollReadable([process.sentinel], until: .after(.seconds(5)))
+            _ = try? process.exitCode()
+        }
+        server.process = nil
+    }
+
+    private static func startServer() throws -> Server {
+        let (mine, theirs) = try Syscall.socketPair()
+        defer { Syscall.close(theirs) }
+        do {
+            let pid = try SpawnLauncher.spawnSelf(keeping: theirs, variable: MP_FORKSERVER_ENV)
+            return Server(control: mine, process: try PidfdHandle(pid: pid))
+        } catch {
+            Syscall.close(mine)
+            throw error
+        }
+    }
+
+    private static func request(over control: Int32, bootstrapEnd: Int32) throws -> any ChildHandle {
+        var status: [Int32] = [-1, -1]
+        try Syscall.retrying("pipe2") { mp_pipe_cloexec(&status) }
+        defer { Syscall.close(status[1]) }
+        do {
+            var byte: UInt8 = 1
+            let descriptors = [bootstrapEnd, status[1]]
+            let sent = withUnsafeMutableBytes(of: &byte) { raw in
+                var vector = iovec(iov_base: raw.baseAddress, iov_len: 1)
+                return descriptors.withUnsafeBufferPointer { mp_sendmsg_fds(control, &vector, 1, $0.baseAddress, 2) }
+            }
+            if sent != 1 { throw MultiprocessingError.system("fork server request") }
+            var pid: Int32 = 0
+            try readExactly(control, into: &pid)
+            guard pid > 0 else { throw MultiprocessingError(.system, "fork server could not fork", errno: -pid) }
+            return try ForkServerHandle(pid: pid, status: status[0])
+        } catch {
+            Syscall.close(status[0])
+            throw error
+        }
+    }
+}
+
+/// Reads exactly one `T` from `fd`, or throws at end of file.
+func readExactly<T>(_ fd: Int32, into value: inout T) throws {
+    try withUnsafeMutableBytes(of: &value) { raw in
+        var offset = 0
+        while offset < raw.count {
+            let got = read(fd, raw.baseAddress! + offset, raw.count - offset)
+            if got < 0 && errno == EINTR { continue }
+            if got < 0 { throw MultiprocessingError.system("read") }
+            if got == 0 { throw MultiprocessingError(.endOfFile, "peer closed before sending \(raw.count) bytes") }
+            offset += got
+        }
+    }
+}
+
+/// A forkserver child: not our child, so its exit code arrives through the status pipe.
+final class ForkServerHandle: ChildHandle, @unchecked Sendable {
+    let pid: Int32
+    private var status: Int32
+    private var pidfd: Int32
+    private var code: Int32?
+    private var serverLost = false
+
+    init(pid: Int32, status: Int32) throws {
+        self.pid = pid
+        self.status = status
+        pidfd = mp_pidfd_open(pid)
+        if pidfd >= 0 { try? Syscall.setCloseOnExec(pidfd) }
+    }
+
+    /// The status pipe; if the server died, the child's pidfd.
+    var sentinel: Int32 { serverLost ? pidfd : status }
+
+    func exitCode() throws -> Int32? {
+        if let code { return code }
+        if serverLost {
+            // The server died before reporting: once the child has ended, report 255 as Python does.
+            if try pidfd < 0 || !Syscall.pollReadable([pidfd], until: .now).isEmpty { code = 255 }
+            return code
+        }
+        guard try !Syscall.pollReadable([status], until: .now).isEmpty else { return nil }
+        var value: Int32 = 0
+        do {
+            try readExactly(status, into: &value)
+            code = value
+        } catch {
+            serverLost = true
+            return try exitCode()
+        }
+        return code
+    }
+
+    func send(signal: Int32) throws {
+        guard code == nil, pidfd >= 0 else { return }
+        if mp_pidfd_send_signal(pidfd, signal) < 0 && errno != ESRCH {
+            throw MultiprocessingError.system("pidfd_send_signal(\(pid), \(signal))")
+        }
+    }
+
+    func release() {
+        Syscall.close(status)
+        Syscall.close(pidfd)
+        status = -1
+        pidfd = -1
+    }
+
+    deinit { release() }
+}
+
+/// The fork server's loop, called before `main` by the C shim's constructor in the server process.
+/// Single-threaded by design: it uses no Dispatch and no Swift concurrency, so its forks are safe.
+@_cdecl("multiprocessing_forkserver_main")
+func multiprocessingForkServerMain(_ control: Int32) {
+    mp_set_thread_name("mp-forkserver")
+    _ = try? Syscall.setCloseOnExec(control)
+    var children: [(pidfd: Int32, status: Int32)] = []
+    while true {
+        let watched = [control] + children.map(\.pidfd)
+        guard let ready = try? Syscall.pollReadable(watched, until: .never) else { _exit(1) }
+        let ended = Set(ready.filter { $0 > 0 }.map { $0 - 1 })
+        var running: [(pidfd: Int32, status: Int32)] = []
+        for (index, child) in children.enumerated() {
+            var code: Int32 = 255
+            guard ended.contains(index), mp_pidfd_wait(child.pidfd, 1, &code) == 1 else {
+                running.append(child)
+                continue
+            }
+            withUnsafeBytes(of: &code) { _ = write(child.status, $0.baseAddress, 4) }
+            Syscall.close(child.pidfd)
+            Syscall.close(child.status)
+        }
+        children = running
+        guard ready.first == 0 else { continue }
+        var byte: UInt8 = 0
+        var fds: [Int32] = [-1, -1]
+        var count: Int32 = 0
+        let got = withUnsafeMutableBytes(of: &byte) { raw in
+            fds.withUnsafeMutableBufferPointer { mp_recvmsg_fds(control, raw.baseAddress, 1, $0.baseAddress, 2, &count) }
+        }
+        if got < 0 && errno == EINTR { continue }
+        // The parent is gone: leave running children alone (daemons end themselves) and exit.
+        guard got == 1, count == 2 else { _exit(0) }
+        let inherited = [control, fds[1]] + children.flatMap { [$0.pidfd, $0.status] }
+        let pid = mp_fork(inherited, Int32(inherited.count))
+        if pid == 0 { multiprocessingChildMain(fds[0]) }
+        Syscall.close(fds[0])
+        var reply: Int32 = pid > 0 ? pid : -errno
+        withUnsafeBytes(of: &reply) { _ = write(control, $0.baseAddress, 4) }
+        if pid > 0 {
+            let pidfd = mp_pidfd_open(pid)
+            if pidfd >= 0 { children.append((pidfd, fds[1])) } else { Syscall.close(fds[1]) }
+        } else {
+            Syscall.close(fds[1])
+        }
+    }
+}

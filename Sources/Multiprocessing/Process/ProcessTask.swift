@@ -1,0 +1,69 @@
+/// Work that runs in a child process: Python's `Process(target=...)` or a `Process` subclass's `run()`.
+///
+/// Declare a `Codable` type whose stored properties are the arguments, and put the work in ``run()``.
+/// Under the spawn and forkserver start methods the value is encoded, sent to the child, decoded there
+/// and run; connections, locks and shared memory among its properties arrive open. The child finds
+/// the type by its mangled name, so the type must be declared at file scope or nested in another
+/// type (internal or public), not `private`/`fileprivate` and not inside a function.
+///
+/// ```swift
+/// struct Piao: ProcessTask {
+///     let name: String
+///     func run() throws { print("\(name) piaoing") }
+/// }
+/// let child = ChildProcess(Piao(name: "User1"))
+/// try child.start()
+/// try child.join()
+/// ```
+///
+/// Returning from ``run()`` ends the child with exit code 0; throwing writes the error to the child's
+/// standard error and ends it with exit code 1; calling `exit(n)` ends it with `n`.
+public protocol ProcessTask: Codable, Sendable {
+    /// The work, run in the child process.
+    func run() throws
+}
+
+/// A task together with the name the child resolves its type by.
+struct TaskEnvelope: Codable, @unchecked Sendable {
+    let task: any ProcessTask
+
+    init(_ task: any ProcessTask) { self.task = task }
+
+    private enum CodingKeys: String, CodingKey { case type, value }
+
+    /// The mangled name of `type`, or an error saying how to make the type reachable from a child.
+    static func typeName(of type: any ProcessTask.Type) throws -> String {
+        guard let name = _mangledTypeName(type) else {
+            throw MultiprocessingError(.invalidArgument, "\(type) has no mangled name, so a child process cannot find it")
+        }
+        // Private, fileprivate and function-local types carry a process-specific address in their
+        // mangled name (e.g. `$55c0a07038d4`) that means nothing in another process.
+        if name.contains("$") {
+            throw MultiprocessingError(
+                .invalidArgument,
+                "\(type) is private, fileprivate or declared inside a function, so a child process cannot find it; "
+                    + "declare it at file scope (internal or public)")
+        }
+        guard let resolved = _typeByName(name), resolved == type else {
+            throw MultiprocessingError(
+                .invalidArgument,
+                "\(type) cannot be found by name (\(name)); declare it at file scope (internal or public)")
+        }
+        return name
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(Self.typeName(of: type(of: task)), forKey: .type)
+        try task.encode(to: container.superEncoder(forKey: .value))
+    }
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let name = try container.decode(String.self, forKey: .type)
+        guard let type = _typeByName(name) as? any ProcessTask.Type else {
+            throw MultiprocessingError(.transport, "no task type named \(name) in this program")
+        }
+        task = try type.init(from: container.superDecoder(forKey: .value))
+    }
+}

@@ -1,0 +1,101 @@
+import Multiprocessing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A child that does nothing.
+struct NoOp: ProcessTask {
+    func run() throws {}
+}
+
+/// A child that waits until its parent closes the pipe.
+struct Idle: ProcessTask {
+    let until: Connection
+    func run() throws { _ = try? until.recvBytes() }
+}
+
+/// Milliseconds per sequential start + join of a no-op child.
+private func startJoin(_ method: StartMethod, count: Int) throws -> Double {
+    let context = ProcessContext(method)
+    let warm = ChildProcess(NoOp(), context: context)
+    try warm.start()
+    try warm.join()
+    let start = now()
+    for _ in 0..<count {
+        let child = ChildProcess(NoOp(), context: context)
+        try child.start()
+        try child.join()
+        guard child.exitCode == 0 else { throw BenchError("child ended with \(String(describing: child.exitCode))") }
+    }
+    return (now() - start) / Double(count) * 1000
+}
+
+/// Resident memory of an idle spawned child, MiB.
+private func idleChildResidentMemory() throws -> Double {
+    let (reader, writer) = try makePipe(duplex: false)
+    let child = ChildProcess(Idle(until: reader))
+    try child.start()
+    reader.close()
+    defer {
+        writer.close()
+        _ = try? child.join(timeout: .seconds(10))
+    }
+    usleep(300_000)  // let the child finish starting up before reading its memory
+    return try residentMiB(of: child.pid ?? 0)
+}
+
+/// VmRSS of `pid` in MiB, from /proc.
+func residentMiB(of pid: Int32) throws -> Double {
+    guard let file = fopen("/proc/\(pid)/status", "r") else { throw BenchError("no /proc/\(pid)/status") }
+    defer { fclose(file) }
+    var line = [CChar](repeating: 0, count: 256)
+    while fgets(&line, 256, file) != nil {
+        let text = cString(line)
+        if text.hasPrefix("VmRSS:") {
+            let kib = text.split(separator: " ").compactMap { Double($0) }.first ?? 0
+            return kib / 1024
+        }
+    }
+    throw BenchError("no VmRSS for \(pid)")
+}
+
+private func pythonStartJoin(_ method: String, count: Int) -> String {
+    """
+    import multiprocessing as mp, time
+    def noop():
+        pass
+    if __name__ == '__main__':
+        ctx = mp.get_context('\(method)')
+        p = ctx.Process(target=noop); p.start(); p.join()
+        start = time.monotonic()
+        for _ in range(\(count)):
+            p = ctx.Process(target=noop); p.start(); p.join()
+            assert p.exitcode == 0
+        print((time.monotonic() - start) / \(count) * 1000)
+    """
+}
+
+let processWorkloads: [Workload] = [
+    Workload(name: "start-join-spawn", unit: "ms", higherIsBetter: false,
+             swift: { try startJoin(.spawn, count: 200) }, python: pythonStartJoin("spawn", count: 20)),
+    Workload(name: "start-join-forkserver", unit: "ms", higherIsBetter: false,
+             swift: { try startJoin(.forkserver, count: 500) }, python: pythonStartJoin("forkserver", count: 100)),
+    Workload(name: "start-join-fork", unit: "ms", higherIsBetter: false,
+             swift: { try startJoin(.fork, count: 500) }, python: pythonStartJoin("fork", count: 200)),
+    Workload(name: "child-rss", unit: "MiB", higherIsBetter: false,
+             swift: idleChildResidentMemory,
+             python: """
+                import multiprocessing as mp, time
+                def idle(conn):
+                    conn.recv_bytes() if False else conn.poll(30)
+                if __name__ == '__main__':
+                    ctx = mp.get_context('spawn')
+                    reader, writer = ctx.Pipe(duplex=False)
+                    p = ctx.Process(target=idle, args=(reader,)); p.start()
+                    time.sleep(0.3)
+                    with open(f'/proc/{p.pid}/status') as f:
+                        kib = [int(l.split()[1]) for l in f if l.startswith('VmRSS:')][0]
+                    writer.send_bytes(b'x'); p.join()
+                    print(kib / 1024)
+                """),
+]

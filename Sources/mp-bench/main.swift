@@ -1,0 +1,41 @@
+import Multiprocessing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// mp-bench [--filter TEXT]
+// Measures each workload in Swift and in CPython's multiprocessing in the same run and prints
+// `BENCH <workload> swift=<n> python=<n> unit=<unit> better=<ratio>`, where better > 1 means Swift wins.
+// Argument parsing is by hand: this binary's own children must start as lean as possible.
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+var filter: String?
+if let index = arguments.firstIndex(of: "--filter"), index + 1 < arguments.count {
+    filter = arguments[index + 1]
+} else if !arguments.isEmpty {
+    print("usage: mp-bench [--filter TEXT]")
+    exit(arguments.contains("--help") ? 0 : 2)
+}
+
+func format(_ value: Double) -> String {
+    let digits = value >= 100 ? 1 : (value >= 1 ? 2 : 4)
+    var scale = 1.0
+    for _ in 0..<digits { scale *= 10 }
+    return "\((value * scale).rounded() / scale)"
+}
+
+let workloads = processWorkloads + connectionWorkloads + synchronizationWorkloads
+var failures = 0
+for workload in workloads where filter.map({ workload.name.contains($0) }) ?? true {
+    do {
+        let swift = try workload.swift()
+        let python = try runPython(workload.python)
+        let better = workload.higherIsBetter ? swift / python : python / swift
+        print("BENCH \(workload.name) swift=\(format(swift)) python=\(format(python)) unit=\(workload.unit) better=\(format(better))")
+    } catch {
+        failures += 1
+        print("BENCH \(workload.name) failed: \(error)")
+    }
+    fflush(nil)
+}
+exit(failures > 0 ? 1 : 0)

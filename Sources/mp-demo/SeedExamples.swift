@@ -1,0 +1,108 @@
+import Multiprocessing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// The seed tutorial's examples, with real child processes.
+
+/// How long the seed's "random sleep" lasts: whole seconds by default, tenths with --fast.
+struct Pace: Codable, Sendable {
+    let fast: Bool
+    func sleep(randomIn range: Range<Int>) {
+        let units = Int.random(in: range)
+        usleep(UInt32(units * (fast ? 100_000 : 1_000_000)))
+    }
+}
+
+/// The seed's function: `def piao(name): print('%s piaoing' % name); time.sleep(random.randrange(1,5)); print('%s piao end' % name)`.
+func piao(_ name: String, pace: Pace) {
+    print("\(name) piaoing")
+    fflush(nil)
+    pace.sleep(randomIn: 1..<5)
+    print("\(name) piao end")
+    fflush(nil)
+}
+
+/// Method one: `Process(target=piao, args=('User1',))`. Under the default start method (spawn) the
+/// child is a fresh copy of this program, so the call travels as a small value naming the function
+/// and carrying its arguments.
+struct PiaoTarget: ProcessTask {
+    let args: String
+    let pace: Pace
+    func run() throws { piao(args, pace: pace) }
+}
+
+/// Method two: the seed's `class Piao(Process)` overriding `run()`: in Swift, a task type.
+struct Piao: ProcessTask {
+    let name: String
+    let pace: Pace
+    func run() throws {
+        print("\(name) piaoing")
+        fflush(nil)
+        pace.sleep(randomIn: 1..<5)
+        print("\(name) piao end")
+        fflush(nil)
+    }
+}
+
+/// The seed's daemon class: `p.daemon = True` before `start()`.
+struct DaemonPiao: ProcessTask {
+    let name: String
+    let pace: Pace
+    func run() throws {
+        print("\(name) is piaoing")
+        fflush(nil)
+        pace.sleep(randomIn: 1..<3)
+        print("\(name) is piao end")
+        fflush(nil)
+    }
+}
+
+/// The seed's daemon example as a whole program: it starts a daemon, prints "master" and ends,
+/// and its daemon ends with it. Run in a child here so the demo can go on afterwards.
+struct DaemonExample: ProcessTask {
+    let pace: Pace
+    func run() throws {
+        let p = ChildProcess(DaemonPiao(name: "Egon", pace: pace))
+        try p.setDaemon(true)  // must be set before start()
+        try p.start()
+        print("master")
+        fflush(nil)
+    }
+}
+
+func runSeedExamples(pace: Pace) throws {
+    section("The seed, method one: Process(target=piao, args=('User1',))")
+    let users = ["User1", "User2", "User3", "User4"].map { ChildProcess(PiaoTarget(args: $0, pace: pace)) }
+    for p in users { try p.start() }
+    print("main thread")
+    fflush(nil)
+    for p in users { try p.join(timeout: .seconds(30)) }
+
+    section("The seed, method one under the fork start method: a capturing closure")
+    let forked = ["User1", "User2", "User3", "User4"].map { user in
+        ChildProcess(context: ProcessContext(.fork)) { piao(user, pace: pace) }
+    }
+    for p in forked { try p.start() }
+    print("main thread")
+    fflush(nil)
+    for p in forked { try p.join(timeout: .seconds(30)) }
+
+    section("The seed, method two: class Piao(Process) with run()")
+    let named = ["Egon", "Alex", "Wupeiqi", "Yuanhao"].map { ChildProcess(Piao(name: $0, pace: pace)) }
+    for p in named { try p.start() }
+    print("main thread")
+    fflush(nil)
+    for p in named { try p.join(timeout: .seconds(30)) }
+
+    section("The seed, daemon: the parent prints 'master' and ends; its daemon child ends with it")
+    let program = ChildProcess(DaemonExample(pace: pace))
+    try program.start()
+    try program.join(timeout: .seconds(30))
+    print("(the parent exited with code \(program.exitCode ?? -1); its daemon was terminated, so 'Egon is piao end' never appears)")
+}
+
+func section(_ title: String) {
+    print("\n== \(title) ==")
+    fflush(nil)
+}
