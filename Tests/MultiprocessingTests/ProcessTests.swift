@@ -409,3 +409,45 @@ struct StartChildOutliving: ProcessTask {
         while true { pause() }
     }
 }
+
+@Suite("Child processes with wait() and descriptors")
+struct ProcessWaitTests {
+    @Test("wait() over children and connections returns what is ready")
+    func waitMixed() throws {
+        let quick = ChildProcess(Nap(milliseconds: 0))
+        let slow = ChildProcess(EndWith(way: .blocking))
+        let (reader, writer) = try makePipe(duplex: false)
+        try quick.start()
+        try slow.start()
+        defer { try? slow.kill(); _ = try? slow.join(timeout: .seconds(10)) }
+        let ready = try wait([quick, slow], timeout: .seconds(30))
+        #expect(ready.count == 1 && ready[0] === quick)
+        #expect(try wait([slow], timeout: .milliseconds(100)).isEmpty)
+        try writer.send(1)
+        let mixed = try wait([slow, reader] as [any Waitable], timeout: .seconds(10))
+        #expect(mixed.count == 1 && (mixed[0] as? Connection) === reader)
+        try slow.kill()
+        #expect(try wait([slow], timeout: .seconds(10)).count == 1)
+    }
+
+    @Test("spawned and forkserver children inherit no stray descriptor; forked children do", arguments: StartMethod.allCases)
+    func noStrayDescriptors(method: StartMethod) throws {
+        let stray = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)  // deliberately not close-on-exec
+        let high = fcntl(stray, F_DUPFD, 60)
+        close(stray)
+        defer { close(high) }
+        let (reader, writer) = try makePipe(duplex: false)
+        let child = ChildProcess(ProbeDescriptor(fd: high, report: writer), context: ProcessContext(method))
+        try child.start()
+        let open = try reader.recv(Bool.self, timeout: .seconds(30))
+        #expect(open == (method == .fork))
+        #expect(try child.join(timeout: .seconds(30)))
+    }
+}
+
+/// Reports whether a descriptor number is open in the child.
+struct ProbeDescriptor: ProcessTask {
+    let fd: Int32
+    let report: Connection
+    func run() throws { try report.send(fcntl(fd, F_GETFD) >= 0) }
+}

@@ -333,3 +333,13 @@ enum ProcessTree {
         return fields.count > 1 ? Int32(fields[1]) : nil
     }
 }
+
+extension ChildProcess: Waitable {
+    /// The child's ``sentinel``: ready once the child has ended.
+    public var waitDescriptor: Int32 { get throws { try sentinel } }
+}
+
+extension ParentProcess: Waitable {
+    /// The parent's ``ParentProcess/sentinel``: ready once the parent has died.
+    public var waitDescriptor: Int32 { sentinel }
+}
