@@ -10,7 +10,6 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
-        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
     ],
     targets: [
         .target(name: "CMultiprocessing"),
@@ -24,10 +23,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "mp-demo",
-            dependencies: [
-                "Multiprocessing",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
+            dependencies: ["Multiprocessing"],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .executableTarget(

@@ -51,6 +51,7 @@ func runTour() throws {
         try child.start()
         try child.join(timeout: .seconds(30))
         print("  task that \(way.rawValue): exit code \(child.exitCode.map(String.init) ?? "none")")
+        fflush(nil)
     }
 
     section("Tour 2: a runaway task is stopped after its time limit")
