@@ -40,12 +40,9 @@ func multiprocessingChildMain(_ fd: Int32) {
 /// Installs a child's identity, and for a daemon a watcher that ends it when the parent dies.
 func becomeChild(_ bootstrap: ChildBootstrap, parentSentinel: Int32) {
     ProcessState.shared.withLock { state in
-        state = ProcessState()
-        state.name = bootstrap.name
-        state.identity = bootstrap.identity
-        state.authkey = bootstrap.authkey
-        state.daemon = bootstrap.daemon
-        state.parent = ParentProcess(pid: bootstrap.parentPid, name: bootstrap.parentName, sentinel: parentSentinel)
+        state = ProcessState(
+            name: bootstrap.name, identity: bootstrap.identity, authkey: bootstrap.authkey, daemon: bootstrap.daemon,
+            parent: ParentProcess(pid: bootstrap.parentPid, name: bootstrap.parentName, sentinel: parentSentinel))
     }
     ChildRegistry.forgetInheritedChildren()
     if let name = bootstrap.startMethod, let method = StartMethod(rawValue: name) {

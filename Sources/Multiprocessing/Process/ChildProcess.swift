@@ -172,11 +172,11 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
                         "a closure can only run in a child started with the fork start method; under \(method) "
                             + "describe the work as a ProcessTask type")
                 case (.spawn, .task(let task)), (.forkserver, .task(let task)):
-                    _ = try TaskEnvelope.typeName(of: type(of: task))
+                    let typeName = try TaskEnvelope.typeName(of: type(of: task))
                     bootstrap.work = TaskEnvelope(task)
                     handle = method == .spawn
                         ? try SpawnLauncher.launch(bootstrapEnd: childEnd)
-                        : try ForkServerLauncher.launch(bootstrapEnd: childEnd)
+                        : try ForkServerLauncher.launch(bootstrapEnd: childEnd, typeName: typeName)
                     do {
                         try Connection(adopting: Syscall.duplicate(parentEnd)).send(bootstrap)
                     } catch {

@@ -22,13 +22,15 @@ enum ForkServerLauncher {
     /// The running server's pid, if one runs.
     static var serverPid: Int32? { server.withLock { $0.process?.pid } }
 
-    static func launch(bootstrapEnd: Int32) throws -> any ChildHandle {
+    /// Starts a child through the server. `typeName` names the child's task type: the server resolves
+    /// it once before forking, so every later child of that type starts with the lookup done.
+    static func launch(bootstrapEnd: Int32, typeName: String) throws -> any ChildHandle {
         try server.withLock { server in
             var lastError: (any Error)?
             for _ in 0..<2 {
                 do {
                     if server.control < 0 { server = try startServer() }
-                    return try request(over: server.control, bootstrapEnd: bootstrapEnd)
+                    return try request(over: server.control, bootstrapEnd: bootstrapEnd, typeName: typeName)
                 } catch {
                     lastError = error
                     stop(&server)
@@ -62,18 +64,19 @@ enum ForkServerLauncher {
         }
     }
 
-    private static func request(over control: Int32, bootstrapEnd: Int32) throws -> any ChildHandle {
+    private static func request(over control: Int32, bootstrapEnd: Int32, typeName: String) throws -> any ChildHandle {
         var status: [Int32] = [-1, -1]
         try Syscall.retrying("pipe2") { mp_pipe_cloexec(&status) }
         defer { Syscall.close(status[1]) }
         do {
-            var byte: UInt8 = 1
+            var request = Array(typeName.utf8.prefix(requestLimit - 1))
+            request.append(0)
             let descriptors = [bootstrapEnd, status[1]]
-            let sent = withUnsafeMutableBytes(of: &byte) { raw in
-                var vector = iovec(iov_base: raw.baseAddress, iov_len: 1)
+            let sent = request.withUnsafeMutableBytes { raw in
+                var vector = iovec(iov_base: raw.baseAddress, iov_len: raw.count)
                 return descriptors.withUnsafeBufferPointer { mp_sendmsg_fds(control, &vector, 1, $0.baseAddress, 2) }
             }
-            if sent != 1 { throw MultiprocessingError.system("fork server request") }
+            if sent != request.count { throw MultiprocessingError.system("fork server request") }
             var pid: Int32 = 0
             try readExactly(control, into: &pid)
             guard pid > 0 else { throw MultiprocessingError(.system, "fork server could not fork", errno: -pid) }
@@ -84,6 +87,9 @@ enum ForkServerLauncher {
         }
     }
 }
+
+/// The longest request the server reads: a task type's mangled name and a NUL.
+private let requestLimit = 4096
 
 /// Reads exactly one `T` from `fd`, or throws at end of file.
 func readExactly<T>(_ fd: Int32, into value: inout T) throws {
@@ -177,15 +183,18 @@ func multiprocessingForkServerMain(_ control: Int32) {
         }
         children = running
         guard ready.first == 0 else { continue }
-        var byte: UInt8 = 0
+        var request = [UInt8](repeating: 0, count: requestLimit)
         var fds: [Int32] = [-1, -1]
         var count: Int32 = 0
-        let got = withUnsafeMutableBytes(of: &byte) { raw in
-            fds.withUnsafeMutableBufferPointer { mp_recvmsg_fds(control, raw.baseAddress, 1, $0.baseAddress, 2, &count) }
+        let got = request.withUnsafeMutableBytes { raw in
+            fds.withUnsafeMutableBufferPointer { mp_recvmsg_fds(control, raw.baseAddress, raw.count, $0.baseAddress, 2, &count) }
         }
         if got < 0 && errno == EINTR { continue }
         // The parent is gone: leave running children alone (daemons end themselves) and exit.
-        guard got == 1, count == 2 else { _exit(0) }
+        guard got > 0, count == 2 else { _exit(0) }
+        // Resolve the task type here, once, so that the forked child inherits the runtime's caches.
+        let typeName = String(decoding: request.prefix { $0 != 0 }, as: UTF8.self)
+        _ = _typeByName(typeName) as? any ProcessTask.Type
         let inherited = [control, fds[1]] + children.flatMap { [$0.pidfd, $0.status] }
         let pid = mp_fork(inherited, Int32(inherited.count))
         if pid == 0 { multiprocessingChildMain(fds[0]) }

@@ -8,13 +8,13 @@ import Synchronization
 struct ProcessState: Sendable {
     var name = "MainProcess"
     var identity: [Int] = []
-    var authkey: [UInt8] = randomBytes(32)
+    var authkey: [UInt8]
     var daemon = false
     var childCounter = 0
     var parent: ParentProcess?
 
     /// The state of the running process.
-    static let shared = Mutex(ProcessState())
+    static let shared = Mutex(ProcessState(authkey: randomBytes(32)))
 
     /// Reserves the next child identity and its default name (`Process-N`, `Process-N:M` in a child).
     static func nextChild() -> (identity: [Int], name: String) {

@@ -1,0 +1,214 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
+/// The ownership word of a lock that survives its holder: 64 bits in shared memory.
+///
+/// Zero when free. Otherwise the low 32 bits hold the holder's pid, plus bit 30 ("the previous holder
+/// died; this holding took over") and bit 31 ("someone may be asleep on the word"); the high 32 bits
+/// hold the holder's start time, so a reused pid is never mistaken for the holder. Contended waiters
+/// spin briefly, then sleep on a futex over the low half. While they sleep they wake now and then
+/// (2 ms, doubling to 100 ms) to check that the holder is still alive; if it is not, one of them
+/// takes the lock over with a single compare-and-swap.
+struct OwnershipWord {
+    static let sleepers: UInt64 = 1 << 31
+    static let ownerDied: UInt64 = 1 << 30
+    static let flags = sleepers | ownerDied
+
+    let word: UnsafeMutablePointer<Atomic<UInt64>>
+
+    /// The holder's identity without flags, or 0 when free.
+    var owner: UInt64 { word.pointee.load(ordering: .relaxed) & ~Self.flags }
+
+    /// Whether `identity` holds the word after taking it over from a dead holder.
+    func tookOver(_ identity: UInt64) -> Bool {
+        let value = word.pointee.load(ordering: .relaxed)
+        return value & Self.ownerDied != 0 && value & ~Self.flags == identity
+    }
+
+    @inline(__always)
+    func tryAcquire(as identity: UInt64) -> Bool {
+        word.pointee.compareExchange(expected: 0, desired: identity, ordering: .acquiring).exchanged
+    }
+
+    /// Python's acquire: false when not acquired (not blocking, or the deadline passed).
+    @inline(__always) @discardableResult
+    func acquire(as identity: UInt64, blocking: Bool, timeout: Duration?) -> Bool {
+        tryAcquire(as: identity) || (blocking && acquireContended(as: identity, until: .after(timeout)))
+    }
+
+    /// Waits for the word (spin, then futex), taking it over if its holder died.
+    func acquireContended(as identity: UInt64, until deadline: Deadline) -> Bool {
+        if !deadline.hasPassed,
+           Futex.spin(until: { word.pointee.load(ordering: .relaxed) == 0 && tryAcquire(as: identity) }) {
+            return true
+        }
+        var slice = OwnerCheck.firstSlice
+        while true {
+            var current = word.pointee.load(ordering: .relaxed)
+            if current == 0 {
+                // Others may be asleep too: keep the flag so that the release wakes one of them.
+                let desired = identity | Self.sleepers
+                if word.pointee.compareExchange(expected: 0, desired: desired, ordering: .acquiring).exchanged {
+                    return true
+                }
+                continue
+            }
+            if current & Self.sleepers == 0 {
+                let flagged = current | Self.sleepers
+                guard word.pointee.compareExchange(expected: current, desired: flagged, ordering: .relaxed).exchanged
+                else { continue }
+                current = flagged
+            }
+            let wakeUp = OwnerCheck.wakeUp(deadline, slice: slice)
+            if Futex.wait(Futex.lowHalf(word), expected: UInt32(truncatingIfNeeded: current), until: wakeUp) {
+                continue
+            }
+            if takeOverIfDead(observed: current, as: identity) { return true }
+            if deadline.hasPassed { return false }
+            slice = OwnerCheck.next(after: slice)
+        }
+    }
+
+    /// Takes the word over when it still holds `observed` and that holder has died.
+    private func takeOverIfDead(observed: UInt64, as identity: UInt64) -> Bool {
+        let current = word.pointee.load(ordering: .relaxed)
+        guard current != 0, current & ~Self.flags == observed & ~Self.flags,
+              !OwnerCheck.isAlive(current & ~Self.flags)
+        else { return false }
+        let desired = identity | Self.sleepers | Self.ownerDied
+        return word.pointee.compareExchange(expected: current, desired: desired, ordering: .acquiring).exchanged
+    }
+
+    /// Frees the word and wakes a sleeper if there may be one; returns the value it held.
+    @inline(__always) @discardableResult
+    func release() -> UInt64 {
+        let old = word.pointee.exchange(0, ordering: .releasing)
+        if old & Self.sleepers != 0 { Futex.wake(Futex.lowHalf(word), count: 1) }
+        return old
+    }
+}
+
+/// A primitive held between ``acquire(blocking:timeout:)`` and ``release()``: ``ProcessLock``,
+/// ``ProcessRLock``, ``ProcessSemaphore`` (holding one unit) and ``ProcessCondition`` (holding its lock).
+/// Like Foundation's `NSLocking`, it brings ``withLock(_:)``.
+public protocol ProcessLocking: AnyObject, Sendable {
+    /// Acquires, waiting at most `timeout` (nil: as long as it takes) when `blocking`. Returns whether
+    /// it acquired.
+    @discardableResult
+    func acquire(blocking: Bool, timeout: Duration?) -> Bool
+    /// Releases what ``acquire(blocking:timeout:)`` acquired.
+    func release() throws
+}
+
+extension ProcessLocking {
+    /// Runs `body` between an acquire (waiting as long as it takes) and a release: Python's
+    /// `with lock:`. The release happens even when `body` throws.
+    @inlinable
+    public func withLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        acquire(blocking: true, timeout: nil)
+        defer { try? release() }
+        return try body()
+    }
+}
+
+/// A lock shared by processes: Python's `multiprocessing.Lock`, made robust.
+///
+/// Create it before starting children and hand it to them inside their task (any start method; a
+/// child may pass it on to its own children). At most one holder at a time, across all processes and
+/// all threads of a process: the lock belongs to a process, not a thread, so a second `acquire` in the
+/// same process waits like any other, and any thread of the holding process may release it. Any
+/// process may release a held lock, as in Python.
+///
+/// ```swift
+/// let lock = try ProcessLock()
+/// lock.withLock { counter += 1 }
+/// ```
+///
+/// **When a holder dies.** If the process holding the lock ends without releasing it (killed, crashed,
+/// exited), a waiting ``acquire(blocking:timeout:)`` takes the lock over within a few milliseconds
+/// (at most 100 ms into a long wait) and returns `true`; ``previousOwnerDied`` is then `true` until
+/// the new holder releases, so it can check or repair what the lock protected:
+///
+/// ```swift
+/// lock.withLock {
+///     if lock.previousOwnerDied { repairSharedState() }
+///     ...
+/// }
+/// ```
+///
+/// A non-blocking acquire (`blocking: false`) never looks for a dead holder; any acquire that may
+/// wait does, including one with a zero timeout.
+public final class ProcessLock: ProcessLocking, @unchecked Sendable, Codable, CustomStringConvertible {
+    let region: SharedRegion
+    let ownership: OwnershipWord
+
+    /// A new, unlocked lock.
+    /// - Throws: ``MultiprocessingError/Code/system`` when the shared memory cannot be created.
+    public init() throws {
+        region = try SharedRegion(.lock)
+        ownership = OwnershipWord(word: region.atomic64(SharedRegion.dataOffset))
+    }
+
+    /// Acquires the lock: Python's `acquire(block, timeout)`.
+    ///
+    /// - Parameters:
+    ///   - blocking: when false, returns at once (the timeout is ignored).
+    ///   - timeout: how long to wait at most; nil waits as long as it takes.
+    /// - Returns: whether the lock was acquired. When it was taken over from a holder that died,
+    ///   the result is `true` and ``previousOwnerDied`` says so.
+    @discardableResult
+    public func acquire(blocking: Bool = true, timeout: Duration? = nil) -> Bool {
+        ownership.acquire(as: OwnerCheck.me, blocking: blocking, timeout: timeout)
+    }
+
+    /// Acquires the lock without blocking a Swift concurrency thread. See ``acquire(blocking:timeout:)``.
+    @discardableResult
+    public func acquire(blocking: Bool = true, timeout: Duration? = nil) async throws -> Bool {
+        let me = OwnerCheck.me
+        if ownership.tryAcquire(as: me) { return true }
+        guard blocking else { return false }
+        let deadline = Deadline.after(timeout)
+        return try await withBlockingThread { self.ownership.acquireContended(as: me, until: deadline) }
+    }
+
+    /// Releases the lock. Any process may release a held lock, as in Python.
+    /// - Throws: ``MultiprocessingError/Code/invalidState`` when the lock is not held.
+    public func release() throws {
+        if ownership.release() == 0 {
+            throw MultiprocessingError(.invalidState, "release of an unlocked ProcessLock")
+        }
+    }
+
+    /// Runs `body` while holding the lock, acquired without blocking a Swift concurrency thread.
+    public func withLock<R>(
+        isolation: isolated (any Actor)? = #isolation, _ body: () async throws -> sending R
+    ) async throws -> sending R {
+        try await acquire()
+        defer { ownership.release() }
+        return try await body()
+    }
+
+    /// Whether this process holds the lock after taking it over from a holder that died without
+    /// releasing it. Stays true until the lock is released.
+    public var previousOwnerDied: Bool { ownership.tookOver(OwnerCheck.me) }
+
+    /// The pid of the process holding the lock, or nil when it is free.
+    public var owner: Int32? {
+        let identity = ownership.owner
+        return identity == 0 ? nil : Int32(truncatingIfNeeded: identity)
+    }
+
+    /// `ProcessLock(owner: 1234)` or `ProcessLock(unlocked)`.
+    public var description: String { owner.map { "ProcessLock(owner: \($0))" } ?? "ProcessLock(unlocked)" }
+
+    /// Encodes the lock for a child's task or a ``Connection/send(_:)`` message.
+    public func encode(to encoder: any Encoder) throws { try region.encode(to: encoder) }
+
+    /// Decodes a lock sent by another process: the same lock, shared.
+    public init(from decoder: any Decoder) throws {
+        region = try SharedRegion(.lock, from: decoder)
+        ownership = OwnershipWord(word: region.atomic64(SharedRegion.dataOffset))
+    }
+}

@@ -1,0 +1,114 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+import Testing
+@testable import Multiprocessing
+
+// Helpers shared by the synchronization tests (Sync*Tests.swift).
+
+/// A few integers in shared memory that travel to children like the primitives do.
+struct SyncShared: Codable, @unchecked Sendable {
+    let region: SharedRegion
+
+    init() throws { region = try SharedRegion(.scratch) }
+
+    /// Integer `index` (plain memory: guard it with a lock, or use ``add(_:at:)``).
+    subscript(index: Int) -> Int {
+        get { region.base.load(fromByteOffset: SharedRegion.dataOffset + index * 8, as: Int.self) }
+        nonmutating set { region.base.storeBytes(of: newValue, toByteOffset: SharedRegion.dataOffset + index * 8, as: Int.self) }
+    }
+
+    /// Atomically adds `delta` to integer `index`; returns the new value.
+    @discardableResult
+    func add(_ delta: Int, at index: Int) -> Int {
+        Int(region.atomic64(SharedRegion.dataOffset + index * 8).pointee.add(UInt64(bitPattern: Int64(delta)), ordering: .sequentiallyConsistent).newValue)
+    }
+
+    func encode(to encoder: any Encoder) throws { try region.encode(to: encoder) }
+    init(from decoder: any Decoder) throws { region = try SharedRegion(.scratch, from: decoder) }
+}
+
+/// Throws (ending a child with exit code 1 and the message on stderr) unless `condition` holds.
+func syncCheck(_ condition: Bool, _ message: @autoclosure () -> String) throws {
+    if !condition { throw MultiprocessingError(.invalidState, "check failed: \(message())") }
+}
+
+/// Runs `body` holding `lock`, acquired within 30 s (or throws): a test never blocks without a bound.
+func syncWithLock<R>(_ lock: some ProcessLocking, _ body: () throws -> R) throws -> R {
+    try syncCheck(lock.acquire(blocking: true, timeout: .seconds(30)), "acquire \(lock) within 30 s")
+    defer { try? lock.release() }
+    return try body()
+}
+
+/// Seconds taken by `body`, with its result.
+func syncTimed<T>(_ body: () throws -> T) rethrows -> (T, Double) {
+    let start = Deadline.monotonicNow()
+    let result = try body()
+    return (result, Double(Deadline.monotonicNow() - start) / 1e9)
+}
+
+/// Seconds taken by an async `body`, with its result.
+func syncTimed<T>(_ body: () async throws -> T) async rethrows -> (T, Double) {
+    let start = Deadline.monotonicNow()
+    let result = try await body()
+    return (result, Double(Deadline.monotonicNow() - start) / 1e9)
+}
+
+/// Starts `task` under `method`.
+func syncStart<T: ProcessTask>(_ task: T, _ method: StartMethod = .spawn) throws -> ChildProcess {
+    let child = ChildProcess(task, context: ProcessContext(method))
+    try child.start()
+    return child
+}
+
+/// Joins `child` (at most 30 s) and expects it to have ended with `code`.
+func syncExpectEnded(_ child: ChildProcess, code: Int32 = 0, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let ended = try child.join(timeout: .seconds(30))
+    if !ended { try? child.kill(); _ = try? child.join(timeout: .seconds(10)) }
+    #expect(ended, "child did not end", sourceLocation: sourceLocation)
+    #expect(child.exitCode == code, "exit code \(String(describing: child.exitCode))", sourceLocation: sourceLocation)
+}
+
+/// Kills `child` with SIGKILL and reaps it.
+func syncKill(_ child: ChildProcess) throws {
+    try child.kill()
+    #expect(try child.join(timeout: .seconds(10)))
+    #expect(child.exitCode == -SIGKILL)
+}
+
+/// A timing bound for a wait of `timeout` seconds that gave up: not early, and not hugely late.
+/// An `async` wait resumes on Swift's cooperative pool, which other suites' blocking tests can keep
+/// busy for many seconds on a 2-core machine, so async waits get a wider upper bound.
+func syncWaitedAbout(_ elapsed: Double, _ timeout: Double, async: Bool = false, sourceLocation: SourceLocation = #_sourceLocation) {
+    let slack = async ? 60.0 : 5.0
+    #expect(elapsed >= timeout - 0.1 && elapsed < timeout + slack, "waited \(elapsed) s for a \(timeout) s timeout",
+            sourceLocation: sourceLocation)
+}
+
+/// A thread running `body`, started at once (a plain thread, so it does not wait for Swift's
+/// cooperative pool, which blocking tests may keep busy). ``join()`` waits for it and returns the result.
+final class SyncThread<T>: @unchecked Sendable {
+    private let body: () throws -> T
+    private var result: Result<T, any Error>?
+    private var thread = pthread_t()
+
+    init(_ body: @escaping () throws -> T) {
+        self.body = body
+        pthread_create(&thread, nil, { context in
+            let me = Unmanaged<AnyObject>.fromOpaque(context!).takeRetainedValue() as! any SyncRunnable
+            me.run()
+            return nil
+        }, Unmanaged<AnyObject>.passRetained(self).toOpaque())
+    }
+
+    func join() throws -> T {
+        pthread_join(thread, nil)
+        return try result!.get()
+    }
+
+    fileprivate func runBody() { result = Result { try body() } }
+}
+
+private protocol SyncRunnable: AnyObject { func run() }
+extension SyncThread: SyncRunnable { func run() { runBody() } }
