@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -88,6 +89,24 @@ int mp_pidfd_wait(int pidfd, int nohang, int *exit_code) {
 
 void mp_set_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }
 
-int mp_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
 long mp_getrandom(void *buf, unsigned long len) { return (long)getrandom(buf, len, 0); }
+
+static int mp_exit_report_fd = -1;
+static pid_t mp_exit_report_pid = 0;
+
+static void mp_write_exit_code(int status, void *unused) {
+    (void)unused;
+    if (mp_exit_report_fd < 0 || getpid() != mp_exit_report_pid) return;
+    int code = status & 0xff;
+    ssize_t ignored = send(mp_exit_report_fd, &code, sizeof code, MSG_NOSIGNAL);
+    (void)ignored;
+}
+
+void mp_report_exit_code(int fd) {
+    mp_exit_report_fd = fd;
+    mp_exit_report_pid = getpid();
+    on_exit(mp_write_exit_code, NULL);
+}
+
+int mp_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }

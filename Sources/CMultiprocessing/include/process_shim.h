@@ -22,10 +22,13 @@ int mp_pidfd_send_signal(int pidfd, int sig);
 /// waitid(P_PIDFD) with WEXITED and, when `nohang`, WNOHANG. Returns 1 and the exit code
 /// (negative signal number when killed) once ended, 0 while running, -1 with errno on error.
 int mp_pidfd_wait(int pidfd, int nohang, int *exit_code);
-/// pipe2(fds, O_CLOEXEC).
-int mp_pipe_cloexec(int fds[2]);
 /// getrandom(2): fills buf with len random bytes; returns the count or -1 with errno.
 long mp_getrandom(void *buf, unsigned long len);
+/// Registers an on_exit handler that writes this process's exit code (4 bytes) to `fd`; processes
+/// forked from this one later do not write.
+void mp_report_exit_code(int fd);
+/// pipe2(fds, O_CLOEXEC).
+int mp_pipe_cloexec(int fds[2]);
 /// prctl(PR_SET_NAME) best effort, for ps output.
 void mp_set_thread_name(const char *name);
 

@@ -8,8 +8,9 @@ import Synchronization
 ///
 /// A server process, spawned on first use, runs a single-threaded loop before its `main` (so forking it
 /// is safe) and forks a copy of itself for each request. The parent sends the child's bootstrap socket
-/// and the write end of a status pipe (SCM_RIGHTS); the server answers with the pid, reaps the child
-/// when it ends and writes its exit code to the status pipe, which is the child's sentinel.
+/// and one end of a status socket (SCM_RIGHTS); the server answers with the pid, reaps the child when
+/// it ends and writes its exit code to the status socket, which is the child's sentinel. A child that
+/// exits normally writes its code there itself too, so the code survives even the server's death.
 /// If the server has died, the next start spawns a new one.
 enum ForkServerLauncher {
     private struct Server: @unchecked Sendable {
@@ -65,8 +66,8 @@ enum ForkServerLauncher {
     }
 
     private static func request(over control: Int32, bootstrapEnd: Int32, typeName: String) throws -> any ChildHandle {
-        var status: [Int32] = [-1, -1]
-        try Syscall.retrying("pipe2") { mp_pipe_cloexec(&status) }
+        let (statusRead, statusWrite) = try Syscall.socketPair()
+        let status = [statusRead, statusWrite]
         defer { Syscall.close(status[1]) }
         do {
             var request = Array(typeName.utf8.prefix(requestLimit - 1))
@@ -105,7 +106,7 @@ func readExactly<T>(_ fd: Int32, into value: inout T) throws {
     }
 }
 
-/// A forkserver child: not our child, so its exit code arrives through the status pipe.
+/// A forkserver child: not our child, so its exit code arrives through the status socket.
 final class ForkServerHandle: ChildHandle, @unchecked Sendable {
     let pid: Int32
     private var status: Int32
@@ -120,7 +121,8 @@ final class ForkServerHandle: ChildHandle, @unchecked Sendable {
         if pidfd >= 0 { try? Syscall.setCloseOnExec(pidfd) }
     }
 
-    /// The status pipe; if the server died, the child's pidfd.
+    /// The status socket (its data is only peeked, so it stays readable once the code has arrived);
+    /// if the server died before the child reported, the child's pidfd.
     var sentinel: Int32 { serverLost ? pidfd : status }
 
     func exitCode() throws -> Int32? {
@@ -132,10 +134,10 @@ final class ForkServerHandle: ChildHandle, @unchecked Sendable {
         }
         guard try !Syscall.pollReadable([status], until: .now).isEmpty else { return nil }
         var value: Int32 = 0
-        do {
-            try readExactly(status, into: &value)
+        let got = withUnsafeMutableBytes(of: &value) { recv(status, $0.baseAddress, 4, Int32(MSG_PEEK | MSG_WAITALL)) }
+        if got == 4 {
             code = value
-        } catch {
+        } else if got == 0 {
             serverLost = true
             return try exitCode()
         }
@@ -177,7 +179,7 @@ func multiprocessingForkServerMain(_ control: Int32) {
                 running.append(child)
                 continue
             }
-            withUnsafeBytes(of: &code) { _ = write(child.status, $0.baseAddress, 4) }
+            withUnsafeBytes(of: &code) { _ = send(child.status, $0.baseAddress, 4, Int32(MSG_NOSIGNAL)) }
             Syscall.close(child.pidfd)
             Syscall.close(child.status)
         }
@@ -195,12 +197,15 @@ func multiprocessingForkServerMain(_ control: Int32) {
         // Resolve the task type here, once, so that the forked child inherits the runtime's caches.
         let typeName = String(decoding: request.prefix { $0 != 0 }, as: UTF8.self)
         _ = _typeByName(typeName) as? any ProcessTask.Type
-        let inherited = [control, fds[1]] + children.flatMap { [$0.pidfd, $0.status] }
+        let inherited = [control] + children.flatMap { [$0.pidfd, $0.status] }
         let pid = mp_fork(inherited, Int32(inherited.count))
-        if pid == 0 { multiprocessingChildMain(fds[0]) }
+        if pid == 0 {
+            mp_report_exit_code(fds[1])
+            multiprocessingChildMain(fds[0])
+        }
         Syscall.close(fds[0])
         var reply: Int32 = pid > 0 ? pid : -errno
-        withUnsafeBytes(of: &reply) { _ = write(control, $0.baseAddress, 4) }
+        withUnsafeBytes(of: &reply) { _ = send(control, $0.baseAddress, 4, Int32(MSG_NOSIGNAL)) }
         if pid > 0 {
             let pidfd = mp_pidfd_open(pid)
             if pidfd >= 0 { children.append((pidfd, fds[1])) } else { Syscall.close(fds[1]) }
