@@ -52,19 +52,21 @@ func becomeChild(_ bootstrap: ChildBootstrap, parentSentinel: Int32) {
 }
 
 /// Runs a child's work and ends the process: 0 on return, 1 (with the error on standard error) on throw.
-func runChild(_ body: () throws -> Void) -> Never {
+/// A forked child ends with `_exit` after flushing, as Python's fork children do: the exit handlers it
+/// inherited belong to its parent. Other children end with `exit`, so their own exit handlers run.
+func runChild(forked: Bool = false, _ body: () throws -> Void) -> Never {
+    var code: Int32 = 0
     do {
         try body()
-        ExitHooks.run()
-        fflush(nil)
-        exit(0)
     } catch {
         let name = ProcessState.shared.withLock { $0.name }
         writeToStandardError("Process \(name):\n\(type(of: error)): \(error)\n")
-        ExitHooks.run()
-        fflush(nil)
-        exit(1)
+        code = 1
     }
+    ExitHooks.run()
+    fflush(nil)
+    if forked { _exit(code) }
+    exit(code)
 }
 
 func writeToStandardError(_ text: String) {

@@ -162,8 +162,8 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
                     handle = try ForkLauncher.launch(closing: closing) {
                         becomeChild(bootstrap, parentSentinel: childEnd)
                         switch work {
-                        case .task(let task): runChild { try task.run() }
-                        case .closure(let body): runChild(body)
+                        case .task(let task): runChild(forked: true) { try task.run() }
+                        case .closure(let body): runChild(forked: true, body)
                         }
                     }
                 case (_, .closure):

@@ -1,0 +1,611 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMultiprocessing
+
+/// One end of a message channel between processes: Python's `multiprocessing.connection.Connection`.
+///
+/// Messages keep their boundaries, empty ones included. ``sendBytes(_:offset:size:)`` and
+/// ``recvBytes(maxLength:timeout:)`` use CPython's framing, so a Python peer's `recv_bytes`/`send_bytes`
+/// interoperate. ``send(_:)`` and ``recv(_:timeout:)`` carry any `Codable` value in the package's binary
+/// format; values that contain connections, locks or shared memory carry their descriptors along (over
+/// Unix sockets, such as the ends of ``makePipe(duplex:)``).
+///
+/// Writing to a peer that has gone is an error, never a `SIGPIPE` death, and signals do not cut a blocked
+/// call short. A connection is meant for one thread at a time, like Python's; guard it with a lock to
+/// share it. It is `Sendable` so that it can be stored in a child's task or moved into another task.
+public final class Connection: @unchecked Sendable, Codable, CustomStringConvertible {
+    /// The descriptor, or -1 once closed.
+    private var fd: Int32
+    /// Whether this end may receive.
+    public let readable: Bool
+    /// Whether this end may send.
+    public let writable: Bool
+
+    /// Received bytes not consumed yet live in `buffer[start..<end]`.
+    private var buffer: UnsafeMutableRawPointer
+    private var capacity: Int
+    private var start = 0
+    private var end = 0
+    /// Descriptors that arrived and no message has claimed yet, oldest first.
+    private var receivedDescriptors: [Int32] = []
+    /// The frame being sent, kept to reuse its storage.
+    private var scratch: [UInt8] = []
+    /// An encoder whose descriptor transfer is still empty, kept for the next send.
+    private var encoderCache: (BinaryEncoder, DescriptorTransfer)?
+    /// Whether the descriptor still looks like a socket (cleared at the first ENOTSOCK).
+    private var isSocket = true
+    private static let initialCapacity = 64 * 1024
+    /// How long a receive polls a socket without sleeping before it blocks. Waking a process on another
+    /// CPU costs about 20 us on this kind of VM, so when both ends spin a ping-pong takes about 4 us
+    /// instead of 10 to 40. Spinning only pays when the peer runs on another CPU meanwhile; on a busy
+    /// machine it steals time, so each spin in vain (empty-handed, or one during which this thread lost its
+    /// CPU, a sign that the peer shares it) doubles the number of waits that block at once (up to 64).
+    /// Measured: 40 us spins gained nothing more when idle and cost more when busy; with one CPU hogged,
+    /// this costs about 15% over never spinning, and when idle it is 3.5 us instead of 40.
+    private static let spinNanoseconds: UInt64 = 20_000
+    private static let spinsSkippedAtMost = 64
+    /// A pause between two polls longer than this means the thread was preempted.
+    private static let preemptedGap: UInt64 = 5_000
+    private static let spinning = sysconf(Int32(_SC_NPROCESSORS_ONLN)) > 1
+    /// Waits left that block without spinning, and how many the next fruitless spin makes that.
+    private var spinSkips = 0
+    private var spinPenalty = 0
+
+    /// Wraps an open descriptor; the connection owns it and closes it on ``close()`` or deinit.
+    ///
+    /// - Throws: ``MultiprocessingError/Code/invalidArgument`` when `fd` is negative or not open, or when
+    ///   the connection would be neither readable nor writable.
+    public init(adopting fd: Int32, readable: Bool = true, writable: Bool = true) throws {
+        guard fd >= 0, fcntl(fd, F_GETFD) >= 0 else {
+            throw MultiprocessingError(.invalidArgument, "invalid file descriptor \(fd)", errno: EBADF)
+        }
+        guard readable || writable else {
+            throw MultiprocessingError(.invalidArgument, "at least one of readable and writable must be true")
+        }
+        self.fd = fd
+        self.readable = readable
+        self.writable = writable
+        self.capacity = Self.initialCapacity
+        self.buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
+    }
+
+    deinit {
+        closeDescriptors()
+        buffer.deallocate()
+    }
+
+    /// Whether ``close()`` was called.
+    public var closed: Bool { fd < 0 }
+
+    /// The underlying descriptor (Python's `fileno()`).
+    ///
+    /// - Throws: ``MultiprocessingError/Code/closed`` once the connection is closed.
+    public var fileno: Int32 {
+        get throws {
+            try checkOpen()
+            return fd
+        }
+    }
+
+    /// A short description with the descriptor and direction.
+    public var description: String {
+        closed ? "Connection(closed)" : "Connection(fd: \(fd), readable: \(readable), writable: \(writable))"
+    }
+
+    /// Closes the connection. Closing twice is harmless.
+    public func close() {
+        closeDescriptors()
+        start = 0
+        end = 0
+    }
+
+    private func closeDescriptors() {
+        Syscall.close(fd)
+        fd = -1
+        for received in receivedDescriptors { Syscall.close(received) }
+        receivedDescriptors = []
+    }
+
+    // MARK: Sending
+
+    /// Sends `bytes[offset..<offset + size]` as one message (Python's `send_bytes`); `size` nil means
+    /// everything from `offset` on.
+    ///
+    /// - Throws: ``MultiprocessingError/Code/invalidArgument`` when `offset` or `size` is negative or the
+    ///   range does not fit in `bytes`; ``MultiprocessingError/Code/system`` (errno `EPIPE`) when the peer
+    ///   has closed its end.
+    public func sendBytes(_ bytes: [UInt8], offset: Int = 0, size: Int? = nil) throws {
+        try bytes.withUnsafeBytes { try sendBytes($0, offset: offset, size: size) }
+    }
+
+    /// Sends part of a raw buffer as one message, as ``sendBytes(_:offset:size:)-([UInt8],_,_)`` does.
+    public func sendBytes(_ bytes: UnsafeRawBufferPointer, offset: Int = 0, size: Int? = nil) throws {
+        guard offset >= 0 else { throw MultiprocessingError(.invalidArgument, "offset is negative") }
+        guard bytes.count >= offset else { throw MultiprocessingError(.invalidArgument, "buffer length < offset") }
+        let size = size ?? bytes.count - offset
+        guard size >= 0 else { throw MultiprocessingError(.invalidArgument, "size is negative") }
+        guard bytes.count >= offset + size else {
+            throw MultiprocessingError(.invalidArgument, "buffer length < offset + size")
+        }
+        try checkWritable()
+        let payload = UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + size])
+        let header = Framing.header(forLength: size)
+        try header.withUnsafeBytes { try writeMessage(header: $0, body: payload, descriptors: []) }
+    }
+
+    /// Sends a `Codable` value as one message (Python's `send`). Connections, locks and shared memory
+    /// inside the value travel with it, and arrive open in the receiver.
+    ///
+    /// - Throws: ``MultiprocessingError/Code/transport`` when the value cannot be encoded, or the errors
+    ///   of ``sendBytes(_:offset:size:)-([UInt8],_,_)``.
+    public func send<T: Encodable>(_ value: T) throws {
+        try checkWritable()
+        let descriptors = try frame(of: value, into: &scratch)
+        defer { if scratch.capacity > 1 << 20 { scratch = [] } }  // keep small frames' storage only
+        try write(scratch, descriptors: descriptors)
+    }
+
+    /// Sends each value as a message of its own, with as few system calls as possible: the messages are
+    /// written in batches of about 64 KiB. The receiver sees exactly what separate ``send(_:)`` calls
+    /// would give it; a sender with many small messages ready gains an order of magnitude in throughput.
+    public func send<S: Sequence>(contentsOf values: S) throws where S.Element: Encodable {
+        try checkWritable()
+        var batch: [UInt8] = []
+        for value in values {
+            let descriptors: [Int32]
+            do {
+                descriptors = try frame(of: value, into: &scratch)
+            } catch {
+                // As with separate sends, the values before the one that failed are sent.
+                if !batch.isEmpty { try write(batch, descriptors: []) }
+                throw error
+            }
+            batch += scratch
+            // A value's descriptors are borrowed from it: send them while it is still alive.
+            if !descriptors.isEmpty || batch.count >= 64 * 1024 {
+                try write(batch, descriptors: descriptors)
+                batch.removeAll(keepingCapacity: true)
+            }
+        }
+        if !batch.isEmpty { try write(batch, descriptors: []) }
+    }
+
+    /// Replaces `message` with one frame carrying `value`, and returns the descriptors it carries.
+    /// The payload is a descriptor count byte followed by the encoded value.
+    private func frame<T: Encodable>(of value: T, into message: inout [UInt8]) throws -> [Int32] {
+        // The encoder and its transfer are kept for the next message as long as no descriptor used them.
+        let (encoder, transfer) = encoderCache ?? Self.makeEncoder()
+        encoderCache = nil
+        message.removeAll(keepingCapacity: true)
+        message.append(contentsOf: [0, 0, 0, 0, UInt8(0)])
+        try encoder.encode(value, appendingTo: &message)
+        let length = message.count - 4
+        message[4] = UInt8(transfer.outgoing.count)
+        if length > Framing.shortLimit {
+            message.replaceSubrange(0..<4, with: Framing.header(forLength: length))
+        } else {
+            message.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(length).bigEndian, as: UInt32.self) }
+        }
+        if transfer.outgoing.isEmpty { encoderCache = (encoder, transfer) }
+        return transfer.outgoing
+    }
+
+    private static func makeEncoder() -> (BinaryEncoder, DescriptorTransfer) {
+        let transfer = DescriptorTransfer()
+        var encoder = BinaryEncoder()
+        encoder.userInfo[.descriptorTransfer] = transfer
+        return (encoder, transfer)
+    }
+
+    /// Writes bytes that already hold whole frames.
+    private func write(_ frames: [UInt8], descriptors: [Int32]) throws {
+        try frames.withUnsafeBytes { try writeMessage(header: UnsafeRawBufferPointer(start: nil, count: 0), body: $0, descriptors: descriptors) }
+    }
+
+    /// Writes header and body with as few system calls as possible; descriptors ride on the first byte.
+    private func writeMessage(header: UnsafeRawBufferPointer, body: UnsafeRawBufferPointer, descriptors: [Int32]) throws {
+        let total = header.count + body.count
+        var iov = [
+            iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count),
+            iovec(iov_base: UnsafeMutableRawPointer(mutating: body.baseAddress), iov_len: body.count),
+        ]
+        if header.count == 0 { iov.removeFirst() }
+        var sent = 0
+        var pendingDescriptors = descriptors
+        while sent < total {
+            let result: Int = iov.withUnsafeBufferPointer { vectors in
+                pendingDescriptors.withUnsafeBufferPointer { fds in
+                    if isSocket {
+                        return mp_sendmsg_fds(fd, vectors.baseAddress, Int32(vectors.count), fds.baseAddress, Int32(fds.count))
+                    }
+                    return mp_writev_nosigpipe(fd, vectors.baseAddress, Int32(vectors.count))
+                }
+            }
+            if result < 0 {
+                let error = errno
+                if error == EINTR { continue }
+                if error == ENOTSOCK && isSocket {
+                    guard pendingDescriptors.isEmpty else {
+                        throw MultiprocessingError(.unsupported, "descriptors can only travel over a Unix socket connection")
+                    }
+                    isSocket = false
+                    continue
+                }
+                if error == EPIPE || error == ECONNRESET {
+                    throw MultiprocessingError(.system, "the peer closed the connection", errno: error)
+                }
+                throw MultiprocessingError.system("send", errno: error)
+            }
+            sent += result
+            pendingDescriptors = []
+            var skip = result
+            while skip > 0, !iov.isEmpty {
+                if skip >= iov[0].iov_len {
+                    skip -= iov[0].iov_len
+                    iov.removeFirst()
+                } else {
+                    iov[0].iov_base += skip
+                    iov[0].iov_len -= skip
+                    skip = 0
+                }
+            }
+        }
+    }
+
+    // MARK: Receiving
+
+    /// Receives one message's bytes (Python's `recv_bytes`).
+    ///
+    /// - Parameters:
+    ///   - maxLength: a message longer than this throws ``MultiprocessingError/Code/protocolViolation``
+    ///     ("bad message length") and closes the connection, as Python's does.
+    ///   - timeout: how long to wait for a whole message; nil waits as long as it takes.
+    /// - Throws: ``MultiprocessingError/Code/endOfFile`` once every copy of the peer end is closed and
+    ///   nothing is left; ``MultiprocessingError/Code/timedOut`` when no whole message arrived in time.
+    public func recvBytes(maxLength: Int? = nil, timeout: Duration? = nil) throws -> [UInt8] {
+        try receiveBytes(maxLength: maxLength, deadline: .after(timeout))
+    }
+
+    func receiveBytes(maxLength: Int?, deadline: Deadline) throws -> [UInt8] {
+        try receiveFrame(maxLength: maxLength, deadline: deadline) { Array($0) }
+    }
+
+    /// Receives one message into `buffer` at byte `offset` and returns its length (Python's
+    /// `recv_bytes_into`).
+    ///
+    /// - Throws: ``MultiprocessingError/Code/invalidArgument`` when `offset` is outside the buffer;
+    ///   ``MultiprocessingError/Code/bufferTooShort`` when the message does not fit, with the complete
+    ///   message in the error's ``MultiprocessingError/payload`` (the message is consumed); and the errors
+    ///   of ``recvBytes(maxLength:timeout:)``.
+    public func recvBytes(into buffer: UnsafeMutableRawBufferPointer, offset: Int = 0, timeout: Duration? = nil) throws -> Int {
+        guard offset >= 0, offset <= buffer.count else {
+            throw MultiprocessingError(.invalidArgument, "offset \(offset) is out of bounds for a buffer of \(buffer.count) bytes")
+        }
+        return try receiveFrame(maxLength: nil, deadline: .after(timeout)) { payload in
+            guard payload.count <= buffer.count - offset else {
+                throw MultiprocessingError(
+                    .bufferTooShort, "a message of \(payload.count) bytes does not fit in \(buffer.count - offset) bytes",
+                    payload: Array(payload))
+            }
+            if let base = payload.baseAddress, let target = buffer.baseAddress {
+                (target + offset).copyMemory(from: base, byteCount: payload.count)
+            }
+            return payload.count
+        }
+    }
+
+    /// Receives one message into `buffer` at byte `offset`, as
+    /// ``recvBytes(into:offset:timeout:)-(UnsafeMutableRawBufferPointer,_,_)`` does.
+    public func recvBytes(into buffer: inout [UInt8], offset: Int = 0, timeout: Duration? = nil) throws -> Int {
+        try buffer.withUnsafeMutableBytes { try recvBytes(into: $0, offset: offset, timeout: timeout) }
+    }
+
+    /// Receives one `Codable` value sent with ``send(_:)`` (Python's `recv`).
+    ///
+    /// - Throws: ``MultiprocessingError/Code/endOfFile``, ``MultiprocessingError/Code/timedOut``, or
+    ///   ``MultiprocessingError/Code/transport`` when the bytes do not decode as `T`.
+    public func recv<T: Decodable>(_ type: T.Type = T.self, timeout: Duration? = nil) throws -> T {
+        try receiveFrame(maxLength: nil, deadline: .after(timeout)) { payload in
+            guard let count = payload.first else {
+                throw MultiprocessingError(.transport, "empty message: not a value sent with send(_:)")
+            }
+            let body = UnsafeRawBufferPointer(rebasing: payload[1...])
+            guard count > 0 else { return try BinaryDecoder().decode(T.self, from: body) }
+            let transfer = try takeDescriptors(Int(count))
+            defer { transfer.closeUntaken() }
+            var decoder = BinaryDecoder()
+            decoder.userInfo[.descriptorTransfer] = transfer
+            return try decoder.decode(T.self, from: body)
+        }
+    }
+
+    /// The first `count` descriptors that arrived, for the message being decoded.
+    private func takeDescriptors(_ count: Int) throws -> DescriptorTransfer {
+        guard receivedDescriptors.count >= count else {
+            throw MultiprocessingError(.transport, "message announces \(count) descriptors but \(receivedDescriptors.count) arrived")
+        }
+        defer { receivedDescriptors.removeFirst(count) }
+        return DescriptorTransfer(received: Array(receivedDescriptors.prefix(count)))
+    }
+
+    /// Receives one value as ``recv(_:timeout:)`` does, on a thread of its own, so that the caller's task
+    /// does not hold a thread of Swift's cooperative pool while it waits.
+    public func recv<T: Decodable & Sendable>(_ type: T.Type = T.self, timeout: Duration? = nil) async throws -> T {
+        try await withBlockingThread { try self.recv(type, timeout: timeout) }
+    }
+
+    /// Receives one message's bytes as ``recvBytes(maxLength:timeout:)`` does, on a thread of its own.
+    public func recvBytes(maxLength: Int? = nil, timeout: Duration? = nil) async throws -> [UInt8] {
+        try await withBlockingThread { try self.recvBytes(maxLength: maxLength, timeout: timeout) }
+    }
+
+    /// Sends an open descriptor to the process at the other end (Python's `reduction.send_handle`); the
+    /// receiver gets its own copy from ``recvDescriptor(timeout:)``, and this process keeps `fd` open.
+    /// Works over Unix sockets only.
+    public func sendDescriptor(_ fd: Int32) throws {
+        try send(DescriptorMessage(fd: fd))
+    }
+
+    /// Receives a descriptor sent with ``sendDescriptor(_:)`` (Python's `reduction.recv_handle`); the
+    /// caller owns it and must close it.
+    ///
+    /// - Throws: ``MultiprocessingError/Code/transport`` when the message carries no descriptor.
+    public func recvDescriptor(timeout: Duration? = nil) throws -> Int32 {
+        do {
+            return try recv(DescriptorMessage.self, timeout: timeout).fd
+        } catch let error as MultiprocessingError where error.code == .transport {
+            throw MultiprocessingError(.transport, "no descriptor arrived with the message: \(error.message)")
+        }
+    }
+
+    /// Whether a message (or end of file) is ready to read, waiting up to `timeout`
+    /// (Python's `poll`): zero or negative checks and returns at once, nil waits without limit.
+    /// Polling never consumes data.
+    ///
+    /// - Throws: ``MultiprocessingError/Code/closed`` or ``MultiprocessingError/Code/invalidState`` for
+    ///   a closed or write-only connection.
+    public func poll(timeout: Duration? = .zero) throws -> Bool {
+        try checkReadable()
+        if end > start { return true }
+        return try !Syscall.pollReadable([fd], until: .after(timeout)).isEmpty
+    }
+
+    /// Reads one frame and hands its payload to `body` while it sits in the buffer.
+    private func receiveFrame<R>(maxLength: Int?, deadline: Deadline, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        try checkReadable()
+        while true {
+            let available = UnsafeRawBufferPointer(start: buffer + start, count: end - start)
+            let header: (length: Int, headerSize: Int)?
+            do {
+                header = try Framing.parseHeader(available)
+            } catch {
+                close()
+                throw error
+            }
+            if let (length, headerSize) = header {
+                if let maxLength, length > maxLength {
+                    close()
+                    throw MultiprocessingError(.protocolViolation, "bad message length: \(length) bytes exceeds the limit of \(maxLength)")
+                }
+                if available.count - headerSize >= length {
+                    let payload = UnsafeRawBufferPointer(start: buffer + start + headerSize, count: length)
+                    start += headerSize + length
+                    defer { if start == end { start = 0; end = 0; shrinkIfLarge() } }
+                    return try body(payload)
+                }
+                reserve(headerSize + length)
+            }
+            try fill(deadline: deadline)
+        }
+    }
+
+    /// Makes room for a frame of `frameSize` bytes, growing by steps as data arrives so that a bogus
+    /// length never allocates more than about twice what was actually received.
+    private func reserve(_ frameSize: Int) {
+        if start > 0 && capacity - start < frameSize {
+            buffer.copyMemory(from: buffer + start, byteCount: end - start)
+            end -= start
+            start = 0
+        }
+        guard capacity - end < 16 * 1024, capacity < frameSize else { return }
+        let wanted = min(frameSize, max(capacity * 2, Self.initialCapacity))
+        let grown = UnsafeMutableRawPointer.allocate(byteCount: wanted, alignment: 16)
+        grown.copyMemory(from: buffer + start, byteCount: end - start)
+        buffer.deallocate()
+        buffer = grown
+        capacity = wanted
+        end -= start
+        start = 0
+    }
+
+    /// Returns to the initial buffer after a very large message; buffers up to 4 MiB are kept for the next.
+    private func shrinkIfLarge() {
+        guard capacity > 4 * 1024 * 1024 else { return }
+        buffer.deallocate()
+        capacity = Self.initialCapacity
+        buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
+    }
+
+    /// Reads what is available into the buffer (at least one byte), or throws at EOF or timeout.
+    /// A socket is read without blocking for a few microseconds first (see `spinNanoseconds`).
+    private func fill(deadline: Deadline) throws {
+        if end == capacity {
+            if start > 0 {
+                buffer.copyMemory(from: buffer + start, byteCount: end - start)
+                end -= start
+                start = 0
+            } else {
+                reserve(capacity * 2)
+            }
+        }
+        // A spin polls until `spinUntil`. A gap of more than `preemptedGap` between two polls means this
+        // thread lost its CPU meanwhile: data that came then likely came from a peer on our own CPU, which
+        // the spin only delayed, so such a spin counts as one in vain.
+        var spinUntil: UInt64 = 0
+        var lastPoll: UInt64 = 0
+        var preempted = false
+        if isSocket && Self.spinning && !deadline.hasPassed {
+            if spinSkips == 0 {
+                lastPoll = Deadline.monotonicNow()
+                spinUntil = lastPoll + Self.spinNanoseconds
+            } else {
+                spinSkips -= 1
+            }
+        }
+        // Without a spin, a wait without deadline goes straight to a blocking read.
+        var mayBlock = spinUntil == 0
+        while true {
+            let result = readAvailable(blocking: mayBlock && deadline.nanoseconds == nil)
+            if result > 0 {
+                if spinUntil > 0 {
+                    if preempted || Deadline.monotonicNow() - lastPoll > Self.preemptedGap { penalizeSpin() } else { spinPenalty = 0 }
+                }
+                end += result
+                return
+            }
+            if result == 0 {
+                throw MultiprocessingError(.endOfFile, end > start ? "the peer closed the connection in the middle of a message" : "the peer closed the connection")
+            }
+            switch errno {
+            case EINTR:
+                continue
+            case EAGAIN:
+                if spinUntil > 0 {
+                    let now = Deadline.monotonicNow()
+                    preempted = preempted || now - lastPoll > Self.preemptedGap
+                    lastPoll = now
+                    if now < spinUntil, !deadline.hasPassed { continue }
+                    spinUntil = 0
+                    penalizeSpin()
+                }
+                if deadline.nanoseconds == nil {
+                    mayBlock = true
+                } else if try Syscall.pollReadable([fd], until: deadline).isEmpty {
+                    throw MultiprocessingError(.timedOut, "no message arrived before the timeout")
+                }
+            case ENOTSOCK where isSocket:
+                isSocket = false
+                spinUntil = 0
+            case ECONNRESET:
+                throw MultiprocessingError(.endOfFile, "the peer reset the connection")
+            case let error:
+                throw MultiprocessingError.system("recv", errno: error)
+            }
+        }
+    }
+
+    /// After a spin in vain, the next waits block at once: twice as many as after the previous one.
+    private func penalizeSpin() {
+        spinPenalty = min(max(1, spinPenalty * 2), Self.spinsSkippedAtMost)
+        spinSkips = spinPenalty
+    }
+
+    /// One read into the free end of the buffer: bytes read, 0 at end of file, or -1 with errno (EAGAIN
+    /// when nothing is ready and `blocking` is false). Descriptors that arrive are kept for decoding.
+    private func readAvailable(blocking: Bool) -> Int {
+        guard isSocket else {
+            // A pipe or file: wait with poll(2), since its reads cannot be made non-blocking per call.
+            if !blocking, (try? Syscall.pollReadable([fd], until: .now).isEmpty) ?? false {
+                errno = EAGAIN
+                return -1
+            }
+            return read(fd, buffer + end, capacity - end)
+        }
+        return withUnsafeTemporaryAllocation(of: Int32.self, capacity: Int(MP_MAX_FDS_PER_MESSAGE)) { fds in
+            var count: Int32 = 0
+            let result = mp_recvmsg_fds_flags(
+                fd, buffer + end, capacity - end, fds.baseAddress, MP_MAX_FDS_PER_MESSAGE, &count, blocking ? 0 : 1)
+            if count > 0 { receivedDescriptors.append(contentsOf: fds.prefix(Int(count))) }
+            return result
+        }
+    }
+
+    // MARK: State checks
+
+    private func checkOpen() throws {
+        guard fd >= 0 else { throw MultiprocessingError(.closed, "the connection is closed") }
+    }
+
+    private func checkReadable() throws {
+        try checkOpen()
+        guard readable else { throw MultiprocessingError(.invalidState, "connection is write-only") }
+    }
+
+    private func checkWritable() throws {
+        try checkOpen()
+        guard writable else { throw MultiprocessingError(.invalidState, "connection is read-only") }
+    }
+
+    /// Whether received bytes wait in the buffer, so that a read would not block.
+    var hasBufferedBytes: Bool { end > start }
+
+    /// The receive buffer's size, for tests that check a bogus length allocates nothing.
+    var receiveBufferCapacity: Int { capacity }
+
+    // MARK: Transfer to another process
+
+    private enum CodingKeys: String, CodingKey { case descriptor, readable, writable, buffered }
+
+    /// Encodes the connection for transfer to another process: its descriptor travels beside the
+    /// message, and bytes already read but not yet consumed travel inside it, so nothing is lost.
+    public func encode(to encoder: any Encoder) throws {
+        try checkOpen()
+        let transfer = try DescriptorTransfer.from(encoder.userInfo, for: "a Connection")
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(transfer.add(fd), forKey: .descriptor)
+        try container.encode(readable, forKey: .readable)
+        try container.encode(writable, forKey: .writable)
+        try container.encode(Array(UnsafeRawBufferPointer(start: buffer + start, count: end - start)), forKey: .buffered)
+    }
+
+    /// Rebuilds a connection that arrived from another process.
+    public required convenience init(from decoder: any Decoder) throws {
+        let transfer = try DescriptorTransfer.from(decoder.userInfo, for: "a Connection")
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let readable = try container.decode(Bool.self, forKey: .readable)
+        let writable = try container.decode(Bool.self, forKey: .writable)
+        let buffered = try container.decode([UInt8].self, forKey: .buffered)
+        let index = try container.decode(Int.self, forKey: .descriptor)
+        try self.init(adopting: transfer.take(index), readable: readable, writable: writable)
+        if !buffered.isEmpty {
+            reserve(buffered.count)
+            buffered.withUnsafeBytes { (buffer + end).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            end += buffered.count
+        }
+    }
+}
+
+/// A message that is one descriptor.
+private struct DescriptorMessage: Codable {
+    let fd: Int32
+
+    init(fd: Int32) { self.fd = fd }
+
+    init(from decoder: any Decoder) throws {
+        let transfer = try DescriptorTransfer.from(decoder.userInfo, for: "a descriptor")
+        fd = try transfer.take(decoder.singleValueContainer().decode(Int.self))
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(DescriptorTransfer.from(encoder.userInfo, for: "a descriptor").add(fd))
+    }
+}
+
+/// Creates a connected pair of connections (Python's `multiprocessing.Pipe`).
+///
+/// With `duplex` true (the default) both ends send and receive. With `duplex` false the first end
+/// only receives and the second only sends, as in Python: `let (reader, writer) = try makePipe(duplex: false)`;
+/// using an end in the wrong direction throws ``MultiprocessingError/Code/invalidState``.
+/// Both ends are Unix sockets, so either can carry descriptors.
+public func makePipe(duplex: Bool = true) throws -> (Connection, Connection) {
+    let (a, b) = try Syscall.socketPair()
+    if duplex {
+        return (try Connection(adopting: a), try Connection(adopting: b))
+    }
+    shutdown(a, Int32(SHUT_WR))
+    shutdown(b, Int32(SHUT_RD))
+    return (try Connection(adopting: a, readable: true, writable: false),
+            try Connection(adopting: b, readable: false, writable: true))
+}
