@@ -485,3 +485,41 @@ struct ExitAfterMessage: ProcessTask {
         exit(code)
     }
 }
+
+nonisolated(unsafe) private var signalsHandled = 0
+
+@Suite("Signals to the parent")
+struct ProcessSignalTests {
+    @Test("a handled signal delivered to the joining thread does not cut join() short")
+    func signalDuringJoin() throws {
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in signalsHandled += 1 }
+        sigemptyset(&action.sa_mask)
+        action.sa_flags = 0  // no SA_RESTART: poll() really sees EINTR
+        var previous = sigaction()
+        sigaction(SIGUSR1, &action, &previous)
+        defer { sigaction(SIGUSR1, &previous, nil) }
+        // Test threads may block signals (Dispatch workers do): let SIGUSR1 reach this one.
+        var unblock = sigset_t()
+        var previousMask = sigset_t()
+        sigemptyset(&unblock)
+        sigaddset(&unblock, SIGUSR1)
+        pthread_sigmask(SIG_UNBLOCK, &unblock, &previousMask)
+        defer { pthread_sigmask(SIG_SETMASK, &previousMask, nil) }
+
+        let child = ChildProcess(Nap(milliseconds: 600))
+        try child.start()
+        let joiner = pthread_self()
+        let kicker = SyncThread { () -> Int32 in
+            usleep(150_000)
+            return pthread_kill(joiner, SIGUSR1)
+        }
+        let start = Deadline.monotonicNow()
+        #expect(try child.join(timeout: .seconds(30)))
+        let elapsed = Double(Deadline.monotonicNow() - start) / 1e9
+        #expect(try kicker.join() == 0)
+        #expect(signalsHandled >= 1)
+        #expect(child.exitCode == 0)
+        #expect(elapsed >= 0.4, "join returned after \(elapsed) s, before the child ended")
+    }
+}
