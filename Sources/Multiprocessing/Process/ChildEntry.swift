@@ -39,15 +39,14 @@ func multiprocessingChildMain(_ fd: Int32) {
 
 /// Installs a child's identity, and for a daemon a watcher that ends it when the parent dies.
 func becomeChild(_ bootstrap: ChildBootstrap, parentSentinel: Int32) {
-    ProcessState.shared.withLock { state in
+    ProcessState.shared.resetAfterFork { state in
         state = ProcessState(
             name: bootstrap.name, identity: bootstrap.identity, authkey: bootstrap.authkey, daemon: bootstrap.daemon,
             parent: ParentProcess(pid: bootstrap.parentPid, name: bootstrap.parentName, sentinel: parentSentinel))
     }
     ChildRegistry.forgetInheritedChildren()
-    if let name = bootstrap.startMethod, let method = StartMethod(rawValue: name) {
-        try? setStartMethod(method, force: true)
-    }
+    ForkServerLauncher.forgetInheritedServer()
+    defaultStartMethod.resetAfterFork { $0 = bootstrap.startMethod.flatMap(StartMethod.init(rawValue:)) }
     if bootstrap.daemon { watchParent(parentSentinel) }
 }
 

@@ -6,7 +6,7 @@ import Synchronization
 /// The children this process started and has not reaped yet (Python's `_children`), and the exit-time
 /// rule: daemon children are terminated and the others joined when the process exits normally.
 enum ChildRegistry {
-    private static let children = Mutex<[ObjectIdentifier: ChildProcess]>([:])
+    private static let children = ForkSafeMutex<[ObjectIdentifier: ChildProcess]>([:])
 
     static func add(_ child: ChildProcess) {
         children.withLock { $0[ObjectIdentifier(child)] = child }
@@ -30,7 +30,7 @@ enum ChildRegistry {
 
     /// In a new child: the parent's children are not ours.
     static func forgetInheritedChildren() {
-        children.withLock { $0 = [:] }
+        children.resetAfterFork { $0 = [:] }
     }
 }
 

@@ -2,7 +2,6 @@
 import Glibc
 #endif
 import CMultiprocessing
-import Synchronization
 
 /// The forkserver start method.
 ///
@@ -18,7 +17,15 @@ enum ForkServerLauncher {
         var process: PidfdHandle?
     }
 
-    private static let server = Mutex(Server())
+    private static let server = ForkSafeMutex(Server())
+
+    /// In a forked child: the parent's server is the parent's; this process starts its own when needed.
+    static func forgetInheritedServer() {
+        server.resetAfterFork { server in
+            Syscall.close(server.control)
+            server = Server()
+        }
+    }
 
     /// The running server's pid, if one runs.
     static var serverPid: Int32? { server.withLock { $0.process?.pid } }

@@ -2,7 +2,6 @@
 import Glibc
 #endif
 import CMultiprocessing
-import Synchronization
 
 /// What this process knows about itself and its parent: Python's `current_process()` state.
 struct ProcessState: Sendable {
@@ -14,7 +13,7 @@ struct ProcessState: Sendable {
     var parent: ParentProcess?
 
     /// The state of the running process.
-    static let shared = Mutex(ProcessState(authkey: randomBytes(32)))
+    static let shared = ForkSafeMutex(ProcessState(authkey: randomBytes(32)))
 
     /// Reserves the next child identity and its default name (`Process-N`, `Process-N:M` in a child).
     static func nextChild() -> (identity: [Int], name: String) {

@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Synchronization
 
 /// How a child process is created (Python's start methods).
 public enum StartMethod: String, CaseIterable, Sendable, CustomStringConvertible {
@@ -42,7 +41,7 @@ public struct ProcessContext: Sendable, Hashable, CustomStringConvertible {
     public var description: String { startMethod.rawValue }
 }
 
-private let defaultStartMethod = Mutex<StartMethod?>(nil)
+let defaultStartMethod = ForkSafeMutex<StartMethod?>(nil)
 
 /// Sets the start method that ``ProcessContext/default`` uses (Python's `set_start_method`).
 ///
