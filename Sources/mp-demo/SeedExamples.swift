@@ -15,11 +15,12 @@ struct Pace: Codable, Sendable {
 }
 
 /// The seed's function: `def piao(name): print('%s piaoing' % name); time.sleep(random.randrange(1,5)); print('%s piao end' % name)`.
-func piao(_ name: String, pace: Pace) {
-    print("\(name) piaoing")
+/// The daemon example's class says "is piaoing" and sleeps `randrange(1,3)`: the same shape, so the same code.
+func piao(_ name: String, pace: Pace, verb: String = "", seconds: Range<Int> = 1..<5) {
+    print("\(name) \(verb)piaoing")
     fflush(nil)
-    pace.sleep(randomIn: 1..<5)
-    print("\(name) piao end")
+    pace.sleep(randomIn: seconds)
+    print("\(name) \(verb)piao end")
     fflush(nil)
 }
 
@@ -36,26 +37,14 @@ struct PiaoTarget: ProcessTask {
 struct Piao: ProcessTask {
     let name: String
     let pace: Pace
-    func run() throws {
-        print("\(name) piaoing")
-        fflush(nil)
-        pace.sleep(randomIn: 1..<5)
-        print("\(name) piao end")
-        fflush(nil)
-    }
+    func run() throws { piao(name, pace: pace) }
 }
 
 /// The seed's daemon class: `p.daemon = True` before `start()`.
 struct DaemonPiao: ProcessTask {
     let name: String
     let pace: Pace
-    func run() throws {
-        print("\(name) is piaoing")
-        fflush(nil)
-        pace.sleep(randomIn: 1..<3)
-        print("\(name) is piao end")
-        fflush(nil)
-    }
+    func run() throws { piao(name, pace: pace, verb: "is ", seconds: 1..<3) }
 }
 
 /// The seed's daemon example as a whole program: it starts a daemon, prints "master" and ends,

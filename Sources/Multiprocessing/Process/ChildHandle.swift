@@ -43,10 +43,8 @@ final class PidfdHandle: ChildHandle, @unchecked Sendable {
     }
 
     func send(signal: Int32) throws {
-        guard code == nil, pidfd >= 0 else { return }
-        if mp_pidfd_send_signal(pidfd, signal) < 0 && errno != ESRCH {
-            throw MultiprocessingError.system("pidfd_send_signal(\(pid), \(signal))")
-        }
+        guard code == nil else { return }
+        try signalProcess(pidfd: pidfd, pid: pid, signal)
     }
 
     func release() {
@@ -55,4 +53,13 @@ final class PidfdHandle: ChildHandle, @unchecked Sendable {
     }
 
     deinit { release() }
+}
+
+/// Sends `signal` through a pidfd (no risk of hitting a recycled pid); a process that has already
+/// ended is not an error.
+func signalProcess(pidfd: Int32, pid: Int32, _ signal: Int32) throws {
+    guard pidfd >= 0 else { return }
+    if mp_pidfd_send_signal(pidfd, signal) < 0 && errno != ESRCH {
+        throw MultiprocessingError.system("pidfd_send_signal(\(pid), \(signal))")
+    }
 }

@@ -152,10 +152,8 @@ final class ForkServerHandle: ChildHandle, @unchecked Sendable {
     }
 
     func send(signal: Int32) throws {
-        guard code == nil, pidfd >= 0 else { return }
-        if mp_pidfd_send_signal(pidfd, signal) < 0 && errno != ESRCH {
-            throw MultiprocessingError.system("pidfd_send_signal(\(pid), \(signal))")
-        }
+        guard code == nil else { return }
+        try signalProcess(pidfd: pidfd, pid: pid, signal)
     }
 
     func release() {
