@@ -8,28 +8,25 @@ let package = Package(
         .executable(name: "mp-demo", targets: ["mp-demo"]),
         .executable(name: "mp-bench", targets: ["mp-bench"]),
     ],
-    dependencies: [
-        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
-    ],
     targets: [
         .target(name: "CMultiprocessing"),
         .target(
             name: "Multiprocessing",
-            dependencies: [
-                "CMultiprocessing",
-                .product(name: "Crypto", package: "swift-crypto"),
-            ],
+            dependencies: ["CMultiprocessing"],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .executableTarget(
             name: "mp-demo",
             dependencies: ["Multiprocessing"],
-            swiftSettings: [.swiftLanguageMode(.v6)]
+            swiftSettings: [.swiftLanguageMode(.v6)],
+            // A statically linked Swift runtime: each spawned child starts in about half the time.
+            linkerSettings: [.unsafeFlags(["-static-stdlib"])]
         ),
         .executableTarget(
             name: "mp-bench",
             dependencies: ["Multiprocessing"],
-            swiftSettings: [.swiftLanguageMode(.v6)]
+            swiftSettings: [.swiftLanguageMode(.v6)],
+            linkerSettings: [.unsafeFlags(["-static-stdlib"])]
         ),
         .testTarget(
             name: "MultiprocessingTests",

@@ -1,5 +1,3 @@
-import Crypto
-
 // CPython's connection handshake (multiprocessing/connection.py), so our Listener and Client talk to
 // Python's. The listener delivers a challenge and then answers one; the client answers, then delivers.
 //
@@ -29,17 +27,12 @@ enum Handshake {
 }
 
 /// The HMAC digests the handshake may name: CPython's allowed set, less the SHA-3 ones.
-enum HandshakeDigest: String, CaseIterable {
-    case md5, sha256, sha384
+typealias HandshakeDigest = DigestAlgorithm
 
+extension DigestAlgorithm {
     /// HMAC of `message` under `key`.
     func authenticationCode(_ message: [UInt8], key: [UInt8]) -> [UInt8] {
-        let key = SymmetricKey(data: key)
-        switch self {
-        case .md5: return Array(HMAC<Insecure.MD5>.authenticationCode(for: message, using: key))
-        case .sha256: return Array(HMAC<SHA256>.authenticationCode(for: message, using: key))
-        case .sha384: return Array(HMAC<SHA384>.authenticationCode(for: message, using: key))
-        }
+        authenticationCode(for: message, key: key)
     }
 
     /// Splits a challenge message or an answer into its digest and payload (CPython's
@@ -120,10 +113,3 @@ private func receiveHandshakeFrame(_ connection: Connection, deadline: Deadline)
     }
 }
 
-/// Compares two byte strings in time that depends only on their lengths.
-func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-    guard a.count == b.count else { return false }
-    var difference: UInt8 = 0
-    for index in a.indices { difference |= a[index] ^ b[index] }
-    return difference == 0
-}
