@@ -30,8 +30,9 @@ private func startJoin(_ method: StartMethod, count: Int) throws -> Double {
     return (now() - start) / Double(count) * 1000
 }
 
-/// Resident memory of an idle spawned child, MiB.
-private func idleChildResidentMemory() throws -> Double {
+/// Resident memory (`field` of /proc/PID/status: VmRSS, or RssAnon for the child's private part) of an
+/// idle spawned child, MiB.
+private func idleChildMemory(_ field: String) throws -> Double {
     let (reader, writer) = try makePipe(duplex: false)
     let child = ChildProcess(Idle(until: reader))
     try child.start()
@@ -41,22 +42,22 @@ private func idleChildResidentMemory() throws -> Double {
         _ = try? child.join(timeout: .seconds(10))
     }
     usleep(300_000)  // let the child finish starting up before reading its memory
-    return try residentMiB(of: child.pid ?? 0)
+    return try statusMiB(field, of: child.pid ?? 0)
 }
 
-/// VmRSS of `pid` in MiB, from /proc.
-func residentMiB(of pid: Int32) throws -> Double {
+/// A memory field of `pid`'s /proc status in MiB.
+func statusMiB(_ field: String, of pid: Int32) throws -> Double {
     guard let file = fopen("/proc/\(pid)/status", "r") else { throw BenchError("no /proc/\(pid)/status") }
     defer { fclose(file) }
     var line = [CChar](repeating: 0, count: 256)
     while fgets(&line, 256, file) != nil {
         let text = cString(line)
-        if text.hasPrefix("VmRSS:") {
+        if text.hasPrefix(field + ":") {
             let kib = text.split(separator: " ").compactMap { Double($0) }.first ?? 0
             return kib / 1024
         }
     }
-    throw BenchError("no VmRSS for \(pid)")
+    throw BenchError("no \(field) for \(pid)")
 }
 
 private func pythonStartJoin(_ method: String, count: Int) -> String {
@@ -83,19 +84,25 @@ let processWorkloads: [Workload] = [
     Workload(name: "start-join-fork", unit: "ms", higherIsBetter: false,
              swift: { try startJoin(.fork, count: 500) }, python: pythonStartJoin("fork", count: 200)),
     Workload(name: "child-rss", unit: "MiB", higherIsBetter: false,
-             swift: idleChildResidentMemory,
-             python: """
-                import multiprocessing as mp, time
-                def idle(conn):
-                    conn.recv_bytes() if False else conn.poll(30)
-                if __name__ == '__main__':
-                    ctx = mp.get_context('spawn')
-                    reader, writer = ctx.Pipe(duplex=False)
-                    p = ctx.Process(target=idle, args=(reader,)); p.start()
-                    time.sleep(0.3)
-                    with open(f'/proc/{p.pid}/status') as f:
-                        kib = [int(l.split()[1]) for l in f if l.startswith('VmRSS:')][0]
-                    writer.send_bytes(b'x'); p.join()
-                    print(kib / 1024)
-                """),
+             swift: { try idleChildMemory("VmRSS") }, python: pythonIdleChild("VmRSS")),
+    Workload(name: "child-private-memory", unit: "MiB", higherIsBetter: false,
+             swift: { try idleChildMemory("RssAnon") }, python: pythonIdleChild("RssAnon")),
 ]
+
+/// A Python program that measures `field` of an idle spawned child.
+private func pythonIdleChild(_ field: String) -> String {
+    """
+    import multiprocessing as mp, time
+    def idle(conn):
+        conn.poll(30)
+    if __name__ == '__main__':
+        ctx = mp.get_context('spawn')
+        reader, writer = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=idle, args=(reader,)); p.start()
+        time.sleep(0.3)
+        with open(f'/proc/{p.pid}/status') as f:
+            kib = [int(l.split()[1]) for l in f if l.startswith('\(field):')][0]
+        writer.send_bytes(b'x'); p.join()
+        print(kib / 1024)
+    """
+}
