@@ -1,0 +1,28 @@
+import Foundation
+import Multiprocessing
+import Testing
+
+// This file imports Foundation and Multiprocessing together and uses every public type unqualified: it
+// compiles only while no name of ours clashes with Foundation's, Glibc's or the standard library's.
+
+@Suite("Names beside Foundation")
+struct FoundationNamesTests {
+    @Test("public names resolve unqualified next to Foundation")
+    func unqualifiedNames() throws {
+        let types: [Any.Type] = [
+            ChildProcess.self, ProcessContext.self, StartMethod.self, CurrentProcess.self, ParentProcess.self,
+            Connection.self, Listener.self, ConnectionAddress.self, AddressFamily.self,
+            ProcessLock.self, ProcessRLock.self, ProcessSemaphore.self, ProcessBoundedSemaphore.self,
+            ProcessCondition.self, ProcessEvent.self, ProcessBarrier.self,
+            BinaryEncoder.self, BinaryDecoder.self, MultiprocessingError.self,
+        ]
+        #expect(types.count == 19)
+        let (a, b) = try makePipe()
+        try b.send("hello")
+        #expect(try wait([a], timeout: .seconds(5)).count == 1)
+        #expect(try a.recv(String.self, timeout: .seconds(5)) == "hello")
+        // Foundation's own types stay usable beside ours.
+        #expect(Foundation.Process().arguments == nil)
+        #expect(FileManager.default.fileExists(atPath: "/"))
+    }
+}
