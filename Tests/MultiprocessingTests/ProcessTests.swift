@@ -192,6 +192,19 @@ struct ProcessTests {
         }
     }
 
+    @Test("children terminated right after start all end with -SIGTERM", arguments: StartMethod.allCases)
+    func terminateRightAfterStart(method: StartMethod) throws {
+        let children = (0..<30).map { _ in ChildProcess(EndWith(way: .blocking), context: ProcessContext(method)) }
+        for child in children {
+            try child.start()
+            try child.terminate()
+        }
+        for child in children {
+            #expect(try child.join(timeout: .seconds(30)))
+            #expect(child.exitCode == -SIGTERM)
+        }
+    }
+
     @Test("a crashing task is reported as a signal, quickly", arguments: [StartMethod.spawn, .forkserver])
     func crash(method: StartMethod) throws {
         let child = ChildProcess(EndWith(way: .crashing), context: ProcessContext(method))
