@@ -63,32 +63,31 @@ struct DaemonExample: ProcessTask {
 func runSeedExamples(pace: Pace) throws {
     section("The seed, method one: Process(target=piao, args=('User1',))")
     let users = ["User1", "User2", "User3", "User4"].map { ChildProcess(PiaoTarget(args: $0, pace: pace)) }
-    for p in users { try p.start() }
-    print("main thread")
-    fflush(nil)
-    for p in users { try p.join(timeout: .seconds(30)) }
+    try startThenJoin(users)
 
     section("The seed, method one under the fork start method: a capturing closure")
     let forked = ["User1", "User2", "User3", "User4"].map { user in
         ChildProcess(context: ProcessContext(.fork)) { piao(user, pace: pace) }
     }
-    for p in forked { try p.start() }
-    print("main thread")
-    fflush(nil)
-    for p in forked { try p.join(timeout: .seconds(30)) }
+    try startThenJoin(forked)
 
     section("The seed, method two: class Piao(Process) with run()")
     let named = ["Egon", "Alex", "Wupeiqi", "Yuanhao"].map { ChildProcess(Piao(name: $0, pace: pace)) }
-    for p in named { try p.start() }
-    print("main thread")
-    fflush(nil)
-    for p in named { try p.join(timeout: .seconds(30)) }
+    try startThenJoin(named)
 
     section("The seed, daemon: the parent prints 'master' and ends; its daemon child ends with it")
     let program = ChildProcess(DaemonExample(pace: pace))
     try program.start()
     try program.join(timeout: .seconds(30))
     print("(the parent exited with code \(program.exitCode ?? -1); its daemon was terminated, so 'Egon is piao end' never appears)")
+}
+
+/// The seed's pattern: start every child, print "main thread" at once (the parent does not wait), then join.
+func startThenJoin(_ processes: [ChildProcess]) throws {
+    for p in processes { try p.start() }
+    print("main thread")
+    fflush(nil)
+    for p in processes { try p.join(timeout: .seconds(30)) }
 }
 
 func section(_ title: String) {
