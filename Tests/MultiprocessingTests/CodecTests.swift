@@ -362,6 +362,83 @@ import Testing
         func encode(to encoder: any Encoder) throws { throw Oops() }
     }
 
+    /// Nests `depth` keyed containers, each with a key type of its own (`Tower<[Tag]>.Key` inside
+    /// `Tower<Tag>.Key`), which is more key types and more open containers than the coders keep boxes for.
+    struct Tower<Tag>: Codable, Equatable {
+        var depth: Int
+
+        struct Key: CodingKey {
+            var stringValue: String
+            init(stringValue: String) { self.stringValue = stringValue }
+            var intValue: Int? { nil }
+            init?(intValue: Int) { nil }
+        }
+
+        struct Broken: Error {}
+
+        init(depth: Int) { self.depth = depth }
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: Key.self)
+            try container.encode(depth, forKey: Key(stringValue: "depth"))
+            if depth > 0 { try container.encode(Tower<[Tag]>(depth: depth - 1), forKey: Key(stringValue: "next")) }
+            try container.encode("top \(depth)", forKey: Key(stringValue: "name"))
+        }
+
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: Key.self)
+            depth = try container.decode(Int.self, forKey: Key(stringValue: "depth"))
+            if depth > 0, try container.decode(Tower<[Tag]>.self, forKey: Key(stringValue: "next")).depth != depth - 1 {
+                throw Broken()
+            }
+            if try container.decode(String.self, forKey: Key(stringValue: "name")) != "top \(depth)" { throw Broken() }
+        }
+    }
+
+    /// Carries another value as the bytes of its own encoding: encodes and decodes inside a call.
+    struct Envelope: Codable, Equatable {
+        var inner: Small
+        init(inner: Small) { self.inner = inner }
+        init(from decoder: any Decoder) throws {
+            var container = try decoder.unkeyedContainer()
+            let bytes = try container.decode([UInt8].self)
+            inner = try BinaryDecoder().decode(Small.self, from: bytes)
+            let again = try container.decode(Small.self)
+            if again != inner { throw Thrower.Oops() }
+        }
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.unkeyedContainer()
+            try container.encode(BinaryEncoder().encode(inner))
+            try container.encode(inner)
+        }
+    }
+
+    /// Keeps the encoder and containers it was given, to be used after the call (which must fail).
+    final class Hoarder: Codable {
+        enum Keys: String, CodingKey { case a }
+        var encoder: (any Encoder)?
+        var keyed: KeyedEncodingContainer<Keys>?
+        var unkeyed: (any UnkeyedEncodingContainer)?
+        var decoder: (any Decoder)?
+        var decoding: KeyedDecodingContainer<Keys>?
+
+        init() {}
+
+        func encode(to encoder: any Encoder) throws {
+            self.encoder = encoder
+            var container = encoder.container(keyedBy: Keys.self)
+            try container.encode(1, forKey: .a)
+            keyed = container
+            unkeyed = container.nestedUnkeyedContainer(forKey: .a)
+        }
+
+        init(from decoder: any Decoder) throws {
+            self.decoder = decoder
+            decoding = try decoder.container(keyedBy: Keys.self)
+            _ = try decoding?.decode(Int.self, forKey: .a)
+        }
+    }
+
     /// A deterministic random number generator (SplitMix64) so failures reproduce.
     struct SplitMix: RandomNumberGenerator {
         var state: UInt64
@@ -699,6 +776,98 @@ import Testing
         #expect(try roundTrip(points) == points)
         let long = String(repeating: "z", count: 300_000)
         #expect(try roundTrip(["a": long]) == ["a": long])
+    }
+
+    // MARK: Reused state
+
+    @Test func appendingManyValuesToOneBufferTakesTimeInProportion() throws {
+        // Each append costs time in proportion to the value, not to the buffer (4,000 appends once took 40 s).
+        let count = 20_000
+        var buffer: [UInt8] = [0xEE]
+        var ends: [Int] = []
+        ends.reserveCapacity(count)
+        let clock = ContinuousClock()
+        let elapsed = try clock.measure {
+            for index in 0..<count {
+                try encoder.encode(Small(id: index, name: "n\(index)", score: Double(index), tags: ["t"]), appendingTo: &buffer)
+                ends.append(buffer.count)
+            }
+        }
+        #expect(elapsed < .seconds(5), "\(elapsed)")
+        var start = 1
+        var wrong: [Int] = []
+        for (index, end) in ends.enumerated() {
+            let value = try buffer[start..<end].withUnsafeBytes { try decoder.decode(Small.self, from: $0) }
+            if value != Small(id: index, name: "n\(index)", score: Double(index), tags: ["t"]) { wrong.append(index) }
+            start = end
+        }
+        #expect(wrong.isEmpty && buffer[0] == 0xEE)
+    }
+
+    @Test func manyKeyTypesNestedDeeperThanTheBoxCache() throws {
+        for depth in [0, 5, 31, 32, 33, 80] {
+            let tower = Tower<Int>(depth: depth)
+            #expect(try roundTrip(tower) == tower)
+            #expect(try roundTrip([tower, tower, tower]) == [tower, tower, tower])
+        }
+        // The small types still take their fast path afterwards.
+        #expect(try roundTrip(sampleSmall) == sampleSmall)
+    }
+
+    @Test func codingInsideACallOnTheSameThread() throws {
+        let envelope = Envelope(inner: sampleSmall)
+        #expect(try roundTrip(envelope) == envelope)
+        #expect(try roundTrip([envelope, envelope]) == [envelope, envelope])
+    }
+
+    @Test func concurrentCallsOnManyThreads() async throws {
+        let encoder = self.encoder
+        let decoder = self.decoder
+        let failures = await withTaskGroup(of: Int.self) { group in
+            for task in 0..<8 {
+                group.addTask {
+                    var failures = 0
+                    for index in 0..<2_000 {
+                        let value = Small(id: task * 10_000 + index, name: "task \(task)", score: Double(index), tags: ["\(index)"])
+                        let nested = Reordered(first: index, inner: ["k": Double(task)], list: [index, task], last: "l")
+                        do {
+                            if try decoder.decode(Small.self, from: encoder.encode(value)) != value { failures += 1 }
+                            if try decoder.decode(Reordered.self, from: encoder.encode(nested)) != nested { failures += 1 }
+                        } catch {
+                            failures += 1
+                        }
+                    }
+                    return failures
+                }
+            }
+            return await group.reduce(0, +)
+        }
+        #expect(failures == 0)
+    }
+
+    @Test func encodersAndDecodersThatOutliveTheirCallOnlyThrow() throws {
+        let hoarder = Hoarder()
+        let bytes = try encoder.encode(hoarder)
+        _ = try encoder.encode(sampleSmall)  // the state is in use by another call meanwhile, then idle
+        var keyed = try #require(hoarder.keyed)
+        #expect(transportError { try keyed.encode(2, forKey: .a) } != nil)
+        var unkeyed = try #require(hoarder.unkeyed)
+        #expect(transportError { try unkeyed.encode(3) } != nil)
+        var single = try #require(hoarder.encoder).singleValueContainer()
+        #expect(transportError { try single.encode(4) } != nil)
+        var late = try #require(hoarder.encoder).container(keyedBy: Hoarder.Keys.self)
+        #expect(transportError { try late.encode(5, forKey: .a) } != nil)
+        #expect(try decoder.decode(Small.self, from: encoder.encode(sampleSmall)) == sampleSmall)
+
+        let decoded = try decoder.decode(Hoarder.self, from: bytes)
+        _ = try decoder.decode(Small.self, from: encoder.encode(sampleSmall))
+        let decoding = try #require(decoded.decoding)
+        #expect(transportError { _ = try decoding.decode(Int.self, forKey: .a) } != nil)
+        #expect(!decoding.contains(.a) && decoding.allKeys.isEmpty)
+        let leaked = try #require(decoded.decoder)
+        #expect(transportError { _ = try leaked.container(keyedBy: Hoarder.Keys.self) } != nil)
+        #expect(transportError { _ = try leaked.unkeyedContainer() } != nil)
+        #expect(transportError { _ = try leaked.singleValueContainer().decode(Int.self) } != nil)
     }
 
     // MARK: Hostile input

@@ -40,15 +40,57 @@ public struct BinaryDecoder: Sendable {
         guard let base = bytes.baseAddress, !bytes.isEmpty else {
             throw MultiprocessingError(.transport, "binary decoding: cannot decode \(T.self) from an empty message")
         }
-        let context = BinaryDecodingContext(reader: BinaryReader(base: base, count: bytes.count), userInfo: userInfo)
-        // Decoders that escape `init(from:)` must not read the caller's memory afterwards.
-        defer { context.invalidate() }
+        return try BinaryDecodingContext.with(BinaryDecodingContext.key) { context in
+            try context.decodeRoot(T.self, from: BinaryReader(base: base, count: bytes.count), userInfo: userInfo)
+        }
+    }
+}
+
+/// The state of a `BinaryDecoder.decode` call, shared by all its decoders and containers, and kept
+/// by its thread for the next call (see ``BinaryReusableState``). Between calls its reader is empty.
+final class BinaryDecodingContext: BinaryReusableState {
+    static let key = makeKey()
+
+    /// A keyed container: its header, where its entries start and end, the entry after the one read
+    /// last (so keys read in the order they were written are each found at the first look), and the
+    /// call it belongs to.
+    struct Frame {
+        var start: Int
+        var contentStart: Int
+        var end: Int
+        var hint: Int
+        var generation: Int
+    }
+
+    @exclusivity(unchecked) var busy = false
+    @exclusivity(unchecked) var next: BinaryDecodingContext?
+    /// Reads nothing between calls (the address is never read through when `count` is 0).
+    @exclusivity(unchecked) private(set) var reader = BinaryReader(base: UnsafeRawPointer(bitPattern: 16).unsafelyUnwrapped, count: 0)
+    @exclusivity(unchecked) var userInfo: [CodingUserInfoKey: any Sendable] = [:]
+    /// Nesting of `init(from:)` calls.
+    @exclusivity(unchecked) var depth = 0
+    /// Changes at the start and end of every call, retiring what the call handed out.
+    @exclusivity(unchecked) var generation = 0
+    @exclusivity(unchecked) var kinds = BinaryKindCache()
+    @exclusivity(unchecked) var boxes = BinaryBoxCache<Frame>()
+
+    init() {}
+
+    deinit {
+        boxes.deallocate()
+    }
+
+    /// Decodes the message in `reader`, which must hold one `T` value and nothing else.
+    func decodeRoot<T: Decodable>(_: T.Type, from reader: BinaryReader, userInfo: [CodingUserInfoKey: any Sendable]) throws -> T {
+        generation &+= 1
+        self.reader = reader
+        if !userInfo.isEmpty { self.userInfo = userInfo }
         do {
             var end = 0
-            let value = try context.decodeValue(T.self, at: 0, limit: bytes.count, end: &end)
-            guard end == bytes.count else {
+            let value = try decodeValue(T.self, at: 0, limit: reader.count, end: &end)
+            guard end == reader.count else {
                 throw MultiprocessingError(
-                    .transport, "binary decoding: \(bytes.count - end) trailing bytes after the \(T.self) value")
+                    .transport, "binary decoding: \(reader.count - end) trailing bytes after the \(T.self) value")
             }
             return value
         } catch let error as MultiprocessingError {
@@ -57,29 +99,14 @@ public struct BinaryDecoder: Sendable {
             throw MultiprocessingError(.transport, "binary decoding: decoding \(T.self) failed: \(error)")
         }
     }
-}
 
-/// The state of one `BinaryDecoder.decode` call, shared by all its decoders and containers.
-final class BinaryDecodingContext {
-    @exclusivity(unchecked) private(set) var reader: BinaryReader
-    let userInfo: [CodingUserInfoKey: any Sendable]
-    /// The keyed container last read from and the entry after the one read, so that keys read in the
-    /// order they were written are each found at the first look.
-    @exclusivity(unchecked) var hintContainer = -1
-    @exclusivity(unchecked) var hintEntry = 0
-    /// Nesting of `init(from:)` calls.
-    @exclusivity(unchecked) var depth = 0
-    /// The last type found to be neither a primitive nor an array with a fast path.
-    @exclusivity(unchecked) var lastGeneralType: ObjectIdentifier?
-
-    init(reader: BinaryReader, userInfo: [CodingUserInfoKey: any Sendable]) {
-        self.reader = reader
-        self.userInfo = userInfo
-    }
-
-    func invalidate() {
+    /// Ends the call: decoders that escaped it read nothing more, and the state is free again.
+    func finish() {
+        generation &+= 1
         reader = BinaryReader(base: reader.base, count: 0)
-        hintContainer = -1
+        depth = 0
+        if !userInfo.isEmpty { userInfo = [:] }
+        busy = false
     }
 
     // MARK: Errors and coding paths
@@ -100,7 +127,15 @@ final class BinaryDecodingContext {
         return error("expected \(expected), found \(BinaryFormat.describe(tag: tag))", at: offset)
     }
 
-    // MARK: Primitive reads (each returns the value and the offset after it)
+    /// Throws unless `generation` is this call's: decoders and containers are good only within it.
+    @inline(__always)
+    func check(_ generation: Int) throws {
+        if generation != self.generation {
+            throw MultiprocessingError(.transport, "binary decoding: a decoder or container was used after its decode call ended")
+        }
+    }
+
+    // MARK: Scalar reads (each reads the value at `offset`, which must end by `limit`, and sets `next` to its end)
 
     @inline(__always)
     func tag(at offset: Int, limit: Int, expecting what: @autoclosure () -> String) throws -> UInt8 {
@@ -115,13 +150,25 @@ final class BinaryDecodingContext {
         reader.byte(at: offset) == BinaryFormat.nilTag
     }
 
-    /// Reads an integer of any width into `I`, which must hold its value; `next` becomes its end.
+    /// The byte at `offset` if it is a tag of a value that may end by `limit`, else nil.
+    @inline(__always)
+    func quickTag(at offset: Int, limit: Int) -> UInt8? {
+        guard offset >= 0 && offset < limit && limit <= reader.count else { return nil }
+        return reader.base.load(fromByteOffset: offset, as: UInt8.self)
+    }
+
+    /// Reads an integer of any width into `I`, which must hold its value.
+    @inline(__always)
     func readInteger<I: FixedWidthInteger>(at offset: Int, limit: Int, next: inout Int) throws -> I {
-        let tag = try tag(at: offset, limit: limit, expecting: "\(I.self)")
-        if tag >= BinaryFormat.smallIntBase {
+        if let tag = quickTag(at: offset, limit: limit), tag >= BinaryFormat.smallIntBase {
             next = offset &+ 1
             return I(truncatingIfNeeded: tag &- BinaryFormat.smallIntBase)
         }
+        return try readWideInteger(at: offset, limit: limit, next: &next)
+    }
+
+    private func readWideInteger<I: FixedWidthInteger>(at offset: Int, limit: Int, next: inout Int) throws -> I {
+        let tag = try tag(at: offset, limit: limit, expecting: "\(I.self)")
         let payload = offset &+ 1
         let value: I
         switch tag {
@@ -140,13 +187,6 @@ final class BinaryDecodingContext {
         }
         next = payload + (tag == BinaryFormat.int128Tag || tag == BinaryFormat.uint128Tag ? 16 : 1 << Int((tag - BinaryFormat.int8Tag) & 3))
         return value
-    }
-
-    /// Reads an integer without caring where it ends.
-    @inline(__always)
-    func readInteger<I: FixedWidthInteger>(at offset: Int, limit: Int) throws -> I {
-        var next = 0
-        return try readInteger(at: offset, limit: limit, next: &next)
     }
 
     private func readInteger128<I: FixedWidthInteger>(_ tag: UInt8, at offset: Int, limit: Int) throws -> I {
@@ -170,29 +210,36 @@ final class BinaryDecodingContext {
         return result
     }
 
-    func readDouble(at offset: Int, limit: Int) throws -> (Double, Int) {
-        switch try tag(at: offset, limit: limit, expecting: "Double") {
-        case BinaryFormat.float64Tag:
-            guard let bits = reader.load(UInt64.self, at: offset + 1, limit: limit) else { throw error("truncated Double", at: offset) }
-            return (Double(bitPattern: bits), offset + 9)
-        case BinaryFormat.float32Tag:
-            guard let bits = reader.load(UInt32.self, at: offset + 1, limit: limit) else { throw error("truncated Float", at: offset) }
-            return (Double(Float(bitPattern: bits)), offset + 5)
-        default:
-            throw mismatch("Double", at: offset)
+    @inline(__always)
+    func readDouble(at offset: Int, limit: Int, next: inout Int) throws -> Double {
+        if quickTag(at: offset, limit: limit) == BinaryFormat.float64Tag, 8 < limit &- offset {
+            next = offset &+ 9
+            return Double(bitPattern: UInt64(littleEndian: reader.base.loadUnaligned(fromByteOffset: offset &+ 1, as: UInt64.self)))
         }
+        return try readReal(at: offset, limit: limit, next: &next, as: "Double")
     }
 
-    func readFloat(at offset: Int, limit: Int) throws -> (Float, Int) {
-        switch try tag(at: offset, limit: limit, expecting: "Float") {
-        case BinaryFormat.float32Tag:
-            guard let bits = reader.load(UInt32.self, at: offset + 1, limit: limit) else { throw error("truncated Float", at: offset) }
-            return (Float(bitPattern: bits), offset + 5)
+    func readFloat(at offset: Int, limit: Int, next: inout Int) throws -> Float {
+        if quickTag(at: offset, limit: limit) == BinaryFormat.float32Tag, 4 < limit &- offset {
+            next = offset &+ 5
+            return Float(bitPattern: UInt32(littleEndian: reader.base.loadUnaligned(fromByteOffset: offset &+ 1, as: UInt32.self)))
+        }
+        return try narrow(readReal(at: offset, limit: limit, next: &next, as: "Float"), at: offset)
+    }
+
+    /// Reads a Float or a Double value as a Double.
+    private func readReal(at offset: Int, limit: Int, next: inout Int, as what: String) throws -> Double {
+        switch try tag(at: offset, limit: limit, expecting: what) {
         case BinaryFormat.float64Tag:
             guard let bits = reader.load(UInt64.self, at: offset + 1, limit: limit) else { throw error("truncated Double", at: offset) }
-            return (try narrow(Double(bitPattern: bits), at: offset), offset + 9)
+            next = offset + 9
+            return Double(bitPattern: bits)
+        case BinaryFormat.float32Tag:
+            guard let bits = reader.load(UInt32.self, at: offset + 1, limit: limit) else { throw error("truncated Float", at: offset) }
+            next = offset + 5
+            return Double(Float(bitPattern: bits))
         default:
-            throw mismatch("Float", at: offset)
+            throw mismatch(what, at: offset)
         }
     }
 
@@ -203,15 +250,28 @@ final class BinaryDecodingContext {
         return Float(value)
     }
 
-    func readBool(at offset: Int, limit: Int) throws -> (Bool, Int) {
-        switch try tag(at: offset, limit: limit, expecting: "Bool") {
-        case BinaryFormat.trueTag: return (true, offset + 1)
-        case BinaryFormat.falseTag: return (false, offset + 1)
-        default: throw mismatch("Bool", at: offset)
-        }
+    func readBool(at offset: Int, limit: Int, next: inout Int) throws -> Bool {
+        let tag = try tag(at: offset, limit: limit, expecting: "Bool")
+        guard tag == BinaryFormat.trueTag || tag == BinaryFormat.falseTag else { throw mismatch("Bool", at: offset) }
+        next = offset + 1
+        return tag == BinaryFormat.trueTag
     }
 
-    func readString(at offset: Int, limit: Int) throws -> (String, Int) {
+    @inline(__always)
+    func readString(at offset: Int, limit: Int, next: inout Int) throws -> String {
+        // A short ASCII string, whose bytes follow its tag.
+        if let tag = quickTag(at: offset, limit: limit), tag >= BinaryFormat.smallStringBase && tag < BinaryFormat.smallIntBase {
+            let length = Int(tag &- BinaryFormat.smallStringBase)
+            let bytes = UnsafeRawBufferPointer(start: reader.base + offset + 1, count: length)
+            if length < limit &- offset, BinaryReader.isASCII(bytes) {
+                next = offset &+ 1 &+ length
+                return String(decoding: bytes, as: UTF8.self)
+            }
+        }
+        return try readOtherString(at: offset, limit: limit, next: &next)
+    }
+
+    private func readOtherString(at offset: Int, limit: Int, next: inout Int) throws -> String {
         let tag = try tag(at: offset, limit: limit, expecting: "String")
         let start: Int
         let length: Int
@@ -220,10 +280,10 @@ final class BinaryDecodingContext {
             length = Int(tag &- BinaryFormat.smallStringBase)
             guard length <= limit - start else { throw error("truncated String", at: offset) }
         } else if tag == BinaryFormat.stringTag {
-            guard let (count, next) = reader.length(at: offset + 1, limit: limit) else {
+            guard let (count, after) = reader.length(at: offset + 1, limit: limit) else {
                 throw error("truncated String", at: offset)
             }
-            start = next
+            start = after
             length = count
         } else {
             throw mismatch("String", at: offset)
@@ -231,7 +291,8 @@ final class BinaryDecodingContext {
         guard let string = BinaryReader.string(UnsafeRawBufferPointer(start: reader.base + start, count: length)) else {
             throw error("String is not valid UTF-8", at: offset)
         }
-        return (string, start + length)
+        next = start + length
+        return string
     }
 
     // MARK: Packed arrays
@@ -292,85 +353,61 @@ final class BinaryDecodingContext {
 
     // MARK: Values
 
-    /// Decodes a `T` from the value at `offset`, which must end by `limit`; `end` becomes its end.
+    /// Decodes a `T` from the value at `offset`, which must end by `limit`; `end` becomes its end. With
+    /// `packed`, the value is one raw element of a packed array of that kind instead.
     ///
     /// Generic code that runs unspecialized avoids tuples and optionals of `T`: each would make the
     /// runtime look up their metadata on every call.
-    func decodeValue<T: Decodable>(_: T.Type, at offset: Int, limit: Int, end: inout Int) throws -> T {
-        let type = ObjectIdentifier(T.self)
-        if type == lastGeneralType {
-            return try decodeGeneral(T.self, at: offset, limit: limit, end: &end)
+    func decodeValue<T: Decodable>(_: T.Type, at offset: Int, limit: Int, end: inout Int, packed: BinaryPackedKind? = nil) throws -> T {
+        let kind = kinds.kind(of: T.self)
+        switch kind {
+        case .general: break
+        case .string: return try scalar(String.self, as: T.self, at: offset, limit: limit, end: &end, packed: packed)
+        case .bool: return try scalar(Bool.self, as: T.self, at: offset, limit: limit, end: &end, packed: packed)
+        case .double: return try scalar(Double.self, as: T.self, at: offset, limit: limit, end: &end, packed: packed)
+        case .float: return try scalar(Float.self, as: T.self, at: offset, limit: limit, end: &end, packed: packed)
+        case .int: return try scalar(Int.self, as: T.self, at: offset, limit: limit, end: &end, packed: packed)
+        case .int8: return try scalar(Int8.self, as: T.self, at: offset, limit: limit, end: &end, packed: packed)
+        case .int16: return try scalar(Int16.self, as: T.self, at: offset, limit: limit, end: &end, packed: packed)
+        case .int32: return try scalar(Int32.self, as: T.self, at: offset, limit: limit, end: &end, packed: packed)
+        case .int64: return try scalar(Int64.self, as: T.self, at: offset, limit: limit, end: &end, packed: packed)
+        case .uint: return try scalar(UInt.self, as: T.self, at: offset, limit: limit, end: &end, packed: packed)
+        case .uint8: return try scalar(UInt8.self, as: T.self, at: offset, limit: limit, end: &end, packed: packed)
+        case .uint16: return try scalar(UInt16.self, as: T.self, at: offset, limit: limit, end: &end, packed: packed)
+        case .uint32: return try scalar(UInt32.self, as: T.self, at: offset, limit: limit, end: &end, packed: packed)
+        case .uint64: return try scalar(UInt64.self, as: T.self, at: offset, limit: limit, end: &end, packed: packed)
+        case _ where packed != nil: break
+        case .strings: if let value = try readStrings(at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .intArray: if let value = readPacked(Int.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .int8Array: if let value = readPacked(Int8.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .int16Array: if let value = readPacked(Int16.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .int32Array: if let value = readPacked(Int32.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .int64Array: if let value = readPacked(Int64.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .uintArray: if let value = readPacked(UInt.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .uint8Array: if let value = readPacked(UInt8.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .uint16Array: if let value = readPacked(UInt16.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .uint32Array: if let value = readPacked(UInt32.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .uint64Array: if let value = readPacked(UInt64.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .floatArray: if let value = readPacked(Float.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .doubleArray: if let value = readPacked(Double.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
         }
-        if T.self == String.self {
-            let (value, next) = try readString(at: offset, limit: limit)
-            end = next
-            return binaryCast(value, to: T.self)
-        } else if T.self == Int.self {
-            return binaryCast(try readInteger(at: offset, limit: limit, next: &end) as Int, to: T.self)
-        } else if T.self == Double.self {
-            let (value, next) = try readDouble(at: offset, limit: limit)
-            end = next
-            return binaryCast(value, to: T.self)
-        } else if T.self == Bool.self {
-            let (value, next) = try readBool(at: offset, limit: limit)
-            end = next
-            return binaryCast(value, to: T.self)
-        } else if T.self == Float.self {
-            let (value, next) = try readFloat(at: offset, limit: limit)
-            end = next
-            return binaryCast(value, to: T.self)
-        } else if T.self == Int64.self {
-            return binaryCast(try readInteger(at: offset, limit: limit, next: &end) as Int64, to: T.self)
-        } else if T.self == UInt8.self {
-            return binaryCast(try readInteger(at: offset, limit: limit, next: &end) as UInt8, to: T.self)
-        } else if T.self == UInt64.self {
-            return binaryCast(try readInteger(at: offset, limit: limit, next: &end) as UInt64, to: T.self)
-        } else if T.self == Int32.self {
-            return binaryCast(try readInteger(at: offset, limit: limit, next: &end) as Int32, to: T.self)
-        } else if T.self == UInt.self {
-            return binaryCast(try readInteger(at: offset, limit: limit, next: &end) as UInt, to: T.self)
-        } else if T.self == UInt32.self {
-            return binaryCast(try readInteger(at: offset, limit: limit, next: &end) as UInt32, to: T.self)
-        } else if T.self == Int16.self {
-            return binaryCast(try readInteger(at: offset, limit: limit, next: &end) as Int16, to: T.self)
-        } else if T.self == UInt16.self {
-            return binaryCast(try readInteger(at: offset, limit: limit, next: &end) as UInt16, to: T.self)
-        } else if T.self == Int8.self {
-            return binaryCast(try readInteger(at: offset, limit: limit, next: &end) as Int8, to: T.self)
+        // Through `init(from:)`, which also reads arrays that were not written packed.
+        if let packed {
+            end = offset + packed.size
+            return try decodeNested(T.self, at: offset, stamp: stamp(packed.rawValue))
         }
-        if let array = BinaryPackedArray.of(T.self) {
-            let kind = array.kind
-            switch array {
-            case .uint8: if let value = readPacked(UInt8.self, kind: kind, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-            case .float64: if let value = readPacked(Double.self, kind: kind, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-            case .int: if let value = readPacked(Int.self, kind: kind, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-            case .float32: if let value = readPacked(Float.self, kind: kind, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-            case .int64: if let value = readPacked(Int64.self, kind: kind, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-            case .uint64: if let value = readPacked(UInt64.self, kind: kind, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-            case .uint: if let value = readPacked(UInt.self, kind: kind, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-            case .int32: if let value = readPacked(Int32.self, kind: kind, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-            case .uint32: if let value = readPacked(UInt32.self, kind: kind, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-            case .int16: if let value = readPacked(Int16.self, kind: kind, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-            case .uint16: if let value = readPacked(UInt16.self, kind: kind, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-            case .int8: if let value = readPacked(Int8.self, kind: kind, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-            }
-        }
-        if type == BinaryPackedArray.stringArray, let strings = try readStrings(at: offset, limit: limit, end: &end) {
-            return binaryCast(strings, to: T.self)
-        }
-        if BinaryPackedArray.of(T.self) == nil && type != BinaryPackedArray.stringArray {
-            lastGeneralType = type
-        }
-        return try decodeGeneral(T.self, at: offset, limit: limit, end: &end)
-    }
-
-    /// Decodes a `T` with its `init(from:)`.
-    private func decodeGeneral<T: Decodable>(_: T.Type, at offset: Int, limit: Int, end: inout Int) throws -> T {
-        guard let next = reader.valueEnd(at: offset, limit: limit) else {
+        guard let next = reader.valueEnd(at: offset, limit: limit, keyed: true) else {
             throw error("malformed or truncated value for \(T.self)", at: offset)
         }
         end = next
-        return try decodeNested(T.self, decoder: BinaryValueDecoder(context: self, position: offset, packed: 0))
+        return try decodeNested(T.self, at: offset, stamp: stamp(0))
+    }
+
+    @inline(__always)
+    private func scalar<S: BinaryScalar, T>(
+        _: S.Type, as _: T.Type, at offset: Int, limit: Int, end: inout Int, packed: BinaryPackedKind?
+    ) throws -> T {
+        binaryCast(try S.read(self, at: offset, limit: limit, next: &end, packed: packed), to: T.self)
     }
 
     /// Reads `[String]` from an unkeyed container without going through `Array.init(from:)`;
@@ -382,82 +419,89 @@ final class BinaryDecodingContext {
         strings.reserveCapacity(bounds.count)
         var position = bounds.contentStart
         while position < bounds.end {
-            let (string, next) = try readString(at: position, limit: bounds.end)
-            strings.append(string)
-            position = next
+            strings.append(try readString(at: position, limit: bounds.end, next: &position))
         }
         end = bounds.end
         return strings
     }
 
-    /// Runs `T.init(from:)`, counting the nesting so hostile input cannot exhaust the stack.
-    func decodeNested<T: Decodable>(_: T.Type, decoder: BinaryValueDecoder) throws -> T {
+    /// Runs `T.init(from:)` on the value at `offset`, counting the nesting so hostile input cannot
+    /// exhaust the stack.
+    private func decodeNested<T: Decodable>(_: T.Type, at offset: Int, stamp: Int) throws -> T {
         depth += 1
         defer { depth -= 1 }
         guard depth <= BinaryFormat.maxDepth else {
-            throw error("values nest more than \(BinaryFormat.maxDepth) levels deep", at: decoder.position)
+            throw error("values nest more than \(BinaryFormat.maxDepth) levels deep", at: offset)
         }
-        return try T(from: decoder)
+        return try T(from: BinaryValueDecoder(context: .passUnretained(self), position: offset, stamp: stamp))
     }
 
-    /// Decodes a `T` from one raw element of a packed array.
-    func decodePackedElement<T: Decodable>(_: T.Type, kind: BinaryPackedKind, at offset: Int) throws -> T {
-        if T.self == Double.self { return binaryCast(try packedDouble(kind, at: offset), to: T.self) }
-        if T.self == Float.self { return binaryCast(try packedFloat(kind, at: offset), to: T.self) }
-        if T.self == Int.self { return binaryCast(try packedInteger(kind, at: offset) as Int, to: T.self) }
-        if T.self == UInt8.self { return binaryCast(try packedInteger(kind, at: offset) as UInt8, to: T.self) }
-        if T.self == Int64.self { return binaryCast(try packedInteger(kind, at: offset) as Int64, to: T.self) }
-        if T.self == UInt64.self { return binaryCast(try packedInteger(kind, at: offset) as UInt64, to: T.self) }
-        if T.self == UInt.self { return binaryCast(try packedInteger(kind, at: offset) as UInt, to: T.self) }
-        if T.self == Int32.self { return binaryCast(try packedInteger(kind, at: offset) as Int32, to: T.self) }
-        if T.self == UInt32.self { return binaryCast(try packedInteger(kind, at: offset) as UInt32, to: T.self) }
-        if T.self == Int16.self { return binaryCast(try packedInteger(kind, at: offset) as Int16, to: T.self) }
-        if T.self == UInt16.self { return binaryCast(try packedInteger(kind, at: offset) as UInt16, to: T.self) }
-        if T.self == Int8.self { return binaryCast(try packedInteger(kind, at: offset) as Int8, to: T.self) }
-        return try decodeNested(T.self, decoder: BinaryValueDecoder(context: self, position: offset, packed: kind.rawValue))
+    /// A decoder's `stamp`: this call's generation and the packed element kind (0 for a tagged value).
+    @inline(__always)
+    func stamp(_ packed: UInt8) -> Int {
+        generation << 8 | Int(packed)
     }
 
-    // MARK: Keyed lookups
+    // MARK: Containers
 
-    /// Finds `key` among the entries of the keyed container starting at `container`: the offset of
-    /// its value, or -1 when the key is absent. Looks first where the last lookup in this container
-    /// left off, so keys read in the order they were written are each found at the first look.
+    /// A keyed container for the value at `position` (-1: a missing value, read as empty), in a
+    /// reused box when one is free.
+    func keyedContainer<Key: CodingKey>(_: Key.Type, at position: Int, stamp: Int) throws -> KeyedDecodingContainer<Key> {
+        try check(stamp >> 8)
+        let (contentStart, end) = try keyedBounds(at: position, packed: UInt8(truncatingIfNeeded: stamp))
+        let frame = Frame(start: position, contentStart: contentStart, end: end, hint: contentStart, generation: generation)
+        if let box = boxes.reuse(Key.self, frame: frame) {
+            return unsafeBitCast(box, to: KeyedDecodingContainer<Key>.self)
+        }
+        let slot = boxes.newSlot(frame: frame)
+        let container = KeyedDecodingContainer(
+            BinaryKeyedDecodingContainer<Key>(context: .passUnretained(self), slot: slot, frame: frame))
+        boxes.keep(unsafeBitCast(container, to: AnyObject.self), of: Key.self, in: slot)
+        return container
+    }
+
+    /// Finds `key` among the entries of a keyed container: the offset of its value, or -1 when the
+    /// key is absent. Looks first at the frame's hint.
     ///
-    /// A found value has not been checked yet: the caller reads it (within `end`) and then calls
-    /// ``resume(container:at:)`` with the offset after it.
-    func findValue(container: Int, contentStart: Int, end: Int, key: UnsafeRawBufferPointer) throws -> Int {
-        let reader = self.reader
-        if hintContainer == container && hintEntry < end && hintEntry >= contentStart {
-            guard let (name, value) = reader.entryKey(at: hintEntry, limit: end) else {
-                throw error("malformed keyed container entry", at: hintEntry)
-            }
-            if BinaryDecodingContext.equal(name, key) {
-                hintContainer = -1
-                return value
+    /// A found value has not been checked yet: the caller reads it (within `frame.end`) and then
+    /// records where it ended as the frame's hint.
+    @inline(__always)
+    func find(_ key: String, in frame: Frame) throws -> Int {
+        if let value = try key.utf8.withContiguousStorageIfAvailable({ try find(UnsafeRawBufferPointer($0), in: frame) }) {
+            return value
+        }
+        var key = key
+        return try key.withUTF8 { try find(UnsafeRawBufferPointer($0), in: frame) }
+    }
+
+    @inline(__always)
+    private func find(_ key: UnsafeRawBufferPointer, in frame: Frame) throws -> Int {
+        // The entry at the hint, when its key (of fewer than 128 bytes) is this one.
+        let hint = frame.hint
+        if hint >= frame.contentStart && hint < frame.end {
+            let length = Int(reader.base.load(fromByteOffset: hint, as: UInt8.self))
+            if length == key.count && length < 0x80 && length < frame.end &- hint,
+               BinaryDecodingContext.equal(UnsafeRawBufferPointer(start: reader.base + hint + 1, count: length), key) {
+                return hint + 1 + length
             }
         }
-        var position = contentStart
-        while position < end {
-            guard let (name, value) = reader.entryKey(at: position, limit: end) else {
+        return try scan(for: key, in: frame)
+    }
+
+    /// `find` without the hint: the entries from the first one.
+    private func scan(for key: UnsafeRawBufferPointer, in frame: Frame) throws -> Int {
+        var position = frame.contentStart
+        while position < frame.end {
+            guard let (name, value) = reader.entryKey(at: position, limit: frame.end) else {
                 throw error("malformed keyed container entry", at: position)
             }
-            if BinaryDecodingContext.equal(name, key) {
-                hintContainer = -1
-                return value
-            }
-            guard let next = reader.valueEnd(at: value, limit: end) else {
+            if BinaryDecodingContext.equal(name, key) { return value }
+            guard let next = reader.valueEnd(at: value, limit: frame.end) else {
                 throw error("malformed or truncated value", at: value)
             }
             position = next
         }
         return -1
-    }
-
-    /// Records that the entry of keyed container `container` read last ended at `next`.
-    @inline(__always)
-    func resume(container: Int, at next: Int) {
-        hintContainer = container
-        hintEntry = next
     }
 
     /// Compares two short byte strings (keys), a word at a time.
@@ -488,6 +532,11 @@ final class BinaryDecodingContext {
     func keyedBounds(at position: Int, packed: UInt8) throws -> (contentStart: Int, end: Int) {
         guard position >= 0 else { return (0, 0) }
         guard packed == 0 else { throw error("expected a keyed container, found a packed array element", at: position) }
+        if quickTag(at: position, limit: reader.count) == BinaryFormat.keyedTag,
+           let length = reader.load(UInt32.self, at: position &+ 1, limit: reader.count),
+           Int(length) <= reader.count &- position &- BinaryFormat.keyedHeader {
+            return (position &+ BinaryFormat.keyedHeader, position &+ BinaryFormat.keyedHeader &+ Int(length))
+        }
         let tag = try tag(at: position, limit: reader.count, expecting: "a keyed container")
         switch tag {
         case BinaryFormat.keyedTag, BinaryFormat.keyed64Tag:
@@ -503,9 +552,10 @@ final class BinaryDecodingContext {
     }
 
     /// The first element of the unkeyed container or packed array at `position`.
-    func unkeyedFirst(at position: Int, packed: UInt8) throws -> Int {
+    func unkeyedFirst(at position: Int, stamp: Int) throws -> Int {
+        try check(stamp >> 8)
         guard position >= 0 else { return 0 }
-        guard packed == 0 else { throw error("expected an unkeyed container, found a packed array element", at: position) }
+        guard stamp & 0xFF == 0 else { throw error("expected an unkeyed container, found a packed array element", at: position) }
         let tag = try tag(at: position, limit: reader.count, expecting: "an unkeyed container")
         switch tag {
         case BinaryFormat.unkeyedTag, BinaryFormat.unkeyed64Tag:
@@ -525,18 +575,15 @@ final class BinaryDecodingContext {
         }
     }
 
-    /// The layout of the unkeyed container at `start` (validated when the container was made):
-    /// where its elements end, and the element kind when it is a packed array.
+    /// The layout of the unkeyed container at `start` (validated when the container was made, and
+    /// read again against the current bytes): where its elements end, and the element kind when it
+    /// is a packed array.
     @inline(__always)
     func unkeyedLayout(at start: Int) -> (end: Int, kind: BinaryPackedKind?) {
         guard start >= 0, let tag = reader.byte(at: start) else { return (0, nil) }
         if tag == BinaryFormat.unkeyedTag, let length = reader.load(UInt32.self, at: start + 1, limit: reader.count) {
             return (start + BinaryFormat.unkeyedHeader + Int(length), nil)
         }
-        return unkeyedLayoutSlow(at: start, tag: tag)
-    }
-
-    private func unkeyedLayoutSlow(at start: Int, tag: UInt8) -> (end: Int, kind: BinaryPackedKind?) {
         switch tag {
         case BinaryFormat.unkeyed64Tag:
             return (reader.containerBounds(at: start, limit: reader.count)?.end ?? 0, nil)
@@ -549,482 +596,481 @@ final class BinaryDecodingContext {
     }
 }
 
-/// The `Decoder` for one value: a tagged value, a raw element of a packed array (`packed` is its
-/// kind), or a missing value (`position` -1, from `superDecoder(forKey:)` of an absent key).
+/// The values with a direct read in every container: a tagged value, or one raw element of a packed
+/// array.
+protocol BinaryScalar {
+    static func read(_ context: BinaryDecodingContext, at offset: Int, limit: Int, next: inout Int) throws -> Self
+    static func read(_ context: BinaryDecodingContext, packed kind: BinaryPackedKind, at offset: Int) throws -> Self
+}
+
+extension BinaryScalar {
+    /// Reads the value at `offset` (one raw element of a packed array of kind `packed`, if given);
+    /// `next` becomes its end.
+    @inline(__always)
+    static func read(_ context: BinaryDecodingContext, at offset: Int, limit: Int, next: inout Int, packed: BinaryPackedKind?) throws -> Self {
+        guard let packed else { return try read(context, at: offset, limit: limit, next: &next) }
+        next = offset + packed.size
+        return try read(context, packed: packed, at: offset)
+    }
+}
+
+extension BinaryScalar where Self: FixedWidthInteger {
+    static func read(_ context: BinaryDecodingContext, at offset: Int, limit: Int, next: inout Int) throws -> Self {
+        try context.readInteger(at: offset, limit: limit, next: &next)
+    }
+
+    static func read(_ context: BinaryDecodingContext, packed kind: BinaryPackedKind, at offset: Int) throws -> Self {
+        try context.packedInteger(kind, at: offset)
+    }
+}
+
+extension Int: BinaryScalar {}
+extension Int8: BinaryScalar {}
+extension Int16: BinaryScalar {}
+extension Int32: BinaryScalar {}
+extension Int64: BinaryScalar {}
+extension UInt: BinaryScalar {}
+extension UInt8: BinaryScalar {}
+extension UInt16: BinaryScalar {}
+extension UInt32: BinaryScalar {}
+extension UInt64: BinaryScalar {}
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Int128: BinaryScalar {}
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension UInt128: BinaryScalar {}
+
+extension Double: BinaryScalar {
+    static func read(_ context: BinaryDecodingContext, at offset: Int, limit: Int, next: inout Int) throws -> Double {
+        try context.readDouble(at: offset, limit: limit, next: &next)
+    }
+
+    static func read(_ context: BinaryDecodingContext, packed kind: BinaryPackedKind, at offset: Int) throws -> Double {
+        try context.packedDouble(kind, at: offset)
+    }
+}
+
+extension Float: BinaryScalar {
+    static func read(_ context: BinaryDecodingContext, at offset: Int, limit: Int, next: inout Int) throws -> Float {
+        try context.readFloat(at: offset, limit: limit, next: &next)
+    }
+
+    static func read(_ context: BinaryDecodingContext, packed kind: BinaryPackedKind, at offset: Int) throws -> Float {
+        try context.packedFloat(kind, at: offset)
+    }
+}
+
+extension Bool: BinaryScalar {
+    static func read(_ context: BinaryDecodingContext, at offset: Int, limit: Int, next: inout Int) throws -> Bool {
+        try context.readBool(at: offset, limit: limit, next: &next)
+    }
+
+    static func read(_ context: BinaryDecodingContext, packed kind: BinaryPackedKind, at offset: Int) throws -> Bool {
+        throw context.error("expected Bool, found a packed number", at: offset)
+    }
+}
+
+extension String: BinaryScalar {
+    static func read(_ context: BinaryDecodingContext, at offset: Int, limit: Int, next: inout Int) throws -> String {
+        try context.readString(at: offset, limit: limit, next: &next)
+    }
+
+    static func read(_ context: BinaryDecodingContext, packed kind: BinaryPackedKind, at offset: Int) throws -> String {
+        throw context.error("expected String, found a packed number", at: offset)
+    }
+}
+
+/// The `Decoder` for one value: a tagged value, a raw element of a packed array, or a missing value
+/// (`position` -1, from `superDecoder(forKey:)` of an absent key). `stamp` holds the call's
+/// generation and the packed element kind (see ``BinaryDecodingContext/stamp(_:)``).
 struct BinaryValueDecoder: Decoder {
-    let context: BinaryDecodingContext
+    let context: Unmanaged<BinaryDecodingContext>
     let position: Int
-    let packed: UInt8
+    let stamp: Int
 
-    var codingPath: [any CodingKey] { context.codingPath(to: position) }
+    var codingPath: [any CodingKey] { context._withUnsafeGuaranteedRef { $0.codingPath(to: position) } }
 
-    var userInfo: [CodingUserInfoKey: Any] { context.userInfo }
+    var userInfo: [CodingUserInfoKey: Any] { context._withUnsafeGuaranteedRef { $0.userInfo as [CodingUserInfoKey: Any] } }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
-        KeyedDecodingContainer(try BinaryKeyedDecodingContainer<Key>(context: context, position: position, packed: packed))
+        try context._withUnsafeGuaranteedRef { try $0.keyedContainer(Key.self, at: position, stamp: stamp) }
     }
 
     func unkeyedContainer() throws -> any UnkeyedDecodingContainer {
-        try BinaryUnkeyedDecodingContainer(context: context, position: position, packed: packed)
+        try BinaryUnkeyedDecodingContainer(context: context, position: position, stamp: stamp)
     }
 
     func singleValueContainer() throws -> any SingleValueDecodingContainer {
-        BinarySingleValueDecodingContainer(context: context, position: position, packed: packed)
+        BinarySingleValueDecodingContainer(context: context, position: position, stamp: stamp)
     }
 }
 
 /// Reads the entries of one keyed container (an empty value or a missing one reads as empty).
-/// Lookups scan the entries' keys lazily; no dictionary of keys is built.
+/// Lookups scan the entries' keys lazily; no dictionary of keys is built. Its bounds are in its
+/// `frame`, or in the context's box cache under `slot` when its box is cached.
 struct BinaryKeyedDecodingContainer<Key: CodingKey>: KeyedDecodingContainerProtocol {
-    let context: BinaryDecodingContext
-    let start: Int
-    let contentStart: Int
-    let end: Int
+    let context: Unmanaged<BinaryDecodingContext>
+    let slot: Int
+    let frame: BinaryDecodingContext.Frame
 
-    init(context: BinaryDecodingContext, position: Int, packed: UInt8) throws {
-        self.context = context
-        start = position
-        (contentStart, end) = try context.keyedBounds(at: position, packed: packed)
+    /// Runs `body` with the context and the container's current frame (checked to be this call's).
+    @inline(__always)
+    private func with<T>(_ body: (BinaryDecodingContext, BinaryDecodingContext.Frame) throws -> T) throws -> T {
+        try context._withUnsafeGuaranteedRef { context in
+            let frame = slot < 0 ? frame : context.boxes.frames[slot]
+            try context.check(frame.generation)
+            return try body(context, frame)
+        }
     }
 
-    var codingPath: [any CodingKey] { context.codingPath(to: start) }
+    var codingPath: [any CodingKey] { (try? with { $0.codingPath(to: $1.start) }) ?? [] }
 
     var allKeys: [Key] {
-        var keys: [Key] = []
-        var position = contentStart
-        let reader = context.reader
-        while position < end {
-            guard let (name, value) = reader.entryKey(at: position, limit: end),
-                  let next = reader.valueEnd(at: value, limit: end) else { break }
-            if let string = BinaryReader.string(name), let key = Key(stringValue: string) {
-                keys.append(key)
+        (try? with { context, frame in
+            var keys: [Key] = []
+            var position = frame.contentStart
+            while position < frame.end {
+                guard let (name, value) = context.reader.entryKey(at: position, limit: frame.end),
+                      let next = context.reader.valueEnd(at: value, limit: frame.end) else { break }
+                if let string = BinaryReader.string(name), let key = Key(stringValue: string) {
+                    keys.append(key)
+                }
+                position = next
             }
-            position = next
-        }
-        return keys
+            return keys
+        }) ?? []
     }
 
-    /// The offset of `key`'s value, or -1 when the key is absent.
+    /// Records that the value just read from this container ended at `next`.
     @inline(__always)
-    private func find<K: CodingKey>(_ key: K) throws -> Int {
-        var name = key.stringValue
-        return try name.withUTF8 { utf8 in
-            try context.findValue(container: start, contentStart: contentStart, end: end, key: UnsafeRawBufferPointer(utf8))
-        }
+    private func resume(_ context: BinaryDecodingContext, at next: Int) {
+        if slot >= 0 { context.boxes.frames[slot].hint = next }
     }
 
+    /// The offset of `key`'s value; throws when the key is absent.
     @inline(__always)
-    private func require(_ key: Key) throws -> Int {
-        let value = try find(key)
-        guard value >= 0 else { throw context.error("key '\(key.stringValue)' not found", at: start) }
+    private func require(_ context: BinaryDecodingContext, _ frame: BinaryDecodingContext.Frame, _ key: some CodingKey) throws -> Int {
+        let value = try context.find(key.stringValue, in: frame)
+        guard value >= 0 else { throw context.error("key '\(key.stringValue)' not found", at: frame.start) }
         return value
     }
 
-    /// The value of `key` when it is there and not nil, else -1.
-    @inline(__always)
-    private func present(_ key: Key) throws -> Int {
-        let value = try find(key)
-        guard value >= 0 else { return -1 }
-        guard !context.isNil(at: value) else {
-            context.resume(container: start, at: value + 1)
-            return -1
-        }
-        return value
-    }
-
-    /// Checks that the value at `value` lies within this container; resumes after it.
-    private func skip(_ value: Int) throws -> Int {
-        guard let next = context.reader.valueEnd(at: value, limit: end) else {
+    /// Checks that the value at `value` lies within the container; resumes after it.
+    private func skip(_ context: BinaryDecodingContext, _ frame: BinaryDecodingContext.Frame, _ value: Int) throws -> Int {
+        guard let next = context.reader.valueEnd(at: value, limit: frame.end) else {
             throw context.error("malformed or truncated value", at: value)
         }
-        context.resume(container: start, at: next)
+        resume(context, at: next)
         return value
     }
 
-    /// Records where the value just read ended and returns it.
+    /// Reads `key`'s value with `read` (given the value's offset, the container's end, and where to
+    /// put the value's end).
     @inline(__always)
-    private func resumed<T>(_ read: (T, Int)) -> T {
-        context.resume(container: start, at: read.1)
-        return read.0
+    private func value<T>(_ key: Key, _ read: (BinaryDecodingContext, Int, Int, inout Int) throws -> T) throws -> T {
+        try with { context, frame in
+            var next = 0
+            let value = try read(context, require(context, frame, key), frame.end, &next)
+            resume(context, at: next)
+            return value
+        }
+    }
+
+    /// `value` when the key is there and not nil: one lookup, instead of the default `contains` +
+    /// `decodeNil` + `decode`.
+    @inline(__always)
+    private func valueIfPresent<T>(_ key: Key, _ read: (BinaryDecodingContext, Int, Int, inout Int) throws -> T) throws -> T? {
+        try with { context, frame in
+            let value = try context.find(key.stringValue, in: frame)
+            guard value >= 0 else { return nil }
+            var next = value + 1
+            let result = context.isNil(at: value) ? nil : try read(context, value, frame.end, &next)
+            resume(context, at: next)
+            return result
+        }
     }
 
     @inline(__always)
-    private func readInteger<I: FixedWidthInteger>(_ value: Int) throws -> I {
-        var next = 0
-        let result: I = try context.readInteger(at: value, limit: end, next: &next)
-        context.resume(container: start, at: next)
-        return result
+    private func scalar<T: BinaryScalar>(_ key: Key) throws -> T {
+        try value(key) { try T.read($0, at: $1, limit: $2, next: &$3) }
     }
 
-    private func readValue<T: Decodable>(_: T.Type, _ value: Int) throws -> T {
-        var next = 0
-        let result = try context.decodeValue(T.self, at: value, limit: end, end: &next)
-        context.resume(container: start, at: next)
-        return result
+    @inline(__always)
+    private func scalarIfPresent<T: BinaryScalar>(_ key: Key) throws -> T? {
+        try valueIfPresent(key) { try T.read($0, at: $1, limit: $2, next: &$3) }
     }
 
     func contains(_ key: Key) -> Bool {
-        ((try? find(key)) ?? -1) >= 0
+        ((try? with { try $0.find(key.stringValue, in: $1) }) ?? -1) >= 0
     }
 
     func decodeNil(forKey key: Key) throws -> Bool {
-        context.isNil(at: try skip(require(key)))
+        try with { $0.isNil(at: try skip($0, $1, require($0, $1, key))) }
     }
 
-    func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool {
-        try resumed(context.readBool(at: require(key), limit: end))
-    }
-
-    func decode(_ type: String.Type, forKey key: Key) throws -> String {
-        try resumed(context.readString(at: require(key), limit: end))
-    }
-
-    func decode(_ type: Double.Type, forKey key: Key) throws -> Double {
-        try resumed(context.readDouble(at: require(key), limit: end))
-    }
-
-    func decode(_ type: Float.Type, forKey key: Key) throws -> Float {
-        try resumed(context.readFloat(at: require(key), limit: end))
-    }
-
-    func decode(_ type: Int.Type, forKey key: Key) throws -> Int { try readInteger(require(key)) }
-    func decode(_ type: Int8.Type, forKey key: Key) throws -> Int8 { try readInteger(require(key)) }
-    func decode(_ type: Int16.Type, forKey key: Key) throws -> Int16 { try readInteger(require(key)) }
-    func decode(_ type: Int32.Type, forKey key: Key) throws -> Int32 { try readInteger(require(key)) }
-    func decode(_ type: Int64.Type, forKey key: Key) throws -> Int64 { try readInteger(require(key)) }
+    func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool { try scalar(key) }
+    func decode(_ type: String.Type, forKey key: Key) throws -> String { try scalar(key) }
+    func decode(_ type: Double.Type, forKey key: Key) throws -> Double { try scalar(key) }
+    func decode(_ type: Float.Type, forKey key: Key) throws -> Float { try scalar(key) }
+    func decode(_ type: Int.Type, forKey key: Key) throws -> Int { try scalar(key) }
+    func decode(_ type: Int8.Type, forKey key: Key) throws -> Int8 { try scalar(key) }
+    func decode(_ type: Int16.Type, forKey key: Key) throws -> Int16 { try scalar(key) }
+    func decode(_ type: Int32.Type, forKey key: Key) throws -> Int32 { try scalar(key) }
+    func decode(_ type: Int64.Type, forKey key: Key) throws -> Int64 { try scalar(key) }
+    func decode(_ type: UInt.Type, forKey key: Key) throws -> UInt { try scalar(key) }
+    func decode(_ type: UInt8.Type, forKey key: Key) throws -> UInt8 { try scalar(key) }
+    func decode(_ type: UInt16.Type, forKey key: Key) throws -> UInt16 { try scalar(key) }
+    func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try scalar(key) }
+    func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try scalar(key) }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    func decode(_ type: Int128.Type, forKey key: Key) throws -> Int128 { try readInteger(require(key)) }
-    func decode(_ type: UInt.Type, forKey key: Key) throws -> UInt { try readInteger(require(key)) }
-    func decode(_ type: UInt8.Type, forKey key: Key) throws -> UInt8 { try readInteger(require(key)) }
-    func decode(_ type: UInt16.Type, forKey key: Key) throws -> UInt16 { try readInteger(require(key)) }
-    func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try readInteger(require(key)) }
-    func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try readInteger(require(key)) }
+    func decode(_ type: Int128.Type, forKey key: Key) throws -> Int128 { try scalar(key) }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    func decode(_ type: UInt128.Type, forKey key: Key) throws -> UInt128 { try readInteger(require(key)) }
+    func decode(_ type: UInt128.Type, forKey key: Key) throws -> UInt128 { try scalar(key) }
 
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
-        try readValue(T.self, require(key))
+        try value(key) { try $0.decodeValue(T.self, at: $1, limit: $2, end: &$3) }
     }
 
-    // One lookup each, instead of the default `contains` + `decodeNil` + `decode`.
-
-    func decodeIfPresent(_ type: Bool.Type, forKey key: Key) throws -> Bool? {
-        let value = try present(key)
-        return value < 0 ? nil : try resumed(context.readBool(at: value, limit: end))
-    }
-
-    func decodeIfPresent(_ type: String.Type, forKey key: Key) throws -> String? {
-        let value = try present(key)
-        return value < 0 ? nil : try resumed(context.readString(at: value, limit: end))
-    }
-
-    func decodeIfPresent(_ type: Double.Type, forKey key: Key) throws -> Double? {
-        let value = try present(key)
-        return value < 0 ? nil : try resumed(context.readDouble(at: value, limit: end))
-    }
-
-    func decodeIfPresent(_ type: Float.Type, forKey key: Key) throws -> Float? {
-        let value = try present(key)
-        return value < 0 ? nil : try resumed(context.readFloat(at: value, limit: end))
-    }
-
-    @inline(__always)
-    private func integerIfPresent<I: FixedWidthInteger>(_ key: Key) throws -> I? {
-        let value = try present(key)
-        return value < 0 ? nil : try readInteger(value) as I
-    }
-
-    func decodeIfPresent(_ type: Int.Type, forKey key: Key) throws -> Int? { try integerIfPresent(key) }
-    func decodeIfPresent(_ type: Int8.Type, forKey key: Key) throws -> Int8? { try integerIfPresent(key) }
-    func decodeIfPresent(_ type: Int16.Type, forKey key: Key) throws -> Int16? { try integerIfPresent(key) }
-    func decodeIfPresent(_ type: Int32.Type, forKey key: Key) throws -> Int32? { try integerIfPresent(key) }
-    func decodeIfPresent(_ type: Int64.Type, forKey key: Key) throws -> Int64? { try integerIfPresent(key) }
+    func decodeIfPresent(_ type: Bool.Type, forKey key: Key) throws -> Bool? { try scalarIfPresent(key) }
+    func decodeIfPresent(_ type: String.Type, forKey key: Key) throws -> String? { try scalarIfPresent(key) }
+    func decodeIfPresent(_ type: Double.Type, forKey key: Key) throws -> Double? { try scalarIfPresent(key) }
+    func decodeIfPresent(_ type: Float.Type, forKey key: Key) throws -> Float? { try scalarIfPresent(key) }
+    func decodeIfPresent(_ type: Int.Type, forKey key: Key) throws -> Int? { try scalarIfPresent(key) }
+    func decodeIfPresent(_ type: Int8.Type, forKey key: Key) throws -> Int8? { try scalarIfPresent(key) }
+    func decodeIfPresent(_ type: Int16.Type, forKey key: Key) throws -> Int16? { try scalarIfPresent(key) }
+    func decodeIfPresent(_ type: Int32.Type, forKey key: Key) throws -> Int32? { try scalarIfPresent(key) }
+    func decodeIfPresent(_ type: Int64.Type, forKey key: Key) throws -> Int64? { try scalarIfPresent(key) }
+    func decodeIfPresent(_ type: UInt.Type, forKey key: Key) throws -> UInt? { try scalarIfPresent(key) }
+    func decodeIfPresent(_ type: UInt8.Type, forKey key: Key) throws -> UInt8? { try scalarIfPresent(key) }
+    func decodeIfPresent(_ type: UInt16.Type, forKey key: Key) throws -> UInt16? { try scalarIfPresent(key) }
+    func decodeIfPresent(_ type: UInt32.Type, forKey key: Key) throws -> UInt32? { try scalarIfPresent(key) }
+    func decodeIfPresent(_ type: UInt64.Type, forKey key: Key) throws -> UInt64? { try scalarIfPresent(key) }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    func decodeIfPresent(_ type: Int128.Type, forKey key: Key) throws -> Int128? { try integerIfPresent(key) }
-    func decodeIfPresent(_ type: UInt.Type, forKey key: Key) throws -> UInt? { try integerIfPresent(key) }
-    func decodeIfPresent(_ type: UInt8.Type, forKey key: Key) throws -> UInt8? { try integerIfPresent(key) }
-    func decodeIfPresent(_ type: UInt16.Type, forKey key: Key) throws -> UInt16? { try integerIfPresent(key) }
-    func decodeIfPresent(_ type: UInt32.Type, forKey key: Key) throws -> UInt32? { try integerIfPresent(key) }
-    func decodeIfPresent(_ type: UInt64.Type, forKey key: Key) throws -> UInt64? { try integerIfPresent(key) }
+    func decodeIfPresent(_ type: Int128.Type, forKey key: Key) throws -> Int128? { try scalarIfPresent(key) }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    func decodeIfPresent(_ type: UInt128.Type, forKey key: Key) throws -> UInt128? { try integerIfPresent(key) }
+    func decodeIfPresent(_ type: UInt128.Type, forKey key: Key) throws -> UInt128? { try scalarIfPresent(key) }
 
     func decodeIfPresent<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
-        let value = try present(key)
-        return value < 0 ? nil : try readValue(T.self, value)
+        try valueIfPresent(key) { try $0.decodeValue(T.self, at: $1, limit: $2, end: &$3) }
     }
 
     func nestedContainer<NestedKey: CodingKey>(
         keyedBy type: NestedKey.Type, forKey key: Key
     ) throws -> KeyedDecodingContainer<NestedKey> {
-        KeyedDecodingContainer(
-            try BinaryKeyedDecodingContainer<NestedKey>(context: context, position: skip(require(key)), packed: 0))
+        try with { context, frame in
+            try context.keyedContainer(NestedKey.self, at: skip(context, frame, require(context, frame, key)), stamp: context.stamp(0))
+        }
     }
 
     func nestedUnkeyedContainer(forKey key: Key) throws -> any UnkeyedDecodingContainer {
-        try BinaryUnkeyedDecodingContainer(context: context, position: skip(require(key)), packed: 0)
+        let value = try with { try skip($0, $1, require($0, $1, key)) }
+        return try BinaryUnkeyedDecodingContainer(context: context, position: value, stamp: context._withUnsafeGuaranteedRef { $0.stamp(0) })
     }
 
     func superDecoder() throws -> any Decoder {
-        try superDecoder(at: find(BinaryCodingKey.superKey))
+        try superDecoder(named: BinaryCodingKey.superKey)
     }
 
     func superDecoder(forKey key: Key) throws -> any Decoder {
-        try superDecoder(at: find(key))
+        try superDecoder(named: key)
     }
 
-    private func superDecoder(at value: Int) throws -> any Decoder {
-        BinaryValueDecoder(context: context, position: value < 0 ? -1 : try skip(value), packed: 0)
+    private func superDecoder(named key: some CodingKey) throws -> any Decoder {
+        try with { context, frame in
+            let value = try context.find(key.stringValue, in: frame)
+            let position = value < 0 ? -1 : try skip(context, frame, value)
+            return BinaryValueDecoder(context: self.context, position: position, stamp: context.stamp(0))
+        }
     }
 }
 
 /// Reads the elements of an unkeyed container, a packed array, or an empty value. Kept to three
 /// words so that the `any UnkeyedDecodingContainer` holding it needs no heap box; the end and the
-/// count are read from the container's header when asked for, and `currentIndex` (which the
-/// standard library's types never ask for) is found by stepping over the elements already read.
+/// count are read from the container's header when asked for (against the current call's bytes, so
+/// a container that escaped its call reads nothing), and `currentIndex` (which the standard library's
+/// types never ask for) is found by stepping over the elements already read.
 struct BinaryUnkeyedDecodingContainer: UnkeyedDecodingContainer {
-    let context: BinaryDecodingContext
+    let context: Unmanaged<BinaryDecodingContext>
     /// The container's header, or -1 for a missing value.
     let start: Int
     /// The next element.
     var cursor: Int
 
-    init(context: BinaryDecodingContext, position: Int, packed: UInt8) throws {
+    init(context: Unmanaged<BinaryDecodingContext>, position: Int, stamp: Int) throws {
         self.context = context
         start = position
-        cursor = try context.unkeyedFirst(at: position, packed: packed)
+        cursor = try context._withUnsafeGuaranteedRef { try $0.unkeyedFirst(at: position, stamp: stamp) }
     }
 
-    var codingPath: [any CodingKey] { context.codingPath(to: start) }
+    var codingPath: [any CodingKey] { context._withUnsafeGuaranteedRef { $0.codingPath(to: start) } }
 
     var count: Int? {
-        guard start >= 0, let tag = context.reader.byte(at: start) else { return 0 }
-        switch tag {
-        case BinaryFormat.unkeyedTag, BinaryFormat.unkeyed64Tag:
-            return context.reader.containerBounds(at: start, limit: context.reader.count)?.count ?? 0
-        case BinaryFormat.packedTag:
-            return context.reader.packedBounds(at: start, limit: context.reader.count)?.count ?? 0
-        default:
-            return 0
+        context._withUnsafeGuaranteedRef { context in
+            guard start >= 0, let tag = context.reader.byte(at: start) else { return 0 }
+            switch tag {
+            case BinaryFormat.unkeyedTag, BinaryFormat.unkeyed64Tag:
+                return context.reader.containerBounds(at: start, limit: context.reader.count)?.count ?? 0
+            case BinaryFormat.packedTag:
+                return context.reader.packedBounds(at: start, limit: context.reader.count)?.count ?? 0
+            default:
+                return 0
+            }
         }
     }
 
-    var isAtEnd: Bool { cursor >= context.unkeyedLayout(at: start).end }
+    var isAtEnd: Bool { cursor >= context._withUnsafeGuaranteedRef { $0.unkeyedLayout(at: start).end } }
 
     var currentIndex: Int {
-        let reader = context.reader
-        guard start >= 0, let tag = reader.byte(at: start) else { return 0 }
-        if tag == BinaryFormat.packedTag {
-            guard let bounds = reader.packedBounds(at: start, limit: reader.count) else { return 0 }
-            return (cursor - bounds.dataStart) / bounds.kind.size
+        context._withUnsafeGuaranteedRef { context in
+            let reader = context.reader
+            guard start >= 0, let tag = reader.byte(at: start) else { return 0 }
+            if tag == BinaryFormat.packedTag {
+                guard let bounds = reader.packedBounds(at: start, limit: reader.count) else { return 0 }
+                return (cursor - bounds.dataStart) / bounds.kind.size
+            }
+            guard let bounds = reader.containerBounds(at: start, limit: reader.count) else { return 0 }
+            var index = 0
+            var position = bounds.contentStart
+            while position < cursor, let next = reader.valueEnd(at: position, limit: bounds.end) {
+                position = next
+                index += 1
+            }
+            return index
         }
-        guard let bounds = reader.containerBounds(at: start, limit: reader.count) else { return 0 }
-        var index = 0
-        var position = bounds.contentStart
-        while position < cursor, let next = reader.valueEnd(at: position, limit: bounds.end) {
-            position = next
-            index += 1
-        }
-        return index
     }
 
-    /// The next element's offset and the layout, or a throw at the end.
+    /// Reads the next element with `read` (given its offset, its kind when this is a packed array,
+    /// the end of the elements, and where to put the element's end, which is set to its start).
     @inline(__always)
-    private func nextElement(_ what: @autoclosure () -> String) throws -> (end: Int, kind: BinaryPackedKind?) {
-        let layout = context.unkeyedLayout(at: start)
-        guard cursor < layout.end else {
-            throw context.error("expected \(what()), found the end of an unkeyed container", at: start)
+    private mutating func next<T>(
+        _ what: @autoclosure () -> String, _ read: (BinaryDecodingContext, Int, BinaryPackedKind?, Int, inout Int) throws -> T
+    ) throws -> T {
+        let start = self.start
+        var cursor = self.cursor
+        let value = try context._withUnsafeGuaranteedRef { context in
+            let layout = context.unkeyedLayout(at: start)
+            guard cursor < layout.end else {
+                throw context.error("expected \(what()), found the end of an unkeyed container", at: start)
+            }
+            return try read(context, cursor, layout.kind, layout.end, &cursor)
         }
-        return layout
+        self.cursor = cursor
+        return value
+    }
+
+    @inline(__always)
+    private mutating func scalar<T: BinaryScalar>() throws -> T {
+        try next("\(T.self)") { try T.read($0, at: $1, limit: $3, next: &$4, packed: $2) }
     }
 
     mutating func decodeNil() throws -> Bool {
-        let layout = try nextElement("a value")
-        guard layout.kind == nil, context.isNil(at: cursor) else { return false }
-        cursor += 1
-        return true
-    }
-
-    mutating func decode(_ type: Bool.Type) throws -> Bool {
-        let layout = try nextElement("Bool")
-        guard layout.kind == nil else { throw context.error("expected Bool, found a packed number", at: cursor) }
-        let (value, next) = try context.readBool(at: cursor, limit: layout.end)
-        cursor = next
-        return value
-    }
-
-    mutating func decode(_ type: String.Type) throws -> String {
-        let layout = try nextElement("String")
-        guard layout.kind == nil else { throw context.error("expected String, found a packed number", at: cursor) }
-        let (value, next) = try context.readString(at: cursor, limit: layout.end)
-        cursor = next
-        return value
-    }
-
-    mutating func decode(_ type: Double.Type) throws -> Double {
-        let layout = try nextElement("Double")
-        if let kind = layout.kind {
-            let value = try context.packedDouble(kind, at: cursor)
-            cursor += kind.size
-            return value
+        try next("a value") { context, at, kind, _, next in
+            guard kind == nil && context.isNil(at: at) else { return false }
+            next = at + 1
+            return true
         }
-        let (value, next) = try context.readDouble(at: cursor, limit: layout.end)
-        cursor = next
-        return value
     }
 
-    mutating func decode(_ type: Float.Type) throws -> Float {
-        let layout = try nextElement("Float")
-        if let kind = layout.kind {
-            let value = try context.packedFloat(kind, at: cursor)
-            cursor += kind.size
-            return value
-        }
-        let (value, next) = try context.readFloat(at: cursor, limit: layout.end)
-        cursor = next
-        return value
-    }
-
-    @inline(__always)
-    private mutating func integer<I: FixedWidthInteger>() throws -> I {
-        let layout = try nextElement("\(I.self)")
-        if let kind = layout.kind {
-            let value: I = try context.packedInteger(kind, at: cursor)
-            cursor += kind.size
-            return value
-        }
-        return try context.readInteger(at: cursor, limit: layout.end, next: &cursor)
-    }
-
-    mutating func decode(_ type: Int.Type) throws -> Int { try integer() }
-    mutating func decode(_ type: Int8.Type) throws -> Int8 { try integer() }
-    mutating func decode(_ type: Int16.Type) throws -> Int16 { try integer() }
-    mutating func decode(_ type: Int32.Type) throws -> Int32 { try integer() }
-    mutating func decode(_ type: Int64.Type) throws -> Int64 { try integer() }
+    mutating func decode(_ type: Bool.Type) throws -> Bool { try scalar() }
+    mutating func decode(_ type: String.Type) throws -> String { try scalar() }
+    mutating func decode(_ type: Double.Type) throws -> Double { try scalar() }
+    mutating func decode(_ type: Float.Type) throws -> Float { try scalar() }
+    mutating func decode(_ type: Int.Type) throws -> Int { try scalar() }
+    mutating func decode(_ type: Int8.Type) throws -> Int8 { try scalar() }
+    mutating func decode(_ type: Int16.Type) throws -> Int16 { try scalar() }
+    mutating func decode(_ type: Int32.Type) throws -> Int32 { try scalar() }
+    mutating func decode(_ type: Int64.Type) throws -> Int64 { try scalar() }
+    mutating func decode(_ type: UInt.Type) throws -> UInt { try scalar() }
+    mutating func decode(_ type: UInt8.Type) throws -> UInt8 { try scalar() }
+    mutating func decode(_ type: UInt16.Type) throws -> UInt16 { try scalar() }
+    mutating func decode(_ type: UInt32.Type) throws -> UInt32 { try scalar() }
+    mutating func decode(_ type: UInt64.Type) throws -> UInt64 { try scalar() }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    mutating func decode(_ type: Int128.Type) throws -> Int128 { try integer() }
-    mutating func decode(_ type: UInt.Type) throws -> UInt { try integer() }
-    mutating func decode(_ type: UInt8.Type) throws -> UInt8 { try integer() }
-    mutating func decode(_ type: UInt16.Type) throws -> UInt16 { try integer() }
-    mutating func decode(_ type: UInt32.Type) throws -> UInt32 { try integer() }
-    mutating func decode(_ type: UInt64.Type) throws -> UInt64 { try integer() }
+    mutating func decode(_ type: Int128.Type) throws -> Int128 { try scalar() }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    mutating func decode(_ type: UInt128.Type) throws -> UInt128 { try integer() }
+    mutating func decode(_ type: UInt128.Type) throws -> UInt128 { try scalar() }
 
     mutating func decode<T: Decodable>(_ type: T.Type) throws -> T {
-        let layout = try nextElement("\(T.self)")
-        if let kind = layout.kind {
-            let value = try context.decodePackedElement(T.self, kind: kind, at: cursor)
-            cursor += kind.size
-            return value
-        }
-        return try context.decodeValue(T.self, at: cursor, limit: layout.end, end: &cursor)
+        try next("\(T.self)") { try $0.decodeValue(T.self, at: $1, limit: $3, end: &$4, packed: $2) }
     }
 
-    /// Steps over the next tagged element, returning where it starts.
-    private mutating func skipElement(_ what: String) throws -> Int {
-        let layout = try nextElement(what)
-        guard layout.kind == nil else { throw context.error("expected \(what), found a packed number", at: cursor) }
-        guard let next = context.reader.valueEnd(at: cursor, limit: layout.end) else {
-            throw context.error("malformed or truncated element", at: cursor)
+    /// Steps over the next element, returning a decoder for it.
+    private mutating func element(_ what: String) throws -> BinaryValueDecoder {
+        try next(what) { context, at, kind, end, next in
+            if let kind {
+                next = at + kind.size
+            } else {
+                guard let after = context.reader.valueEnd(at: at, limit: end) else {
+                    throw context.error("malformed or truncated element", at: at)
+                }
+                next = after
+            }
+            return BinaryValueDecoder(context: .passUnretained(context), position: at, stamp: context.stamp(kind?.rawValue ?? 0))
         }
-        let element = cursor
-        cursor = next
-        return element
     }
 
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type) throws -> KeyedDecodingContainer<NestedKey> {
-        let element = try skipElement("a keyed container")
-        return KeyedDecodingContainer(try BinaryKeyedDecodingContainer<NestedKey>(context: context, position: element, packed: 0))
+        try element("a keyed container").container(keyedBy: NestedKey.self)
     }
 
     mutating func nestedUnkeyedContainer() throws -> any UnkeyedDecodingContainer {
-        let element = try skipElement("an unkeyed container")
-        return try BinaryUnkeyedDecodingContainer(context: context, position: element, packed: 0)
+        try element("an unkeyed container").unkeyedContainer()
     }
 
     mutating func superDecoder() throws -> any Decoder {
-        let layout = try nextElement("a value")
-        if let kind = layout.kind {
-            let element = cursor
-            cursor += kind.size
-            return BinaryValueDecoder(context: context, position: element, packed: kind.rawValue)
-        }
-        return BinaryValueDecoder(context: context, position: try skipElement("a value"), packed: 0)
+        try element("a value")
     }
 }
 
 /// Reads the one value a decoder stands for.
 struct BinarySingleValueDecodingContainer: SingleValueDecodingContainer {
-    let context: BinaryDecodingContext
+    let context: Unmanaged<BinaryDecodingContext>
     let position: Int
-    let packed: UInt8
+    let stamp: Int
 
-    var codingPath: [any CodingKey] { context.codingPath(to: position) }
+    var codingPath: [any CodingKey] { context._withUnsafeGuaranteedRef { $0.codingPath(to: position) } }
 
-    /// The limit for reads: the value was bounded by its parent when its decoder was made.
-    private var limit: Int { context.reader.count }
-
-    private var kind: BinaryPackedKind? { packed == 0 ? nil : BinaryPackedKind(rawValue: packed) }
-
-    private func present(_ what: String) throws {
-        guard position >= 0 else { throw context.error("expected \(what), found no value", at: position) }
-    }
-
-    func decodeNil() -> Bool {
-        position < 0 || (packed == 0 && context.isNil(at: position))
-    }
-
-    func decode(_ type: Bool.Type) throws -> Bool {
-        try present("Bool")
-        guard packed == 0 else { throw context.error("expected Bool, found a packed number", at: position) }
-        return try context.readBool(at: position, limit: limit).0
-    }
-
-    func decode(_ type: String.Type) throws -> String {
-        try present("String")
-        guard packed == 0 else { throw context.error("expected String, found a packed number", at: position) }
-        return try context.readString(at: position, limit: limit).0
-    }
-
-    func decode(_ type: Double.Type) throws -> Double {
-        try present("Double")
-        if let kind { return try context.packedDouble(kind, at: position) }
-        return try context.readDouble(at: position, limit: limit).0
-    }
-
-    func decode(_ type: Float.Type) throws -> Float {
-        try present("Float")
-        if let kind { return try context.packedFloat(kind, at: position) }
-        return try context.readFloat(at: position, limit: limit).0
+    /// Reads the value with `read` (given its kind when it is a raw element of a packed array, and
+    /// where to put its end). The limit for reads is the end of the bytes: the value was bounded by
+    /// its parent when its decoder was made.
+    @inline(__always)
+    private func read<T>(_ what: @autoclosure () -> String, _ read: (BinaryDecodingContext, BinaryPackedKind?, inout Int) throws -> T) throws -> T {
+        try context._withUnsafeGuaranteedRef { context in
+            try context.check(stamp >> 8)
+            guard position >= 0 else { throw context.error("expected \(what()), found no value", at: position) }
+            var next = 0
+            return try read(context, BinaryPackedKind(rawValue: UInt8(truncatingIfNeeded: stamp)), &next)
+        }
     }
 
     @inline(__always)
-    private func integer<I: FixedWidthInteger>() throws -> I {
-        try present("\(I.self)")
-        if let kind { return try context.packedInteger(kind, at: position) }
-        return try context.readInteger(at: position, limit: limit)
+    private func scalar<T: BinaryScalar>() throws -> T {
+        try read("\(T.self)") { try T.read($0, at: position, limit: $0.reader.count, next: &$2, packed: $1) }
     }
 
-    func decode(_ type: Int.Type) throws -> Int { try integer() }
-    func decode(_ type: Int8.Type) throws -> Int8 { try integer() }
-    func decode(_ type: Int16.Type) throws -> Int16 { try integer() }
-    func decode(_ type: Int32.Type) throws -> Int32 { try integer() }
-    func decode(_ type: Int64.Type) throws -> Int64 { try integer() }
+    func decodeNil() -> Bool {
+        position < 0 || (stamp & 0xFF == 0 && context._withUnsafeGuaranteedRef { $0.isNil(at: position) })
+    }
+
+    func decode(_ type: Bool.Type) throws -> Bool { try scalar() }
+    func decode(_ type: String.Type) throws -> String { try scalar() }
+    func decode(_ type: Double.Type) throws -> Double { try scalar() }
+    func decode(_ type: Float.Type) throws -> Float { try scalar() }
+    func decode(_ type: Int.Type) throws -> Int { try scalar() }
+    func decode(_ type: Int8.Type) throws -> Int8 { try scalar() }
+    func decode(_ type: Int16.Type) throws -> Int16 { try scalar() }
+    func decode(_ type: Int32.Type) throws -> Int32 { try scalar() }
+    func decode(_ type: Int64.Type) throws -> Int64 { try scalar() }
+    func decode(_ type: UInt.Type) throws -> UInt { try scalar() }
+    func decode(_ type: UInt8.Type) throws -> UInt8 { try scalar() }
+    func decode(_ type: UInt16.Type) throws -> UInt16 { try scalar() }
+    func decode(_ type: UInt32.Type) throws -> UInt32 { try scalar() }
+    func decode(_ type: UInt64.Type) throws -> UInt64 { try scalar() }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    func decode(_ type: Int128.Type) throws -> Int128 { try integer() }
-    func decode(_ type: UInt.Type) throws -> UInt { try integer() }
-    func decode(_ type: UInt8.Type) throws -> UInt8 { try integer() }
-    func decode(_ type: UInt16.Type) throws -> UInt16 { try integer() }
-    func decode(_ type: UInt32.Type) throws -> UInt32 { try integer() }
-    func decode(_ type: UInt64.Type) throws -> UInt64 { try integer() }
+    func decode(_ type: Int128.Type) throws -> Int128 { try scalar() }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    func decode(_ type: UInt128.Type) throws -> UInt128 { try integer() }
+    func decode(_ type: UInt128.Type) throws -> UInt128 { try scalar() }
 
     func decode<T: Decodable>(_ type: T.Type) throws -> T {
-        try present("\(T.self)")
-        if let kind { return try context.decodePackedElement(T.self, kind: kind, at: position) }
-        var end = 0
-        return try context.decodeValue(T.self, at: position, limit: limit, end: &end)
+        try read("\(T.self)") { try $0.decodeValue(T.self, at: position, limit: $0.reader.count, end: &$2, packed: $1) }
     }
 }

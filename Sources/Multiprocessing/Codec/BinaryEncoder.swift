@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Encodes `Encodable` values into the package's compact binary format, the form in which every
 /// message crosses a process boundary (connections, queues, child bootstrap).
 ///
@@ -30,54 +36,74 @@ public struct BinaryEncoder: Sendable {
     /// - Throws: ``MultiprocessingError`` with code ``MultiprocessingError/Code/transport`` when the
     ///   value cannot be encoded; errors thrown by `encode(to:)` are wrapped in it.
     public func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
-        var bytes: [UInt8] = []
-        try encode(value, appendingTo: &bytes, startCapacity: 128)
-        return bytes
+        try BinaryEncodingState.with(BinaryEncodingState.key) { state in
+            try state.encodeRoot(value, userInfo: userInfo)
+            if state.flushed == 0 {
+                // (Faster than `init(unsafeUninitializedCapacity:)`, which looks up the storage's metadata.)
+                return Array(UnsafeRawBufferPointer(start: state.scratch, count: state.count))
+            }
+            state.flush()
+            var bytes: [UInt8] = []
+            swap(&bytes, &state.output)
+            return bytes
+        }
     }
 
     /// Appends the encoding of `value` to `buffer`, so a caller can reserve a frame header first and
-    /// send the whole buffer without another copy.
+    /// send the whole buffer without another copy. Takes time in proportion to the new bytes only.
     ///
     /// On failure `buffer` is left as it was.
     ///
     /// - Throws: ``MultiprocessingError`` with code ``MultiprocessingError/Code/transport`` when the
     ///   value cannot be encoded; errors thrown by `encode(to:)` are wrapped in it.
     public func encode<T: Encodable>(_ value: T, appendingTo buffer: inout [UInt8]) throws {
-        try encode(value, appendingTo: &buffer, startCapacity: 0)
-    }
-
-    private func encode<T: Encodable>(_ value: T, appendingTo buffer: inout [UInt8], startCapacity: Int) throws {
-        let state = BinaryEncodingState(userInfo: userInfo)
-        state.begin(with: &buffer, startCapacity: startCapacity)
-        let root = state.root
-        do {
-            try state.encodeIntoPendingSlot(value, slot: root)
-            state.finishSlot(root)
-            if let failure = state.failure { throw failure }
-        } catch {
-            let failure = state.failure ?? BinaryEncodingState.wrap(error, encoding: T.self)
-            state.end(into: &buffer, keeping: root)
-            throw failure
+        try BinaryEncodingState.with(BinaryEncodingState.key) { state in
+            swap(&state.output, &buffer)
+            defer { swap(&state.output, &buffer) }
+            state.root = state.output.count
+            do {
+                try state.encodeRoot(value, userInfo: userInfo)
+            } catch {
+                state.output.removeSubrange(state.root...)
+                throw error
+            }
+            state.flush()
         }
-        state.end(into: &buffer, keeping: state.count)
     }
 }
 
-/// The state of one `BinaryEncoder.encode` call, shared by all its encoders and containers.
+/// The state of a `BinaryEncoder.encode` call, shared by all its encoders and containers, and kept
+/// by its thread for the next call (see ``BinaryReusableState``).
 ///
-/// Bytes are written in one pass. A container's header holds, while the container is open, the
-/// distance back to the enclosing open container (a stack kept inside the buffer, so opening a
-/// container allocates nothing); when the container is left its length replaces that link.
-/// A "slot" is the place where one value goes; `pending` is the slot handed out to an encoder that
-/// has not written it yet (there is at most one, and it is always at the end of the bytes).
-///
-/// `storage` is the caller's array, grown ahead of need with zeros: `count` says how much of it is
-/// written, and writes go through its pointer, without `append`'s per-call bookkeeping.
-final class BinaryEncodingState {
-    @exclusivity(unchecked) var storage: [UInt8] = []
-    /// How many bytes of `storage` are written.
+/// Bytes are written in one pass into a scratch buffer the state owns, and copied out at the end;
+/// the payload of a large value (a long string or packed array) is appended straight to the output
+/// instead, after what came before it (which is then patched there if need be). A container's
+/// header holds, while the container is open, the distance back to the enclosing open
+/// container (a stack kept inside the buffer, so opening a container allocates nothing); when the
+/// container is left its length replaces that link. A "slot" is the place where one value goes;
+/// `pending` is the slot handed out to an encoder that has not written it yet (there is at most one,
+/// and it is always at the end of the bytes).
+final class BinaryEncodingState: BinaryReusableState {
+    static let key = makeKey()
+
+    /// Where a keyed container starts, and the call it belongs to.
+    struct Frame {
+        var start: Int
+        var generation: Int
+    }
+
+    @exclusivity(unchecked) var busy = false
+    @exclusivity(unchecked) var next: BinaryEncodingState?
+    /// The message's bytes from `flushed` on; those before are in `output`.
+    @exclusivity(unchecked) var scratch: UnsafeMutableRawPointer
+    @exclusivity(unchecked) var capacity: Int
+    /// How many bytes of the message are written.
     @exclusivity(unchecked) var count = 0
-    /// Where the top-level value starts (bytes before it belong to the caller).
+    /// How many of them are in `output`.
+    @exclusivity(unchecked) var flushed = 0
+    /// Where the message goes when it is not copied out at the end: a new array, or the caller's
+    /// buffer, whose first `root` bytes are not the message's.
+    @exclusivity(unchecked) var output: [UInt8] = []
     @exclusivity(unchecked) var root = 0
     /// Start of the innermost open container, or -1.
     @exclusivity(unchecked) var top = -1
@@ -85,65 +111,91 @@ final class BinaryEncodingState {
     @exclusivity(unchecked) var pending = -1
     /// Nesting of `encode(to:)` calls.
     @exclusivity(unchecked) var depth = 0
-    /// The last type found to be neither a primitive nor an array with a fast path.
-    @exclusivity(unchecked) var lastGeneralType: ObjectIdentifier?
+    /// Changes at the start and end of every call, retiring what the call handed out.
+    @exclusivity(unchecked) var generation = 0
+    @exclusivity(unchecked) var kinds = BinaryKindCache()
+    @exclusivity(unchecked) var boxes = BinaryBoxCache<Frame>()
     /// The first misuse seen by a method that cannot throw; thrown when the encoding ends.
-    var failure: MultiprocessingError?
+    @exclusivity(unchecked) var failure: MultiprocessingError?
     /// Links too long for a header's 32 bits (containers more than 4 GiB apart), by container start.
-    var farLinks: [Int: Int] = [:]
-    let userInfo: [CodingUserInfoKey: any Sendable]
+    @exclusivity(unchecked) var farLinks: [Int: Int] = [:]
+    @exclusivity(unchecked) var userInfo: [CodingUserInfoKey: any Sendable] = [:]
 
     /// Marks a container handle that was refused; every write through it throws.
     static let invalid = Int.min
+    /// The buffer a state starts with, and the most it keeps between calls.
+    static let initialCapacity = 256
+    static let keptCapacity = 1 << 20
+    /// Payloads this large go straight to the output.
+    static let largeWrite = 4_096
 
-    init(userInfo: [CodingUserInfoKey: any Sendable]) {
-        self.userInfo = userInfo
+    init() {
+        capacity = BinaryEncodingState.initialCapacity
+        scratch = .allocate(byteCount: capacity, alignment: 16)
     }
 
-    static func wrap<T>(_ error: any Error, encoding _: T.Type) -> MultiprocessingError {
-        if let error = error as? MultiprocessingError { return error }
-        return MultiprocessingError(.transport, "binary encoding: encoding \(T.self) failed: \(error)")
+    deinit {
+        scratch.deallocate()
+        boxes.deallocate()
     }
 
-    /// Takes over `buffer` (appending after its bytes).
-    func begin(with buffer: inout [UInt8], startCapacity: Int) {
-        count = buffer.count
-        if count == 0 && startCapacity > 0 {
-            buffer = [UInt8](repeating: 0, count: startCapacity)
+    /// Encodes the message `value` into the buffer, from its start.
+    func encodeRoot<T: Encodable>(_ value: T, userInfo: [CodingUserInfoKey: any Sendable]) throws {
+        generation &+= 1
+        if !userInfo.isEmpty { self.userInfo = userInfo }
+        pending = 0
+        do {
+            try encodeIntoPendingSlot(value, slot: 0)
+            finishSlot(0)
+        } catch let error as MultiprocessingError {
+            throw failure ?? error
+        } catch {
+            throw failure ?? MultiprocessingError(.transport, "binary encoding: encoding \(T.self) failed: \(error)")
         }
-        swap(&storage, &buffer)
-        root = count
-        pending = root
+        if let failure { throw failure }
     }
 
-    /// Hands the bytes back to `buffer`, keeping only the first `length`; retires this state, so
-    /// encoders and containers that escaped their `encode(to:)` cannot write any more.
-    func end(into buffer: inout [UInt8], keeping length: Int) {
-        if storage.count > length { storage.removeSubrange(length...) }
+    /// Ends the call: retires what it handed out and makes the state free for the next one.
+    func finish() {
+        generation &+= 1
+        count = 0
+        flushed = 0
+        root = 0
+        if !output.isEmpty { output = [] }
         top = -1
         pending = -1
-        count = 0
-        swap(&storage, &buffer)
+        depth = 0
+        if failure != nil { failure = nil }
+        if !farLinks.isEmpty { farLinks = [:] }
+        if !userInfo.isEmpty { userInfo = [:] }
+        if capacity > BinaryEncodingState.keptCapacity {
+            scratch.deallocate()
+            capacity = BinaryEncodingState.initialCapacity
+            scratch = .allocate(byteCount: capacity, alignment: 16)
+        }
+        busy = false
     }
 
     // MARK: Errors and coding paths
 
-    func codingPath(to offset: Int) -> [any CodingKey] {
-        guard offset >= root, offset <= count else { return [] }
+    func codingPath(to offset: Int, generation: Int) -> [any CodingKey] {
+        guard generation == self.generation, offset >= 0, offset <= count else { return [] }
         var open: [Int] = []
         var container = top
         while container >= 0 {
             open.append(container)
             container = parent(of: container)
         }
-        return storage.withUnsafeBytes { raw in
+        var bytes = Array(output[root...])
+        bytes.append(contentsOf: UnsafeRawBufferPointer(start: scratch, count: count - flushed))
+        return bytes.withUnsafeBytes { raw in
             guard let base = raw.baseAddress else { return [] }
-            return BinaryReader(base: base, count: count).codingPath(root: root, to: offset, openContainers: open)
+            return BinaryReader(base: base, count: raw.count).codingPath(root: 0, to: offset, openContainers: open)
         }
     }
 
     func error(_ what: String, at offset: Int) -> MultiprocessingError {
-        let path = offset >= 0 ? binaryPathDescription(codingPath(to: offset)) : "an unknown place"
+        let path = offset >= 0 ? binaryPathDescription(codingPath(to: offset, generation: generation)) : "an unknown place"
         return MultiprocessingError(.transport, "binary encoding: \(what) at \(path)")
     }
 
@@ -151,43 +203,41 @@ final class BinaryEncodingState {
         if failure == nil { failure = error }
     }
 
-    // MARK: Writing
-
-    /// Makes room for `size` more bytes.
+    /// Throws unless `generation` is this call's: encoders and containers are good only within it.
     @inline(__always)
-    func reserve(_ size: Int) {
-        if size > storage.count &- count { grow(size) }
+    func check(_ generation: Int) throws {
+        if generation != self.generation { throw staleError() }
     }
 
-    @inline(never)
-    func grow(_ size: Int) {
-        let needed = count + size
-        if storage.capacity >= needed {
-            // The caller's buffer has room reserved: use it.
-            storage.append(contentsOf: repeatElement(0, count: storage.capacity - storage.count))
-            return
-        }
-        let capacity = Swift.max(needed, storage.count * 2, 64)
-        var larger = [UInt8](repeating: 0, count: capacity)
-        let written = count
-        if written > 0 {
-            larger.withUnsafeMutableBytes { target in
-                storage.withUnsafeBytes { source in
-                    target.baseAddress.unsafelyUnwrapped.copyMemory(from: source.baseAddress.unsafelyUnwrapped, byteCount: written)
-                }
-            }
-        }
-        storage = larger
+    func staleError() -> MultiprocessingError {
+        MultiprocessingError(.transport, "binary encoding: an encoder or container was used after its encode call ended")
     }
+
+    // MARK: Writing
 
     /// Runs `body` with the address of the first unwritten byte, where at least `size` bytes are
     /// free; `body` returns how many it wrote.
     @inline(__always)
     func write(reserving size: Int, _ body: (UnsafeMutableRawPointer) -> Int) {
-        reserve(size)
-        storage.withUnsafeMutableBytes { raw in
-            count &+= body(raw.baseAddress.unsafelyUnwrapped + count)
-        }
+        let used = count &- flushed
+        if size > capacity &- used { grow(size) }
+        count &+= body(scratch + used)
+    }
+
+    @inline(never)
+    func grow(_ size: Int) {
+        let used = count - flushed
+        capacity = Swift.max(used + size, capacity * 2)
+        let larger = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
+        larger.copyMemory(from: scratch, byteCount: used)
+        scratch.deallocate()
+        scratch = larger
+    }
+
+    /// Moves the scratch bytes to the output.
+    func flush() {
+        if count > flushed { output.append(contentsOf: UnsafeRawBufferPointer(start: scratch, count: count - flushed)) }
+        flushed = count
     }
 
     @inline(__always)
@@ -208,14 +258,18 @@ final class BinaryEncodingState {
         }
     }
 
+    /// Stores a header field of the message at `offset` (in the scratch buffer, or in the output).
     @inline(__always)
     func store<T: FixedWidthInteger>(_ value: T, at offset: Int) {
-        storage.withUnsafeMutableBytes { $0.storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self) }
+        if offset >= flushed { return scratch.storeBytes(of: value.littleEndian, toByteOffset: offset &- flushed, as: T.self) }
+        let root = self.root
+        output.withUnsafeMutableBytes { $0.storeBytes(of: value.littleEndian, toByteOffset: root + offset, as: T.self) }
     }
 
     @inline(__always)
     func loadStored<T: FixedWidthInteger>(_: T.Type, at offset: Int) -> T {
-        storage.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: T.self)) }
+        if offset >= flushed { return T(littleEndian: scratch.loadUnaligned(fromByteOffset: offset &- flushed, as: T.self)) }
+        return output.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: root + offset, as: T.self)) }
     }
 
     /// Stores an unsigned LEB128 varint at `pointer`; returns its size (at most 10).
@@ -232,43 +286,44 @@ final class BinaryEncodingState {
         return size + 1
     }
 
-    func writeSigned(_ value: Int64) {
+    /// Writes an integer of up to 64 bits in the narrowest tag that holds it.
+    @inline(__always)
+    func writeInteger<I: FixedWidthInteger>(_ value: I) {
         if value >= 0 && value < 0x80 {
             append(BinaryFormat.smallIntBase | UInt8(truncatingIfNeeded: value))
-        } else if let narrow = Int8(exactly: value) {
-            append(tag: BinaryFormat.int8Tag, narrow)
-        } else if let narrow = Int16(exactly: value) {
-            append(tag: BinaryFormat.int16Tag, narrow)
-        } else if let narrow = Int32(exactly: value) {
-            append(tag: BinaryFormat.int32Tag, narrow)
         } else {
-            append(tag: BinaryFormat.int64Tag, value)
+            writeWide(value)
         }
     }
 
-    func writeUnsigned(_ value: UInt64) {
-        if value < 0x80 {
-            append(BinaryFormat.smallIntBase | UInt8(truncatingIfNeeded: value))
-        } else if let narrow = UInt8(exactly: value) {
-            append(tag: BinaryFormat.uint8Tag, narrow)
-        } else if let narrow = UInt16(exactly: value) {
-            append(tag: BinaryFormat.uint16Tag, narrow)
-        } else if let narrow = UInt32(exactly: value) {
-            append(tag: BinaryFormat.uint32Tag, narrow)
+    /// Writes an integer in the narrowest of the 8...64-bit tags (signed or not, as `I` is) that holds it.
+    private func writeWide<I: FixedWidthInteger>(_ value: I) {
+        let bits = UInt64(truncatingIfNeeded: value)
+        let tag = I.isSigned ? BinaryFormat.int8Tag : BinaryFormat.uint8Tag
+        // Whether the value survives being cut to `width` bits (and sign- or zero-extended back).
+        func fits(_ width: UInt64) -> Bool {
+            I.isSigned ? Int64(bitPattern: bits << (64 - width)) >> (64 - width) == Int64(bitPattern: bits) : bits >> width == 0
+        }
+        if fits(8) {
+            append(tag: tag, UInt8(truncatingIfNeeded: bits))
+        } else if fits(16) {
+            append(tag: tag + 1, UInt16(truncatingIfNeeded: bits))
+        } else if fits(32) {
+            append(tag: tag + 2, UInt32(truncatingIfNeeded: bits))
         } else {
-            append(tag: BinaryFormat.uint64Tag, value)
+            append(tag: tag + 3, bits)
         }
     }
 
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
     func writeInt128(_ value: Int128) {
-        if let narrow = Int64(exactly: value) { return writeSigned(narrow) }
+        if let narrow = Int64(exactly: value) { return writeInteger(narrow) }
         write128(tag: BinaryFormat.int128Tag, low: UInt64(truncatingIfNeeded: value), high: UInt64(truncatingIfNeeded: value >> 64))
     }
 
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
     func writeUInt128(_ value: UInt128) {
-        if let narrow = UInt64(exactly: value) { return writeUnsigned(narrow) }
+        if let narrow = UInt64(exactly: value) { return writeInteger(narrow) }
         write128(tag: BinaryFormat.uint128Tag, low: UInt64(truncatingIfNeeded: value), high: UInt64(truncatingIfNeeded: value >> 64))
     }
 
@@ -297,73 +352,71 @@ final class BinaryEncodingState {
     }
 
     func writeString(_ value: String) {
-        var value = value
-        value.withUTF8 { utf8 in
-            if utf8.count > BinaryEncodingState.largeWrite {
-                write(reserving: 11) { pointer in
-                    pointer.storeBytes(of: BinaryFormat.stringTag, as: UInt8.self)
-                    return 1 + BinaryEncodingState.storeVarint(UInt64(utf8.count), at: pointer + 1)
-                }
-                appendLarge(UnsafeRawBufferPointer(utf8))
-                return
-            }
-            write(reserving: utf8.count + 11) { pointer in
-                var size: Int
-                if utf8.count < BinaryFormat.smallStringLimit {
-                    pointer.storeBytes(of: BinaryFormat.smallStringBase | UInt8(truncatingIfNeeded: utf8.count), as: UInt8.self)
-                    size = 1
-                } else {
-                    pointer.storeBytes(of: BinaryFormat.stringTag, as: UInt8.self)
-                    size = 1 + BinaryEncodingState.storeVarint(UInt64(utf8.count), at: pointer + 1)
-                }
-                if let source = utf8.baseAddress {
-                    (pointer + size).copyMemory(from: source, byteCount: utf8.count)
-                }
-                size += utf8.count
-                return size
-            }
+        if value.utf8.withContiguousStorageIfAvailable({ writeString(utf8: UnsafeRawBufferPointer($0)) }) == nil {
+            var value = value
+            value.withUTF8 { writeString(utf8: UnsafeRawBufferPointer($0)) }
         }
     }
 
-    func writeKey<Key: CodingKey>(_ key: Key) {
-        var name = key.stringValue
-        name.withUTF8 { utf8 in
-            write(reserving: utf8.count + 10) { pointer in
-                let size = BinaryEncodingState.storeVarint(UInt64(utf8.count), at: pointer)
-                if let source = utf8.baseAddress {
-                    (pointer + size).copyMemory(from: source, byteCount: utf8.count)
-                }
-                return size + utf8.count
+    @inline(__always)
+    private func writeString(utf8: UnsafeRawBufferPointer) {
+        if utf8.count >= BinaryEncodingState.largeWrite { return writeLarge(tag: BinaryFormat.stringTag, kind: nil, count: utf8.count, utf8) }
+        write(reserving: utf8.count + 11) { pointer in
+            var size = 1
+            if utf8.count < BinaryFormat.smallStringLimit {
+                pointer.storeBytes(of: BinaryFormat.smallStringBase | UInt8(truncatingIfNeeded: utf8.count), as: UInt8.self)
+            } else {
+                pointer.storeBytes(of: BinaryFormat.stringTag, as: UInt8.self)
+                size += BinaryEncodingState.storeVarint(UInt64(utf8.count), at: pointer + 1)
             }
+            if let source = utf8.baseAddress { (pointer + size).copyMemory(from: source, byteCount: utf8.count) }
+            return size + utf8.count
+        }
+    }
+
+    /// Writes a long string or a large packed array: its header, then its payload straight to the output.
+    @inline(never)
+    private func writeLarge(tag: UInt8, kind: BinaryPackedKind?, count elements: Int, _ payload: UnsafeRawBufferPointer) {
+        write(reserving: 12) { pointer in
+            pointer.storeBytes(of: tag, as: UInt8.self)
+            guard let kind else { return 1 + BinaryEncodingState.storeVarint(UInt64(elements), at: pointer + 1) }
+            (pointer + 1).storeBytes(of: kind.rawValue, as: UInt8.self)
+            return 2 + BinaryEncodingState.storeVarint(UInt64(elements), at: pointer + 2)
+        }
+        flush()
+        output.append(contentsOf: payload)
+        count += payload.count
+        flushed = count
+    }
+
+    func writeKey(_ name: String) {
+        if name.utf8.withContiguousStorageIfAvailable({ writeKey(utf8: UnsafeRawBufferPointer($0)) }) == nil {
+            var name = name
+            name.withUTF8 { writeKey(utf8: UnsafeRawBufferPointer($0)) }
+        }
+    }
+
+    @inline(__always)
+    private func writeKey(utf8: UnsafeRawBufferPointer) {
+        write(reserving: utf8.count + 10) { pointer in
+            let size = utf8.count < 0x80 ? 1 : BinaryEncodingState.storeVarint(UInt64(utf8.count), at: pointer)
+            if size == 1 { pointer.storeBytes(of: UInt8(truncatingIfNeeded: utf8.count), as: UInt8.self) }
+            if let source = utf8.baseAddress { (pointer + size).copyMemory(from: source, byteCount: utf8.count) }
+            return size + utf8.count
         }
     }
 
     func writePacked<Element>(_ array: [Element], kind: BinaryPackedKind) {
         array.withUnsafeBytes { raw in
-            let large = raw.count > BinaryEncodingState.largeWrite
-            write(reserving: large ? 12 : raw.count + 12) { pointer in
+            if raw.count >= BinaryEncodingState.largeWrite { return writeLarge(tag: BinaryFormat.packedTag, kind: kind, count: array.count, raw) }
+            write(reserving: raw.count + 12) { pointer in
                 pointer.storeBytes(of: BinaryFormat.packedTag, as: UInt8.self)
                 (pointer + 1).storeBytes(of: kind.rawValue, as: UInt8.self)
                 let size = 2 + BinaryEncodingState.storeVarint(UInt64(array.count), at: pointer + 2)
-                if large { return size }
-                if let source = raw.baseAddress {
-                    (pointer + size).copyMemory(from: source, byteCount: raw.count)
-                }
+                if let source = raw.baseAddress { (pointer + size).copyMemory(from: source, byteCount: raw.count) }
                 return size + raw.count
             }
-            if large { appendLarge(raw) }
         }
-    }
-
-    /// Writes larger than this skip the zero-filled spare room (which would be written twice).
-    static let largeWrite = 4_096
-
-    /// Appends `bytes` with one copy: drops the spare room, lets the array grow as it does, and
-    /// goes on from its new end.
-    func appendLarge(_ bytes: UnsafeRawBufferPointer) {
-        if storage.count > count { storage.removeSubrange(count...) }
-        storage.append(contentsOf: bytes)
-        count = storage.count
     }
 
     /// Writes `[String]` as an unkeyed container without going through `Array.encode(to:)`.
@@ -374,66 +427,47 @@ final class BinaryEncodingState {
         closeTop()
     }
 
-    /// Writes `value` directly when it is a primitive or an array with a fast path; false otherwise.
+    /// Writes `value` directly when its type has a fast path (see ``BinaryKind``); false otherwise.
+    @inline(__always)
     func encodeScalar<T: Encodable>(_ value: T) -> Bool {
-        let type = ObjectIdentifier(T.self)
-        if type == lastGeneralType { return false }
-        if T.self == String.self {
-            writeString(binaryCast(value, to: String.self))
-        } else if T.self == Int.self {
-            writeSigned(Int64(binaryCast(value, to: Int.self)))
-        } else if T.self == Double.self {
-            writeDouble(binaryCast(value, to: Double.self))
-        } else if T.self == Bool.self {
-            writeBool(binaryCast(value, to: Bool.self))
-        } else if T.self == Float.self {
-            writeFloat(binaryCast(value, to: Float.self))
-        } else if T.self == Int64.self {
-            writeSigned(binaryCast(value, to: Int64.self))
-        } else if T.self == UInt8.self {
-            writeUnsigned(UInt64(binaryCast(value, to: UInt8.self)))
-        } else if T.self == UInt64.self {
-            writeUnsigned(binaryCast(value, to: UInt64.self))
-        } else if T.self == Int32.self {
-            writeSigned(Int64(binaryCast(value, to: Int32.self)))
-        } else if T.self == UInt.self {
-            writeUnsigned(UInt64(binaryCast(value, to: UInt.self)))
-        } else if T.self == UInt32.self {
-            writeUnsigned(UInt64(binaryCast(value, to: UInt32.self)))
-        } else if T.self == Int16.self {
-            writeSigned(Int64(binaryCast(value, to: Int16.self)))
-        } else if T.self == UInt16.self {
-            writeUnsigned(UInt64(binaryCast(value, to: UInt16.self)))
-        } else if T.self == Int8.self {
-            writeSigned(Int64(binaryCast(value, to: Int8.self)))
-        } else if type == BinaryPackedArray.stringArray {
-            writeStrings(binaryCast(value, to: [String].self))
-        } else if !encodePackedArray(value) {
-            lastGeneralType = type
-            return false
+        switch kinds.kind(of: T.self) {
+        case .general: return false
+        case .string: writeString(binaryCast(value, to: String.self))
+        case .bool: writeBool(binaryCast(value, to: Bool.self))
+        case .double: writeDouble(binaryCast(value, to: Double.self))
+        case .float: writeFloat(binaryCast(value, to: Float.self))
+        case .strings: writeStrings(binaryCast(value, to: [String].self))
+        case .int: writeInteger(binaryCast(value, to: Int.self))
+        case .int8: writeInteger(binaryCast(value, to: Int8.self))
+        case .int16: writeInteger(binaryCast(value, to: Int16.self))
+        case .int32: writeInteger(binaryCast(value, to: Int32.self))
+        case .int64: writeInteger(binaryCast(value, to: Int64.self))
+        case .uint: writeInteger(binaryCast(value, to: UInt.self))
+        case .uint8: writeInteger(binaryCast(value, to: UInt8.self))
+        case .uint16: writeInteger(binaryCast(value, to: UInt16.self))
+        case .uint32: writeInteger(binaryCast(value, to: UInt32.self))
+        case .uint64: writeInteger(binaryCast(value, to: UInt64.self))
+        case let array: encodePacked(value, array)
         }
         return true
     }
 
-    /// Writes arrays of fixed-width numbers as raw little-endian memory; false for other types.
-    func encodePackedArray<T: Encodable>(_ value: T) -> Bool {
-        guard let array = BinaryPackedArray.of(T.self) else { return false }
-        let kind = array.kind
+    private func encodePacked<T>(_ value: T, _ array: BinaryKind) {
+        let kind = array.packed
         switch array {
-        case .uint8: writePacked(binaryCast(value, to: [UInt8].self), kind: kind)
-        case .float64: writePacked(binaryCast(value, to: [Double].self), kind: kind)
-        case .int: writePacked(binaryCast(value, to: [Int].self), kind: kind)
-        case .float32: writePacked(binaryCast(value, to: [Float].self), kind: kind)
-        case .int64: writePacked(binaryCast(value, to: [Int64].self), kind: kind)
-        case .uint64: writePacked(binaryCast(value, to: [UInt64].self), kind: kind)
-        case .uint: writePacked(binaryCast(value, to: [UInt].self), kind: kind)
-        case .int32: writePacked(binaryCast(value, to: [Int32].self), kind: kind)
-        case .uint32: writePacked(binaryCast(value, to: [UInt32].self), kind: kind)
-        case .int16: writePacked(binaryCast(value, to: [Int16].self), kind: kind)
-        case .uint16: writePacked(binaryCast(value, to: [UInt16].self), kind: kind)
-        case .int8: writePacked(binaryCast(value, to: [Int8].self), kind: kind)
+        case .intArray: writePacked(binaryCast(value, to: [Int].self), kind: kind)
+        case .int8Array: writePacked(binaryCast(value, to: [Int8].self), kind: kind)
+        case .int16Array: writePacked(binaryCast(value, to: [Int16].self), kind: kind)
+        case .int32Array: writePacked(binaryCast(value, to: [Int32].self), kind: kind)
+        case .int64Array: writePacked(binaryCast(value, to: [Int64].self), kind: kind)
+        case .uintArray: writePacked(binaryCast(value, to: [UInt].self), kind: kind)
+        case .uint8Array: writePacked(binaryCast(value, to: [UInt8].self), kind: kind)
+        case .uint16Array: writePacked(binaryCast(value, to: [UInt16].self), kind: kind)
+        case .uint32Array: writePacked(binaryCast(value, to: [UInt32].self), kind: kind)
+        case .uint64Array: writePacked(binaryCast(value, to: [UInt64].self), kind: kind)
+        case .floatArray: writePacked(binaryCast(value, to: [Float].self), kind: kind)
+        default: writePacked(binaryCast(value, to: [Double].self), kind: kind)
         }
-        return true
     }
 
     // MARK: Slots
@@ -444,12 +478,7 @@ final class BinaryEncodingState {
             pending = -1
             return
         }
-        depth += 1
-        defer { depth -= 1 }
-        guard depth <= BinaryFormat.maxDepth else {
-            throw error("values nest more than \(BinaryFormat.maxDepth) levels deep", at: slot)
-        }
-        try value.encode(to: BinarySlotEncoder(state: self, slot: slot))
+        try encodeGeneral(value, slot: slot)
     }
 
     /// Encodes `value` as the next value at the end of the bytes (a container entry or element).
@@ -458,13 +487,17 @@ final class BinaryEncodingState {
         if encodeScalar(value) { return }
         let slot = count
         pending = slot
+        try encodeGeneral(value, slot: slot)
+        finishSlot(slot)
+    }
+
+    private func encodeGeneral<T: Encodable>(_ value: T, slot: Int) throws {
         depth += 1
         defer { depth -= 1 }
         guard depth <= BinaryFormat.maxDepth else {
             throw error("values nest more than \(BinaryFormat.maxDepth) levels deep", at: slot)
         }
-        try value.encode(to: BinarySlotEncoder(state: self, slot: slot))
-        finishSlot(slot)
+        try value.encode(to: BinarySlotEncoder(state: .passUnretained(self), slot: slot, generation: generation))
     }
 
     /// Completes the value in `slot`: marks it empty if nothing was written, else closes what it opened.
@@ -489,14 +522,14 @@ final class BinaryEncodingState {
 
     /// Hands out the next value at the end of the bytes to an encoder (for `superEncoder`).
     func handOutSlot() -> BinarySlotEncoder {
-        let slot = count
-        pending = slot
-        return BinarySlotEncoder(state: self, slot: slot)
+        pending = count
+        return BinarySlotEncoder(state: .passUnretained(self), slot: count, generation: generation)
     }
 
     /// Claims the pending `slot` for a single value.
     @inline(__always)
-    func fill(_ slot: Int) throws {
+    func fill(_ slot: Int, generation: Int) throws {
+        try check(generation)
         guard pending == slot, slot >= 0 else {
             throw error("a single value container was written twice, or after its parent moved on", at: slot)
         }
@@ -541,35 +574,27 @@ final class BinaryEncodingState {
         let start = top
         top = parent(of: start)
         if loadStored(UInt32.self, at: start + 1) == UInt32.max { farLinks[start] = nil }
-        let keyed = storage[start] == BinaryFormat.keyedTag
+        let keyed = loadStored(UInt8.self, at: start) == BinaryFormat.keyedTag
         let header = keyed ? BinaryFormat.keyedHeader : BinaryFormat.unkeyedHeader
         let length = count - start - header
         if length <= Int(UInt32.max) {
             store(UInt32(length), at: start + 1)
             return
         }
-        // Over 4 GiB: widen the header to 64-bit fields (moves the content once).
-        if keyed {
-            widen(at: start + header, by: 4)
-            storage[start] = BinaryFormat.keyed64Tag
-            store(UInt64(length), at: start + 1)
-        } else {
-            let elements = loadStored(UInt32.self, at: start + 5)
-            widen(at: start + header, by: 8)
-            storage[start] = BinaryFormat.unkeyed64Tag
-            store(UInt64(length), at: start + 1)
-            store(UInt64(elements), at: start + 9)
+        // Over 4 GiB: widen the header to 64-bit fields (moves the content once, in the output).
+        let elements = loadStored(UInt32.self, at: start + 5)
+        let extra = keyed ? 4 : 8
+        flush()
+        output.append(contentsOf: repeatElement(0, count: extra))
+        output.withUnsafeMutableBytes { raw in
+            let content = raw.baseAddress.unsafelyUnwrapped + root + start + header
+            (content + extra).copyMemory(from: content, byteCount: length)
         }
-    }
-
-    /// Moves the bytes from `offset` on `size` bytes further.
-    private func widen(at offset: Int, by size: Int) {
-        reserve(size)
-        storage.withUnsafeMutableBytes { raw in
-            let base = raw.baseAddress.unsafelyUnwrapped
-            (base + offset + size).copyMemory(from: base + offset, byteCount: count - offset)
-        }
-        count += size
+        count += extra
+        flushed = count
+        store(keyed ? BinaryFormat.keyed64Tag : BinaryFormat.unkeyed64Tag, at: start)
+        store(UInt64(length), at: start + 1)
+        if !keyed { store(UInt64(elements), at: start + 9) }
     }
 
     func isOpen(_ container: Int) -> Bool {
@@ -581,12 +606,13 @@ final class BinaryEncodingState {
 
     /// Makes `container` the place being written: closes the pending slot and the containers inside it.
     @inline(__always)
-    func enter(_ container: Int) throws {
-        if container == top && pending < 0 { return }
-        try enterSlow(container)
+    func enter(_ container: Int, generation: Int) throws {
+        if container == top && pending < 0 && generation == self.generation { return }
+        try enterSlow(container, generation: generation)
     }
 
-    func enterSlow(_ container: Int) throws {
+    func enterSlow(_ container: Int, generation: Int) throws {
+        try check(generation)
         guard isOpen(container) else {
             throw error(
                 "a container was written after its parent moved on (containers must be written in nesting order)",
@@ -597,12 +623,12 @@ final class BinaryEncodingState {
     }
 
     /// `enter` for methods that cannot throw: records the failure instead.
-    func enterOrRecord(_ container: Int) -> Bool {
+    func enterOrRecord(_ container: Int, generation: Int, element: Bool) -> Bool {
         do {
-            try enter(container)
+            try element ? enterElement(container, generation: generation) : enter(container, generation: generation)
             return true
         } catch let failure as MultiprocessingError {
-            record(failure)
+            if generation == self.generation { record(failure) }
             return false
         } catch {
             return false
@@ -611,12 +637,8 @@ final class BinaryEncodingState {
 
     /// Enters an unkeyed container and counts one more element in it.
     @inline(__always)
-    func enterElement(_ container: Int) throws {
-        try enter(container)
-        try countElement(container)
-    }
-
-    func countElement(_ container: Int) throws {
+    func enterElement(_ container: Int, generation: Int) throws {
+        try enter(container, generation: generation)
         let elements = loadStored(UInt32.self, at: container + 5)
         guard elements < UInt32.max else {
             throw error("an unkeyed container holds more than \(UInt32.max) elements", at: container)
@@ -624,9 +646,9 @@ final class BinaryEncodingState {
         store(elements + 1, at: container + 5)
     }
 
-    func elementCount(_ container: Int) -> Int {
-        guard container >= root, container < count else { return 0 }
-        switch storage[container] {
+    func elementCount(_ container: Int, generation: Int) -> Int {
+        guard generation == self.generation, container >= 0, container < count else { return 0 }
+        switch loadStored(UInt8.self, at: container) {
         case BinaryFormat.unkeyedTag: return Int(loadStored(UInt32.self, at: container + 5))
         case BinaryFormat.unkeyed64Tag: return Int(loadStored(UInt64.self, at: container + 9))
         default: return 0
@@ -635,13 +657,14 @@ final class BinaryEncodingState {
 
     /// The container for an encoder's `container(keyedBy:)` or `unkeyedContainer()`: a new one in a
     /// pending slot, or the same one again while it is open.
-    func container(in slot: Int, keyed: Bool) -> Int {
+    func container(in slot: Int, keyed: Bool, generation: Int) -> Int {
+        guard generation == self.generation else { return BinaryEncodingState.invalid }
         if pending == slot && slot >= 0 {
             pending = -1
             return openContainer(keyed: keyed)
         }
         let tag = keyed ? BinaryFormat.keyedTag : BinaryFormat.unkeyedTag
-        if slot >= 0 && isOpen(slot) && storage[slot] == tag {
+        if slot >= 0 && isOpen(slot) && loadStored(UInt8.self, at: slot) == tag {
             closePending()
             while top > slot { closeTop() }
             return slot
@@ -650,154 +673,103 @@ final class BinaryEncodingState {
         record(error("an encoder was asked for a \(kind) container after it had encoded something else", at: slot))
         return BinaryEncodingState.invalid
     }
+
+    /// A keyed container starting at `start`, in a reused box when one is free.
+    func keyedContainer<Key: CodingKey>(_: Key.Type, start: Int) -> KeyedEncodingContainer<Key> {
+        let frame = Frame(start: start, generation: generation)
+        if let box = boxes.reuse(Key.self, frame: frame) {
+            return unsafeBitCast(box, to: KeyedEncodingContainer<Key>.self)
+        }
+        let slot = boxes.newSlot(frame: frame)
+        let container = KeyedEncodingContainer(
+            BinaryKeyedEncodingContainer<Key>(state: .passUnretained(self), slot: slot, frame: frame))
+        boxes.keep(unsafeBitCast(container, to: AnyObject.self), of: Key.self, in: slot)
+        return container
+    }
 }
 
 /// The `Encoder` for one slot: the place where one value goes.
 struct BinarySlotEncoder: Encoder {
-    let state: BinaryEncodingState
+    let state: Unmanaged<BinaryEncodingState>
     let slot: Int
+    let generation: Int
 
-    var codingPath: [any CodingKey] { state.codingPath(to: slot) }
+    var codingPath: [any CodingKey] { state._withUnsafeGuaranteedRef { $0.codingPath(to: slot, generation: generation) } }
 
-    var userInfo: [CodingUserInfoKey: Any] { state.userInfo }
+    var userInfo: [CodingUserInfoKey: Any] { state._withUnsafeGuaranteedRef { $0.userInfo as [CodingUserInfoKey: Any] } }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
-        KeyedEncodingContainer(BinaryKeyedEncodingContainer<Key>(state: state, start: state.container(in: slot, keyed: true)))
+        state._withUnsafeGuaranteedRef { state in
+            state.keyedContainer(Key.self, start: state.container(in: slot, keyed: true, generation: generation))
+        }
     }
 
     func unkeyedContainer() -> any UnkeyedEncodingContainer {
-        BinaryUnkeyedEncodingContainer(state: state, start: state.container(in: slot, keyed: false))
+        let start = state._withUnsafeGuaranteedRef { $0.container(in: slot, keyed: false, generation: generation) }
+        return BinaryValueEncodingContainer(state: state, position: start, generation: generation, single: false)
     }
 
     func singleValueContainer() -> any SingleValueEncodingContainer {
-        BinarySingleValueEncodingContainer(state: state, slot: slot)
+        BinaryValueEncodingContainer(state: state, position: slot, generation: generation, single: true)
     }
 }
 
-/// Writes the entries of one keyed container, which starts at `start` (or is refused: `start` is
-/// `BinaryEncodingState.invalid`).
+/// Writes the entries of one keyed container. Its start is in its `frame`, or in the state's box
+/// cache under `slot` when its box is cached (the box is then reused for other containers).
 struct BinaryKeyedEncodingContainer<Key: CodingKey>: KeyedEncodingContainerProtocol {
-    let state: BinaryEncodingState
-    let start: Int
+    let state: Unmanaged<BinaryEncodingState>
+    let slot: Int
+    let frame: BinaryEncodingState.Frame
 
-    var codingPath: [any CodingKey] { state.codingPath(to: start) }
+    var codingPath: [any CodingKey] {
+        state._withUnsafeGuaranteedRef { state in
+            let frame = slot < 0 ? frame : state.boxes.frames[slot]
+            return state.codingPath(to: frame.start, generation: frame.generation)
+        }
+    }
 
+    /// Writes `key`, then lets `write` write its value.
     @inline(__always)
-    private func begin(_ key: Key) throws {
-        try state.enter(start)
-        state.writeKey(key)
+    private func put(_ key: some CodingKey, _ write: (BinaryEncodingState) throws -> Void) throws {
+        try state._withUnsafeGuaranteedRef { state in
+            let frame = slot < 0 ? frame : state.boxes.frames[slot]
+            try state.enter(frame.start, generation: frame.generation)
+            state.writeKey(key.stringValue)
+            try write(state)
+        }
     }
 
-    mutating func encodeNil(forKey key: Key) throws {
-        try begin(key)
-        state.append(BinaryFormat.nilTag)
-    }
-
-    mutating func encode(_ value: Bool, forKey key: Key) throws {
-        try begin(key)
-        state.writeBool(value)
-    }
-
-    mutating func encode(_ value: String, forKey key: Key) throws {
-        try begin(key)
-        state.writeString(value)
-    }
-
-    mutating func encode(_ value: Double, forKey key: Key) throws {
-        try begin(key)
-        state.writeDouble(value)
-    }
-
-    mutating func encode(_ value: Float, forKey key: Key) throws {
-        try begin(key)
-        state.writeFloat(value)
-    }
-
-    mutating func encode(_ value: Int, forKey key: Key) throws {
-        try begin(key)
-        state.writeSigned(Int64(value))
-    }
-
-    mutating func encode(_ value: Int8, forKey key: Key) throws {
-        try begin(key)
-        state.writeSigned(Int64(value))
-    }
-
-    mutating func encode(_ value: Int16, forKey key: Key) throws {
-        try begin(key)
-        state.writeSigned(Int64(value))
-    }
-
-    mutating func encode(_ value: Int32, forKey key: Key) throws {
-        try begin(key)
-        state.writeSigned(Int64(value))
-    }
-
-    mutating func encode(_ value: Int64, forKey key: Key) throws {
-        try begin(key)
-        state.writeSigned(value)
-    }
-
+    mutating func encodeNil(forKey key: Key) throws { try put(key) { $0.append(BinaryFormat.nilTag) } }
+    mutating func encode(_ value: Bool, forKey key: Key) throws { try put(key) { $0.writeBool(value) } }
+    mutating func encode(_ value: String, forKey key: Key) throws { try put(key) { $0.writeString(value) } }
+    mutating func encode(_ value: Double, forKey key: Key) throws { try put(key) { $0.writeDouble(value) } }
+    mutating func encode(_ value: Float, forKey key: Key) throws { try put(key) { $0.writeFloat(value) } }
+    mutating func encode(_ value: Int, forKey key: Key) throws { try put(key) { $0.writeInteger(value) } }
+    mutating func encode(_ value: Int8, forKey key: Key) throws { try put(key) { $0.writeInteger(value) } }
+    mutating func encode(_ value: Int16, forKey key: Key) throws { try put(key) { $0.writeInteger(value) } }
+    mutating func encode(_ value: Int32, forKey key: Key) throws { try put(key) { $0.writeInteger(value) } }
+    mutating func encode(_ value: Int64, forKey key: Key) throws { try put(key) { $0.writeInteger(value) } }
+    mutating func encode(_ value: UInt, forKey key: Key) throws { try put(key) { $0.writeInteger(value) } }
+    mutating func encode(_ value: UInt8, forKey key: Key) throws { try put(key) { $0.writeInteger(value) } }
+    mutating func encode(_ value: UInt16, forKey key: Key) throws { try put(key) { $0.writeInteger(value) } }
+    mutating func encode(_ value: UInt32, forKey key: Key) throws { try put(key) { $0.writeInteger(value) } }
+    mutating func encode(_ value: UInt64, forKey key: Key) throws { try put(key) { $0.writeInteger(value) } }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    mutating func encode(_ value: Int128, forKey key: Key) throws {
-        try begin(key)
-        state.writeInt128(value)
-    }
-
-    mutating func encode(_ value: UInt, forKey key: Key) throws {
-        try begin(key)
-        state.writeUnsigned(UInt64(value))
-    }
-
-    mutating func encode(_ value: UInt8, forKey key: Key) throws {
-        try begin(key)
-        state.writeUnsigned(UInt64(value))
-    }
-
-    mutating func encode(_ value: UInt16, forKey key: Key) throws {
-        try begin(key)
-        state.writeUnsigned(UInt64(value))
-    }
-
-    mutating func encode(_ value: UInt32, forKey key: Key) throws {
-        try begin(key)
-        state.writeUnsigned(UInt64(value))
-    }
-
-    mutating func encode(_ value: UInt64, forKey key: Key) throws {
-        try begin(key)
-        state.writeUnsigned(value)
-    }
-
+    mutating func encode(_ value: Int128, forKey key: Key) throws { try put(key) { $0.writeInt128(value) } }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    mutating func encode(_ value: UInt128, forKey key: Key) throws {
-        try begin(key)
-        state.writeUInt128(value)
-    }
-
-    mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
-        try begin(key)
-        try state.encodeNextValue(value)
-    }
+    mutating func encode(_ value: UInt128, forKey key: Key) throws { try put(key) { $0.writeUInt128(value) } }
+    mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws { try put(key) { try $0.encodeNextValue(value) } }
 
     mutating func nestedContainer<NestedKey: CodingKey>(
         keyedBy keyType: NestedKey.Type, forKey key: Key
     ) -> KeyedEncodingContainer<NestedKey> {
-        var start = BinaryEncodingState.invalid
-        if state.enterOrRecord(self.start) {
-            state.writeKey(key)
-            start = state.openContainer(keyed: true)
+        state._withUnsafeGuaranteedRef { state in
+            state.keyedContainer(NestedKey.self, start: open(key, keyed: true))
         }
-        return KeyedEncodingContainer(BinaryKeyedEncodingContainer<NestedKey>(state: state, start: start))
     }
 
     mutating func nestedUnkeyedContainer(forKey key: Key) -> any UnkeyedEncodingContainer {
-        var start = BinaryEncodingState.invalid
-        if state.enterOrRecord(self.start) {
-            state.writeKey(key)
-            start = state.openContainer(keyed: false)
-        }
-        return BinaryUnkeyedEncodingContainer(state: state, start: start)
+        BinaryValueEncodingContainer(state: state, position: open(key, keyed: false), generation: current.generation, single: false)
     }
 
     mutating func superEncoder() -> any Encoder {
@@ -808,247 +780,120 @@ struct BinaryKeyedEncodingContainer<Key: CodingKey>: KeyedEncodingContainerProto
         superEncoder(named: key)
     }
 
-    private func superEncoder<K: CodingKey>(named key: K) -> any Encoder {
-        guard state.enterOrRecord(start) else {
-            return BinarySlotEncoder(state: state, slot: BinaryEncodingState.invalid)
+    private var current: BinaryEncodingState.Frame {
+        slot < 0 ? frame : state._withUnsafeGuaranteedRef { $0.boxes.frames[slot] }
+    }
+
+    /// Writes `key` and opens a container for its value.
+    private func open(_ key: Key, keyed: Bool) -> Int {
+        state._withUnsafeGuaranteedRef { state in
+            let frame = current
+            guard state.enterOrRecord(frame.start, generation: frame.generation, element: false) else {
+                return BinaryEncodingState.invalid
+            }
+            state.writeKey(key.stringValue)
+            return state.openContainer(keyed: keyed)
         }
-        state.writeKey(key)
-        return state.handOutSlot()
+    }
+
+    private func superEncoder(named key: some CodingKey) -> any Encoder {
+        state._withUnsafeGuaranteedRef { state in
+            let frame = current
+            guard state.enterOrRecord(frame.start, generation: frame.generation, element: false) else {
+                return BinarySlotEncoder(state: self.state, slot: BinaryEncodingState.invalid, generation: frame.generation)
+            }
+            state.writeKey(key.stringValue)
+            return state.handOutSlot()
+        }
     }
 }
 
-/// Writes the elements of one unkeyed container, which starts at `start`; its header counts them.
-struct BinaryUnkeyedEncodingContainer: UnkeyedEncodingContainer {
-    let state: BinaryEncodingState
-    let start: Int
+/// Writes the elements of one unkeyed container, which starts at `position` (its header counts
+/// them), or, as a single value container, the one value of the slot at `position`.
+struct BinaryValueEncodingContainer: UnkeyedEncodingContainer, SingleValueEncodingContainer {
+    let state: Unmanaged<BinaryEncodingState>
+    let position: Int
+    /// The call's generation, times two, plus one for a single value container.
+    private let stamp: Int
 
-    var codingPath: [any CodingKey] { state.codingPath(to: start) }
-
-    var count: Int { state.elementCount(start) }
-
-    mutating func encodeNil() throws {
-        try state.enterElement(start)
-        state.append(BinaryFormat.nilTag)
+    init(state: Unmanaged<BinaryEncodingState>, position: Int, generation: Int, single: Bool) {
+        self.state = state
+        self.position = position
+        stamp = generation << 1 | (single ? 1 : 0)
     }
 
-    mutating func encode(_ value: Bool) throws {
-        try state.enterElement(start)
-        state.writeBool(value)
+    private var generation: Int { stamp >> 1 }
+    private var single: Bool { stamp & 1 == 1 }
+
+    var codingPath: [any CodingKey] { state._withUnsafeGuaranteedRef { $0.codingPath(to: position, generation: generation) } }
+
+    var count: Int { single ? 0 : state._withUnsafeGuaranteedRef { $0.elementCount(position, generation: generation) } }
+
+    /// Claims the slot, or counts one more element, then lets `write` write the value.
+    @inline(__always)
+    private func put(_ write: (BinaryEncodingState) throws -> Void) throws {
+        try state._withUnsafeGuaranteedRef { state in
+            if single {
+                try state.fill(position, generation: generation)
+            } else {
+                try state.enterElement(position, generation: generation)
+            }
+            try write(state)
+        }
     }
 
-    mutating func encode(_ value: String) throws {
-        try state.enterElement(start)
-        state.writeString(value)
-    }
-
-    mutating func encode(_ value: Double) throws {
-        try state.enterElement(start)
-        state.writeDouble(value)
-    }
-
-    mutating func encode(_ value: Float) throws {
-        try state.enterElement(start)
-        state.writeFloat(value)
-    }
-
-    mutating func encode(_ value: Int) throws {
-        try state.enterElement(start)
-        state.writeSigned(Int64(value))
-    }
-
-    mutating func encode(_ value: Int8) throws {
-        try state.enterElement(start)
-        state.writeSigned(Int64(value))
-    }
-
-    mutating func encode(_ value: Int16) throws {
-        try state.enterElement(start)
-        state.writeSigned(Int64(value))
-    }
-
-    mutating func encode(_ value: Int32) throws {
-        try state.enterElement(start)
-        state.writeSigned(Int64(value))
-    }
-
-    mutating func encode(_ value: Int64) throws {
-        try state.enterElement(start)
-        state.writeSigned(value)
-    }
-
+    mutating func encodeNil() throws { try put { $0.append(BinaryFormat.nilTag) } }
+    mutating func encode(_ value: Bool) throws { try put { $0.writeBool(value) } }
+    mutating func encode(_ value: String) throws { try put { $0.writeString(value) } }
+    mutating func encode(_ value: Double) throws { try put { $0.writeDouble(value) } }
+    mutating func encode(_ value: Float) throws { try put { $0.writeFloat(value) } }
+    mutating func encode(_ value: Int) throws { try put { $0.writeInteger(value) } }
+    mutating func encode(_ value: Int8) throws { try put { $0.writeInteger(value) } }
+    mutating func encode(_ value: Int16) throws { try put { $0.writeInteger(value) } }
+    mutating func encode(_ value: Int32) throws { try put { $0.writeInteger(value) } }
+    mutating func encode(_ value: Int64) throws { try put { $0.writeInteger(value) } }
+    mutating func encode(_ value: UInt) throws { try put { $0.writeInteger(value) } }
+    mutating func encode(_ value: UInt8) throws { try put { $0.writeInteger(value) } }
+    mutating func encode(_ value: UInt16) throws { try put { $0.writeInteger(value) } }
+    mutating func encode(_ value: UInt32) throws { try put { $0.writeInteger(value) } }
+    mutating func encode(_ value: UInt64) throws { try put { $0.writeInteger(value) } }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    mutating func encode(_ value: Int128) throws {
-        try state.enterElement(start)
-        state.writeInt128(value)
-    }
-
-    mutating func encode(_ value: UInt) throws {
-        try state.enterElement(start)
-        state.writeUnsigned(UInt64(value))
-    }
-
-    mutating func encode(_ value: UInt8) throws {
-        try state.enterElement(start)
-        state.writeUnsigned(UInt64(value))
-    }
-
-    mutating func encode(_ value: UInt16) throws {
-        try state.enterElement(start)
-        state.writeUnsigned(UInt64(value))
-    }
-
-    mutating func encode(_ value: UInt32) throws {
-        try state.enterElement(start)
-        state.writeUnsigned(UInt64(value))
-    }
-
-    mutating func encode(_ value: UInt64) throws {
-        try state.enterElement(start)
-        state.writeUnsigned(value)
-    }
-
+    mutating func encode(_ value: Int128) throws { try put { $0.writeInt128(value) } }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    mutating func encode(_ value: UInt128) throws {
-        try state.enterElement(start)
-        state.writeUInt128(value)
-    }
+    mutating func encode(_ value: UInt128) throws { try put { $0.writeUInt128(value) } }
 
     mutating func encode<T: Encodable>(_ value: T) throws {
-        try state.enterElement(start)
-        try state.encodeNextValue(value)
+        guard single else { return try put { try $0.encodeNextValue(value) } }
+        try state._withUnsafeGuaranteedRef { state in
+            try state.check(generation)
+            guard state.pending == position, position >= 0 else {
+                throw state.error("a single value container was written twice, or after its parent moved on", at: position)
+            }
+            try state.encodeIntoPendingSlot(value, slot: position)
+        }
     }
 
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type) -> KeyedEncodingContainer<NestedKey> {
-        KeyedEncodingContainer(BinaryKeyedEncodingContainer<NestedKey>(state: state, start: openNested(keyed: true)))
+        state._withUnsafeGuaranteedRef { $0.keyedContainer(NestedKey.self, start: openNested(keyed: true)) }
     }
 
     mutating func nestedUnkeyedContainer() -> any UnkeyedEncodingContainer {
-        BinaryUnkeyedEncodingContainer(state: state, start: openNested(keyed: false))
+        BinaryValueEncodingContainer(state: state, position: openNested(keyed: false), generation: generation, single: false)
     }
 
     mutating func superEncoder() -> any Encoder {
-        guard beginElementOrRecord() else {
-            return BinarySlotEncoder(state: state, slot: BinaryEncodingState.invalid)
+        state._withUnsafeGuaranteedRef { state in
+            guard state.enterOrRecord(position, generation: generation, element: true) else {
+                return BinarySlotEncoder(state: self.state, slot: BinaryEncodingState.invalid, generation: generation)
+            }
+            return state.handOutSlot()
         }
-        return state.handOutSlot()
     }
 
     private func openNested(keyed: Bool) -> Int {
-        guard beginElementOrRecord() else { return BinaryEncodingState.invalid }
-        return state.openContainer(keyed: keyed)
-    }
-
-    private func beginElementOrRecord() -> Bool {
-        do {
-            try state.enterElement(start)
-            return true
-        } catch let failure as MultiprocessingError {
-            state.record(failure)
-            return false
-        } catch {
-            return false
+        state._withUnsafeGuaranteedRef { state in
+            guard state.enterOrRecord(position, generation: generation, element: true) else { return BinaryEncodingState.invalid }
+            return state.openContainer(keyed: keyed)
         }
-    }
-}
-
-/// Writes the one value of a slot.
-struct BinarySingleValueEncodingContainer: SingleValueEncodingContainer {
-    let state: BinaryEncodingState
-    let slot: Int
-
-    var codingPath: [any CodingKey] { state.codingPath(to: slot) }
-
-    mutating func encodeNil() throws {
-        try state.fill(slot)
-        state.append(BinaryFormat.nilTag)
-    }
-
-    mutating func encode(_ value: Bool) throws {
-        try state.fill(slot)
-        state.writeBool(value)
-    }
-
-    mutating func encode(_ value: String) throws {
-        try state.fill(slot)
-        state.writeString(value)
-    }
-
-    mutating func encode(_ value: Double) throws {
-        try state.fill(slot)
-        state.writeDouble(value)
-    }
-
-    mutating func encode(_ value: Float) throws {
-        try state.fill(slot)
-        state.writeFloat(value)
-    }
-
-    mutating func encode(_ value: Int) throws {
-        try state.fill(slot)
-        state.writeSigned(Int64(value))
-    }
-
-    mutating func encode(_ value: Int8) throws {
-        try state.fill(slot)
-        state.writeSigned(Int64(value))
-    }
-
-    mutating func encode(_ value: Int16) throws {
-        try state.fill(slot)
-        state.writeSigned(Int64(value))
-    }
-
-    mutating func encode(_ value: Int32) throws {
-        try state.fill(slot)
-        state.writeSigned(Int64(value))
-    }
-
-    mutating func encode(_ value: Int64) throws {
-        try state.fill(slot)
-        state.writeSigned(value)
-    }
-
-    @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    mutating func encode(_ value: Int128) throws {
-        try state.fill(slot)
-        state.writeInt128(value)
-    }
-
-    mutating func encode(_ value: UInt) throws {
-        try state.fill(slot)
-        state.writeUnsigned(UInt64(value))
-    }
-
-    mutating func encode(_ value: UInt8) throws {
-        try state.fill(slot)
-        state.writeUnsigned(UInt64(value))
-    }
-
-    mutating func encode(_ value: UInt16) throws {
-        try state.fill(slot)
-        state.writeUnsigned(UInt64(value))
-    }
-
-    mutating func encode(_ value: UInt32) throws {
-        try state.fill(slot)
-        state.writeUnsigned(UInt64(value))
-    }
-
-    mutating func encode(_ value: UInt64) throws {
-        try state.fill(slot)
-        state.writeUnsigned(value)
-    }
-
-    @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    mutating func encode(_ value: UInt128) throws {
-        try state.fill(slot)
-        state.writeUInt128(value)
-    }
-
-    mutating func encode<T: Encodable>(_ value: T) throws {
-        guard state.pending == slot, slot >= 0 else {
-            throw state.error("a single value container was written twice, or after its parent moved on", at: slot)
-        }
-        try state.encodeIntoPendingSlot(value, slot: slot)
     }
 }

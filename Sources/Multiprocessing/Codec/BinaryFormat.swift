@@ -97,49 +97,207 @@ enum BinaryPackedKind: UInt8 {
     }
 }
 
-/// The array types that travel as packed arrays (raw memory), told apart by identity. Comparing
-/// `T.self == [UInt8].self` in unspecialized generic code looks the array's metadata up at run time
-/// on every call; these identities are looked up once.
-enum BinaryPackedArray {
-    case uint8, float64, int, float32, int64, uint64, uint, int32, uint32, int16, uint16, int8
+/// How values of a type are coded. The types listed have fast paths (arrays of fixed-width numbers
+/// travel as packed arrays, on little-endian machines); any other type is `general`, coded through its
+/// own `Codable` conformance. Looked up through a ``BinaryKindCache``.
+enum BinaryKind: UInt8 {
+    case general, string, bool, double, float, strings
+    case int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64
+    case intArray, int8Array, int16Array, int32Array, int64Array
+    case uintArray, uint8Array, uint16Array, uint32Array, uint64Array, floatArray, doubleArray
 
-    private static let table: [(ObjectIdentifier, BinaryPackedArray)] = [
-        (ObjectIdentifier([UInt8].self), .uint8), (ObjectIdentifier([Double].self), .float64),
-        (ObjectIdentifier([Int].self), .int), (ObjectIdentifier([Float].self), .float32),
-        (ObjectIdentifier([Int64].self), .int64), (ObjectIdentifier([UInt64].self), .uint64),
-        (ObjectIdentifier([UInt].self), .uint), (ObjectIdentifier([Int32].self), .int32),
-        (ObjectIdentifier([UInt32].self), .uint32), (ObjectIdentifier([Int16].self), .int16),
-        (ObjectIdentifier([UInt16].self), .uint16), (ObjectIdentifier([Int8].self), .int8),
-    ]
-
-    /// `[String]`, which also has a fast path (though not a packed one).
-    static let stringArray = ObjectIdentifier([String].self)
-
-    /// The packed array type `type` is, if it is one (always nil on big-endian machines).
-    @inline(__always)
-    static func of(_ type: Any.Type) -> BinaryPackedArray? {
+    private static let table: [(ObjectIdentifier, BinaryKind)] = {
+        var table: [(Any.Type, BinaryKind)] = [
+            (String.self, .string), (Bool.self, .bool), (Double.self, .double), (Float.self, .float),
+            ([String].self, .strings), (Int.self, .int), (Int8.self, .int8), (Int16.self, .int16),
+            (Int32.self, .int32), (Int64.self, .int64), (UInt.self, .uint), (UInt8.self, .uint8),
+            (UInt16.self, .uint16), (UInt32.self, .uint32), (UInt64.self, .uint64),
+        ]
         #if _endian(little)
-        let id = ObjectIdentifier(type)
-        for (candidate, array) in table where candidate == id { return array }
+        table += [
+            ([Int].self, .intArray), ([Int8].self, .int8Array), ([Int16].self, .int16Array),
+            ([Int32].self, .int32Array), ([Int64].self, .int64Array), ([UInt].self, .uintArray),
+            ([UInt8].self, .uint8Array), ([UInt16].self, .uint16Array), ([UInt32].self, .uint32Array),
+            ([UInt64].self, .uint64Array), ([Float].self, .floatArray), ([Double].self, .doubleArray),
+        ]
         #endif
+        return table.map { (ObjectIdentifier($0.0), $0.1) }
+    }()
+
+    init(_ type: ObjectIdentifier) {
+        self = BinaryKind.table.first { $0.0 == type }?.1 ?? .general
+    }
+
+    /// The element kind on the wire of a packed array type.
+    var packed: BinaryPackedKind {
+        switch self {
+        case .int8Array: return .int8
+        case .int16Array: return .int16
+        case .int32Array: return .int32
+        case .intArray, .int64Array: return .int64
+        case .uint8Array: return .uint8
+        case .uint16Array: return .uint16
+        case .uint32Array: return .uint32
+        case .uintArray, .uint64Array: return .uint64
+        case .floatArray: return .float32
+        default: return .float64
+        }
+    }
+}
+
+/// A small direct-mapped cache of ``BinaryKind``s, so that telling a type's kind costs one comparison.
+struct BinaryKindCache {
+    private var types = [ObjectIdentifier?](repeating: nil, count: 32)
+    private var kinds = [BinaryKind](repeating: .general, count: 32)
+
+    @inline(__always)
+    mutating func kind(of type: Any.Type) -> BinaryKind {
+        let id = ObjectIdentifier(type)
+        let index = Int(truncatingIfNeeded: UInt(bitPattern: id) >> 4) & 31
+        if types[index] == id { return kinds[index] }
+        types[index] = id
+        kinds[index] = BinaryKind(id)
+        return kinds[index]
+    }
+}
+
+/// The per-thread reuse of coding states. A state (with its buffers and cached container boxes)
+/// serves one `encode` or `decode` call at a time and is then kept, by the thread that used it, for
+/// its next call: the thread's states form a chain (a call nested in another needs a second one),
+/// whose head is a thread-specific value released when the thread exits.
+///
+/// Because a state outlives the calls it serves, the encoders, decoders and containers it hands out
+/// refer to it without retaining it (`Unmanaged`), which saves reference counting on every call
+/// through the standard library's container boxes. They carry the state's `generation`, which
+/// changes at the start and end of every call, so one that escapes its call only ever throws.
+protocol BinaryReusableState: AnyObject {
+    init()
+    var busy: Bool { get set }
+    var next: Self? { get set }
+    /// Ends a call: retires what it handed out and sets `busy` to false.
+    func finish()
+}
+
+extension BinaryReusableState {
+    /// Makes the thread-specific key under which a thread keeps its chain of states.
+    static func makeKey() -> pthread_key_t {
+        var key = pthread_key_t()
+        #if canImport(Darwin)
+        pthread_key_create(&key) { Unmanaged<AnyObject>.fromOpaque($0).release() }
+        #else
+        pthread_key_create(&key) { if let head = $0 { Unmanaged<AnyObject>.fromOpaque(head).release() } }
+        #endif
+        return key
+    }
+
+    /// Runs `body` with a state of this thread that is not serving a call, then calls `finish()`.
+    @inline(__always)
+    static func with<R>(_ key: pthread_key_t, _ body: (Self) throws -> R) rethrows -> R {
+        if let head = pthread_getspecific(key) {
+            return try Unmanaged<Self>.fromOpaque(head)._withUnsafeGuaranteedRef { head in
+                if !head.busy { return try serve(head, body) }
+                return try serve(nested(after: head), body)
+            }
+        }
+        let head = Self()
+        pthread_setspecific(key, Unmanaged.passRetained(head).toOpaque())
+        return try serve(head, body)
+    }
+
+    @inline(__always)
+    private static func serve<R>(_ state: Self, _ body: (Self) throws -> R) rethrows -> R {
+        state.busy = true
+        defer { state.finish() }
+        return try body(state)
+    }
+
+    private static func nested(after head: Self) -> Self {
+        var link = head
+        while let next = link.next {
+            if !next.busy { return next }
+            link = next
+        }
+        let state = Self()
+        link.next = state
+        return state
+    }
+}
+
+/// The boxes of keyed containers, kept by a coding state for reuse.
+///
+/// `KeyedEncodingContainer(_:)` and `KeyedDecodingContainer(_:)` allocate a box and look up two
+/// generic metadata records each time. A box no one else holds any more is handed out again (for the
+/// same key type); since a box cannot be changed, the container in it keeps its mutable place (its
+/// `Frame`) in `frames`, under the box's slot. `KeyedEncodingContainer<K>` and
+/// `KeyedDecodingContainer<K>` hold nothing but the reference to their box, so a box converts to and
+/// from them with `unsafeBitCast`; `enabled` checks that layout.
+struct BinaryBoxCache<Frame> {
+    static var capacity: Int { 32 }
+
+    private let types = UnsafeMutablePointer<ObjectIdentifier>.allocate(capacity: BinaryBoxCache.capacity)
+    private let boxes = UnsafeMutablePointer<AnyObject>.allocate(capacity: BinaryBoxCache.capacity)
+    /// The frames of the cached boxes' containers, by slot.
+    let frames = UnsafeMutablePointer<Frame>.allocate(capacity: BinaryBoxCache.capacity)
+    private var count = 0
+    private var victim = 0
+    private let enabled = binaryBoxesConvert
+
+    /// Frees the storage; the owner calls this when it goes away.
+    func deallocate() {
+        types.deallocate()
+        boxes.deinitialize(count: count)
+        boxes.deallocate()
+        frames.deinitialize(count: count)
+        frames.deallocate()
+    }
+
+    /// A cached box of a `Key` container that no one else holds, now with `frame`.
+    @inline(__always)
+    mutating func reuse<Key: CodingKey>(_: Key.Type, frame: Frame) -> AnyObject? {
+        let type = ObjectIdentifier(Key.self)
+        for slot in 0..<count where types[slot] == type && isKnownUniquelyReferenced(&boxes[slot]) {
+            frames[slot] = frame
+            return boxes[slot]
+        }
         return nil
     }
 
-    /// The element kind on the wire.
-    var kind: BinaryPackedKind {
-        switch self {
-        case .uint8: return .uint8
-        case .float64: return .float64
-        case .int, .int64: return .int64
-        case .float32: return .float32
-        case .uint, .uint64: return .uint64
-        case .int32: return .int32
-        case .uint32: return .uint32
-        case .int16: return .int16
-        case .uint16: return .uint16
-        case .int8: return .int8
+    /// The slot for a new box: a free one, or the slot of a box no one else holds; -1 when none is.
+    mutating func newSlot(frame: Frame) -> Int {
+        guard enabled else { return -1 }
+        if count < BinaryBoxCache.capacity {
+            (types + count).initialize(to: ObjectIdentifier(BinaryBoxPlaceholder.self))
+            (boxes + count).initialize(to: BinaryBoxPlaceholder.placeholder)
+            (frames + count).initialize(to: frame)
+            count += 1
+            return count - 1
         }
+        for _ in 0..<count {
+            victim = (victim + 1) % count
+            if isKnownUniquelyReferenced(&boxes[victim]) {
+                types[victim] = ObjectIdentifier(BinaryBoxPlaceholder.self)
+                frames[victim] = frame
+                return victim
+            }
+        }
+        return -1
     }
+
+    /// Keeps `box`, a `Key` container's box, in `slot` (from `newSlot`).
+    mutating func keep<Key: CodingKey>(_ box: AnyObject, of _: Key.Type, in slot: Int) {
+        guard slot >= 0 else { return }
+        types[slot] = ObjectIdentifier(Key.self)
+        boxes[slot] = box
+    }
+}
+
+/// Whether keyed container boxes convert to and from `AnyObject` (see ``BinaryBoxCache``).
+let binaryBoxesConvert = MemoryLayout<KeyedEncodingContainer<BinaryCodingKey>>.size == MemoryLayout<AnyObject>.size
+    && MemoryLayout<KeyedDecodingContainer<BinaryCodingKey>>.size == MemoryLayout<AnyObject>.size
+
+/// Fills the slots of ``BinaryBoxCache`` that hold no box yet.
+final class BinaryBoxPlaceholder: Sendable {
+    static let placeholder = BinaryBoxPlaceholder()
 }
 
 /// The coding key of a reconstructed coding path: a key's string, or an index in an unkeyed container.
@@ -225,6 +383,19 @@ struct BinaryReader {
     func length(at offset: Int, limit: Int) -> (length: Int, next: Int)? {
         guard let (value, next) = varint(at: offset, limit: limit), value <= UInt64(limit &- next) else { return nil }
         return (Int(value), next)
+    }
+
+    /// The offset just after the value at `offset`, which must end by `limit`; nil when the bytes there
+    /// are not a well-formed value header or the value runs past `limit`. `keyed` says that the value
+    /// is likely a keyed container.
+    @inline(__always)
+    func valueEnd(at offset: Int, limit: Int, keyed: Bool) -> Int? {
+        if keyed && offset >= 0 && limit <= count && BinaryFormat.keyedHeader <= limit &- offset
+            && base.load(fromByteOffset: offset, as: UInt8.self) == BinaryFormat.keyedTag {
+            let length = Int(UInt32(littleEndian: base.loadUnaligned(fromByteOffset: offset &+ 1, as: UInt32.self)))
+            return length <= limit &- offset &- BinaryFormat.keyedHeader ? offset &+ BinaryFormat.keyedHeader &+ length : nil
+        }
+        return valueEnd(at: offset, limit: limit)
     }
 
     /// The offset just after the value at `offset`, which must end by `limit`; nil when the bytes there
@@ -319,6 +490,13 @@ struct BinaryReader {
             utf8.count == bytes.count && memcmp(utf8.baseAddress!, base, bytes.count) == 0
         }
         return intact ? string : nil
+    }
+
+    /// Whether all `bytes` are below 0x80.
+    @inline(__always)
+    static func isASCII(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard let base = bytes.baseAddress else { return true }
+        return isASCII(base, count: bytes.count)
     }
 
     /// Whether all `count` bytes at `base` are below 0x80, a word at a time.
