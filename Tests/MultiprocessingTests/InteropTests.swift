@@ -17,7 +17,7 @@ struct Interpreter: CustomTestStringConvertible, Sendable {
 
     static let all: [Interpreter] = {
         let root = getenv("PYENV_ROOT").map { String(cString: $0) }
-            ?? (getenv("HOME").map { String(cString: $0) + "/.pyenv" } ?? "/root/.pyenv")
+            ?? (getenv("HOME").map { String(cString: $0) + "/.pyenv" } ?? "")
         let installed = directoryEntries("\(root)/versions")
         let versions = (7...13).map { minor -> Interpreter in
             let match = installed.filter { $0.hasPrefix("3.\(minor).") }.sorted().last
