@@ -302,15 +302,14 @@ final class BinaryDecodingContext: BinaryReusableState {
         guard reader.byte(at: offset) == BinaryFormat.packedTag,
               reader.byte(at: offset + 1) == kind.rawValue,
               let bounds = reader.packedBounds(at: offset, limit: limit) else { return nil }
+        end = bounds.end
+        // (Not through `init(unsafeUninitializedCapacity:)` when empty: that writes to the shared empty array.)
+        guard bounds.count > 0 else { return [] }
         let source = reader.base + bounds.dataStart
-        let array = [Element](unsafeUninitializedCapacity: bounds.count) { buffer, initialized in
-            if bounds.count > 0 {
-                UnsafeMutableRawPointer(buffer.baseAddress!).copyMemory(from: source, byteCount: bounds.end - bounds.dataStart)
-            }
+        return [Element](unsafeUninitializedCapacity: bounds.count) { buffer, initialized in
+            UnsafeMutableRawPointer(buffer.baseAddress!).copyMemory(from: source, byteCount: bounds.end - bounds.dataStart)
             initialized = bounds.count
         }
-        end = bounds.end
-        return array
     }
 
     /// Reads one raw element of a packed array as an integer.

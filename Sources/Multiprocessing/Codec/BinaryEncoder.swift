@@ -722,10 +722,8 @@ struct BinaryKeyedEncodingContainer<Key: CodingKey>: KeyedEncodingContainerProto
     let frame: BinaryEncodingState.Frame
 
     var codingPath: [any CodingKey] {
-        state._withUnsafeGuaranteedRef { state in
-            let frame = slot < 0 ? frame : state.boxes.frames[slot]
-            return state.codingPath(to: frame.start, generation: frame.generation)
-        }
+        let frame = current
+        return state._withUnsafeGuaranteedRef { $0.codingPath(to: frame.start, generation: frame.generation) }
     }
 
     /// Writes `key`, then lets `write` write its value.
@@ -780,6 +778,7 @@ struct BinaryKeyedEncodingContainer<Key: CodingKey>: KeyedEncodingContainerProto
         superEncoder(named: key)
     }
 
+    /// Where the container starts, and the call it belongs to.
     private var current: BinaryEncodingState.Frame {
         slot < 0 ? frame : state._withUnsafeGuaranteedRef { $0.boxes.frames[slot] }
     }

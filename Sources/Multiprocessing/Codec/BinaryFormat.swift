@@ -169,7 +169,9 @@ struct BinaryKindCache {
 /// Because a state outlives the calls it serves, the encoders, decoders and containers it hands out
 /// refer to it without retaining it (`Unmanaged`), which saves reference counting on every call
 /// through the standard library's container boxes. They carry the state's `generation`, which
-/// changes at the start and end of every call, so one that escapes its call only ever throws.
+/// changes at the start and end of every call, so one that escapes its call only ever throws (or,
+/// for an unkeyed decoding container, reads within the bytes of whatever call is current). None of
+/// them is `Sendable`: they stay on the thread whose state they refer to.
 protocol BinaryReusableState: AnyObject {
     init()
     var busy: Bool { get set }
