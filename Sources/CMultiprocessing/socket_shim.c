@@ -16,6 +16,10 @@
 #include <unistd.h>
 
 ssize_t mp_sendmsg_fds(int sock, const struct iovec *iov, int iovcnt, const int *fds, int nfds) {
+    return mp_sendmsg_fds_flags(sock, iov, iovcnt, fds, nfds, 0);
+}
+
+ssize_t mp_sendmsg_fds_flags(int sock, const struct iovec *iov, int iovcnt, const int *fds, int nfds, int nonblocking) {
     struct msghdr msg;
     memset(&msg, 0, sizeof msg);
     msg.msg_iov = (struct iovec *)iov;
@@ -35,7 +39,7 @@ ssize_t mp_sendmsg_fds(int sock, const struct iovec *iov, int iovcnt, const int 
         c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
         memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
     }
-    return sendmsg(sock, &msg, MSG_NOSIGNAL);
+    return sendmsg(sock, &msg, MSG_NOSIGNAL | (nonblocking ? MSG_DONTWAIT : 0));
 }
 
 ssize_t mp_recvmsg_fds_flags(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int nonblocking) {

@@ -7,6 +7,8 @@
 /// sendmsg() of an iovec with up to 250 descriptors attached as SCM_RIGHTS, MSG_NOSIGNAL set.
 /// Returns bytes sent or -1 with errno.
 ssize_t mp_sendmsg_fds(int sock, const struct iovec *iov, int iovcnt, const int *fds, int nfds);
+/// mp_sendmsg_fds(), with MSG_DONTWAIT when `nonblocking` is set.
+ssize_t mp_sendmsg_fds_flags(int sock, const struct iovec *iov, int iovcnt, const int *fds, int nfds, int nonblocking);
 
 /// recvmsg() into buf; descriptors that arrive are stored in fds (at most maxfds, the rest are closed)
 /// with MSG_CMSG_CLOEXEC, and their number in *nfds. With `nonblocking`, MSG_DONTWAIT is set.

@@ -55,23 +55,68 @@ extension DigestAlgorithm {
     private static let longestName = allCases.map(\.rawValue.utf8.count).max()!
 }
 
+/// A fresh challenge: the frame to send, and the message the answer must authenticate.
+func makeChallenge() -> (frame: [UInt8], message: [UInt8]) {
+    var message = Array("{\(HandshakeDigest.sha256.rawValue)}".utf8)
+    var generator = SystemRandomNumberGenerator()
+    for _ in 0..<Handshake.randomLength { message.append(generator.next()) }
+    return (Handshake.challenge + message, message)
+}
+
+/// Checks a peer's answer to our challenge `message`.
+///
+/// - Throws: ``MultiprocessingError/Code/authenticationFailed`` ("digest received was wrong").
+func checkAnswer(_ answer: [UInt8], to message: [UInt8], authkey: [UInt8]) throws {
+    let (digest, code) = try HandshakeDigest.parse(answer)
+    let expected = (digest ?? .md5).authenticationCode(message, key: authkey)
+    guard constantTimeEqual(expected, code) else {
+        throw MultiprocessingError(.authenticationFailed, "digest received was wrong")
+    }
+}
+
+/// Our answer to a peer's challenge frame.
+///
+/// - Throws: ``MultiprocessingError/Code/authenticationFailed`` when the challenge is malformed.
+func answer(toChallenge frame: [UInt8], authkey: [UInt8]) throws -> [UInt8] {
+    guard frame.starts(with: Handshake.challenge) else {
+        throw MultiprocessingError(.authenticationFailed, "protocol error: expected a challenge, got \(frame.count) other bytes")
+    }
+    let message = Array(frame.dropFirst(Handshake.challenge.count))
+    guard message.count >= Handshake.legacyMessageLength else {
+        throw MultiprocessingError(.authenticationFailed, "challenge too short: \(message.count) bytes")
+    }
+    switch try HandshakeDigest.parse(message).digest {
+    case nil:
+        return HandshakeDigest.md5.authenticationCode(message, key: authkey)
+    case let digest?:
+        return Array("{\(digest.rawValue)}".utf8) + digest.authenticationCode(message, key: authkey)
+    }
+}
+
+/// Checks the peer's verdict on our answer.
+///
+/// - Throws: ``MultiprocessingError/Code/authenticationFailed`` ("digest sent was rejected").
+func checkVerdict(_ frame: [UInt8]) throws {
+    guard frame == Handshake.welcome else {
+        throw MultiprocessingError(.authenticationFailed, "digest sent was rejected")
+    }
+}
+
 /// The listener's half: sends a challenge, checks the answer, and tells the peer the verdict
 /// (CPython's `deliver_challenge`).
 ///
 /// - Throws: ``MultiprocessingError/Code/authenticationFailed`` ("digest received was wrong") when the
 ///   answer does not match, after sending `#FAILURE#`.
 func deliverChallenge(_ connection: Connection, authkey: [UInt8], deadline: Deadline) throws {
-    var message = Array("{\(HandshakeDigest.sha256.rawValue)}".utf8)
-    var generator = SystemRandomNumberGenerator()
-    for _ in 0..<Handshake.randomLength { message.append(generator.next()) }
-    try connection.sendBytes(Handshake.challenge + message)
-    let answer = try receiveHandshakeFrame(connection, deadline: deadline)
+    let (frame, message) = makeChallenge()
+    try connection.sendBytes(frame)
+    try judgeAnswer(receiveHandshakeFrame(connection, deadline: deadline), to: message, on: connection, authkey: authkey)
+}
+
+/// Checks an answer and sends the verdict: `#WELCOME#`, or `#FAILURE#` and a throw.
+func judgeAnswer(_ answer: [UInt8], to message: [UInt8], on connection: Connection, authkey: [UInt8]) throws {
     do {
-        let (digest, code) = try HandshakeDigest.parse(answer)
-        let expected = (digest ?? .md5).authenticationCode(message, key: authkey)
-        guard constantTimeEqual(expected, code) else {
-            throw MultiprocessingError(.authenticationFailed, "digest received was wrong")
-        }
+        try checkAnswer(answer, to: message, authkey: authkey)
     } catch {
         try? connection.sendBytes(Handshake.failure)
         throw error
@@ -85,22 +130,8 @@ func deliverChallenge(_ connection: Connection, authkey: [UInt8], deadline: Dead
 ///   peer rejects the answer ("digest sent was rejected").
 func answerChallenge(_ connection: Connection, authkey: [UInt8], deadline: Deadline) throws {
     let frame = try receiveHandshakeFrame(connection, deadline: deadline)
-    guard frame.starts(with: Handshake.challenge) else {
-        throw MultiprocessingError(.authenticationFailed, "protocol error: expected a challenge, got \(frame.count) other bytes")
-    }
-    let message = Array(frame.dropFirst(Handshake.challenge.count))
-    guard message.count >= Handshake.legacyMessageLength else {
-        throw MultiprocessingError(.authenticationFailed, "challenge too short: \(message.count) bytes")
-    }
-    switch try HandshakeDigest.parse(message).digest {
-    case nil:
-        try connection.sendBytes(HandshakeDigest.md5.authenticationCode(message, key: authkey))
-    case let digest?:
-        try connection.sendBytes(Array("{\(digest.rawValue)}".utf8) + digest.authenticationCode(message, key: authkey))
-    }
-    guard try receiveHandshakeFrame(connection, deadline: deadline) == Handshake.welcome else {
-        throw MultiprocessingError(.authenticationFailed, "digest sent was rejected")
-    }
+    try connection.sendBytes(answer(toChallenge: frame, authkey: authkey))
+    try checkVerdict(receiveHandshakeFrame(connection, deadline: deadline))
 }
 
 /// One handshake frame of at most 256 bytes; a longer announced length fails before anything is

@@ -27,8 +27,13 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     private var capacity: Int
     private var start = 0
     private var end = 0
-    /// Descriptors that arrived and no message has claimed yet, oldest first.
-    private var receivedDescriptors: [Int32] = []
+    /// Descriptors that arrived and no message has claimed yet, oldest first, each with the position in
+    /// the byte stream where the read that brought it began (a descriptor rides on its frame's first byte).
+    private var receivedDescriptors: [(position: UInt64, fd: Int32)] = []
+    /// The stream position of `buffer[start]`: how many bytes were consumed so far.
+    private var consumed: UInt64 = 0
+    /// Whether descriptors that arrive are kept; when false (before authentication) they are closed at once.
+    var acceptsDescriptors = true
     /// The frame being sent, kept to reuse its storage.
     private var scratch: [UInt8] = []
     /// An encoder whose descriptor transfer is still empty, kept for the next send.
@@ -101,9 +106,10 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     }
 
     private func closeDescriptors() {
+        if fd >= 0 { EventLoop.closing(fd) }
         Syscall.close(fd)
         fd = -1
-        for received in receivedDescriptors { Syscall.close(received) }
+        for received in receivedDescriptors { Syscall.close(received.fd) }
         receivedDescriptors = []
     }
 
@@ -161,14 +167,50 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
                 if !batch.isEmpty { try write(batch, descriptors: []) }
                 throw error
             }
+            // A value's descriptors are borrowed from it: send them while it is still alive, on the
+            // first byte of its own frame (the receiver pairs them with the frame they arrive on).
+            if !descriptors.isEmpty {
+                if !batch.isEmpty { try write(batch, descriptors: []) }
+                batch.removeAll(keepingCapacity: true)
+                try write(scratch, descriptors: descriptors)
+                continue
+            }
             batch += scratch
-            // A value's descriptors are borrowed from it: send them while it is still alive.
-            if !descriptors.isEmpty || batch.count >= 64 * 1024 {
-                try write(batch, descriptors: descriptors)
+            if batch.count >= 64 * 1024 {
+                try write(batch, descriptors: [])
                 batch.removeAll(keepingCapacity: true)
             }
         }
         if !batch.isEmpty { try write(batch, descriptors: []) }
+    }
+
+    /// Sends a `Codable` value as ``send(_:)`` does, without holding a thread while the peer's buffer is
+    /// full.
+    ///
+    /// Cancellation: a send cancelled while it waits for room before any of the message was written
+    /// throws `CancellationError` and leaves the connection usable; one cancelled after part of the
+    /// message was written closes the connection (the peer could not read another message after half a
+    /// message) and throws `CancellationError`.
+    public func send<T: Encodable>(_ value: T) async throws {
+        try checkWritable()
+        var message = scratch
+        scratch = []
+        defer { if message.capacity <= 1 << 20 { scratch = message } }
+        let descriptors = try frame(of: value, into: &message)
+        defer { withExtendedLifetime(value) {} }  // the descriptors are borrowed from the value
+        try await writeFramesAsync(message, descriptors: descriptors)
+    }
+
+    /// Sends `bytes[offset..<offset + size]` as one message, as ``sendBytes(_:offset:size:)-([UInt8],_,_)``
+    /// does, without holding a thread while the peer's buffer is full. Cancellation as for ``send(_:)-(T)``.
+    public func sendBytes(_ bytes: [UInt8], offset: Int = 0, size: Int? = nil) async throws {
+        guard offset >= 0, offset <= bytes.count else { throw MultiprocessingError(.invalidArgument, "offset \(offset) is out of range") }
+        let size = size ?? bytes.count - offset
+        guard size >= 0, offset + size <= bytes.count else {
+            throw MultiprocessingError(.invalidArgument, "buffer length < offset + size")
+        }
+        try checkWritable()
+        try await writeFramesAsync(Framing.header(forLength: size) + bytes[offset..<offset + size], descriptors: [])
     }
 
     /// Replaces `message` with one frame carrying `value`, and returns the descriptors it carries.
@@ -214,28 +256,10 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         var sent = 0
         var pendingDescriptors = descriptors
         while sent < total {
-            let result: Int = iov.withUnsafeBufferPointer { vectors in
-                pendingDescriptors.withUnsafeBufferPointer { fds in
-                    if isSocket {
-                        return mp_sendmsg_fds(fd, vectors.baseAddress, Int32(vectors.count), fds.baseAddress, Int32(fds.count))
-                    }
-                    return mp_writev_nosigpipe(fd, vectors.baseAddress, Int32(vectors.count))
-                }
-            }
+            let result = writeOnce(iov, descriptors: pendingDescriptors, blocking: true)
             if result < 0 {
-                let error = errno
-                if error == EINTR { continue }
-                if error == ENOTSOCK && isSocket {
-                    guard pendingDescriptors.isEmpty else {
-                        throw MultiprocessingError(.unsupported, "descriptors can only travel over a Unix socket connection")
-                    }
-                    isSocket = false
-                    continue
-                }
-                if error == EPIPE || error == ECONNRESET {
-                    throw MultiprocessingError(.system, "the peer closed the connection", errno: error)
-                }
-                throw MultiprocessingError.system("send", errno: error)
+                try checkWriteFailure(errno, descriptors: pendingDescriptors)
+                continue
             }
             sent += result
             pendingDescriptors = []
@@ -250,6 +274,70 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
                     skip = 0
                 }
             }
+        }
+    }
+
+    /// Writes `frames` (whole frames) without holding a thread while the peer's buffer is full: the task
+    /// waits for room on the event loop.
+    private func writeFramesAsync(_ frames: [UInt8], descriptors: [Int32]) async throws {
+        var sent = 0
+        var pendingDescriptors = descriptors
+        while sent < frames.count {
+            let result = frames.withUnsafeBytes { bytes in
+                let rest = UnsafeMutableRawPointer(mutating: bytes.baseAddress! + sent)
+                return writeOnce([iovec(iov_base: rest, iov_len: bytes.count - sent)], descriptors: pendingDescriptors, blocking: false)
+            }
+            if result >= 0 {
+                sent += result
+                pendingDescriptors = []
+                continue
+            }
+            let error = errno
+            guard error == EAGAIN || error == EWOULDBLOCK else {
+                try checkWriteFailure(error, descriptors: pendingDescriptors)
+                continue
+            }
+            do {
+                _ = try await EventLoop.shared.wait(for: [(try fileno, .writable)], until: .never)
+            } catch is CancellationError where sent > 0 {
+                // Half a message on the wire cannot be taken back; the peer could never read another.
+                close()
+                throw CancellationError()
+            }
+        }
+    }
+
+    /// One sendmsg (or writev on a pipe): bytes written, or -1 with errno (EAGAIN when not `blocking`
+    /// and there is no room).
+    private func writeOnce(_ iov: [iovec], descriptors: [Int32], blocking: Bool) -> Int {
+        iov.withUnsafeBufferPointer { vectors in
+            descriptors.withUnsafeBufferPointer { fds in
+                if isSocket {
+                    return mp_sendmsg_fds_flags(
+                        fd, vectors.baseAddress, Int32(vectors.count), fds.baseAddress, Int32(fds.count), blocking ? 0 : 1)
+                }
+                // A pipe cannot be written without blocking per call; pipes to a reading peer drain.
+                return mp_writev_nosigpipe(fd, vectors.baseAddress, Int32(vectors.count))
+            }
+        }
+    }
+
+    /// Turns a failed write's errno into an error, or returns when the write should be tried again.
+    private func checkWriteFailure(_ error: Int32, descriptors: [Int32]) throws {
+        switch error {
+        case EINTR:
+            return
+        case ENOTSOCK where isSocket:
+            guard descriptors.isEmpty else {
+                throw MultiprocessingError(.unsupported, "descriptors can only travel over a Unix socket connection")
+            }
+            isSocket = false
+        case EPIPE, ECONNRESET:
+            throw MultiprocessingError(.system, "the peer closed the connection", errno: error)
+        case EBADF where fd < 0:
+            throw MultiprocessingError(.closed, "the connection was closed while sending")
+        default:
+            throw MultiprocessingError.system("send", errno: error)
         }
     }
 
@@ -268,7 +356,23 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     }
 
     func receiveBytes(maxLength: Int?, deadline: Deadline) throws -> [UInt8] {
-        try receiveFrame(maxLength: maxLength, deadline: deadline) { Array($0) }
+        try receiveFrame(maxLength: maxLength, deadline: deadline) { payload in
+            dropFrameDescriptors()
+            return Array(payload)
+        }
+    }
+
+    /// The next message's bytes if a whole one can be read without waiting, else nil (what did arrive
+    /// stays buffered).
+    func receiveBytesIfReady(maxLength: Int?) throws -> [UInt8]? {
+        try checkReadable()
+        while true {
+            if let bytes = try takeFrame(maxLength: maxLength, { payload in
+                dropFrameDescriptors()
+                return Array(payload)
+            }) { return bytes }
+            guard try fill(deadline: .now, blocking: false) else { return nil }
+        }
     }
 
     /// Receives one message into `buffer` at byte `offset` and returns its length (Python's
@@ -283,6 +387,7 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
             throw MultiprocessingError(.invalidArgument, "offset \(offset) is out of bounds for a buffer of \(buffer.count) bytes")
         }
         return try receiveFrame(maxLength: nil, deadline: .after(timeout)) { payload in
+            dropFrameDescriptors()
             guard payload.count <= buffer.count - offset else {
                 throw MultiprocessingError(
                     .bufferTooShort, "a message of \(payload.count) bytes does not fit in \(buffer.count - offset) bytes",
@@ -306,38 +411,72 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     /// - Throws: ``MultiprocessingError/Code/endOfFile``, ``MultiprocessingError/Code/timedOut``, or
     ///   ``MultiprocessingError/Code/transport`` when the bytes do not decode as `T`.
     public func recv<T: Decodable>(_ type: T.Type = T.self, timeout: Duration? = nil) throws -> T {
-        try receiveFrame(maxLength: nil, deadline: .after(timeout)) { payload in
-            guard let count = payload.first else {
-                throw MultiprocessingError(.transport, "empty message: not a value sent with send(_:)")
-            }
-            let body = UnsafeRawBufferPointer(rebasing: payload[1...])
-            guard count > 0 else { return try BinaryDecoder().decode(T.self, from: body) }
-            let transfer = try takeDescriptors(Int(count))
-            defer { transfer.closeUntaken() }
-            var decoder = BinaryDecoder()
-            decoder.userInfo[.descriptorTransfer] = transfer
-            return try decoder.decode(T.self, from: body)
-        }
+        try receiveFrame(maxLength: nil, deadline: .after(timeout)) { try decodeValue(T.self, from: $0) }
     }
 
-    /// The first `count` descriptors that arrived, for the message being decoded.
+    /// Decodes a frame's payload written by ``send(_:)``: a descriptor count, then the value.
+    private func decodeValue<T: Decodable>(_ type: T.Type, from payload: UnsafeRawBufferPointer) throws -> T {
+        guard let count = payload.first else {
+            throw MultiprocessingError(.transport, "empty message: not a value sent with send(_:)")
+        }
+        let body = UnsafeRawBufferPointer(rebasing: payload[1...])
+        guard count > 0 else { return try BinaryDecoder().decode(T.self, from: body) }
+        let transfer = try takeDescriptors(Int(count))
+        defer { transfer.closeUntaken() }
+        var decoder = BinaryDecoder()
+        decoder.userInfo[.descriptorTransfer] = transfer
+        return try decoder.decode(T.self, from: body)
+    }
+
+    /// The first `count` descriptors that arrived with the frame just consumed, for the message being
+    /// decoded; the frame's others are closed.
     private func takeDescriptors(_ count: Int) throws -> DescriptorTransfer {
-        guard receivedDescriptors.count >= count else {
-            throw MultiprocessingError(.transport, "message announces \(count) descriptors but \(receivedDescriptors.count) arrived")
+        let arrived = frameDescriptors()
+        guard arrived.count >= count else {
+            for fd in arrived { Syscall.close(fd) }
+            throw MultiprocessingError(.transport, "message announces \(count) descriptors but \(arrived.count) arrived")
         }
+        for extra in arrived.dropFirst(count) { Syscall.close(extra) }
+        return DescriptorTransfer(received: Array(arrived.prefix(count)))
+    }
+
+    /// Removes and returns the descriptors that arrived with the frames consumed so far.
+    private func frameDescriptors() -> [Int32] {
+        guard let first = receivedDescriptors.first, first.position < consumed else { return [] }
+        let count = receivedDescriptors.firstIndex { $0.position >= consumed } ?? receivedDescriptors.count
         defer { receivedDescriptors.removeFirst(count) }
-        return DescriptorTransfer(received: Array(receivedDescriptors.prefix(count)))
+        return receivedDescriptors.prefix(count).map(\.fd)
     }
 
-    /// Receives one value as ``recv(_:timeout:)`` does, on a thread of its own, so that the caller's task
-    /// does not hold a thread of Swift's cooperative pool while it waits.
+    /// Closes descriptors that came with a frame read as bytes: nobody asked for them.
+    private func dropFrameDescriptors() {
+        if !receivedDescriptors.isEmpty { for fd in frameDescriptors() { Syscall.close(fd) } }
+    }
+
+    /// Receives one value as ``recv(_:timeout:)`` does, waiting on the package's event loop, so that no
+    /// thread is held while it waits.
+    ///
+    /// Cancellation: cancelling the awaiting task ends the wait promptly with `CancellationError`. Bytes of
+    /// a message that had partly arrived stay buffered, so the next receive returns that message whole.
     public func recv<T: Decodable & Sendable>(_ type: T.Type = T.self, timeout: Duration? = nil) async throws -> T {
-        try await withBlockingThread { try self.recv(type, timeout: timeout) }
+        try await receiveFrame(maxLength: nil, deadline: .after(timeout)) { try decodeValue(T.self, from: $0) }
     }
 
-    /// Receives one message's bytes as ``recvBytes(maxLength:timeout:)`` does, on a thread of its own.
+    /// Receives one message's bytes as ``recvBytes(maxLength:timeout:)`` does, waiting on the event loop.
+    /// Cancellation as for ``recv(_:timeout:)-(T.Type,_)``.
     public func recvBytes(maxLength: Int? = nil, timeout: Duration? = nil) async throws -> [UInt8] {
-        try await withBlockingThread { try self.recvBytes(maxLength: maxLength, timeout: timeout) }
+        try await receiveFrame(maxLength: maxLength, deadline: .after(timeout)) { payload in
+            dropFrameDescriptors()
+            return Array(payload)
+        }
+    }
+
+    /// Whether a message (or end of file) is ready to read, waiting up to `timeout` on the event loop, as
+    /// ``poll(timeout:)`` does. Cancellation ends the wait with `CancellationError`; nothing is consumed.
+    public func poll(timeout: Duration? = .zero) async throws -> Bool {
+        try checkReadable()
+        if end > start { return true }
+        return try await EventLoop.shared.waitReadable(fd, until: .after(timeout)) == .ready
     }
 
     /// Sends an open descriptor to the process at the other end (Python's `reduction.send_handle`); the
@@ -375,29 +514,57 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     private func receiveFrame<R>(maxLength: Int?, deadline: Deadline, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
         try checkReadable()
         while true {
-            let available = UnsafeRawBufferPointer(start: buffer + start, count: end - start)
-            let header: (length: Int, headerSize: Int)?
-            do {
-                header = try Framing.parseHeader(available)
-            } catch {
-                close()
-                throw error
-            }
-            if let (length, headerSize) = header {
-                if let maxLength, length > maxLength {
-                    close()
-                    throw MultiprocessingError(.protocolViolation, "bad message length: \(length) bytes exceeds the limit of \(maxLength)")
-                }
-                if available.count - headerSize >= length {
-                    let payload = UnsafeRawBufferPointer(start: buffer + start + headerSize, count: length)
-                    start += headerSize + length
-                    defer { if start == end { start = 0; end = 0; shrinkIfLarge() } }
-                    return try body(payload)
-                }
-                reserve(headerSize + length)
-            }
-            try fill(deadline: deadline)
+            if let result = try takeFrame(maxLength: maxLength, body) { return result }
+            _ = try fill(deadline: deadline, blocking: true)
         }
+    }
+
+    /// Reads one frame as the blocking form does, waiting on the event loop instead of in a system call.
+    /// Bytes of a message that arrived before a cancellation or timeout stay buffered for the next call.
+    private func receiveFrame<R>(
+        maxLength: Int?, deadline: Deadline, _ body: (UnsafeRawBufferPointer) throws -> R
+    ) async throws -> R {
+        try checkReadable()
+        while true {
+            if let result = try takeFrame(maxLength: maxLength, body) { return result }
+            try await fillAsync(deadline: deadline)
+        }
+    }
+
+    /// Waits on the event loop until bytes arrive, and reads them.
+    private func fillAsync(deadline: Deadline) async throws {
+        while try !fill(deadline: deadline, blocking: false) {
+            if try await EventLoop.shared.waitReadable(fileno, until: deadline) == .timedOut {
+                throw MultiprocessingError(.timedOut, "no message arrived before the timeout")
+            }
+        }
+    }
+
+    /// Hands the first buffered frame to `body` and consumes it; nil when no whole frame is buffered yet
+    /// (room for it is made then).
+    private func takeFrame<R>(maxLength: Int?, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R? {
+        let available = UnsafeRawBufferPointer(start: buffer + start, count: end - start)
+        let header: (length: Int, headerSize: Int)?
+        do {
+            header = try Framing.parseHeader(available)
+        } catch {
+            close()
+            throw error
+        }
+        guard let (length, headerSize) = header else { return nil }
+        if let maxLength, length > maxLength {
+            close()
+            throw MultiprocessingError(.protocolViolation, "bad message length: \(length) bytes exceeds the limit of \(maxLength)")
+        }
+        guard available.count - headerSize >= length else {
+            reserve(headerSize + length)
+            return nil
+        }
+        let payload = UnsafeRawBufferPointer(start: buffer + start + headerSize, count: length)
+        start += headerSize + length
+        consumed &+= UInt64(headerSize + length)
+        defer { if start == end { start = 0; end = 0; shrinkIfLarge() } }
+        return try body(payload)
     }
 
     /// Makes room for a frame of `frameSize` bytes, growing by steps as data arrives so that a bogus
@@ -427,9 +594,10 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
     }
 
-    /// Reads what is available into the buffer (at least one byte), or throws at EOF or timeout.
-    /// A socket is read without blocking for a few microseconds first (see `spinNanoseconds`).
-    private func fill(deadline: Deadline) throws {
+    /// Reads what is available into the buffer (at least one byte) and returns true, or throws at EOF or
+    /// timeout. A socket is read without blocking for a few microseconds first (see `spinNanoseconds`).
+    /// When not `blocking`, returns false instead of waiting any longer than that.
+    private func fill(deadline: Deadline, blocking: Bool) throws -> Bool {
         if end == capacity {
             if start > 0 {
                 buffer.copyMemory(from: buffer + start, byteCount: end - start)
@@ -454,7 +622,7 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
             }
         }
         // Without a spin, a wait without deadline goes straight to a blocking read.
-        var mayBlock = spinUntil == 0
+        var mayBlock = spinUntil == 0 && blocking
         while true {
             let result = readAvailable(blocking: mayBlock && deadline.nanoseconds == nil)
             if result > 0 {
@@ -462,7 +630,7 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
                     if preempted || Deadline.monotonicNow() - lastPoll > Self.preemptedGap { penalizeSpin() } else { spinPenalty = 0 }
                 }
                 end += result
-                return
+                return true
             }
             if result == 0 {
                 throw MultiprocessingError(.endOfFile, end > start ? "the peer closed the connection in the middle of a message" : "the peer closed the connection")
@@ -479,6 +647,7 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
                     spinUntil = 0
                     penalizeSpin()
                 }
+                if !blocking { return false }
                 if deadline.nanoseconds == nil {
                     mayBlock = true
                 } else if try Syscall.pollReadable([fd], until: deadline).isEmpty {
@@ -516,7 +685,12 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
             var count: Int32 = 0
             let result = mp_recvmsg_fds_flags(
                 fd, buffer + end, capacity - end, fds.baseAddress, MP_MAX_FDS_PER_MESSAGE, &count, blocking ? 0 : 1)
-            if count > 0 { receivedDescriptors.append(contentsOf: fds.prefix(Int(count))) }
+            if count > 0 {
+                let position = consumed &+ UInt64(end - start)
+                for fd in fds.prefix(Int(count)) {
+                    if acceptsDescriptors { receivedDescriptors.append((position, fd)) } else { Syscall.close(fd) }
+                }
+            }
             return result
         }
     }

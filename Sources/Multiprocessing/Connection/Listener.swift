@@ -35,7 +35,33 @@ public final class Listener: @unchecked Sendable, Waitable, CustomStringConverti
     private struct State {
         var fd: Int32
         var lastAccepted: ConnectionAddress?
+        /// Clients in the middle of the handshake, by descriptor.
+        var handshakes: [Int32: Handshaking] = [:]
+        /// While the process is out of descriptors: when to try accepting again, and the next pause.
+        var acceptPausedUntil: UInt64 = 0
+        var acceptPause: UInt64 = Listener.firstPause
     }
+
+    /// A client between connect and the end of its handshake. The listener delivers its challenge, then
+    /// answers the client's: it reads the client's answer, the client's challenge, then the verdict.
+    private struct Handshaking {
+        enum Step { case answer, challenge, verdict }
+        let connection: Connection
+        let peer: ConnectionAddress
+        let message: [UInt8]
+        let deadline: Deadline
+        var step = Step.answer
+    }
+
+    /// What one round of accepting found: a client ready to hand out, or what to wait for next.
+    private enum AcceptRound {
+        case accepted(Connection)
+        case wait(descriptors: [Int32], until: Deadline)
+    }
+
+    /// The first pause after accept ran out of descriptors (EMFILE); it doubles up to `longestPause`.
+    private static let firstPause: UInt64 = 10_000_000
+    private static let longestPause: UInt64 = 1_000_000_000
 
     /// Listens on `address`, or on a fresh address of `family` when `address` is nil (a Unix socket in a
     /// private temporary directory, or TCP on 127.0.0.1 with a free port).
@@ -87,57 +113,177 @@ public final class Listener: @unchecked Sendable, Waitable, CustomStringConverti
     /// Waits for a client and returns the connection to it, after the handshake when the listener has
     /// an authkey (Python's `accept`). Signals do not cut the wait short.
     ///
-    /// - Parameter timeout: how long to wait for a client to connect; nil waits without limit. The
-    ///   handshake that follows must also finish within it.
-    /// - Throws: ``MultiprocessingError/Code/timedOut`` when no client came in time;
-    ///   ``MultiprocessingError/Code/authenticationFailed`` when the client failed the handshake (the
-    ///   client is dropped; call `accept` again for the next one); ``MultiprocessingError/Code/closed``
-    ///   once the listener is closed.
+    /// Handshakes run side by side: clients that connect and stall hold only their own descriptor, and a
+    /// client that completes its handshake is returned whatever the others do. Each client has
+    /// `handshakeTimeout` to finish. When the process runs out of descriptors (`EMFILE`), accepting pauses
+    /// (10 ms, doubling up to 1 s) and resumes as descriptors free up; handshakes in progress go on.
+    ///
+    /// Errors about one client (``MultiprocessingError/Code/authenticationFailed``, or
+    /// ``MultiprocessingError/Code/timedOut`` with "did not finish the handshake") drop that client only:
+    /// call `accept` again. ``MultiprocessingError/Code/closed`` and ``MultiprocessingError/Code/system``
+    /// are about the listener itself.
+    ///
+    /// - Parameter timeout: how long to wait for a client that has finished its handshake; nil waits
+    ///   without limit.
+    /// - Throws: ``MultiprocessingError/Code/timedOut`` when no client came in time, or when a client did
+    ///   not finish its handshake within `handshakeTimeout`; ``MultiprocessingError/Code/authenticationFailed``
+    ///   when a client failed the handshake; ``MultiprocessingError/Code/closed`` once the listener is closed.
     public func accept(timeout: Duration? = nil) throws -> Connection {
         let deadline = Deadline.after(timeout)
-        var host = [CChar](repeating: 0, count: 256)
-        var port: Int32 = 0
+        var ready: Set<Int32>? = nil
         while true {
-            let fd = try state.withLock { state in
-                guard state.fd >= 0 else { throw MultiprocessingError(.closed, "the listener is closed") }
-                return state.fd
-            }
-            let ready: Bool
-            do {
-                ready = try !Syscall.pollReadable([fd], until: deadline).isEmpty
-            } catch {
-                // close() from another thread makes the descriptor invalid under poll.
-                throw closed ? MultiprocessingError(.closed, "the listener is closed") : error
-            }
-            guard ready else { throw MultiprocessingError(.timedOut, "no client connected before the timeout") }
-            let accepted = mp_accept(fd, &host, host.count, &port)
-            if accepted < 0 {
-                switch errno {
-                case EAGAIN, ECONNABORTED, EPROTO: continue
-                case EINVAL, EBADF: throw MultiprocessingError(.closed, "the listener is closed")
-                case let error: throw MultiprocessingError.system("accept", errno: error)
+            switch try acceptRound(ready: ready) {
+            case .accepted(let connection):
+                return connection
+            case .wait(let descriptors, let wake):
+                let found: [Int]
+                do {
+                    found = try Syscall.pollReadable(descriptors, until: deadline.earlier(than: wake))
+                } catch {
+                    // close() from another thread makes the descriptor invalid under poll.
+                    throw closed ? MultiprocessingError(.closed, "the listener is closed") : error
                 }
+                if found.isEmpty && deadline.hasPassed {
+                    throw MultiprocessingError(.timedOut, "no client connected before the timeout")
+                }
+                ready = Set(found.map { descriptors[$0] })
             }
-            let connection = try Connection(adopting: accepted)
-            let peer: ConnectionAddress = switch address {
-            case .unix: .unix("")
-            case .tcp: .tcp(host: String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self),
-                              port: UInt16(truncatingIfNeeded: port))
-            }
-            state.withLock { $0.lastAccepted = peer }
-            if let authkey {
-                let handshakeDeadline = deadline.earlier(than: .after(handshakeTimeout))
-                try deliverChallenge(connection, authkey: authkey, deadline: handshakeDeadline)
-                try answerChallenge(connection, authkey: authkey, deadline: handshakeDeadline)
-            }
-            return connection
         }
     }
 
-    /// Waits for a client as ``accept(timeout:)`` does, on a thread of its own, so that the caller's task
-    /// does not hold a thread of Swift's cooperative pool.
+    /// Waits for a client as ``accept(timeout:)`` does, on the package's event loop: no thread is held
+    /// while it waits.
+    ///
+    /// Cancellation ends the wait with `CancellationError`; clients in the middle of their handshake stay
+    /// with the listener for the next call.
     public func accept(timeout: Duration? = nil) async throws -> Connection {
-        try await withBlockingThread { try self.accept(timeout: timeout) }
+        let deadline = Deadline.after(timeout)
+        var ready: Set<Int32>? = nil
+        while true {
+            switch try acceptRound(ready: ready) {
+            case .accepted(let connection):
+                return connection
+            case .wait(let descriptors, let wake):
+                let outcome = try await EventLoop.shared.wait(
+                    for: descriptors.map { ($0, .readable) }, until: deadline.earlier(than: wake))
+                if outcome == .timedOut && deadline.hasPassed {
+                    throw MultiprocessingError(.timedOut, "no client connected before the timeout")
+                }
+                ready = Set(try Syscall.pollReadable(descriptors, until: .now).map { descriptors[$0] })
+            }
+        }
+    }
+
+    /// Accepts the clients that wait and advances the handshakes whose descriptors are `ready` (all of
+    /// them when nil), without blocking.
+    private func acceptRound(ready: Set<Int32>?) throws -> AcceptRound {
+        try state.withLock { state in
+            guard state.fd >= 0 else { throw MultiprocessingError(.closed, "the listener is closed") }
+            // Handshakes first: a client that finished is served before new ones are let in.
+            for (fd, handshake) in state.handshakes where ready?.contains(fd) ?? true || handshake.deadline.hasPassed {
+                if let done = try advance(handshake, in: &state) {
+                    state.lastAccepted = handshake.peer
+                    return .accepted(done)
+                }
+            }
+            let now = Deadline.monotonicNow()
+            if now >= state.acceptPausedUntil && ready?.contains(state.fd) ?? true {
+                for _ in 0..<64 {
+                    guard let (connection, peer) = try acceptOne(&state) else { break }
+                    guard authkey != nil else {
+                        state.lastAccepted = peer
+                        return .accepted(connection)
+                    }
+                    let (frame, message) = makeChallenge()
+                    connection.acceptsDescriptors = false
+                    do {
+                        try connection.sendBytes(frame)
+                    } catch {
+                        connection.close()
+                        continue
+                    }
+                    state.handshakes[try connection.fileno] = Handshaking(
+                        connection: connection, peer: peer, message: message,
+                        deadline: Deadline.after(handshakeTimeout))
+                }
+            }
+            var descriptors = Array(state.handshakes.keys)
+            var wake = state.handshakes.values.map(\.deadline).reduce(Deadline.never) { $0.earlier(than: $1) }
+            if state.acceptPausedUntil > Deadline.monotonicNow() {
+                wake = wake.earlier(than: Deadline(nanoseconds: state.acceptPausedUntil))
+            } else {
+                descriptors.append(state.fd)
+            }
+            return .wait(descriptors: descriptors, until: wake)
+        }
+    }
+
+    /// Accepts one waiting client without blocking: nil when none waits, or when the process is out of
+    /// descriptors (accepting then pauses, see ``accept(timeout:)``).
+    private func acceptOne(_ state: inout State) throws -> (Connection, ConnectionAddress)? {
+        var host = [CChar](repeating: 0, count: 256)
+        var port: Int32 = 0
+        while true {
+            let accepted = mp_accept(state.fd, &host, host.count, &port)
+            if accepted >= 0 {
+                state.acceptPause = Self.firstPause
+                let peer: ConnectionAddress = switch address {
+                case .unix: .unix("")
+                case .tcp: .tcp(host: String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self),
+                                  port: UInt16(truncatingIfNeeded: port))
+                }
+                return (try Connection(adopting: accepted), peer)
+            }
+            switch errno {
+            case EINTR, ECONNABORTED, EPROTO: continue
+            case EAGAIN: return nil
+            case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                state.acceptPausedUntil = Deadline.monotonicNow() + state.acceptPause
+                state.acceptPause = min(state.acceptPause * 2, Self.longestPause)
+                return nil
+            case EINVAL, EBADF: throw MultiprocessingError(.closed, "the listener is closed")
+            case let error: throw MultiprocessingError.system("accept", errno: error)
+            }
+        }
+    }
+
+    /// Reads what a handshaking client sent and takes the handshake a step further. Returns the
+    /// connection once authenticated; throws (and drops the client) when it fails or runs out of time.
+    private func advance(_ handshake: Handshaking, in state: inout State) throws -> Connection? {
+        var handshake = handshake
+        let connection = handshake.connection
+        let fd = try connection.fileno
+        do {
+            while let frame = try connection.receiveBytesIfReady(maxLength: Handshake.frameLimit) {
+                let authkey = authkey ?? []
+                switch handshake.step {
+                case .answer:
+                    try judgeAnswer(frame, to: handshake.message, on: connection, authkey: authkey)
+                    handshake.step = .challenge
+                case .challenge:
+                    try connection.sendBytes(answer(toChallenge: frame, authkey: authkey))
+                    handshake.step = .verdict
+                case .verdict:
+                    try checkVerdict(frame)
+                    state.handshakes[fd] = nil
+                    connection.acceptsDescriptors = true
+                    return connection
+                }
+            }
+            if handshake.deadline.hasPassed {
+                throw MultiprocessingError(.timedOut, "a client did not finish the handshake within \(handshakeTimeout.map { "\($0)" } ?? "its time")")
+            }
+            state.handshakes[fd] = handshake
+            return nil
+        } catch let error as MultiprocessingError {
+            state.handshakes[fd] = nil
+            connection.close()
+            switch error.code {
+            case .protocolViolation: throw MultiprocessingError(.authenticationFailed, "handshake failed: \(error.message)")
+            case .endOfFile, .closed: return nil  // the client left: nothing to report
+            default: throw error
+            }
+        }
     }
 
     /// The address of the last client accepted (Python's `last_accepted`): its host and port for TCP,
@@ -165,6 +311,12 @@ public final class Listener: @unchecked Sendable, Waitable, CustomStringConverti
             return state.fd
         }
         guard fd >= 0 else { return }
+        let pending = state.withLock { state in
+            defer { state.handshakes = [:] }
+            return state.handshakes.values.map(\.connection)
+        }
+        for connection in pending { connection.close() }
+        EventLoop.closing(fd)
         shutdown(fd, Int32(SHUT_RDWR))
         Syscall.close(fd)
         guard getpid() == creator else { return }
