@@ -11,7 +11,7 @@ import Glibc
 let arguments = Array(CommandLine.arguments.dropFirst())
 do {
     if arguments.first == "serve-echo" {
-        try runServeEcho(Array(arguments.dropFirst()))
+        try await runServeEcho(Array(arguments.dropFirst()))
     } else if arguments.allSatisfy({ $0 == "--fast" }) {
         let pace = Pace(fast: arguments.contains("--fast"))
         try runSeedExamples(pace: pace)

@@ -448,7 +448,7 @@ struct ConnectionTests {
         }
     }
 
-    @Test("async recv and recvBytes do not hold the caller's thread")
+    @Test("async recv and recvBytes do not hold the caller's thread", .ownThread)
     func asyncReceive() async throws {
         let (a, b) = try makePipe()
         connectionTestThread {

@@ -95,7 +95,7 @@ struct ConnectionWaitTests {
         expectCode(.invalidArgument) { try wait([Int32(44_977_608)], timeout: .zero) }
     }
 
-    @Test("async wait")
+    @Test("async wait", .ownThread)
     func asyncWait() async throws {
         let (a, b) = try makePipe()
         connectionTestThread {

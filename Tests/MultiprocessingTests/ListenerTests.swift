@@ -290,7 +290,7 @@ struct ListenerTests {
         try client.get()
     }
 
-    @Test("async accept")
+    @Test("async accept", .ownThread)
     func asyncAccept() async throws {
         let listener = try Listener(authkey: testKey)
         let client = ListenerTestResult { try Connection(connectingTo: listener.address, authkey: testKey, timeout: .seconds(10)).send(8) }

@@ -236,7 +236,7 @@ struct ProcessTests {
         #expect(child.exitCode == -SIGTERM)
     }
 
-    @Test("async join waits without blocking the caller's thread")
+    @Test("async join waits without blocking the caller's thread", .ownThread)
     func asyncJoin() async throws {
         let child = ChildProcess(EndWith(way: .blocking))
         try child.start()

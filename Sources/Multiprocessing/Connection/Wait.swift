@@ -51,17 +51,25 @@ public func wait(_ objects: [any Waitable], timeout: Duration? = nil) throws -> 
     try readyIndexes(objects, timeout: timeout).map { objects[$0] }
 }
 
-/// Waits as ``wait(_:timeout:)-(_,Duration?)`` does, on a thread of its own, so that the caller's task
-/// does not hold a thread of Swift's cooperative pool.
+/// Waits as ``wait(_:timeout:)-(_,Duration?)`` does, on the package's event loop, so that no thread is
+/// held while it waits. Cancellation ends the wait with `CancellationError`; nothing is consumed.
 public func wait<Object: Waitable & Sendable>(_ objects: [Object], timeout: Duration? = nil) async throws -> [Object] {
-    try await withBlockingThread { try wait(objects, timeout: timeout) }
+    try await awaitReadyIndexes(objects.map { $0 as any Waitable }, timeout: timeout).map { objects[$0] }
 }
 
-/// Waits on objects of different kinds at once, on a thread of its own.
+/// Waits on objects of different kinds at once, on the package's event loop.
 @_disfavoredOverload
 public func wait(_ objects: [any Waitable & Sendable], timeout: Duration? = nil) async throws -> [any Waitable & Sendable] {
-    let ready = try await withBlockingThread { try readyIndexes(objects, timeout: timeout) }
-    return ready.map { objects[$0] }
+    try await awaitReadyIndexes(objects.map { $0 as any Waitable }, timeout: timeout).map { objects[$0] }
+}
+
+/// The indexes of the ready objects, waiting on the event loop.
+func awaitReadyIndexes(_ objects: [any Waitable], timeout: Duration?) async throws -> [Int] {
+    let ready = try readyIndexes(objects, timeout: .zero)
+    if !ready.isEmpty { return ready }
+    let descriptors = try objects.map { try $0.waitDescriptor }
+    _ = try await EventLoop.shared.wait(for: descriptors.map { ($0, .readable) }, until: .after(timeout))
+    return try readyIndexes(objects, timeout: .zero)
 }
 
 /// The indexes of the ready objects: those that hold data already, or else those whose descriptors

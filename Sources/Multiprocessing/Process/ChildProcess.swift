@@ -216,12 +216,37 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
         }
     }
 
-    /// Waits for the child to end without blocking a Swift concurrency thread. See ``join(timeout:)``.
+    /// Waits for the child to end as ``join(timeout:)`` does, on the package's event loop (the child's
+    /// pidfd), so that no thread is held while it waits.
+    ///
+    /// Cancellation: cancelling the awaiting task ends the wait promptly with `CancellationError`; the
+    /// child keeps running. To stop it as well, call ``terminate()`` or ``kill()`` when the await throws,
+    /// or use ``join(timeout:killingOnCancel:)``.
     @discardableResult
     public func join(timeout: Duration? = nil) async throws -> Bool {
-        _ = try startedHandle()
-        if exitCode != nil { return true }
-        return try await withBlockingThread { try self.join(timeout: timeout) }
+        let handle = try startedHandle()
+        let deadline = Deadline.after(timeout)
+        while exitCode == nil {
+            if try await EventLoop.shared.waitReadable(handle.sentinel, until: deadline) == .timedOut {
+                return exitCode != nil
+            }
+        }
+        return true
+    }
+
+    /// Waits for the child to end as ``join(timeout:)-(Duration?)`` does, and when the awaiting task is
+    /// cancelled, kills the child (SIGKILL), reaps it, and then throws `CancellationError`.
+    @discardableResult
+    public func join(timeout: Duration? = nil, killingOnCancel: Bool) async throws -> Bool {
+        do {
+            return try await join(timeout: timeout)
+        } catch is CancellationError where killingOnCancel {
+            try? kill()
+            // A SIGKILLed child ends within milliseconds: reap it before reporting the cancellation.
+            let reap: () throws -> Bool = { try self.join(timeout: .seconds(10)) }
+            _ = try? reap()
+            throw CancellationError()
+        }
     }
 
     /// Asks the child to stop with SIGTERM (its exit code becomes -15 unless it handles the signal).

@@ -101,6 +101,13 @@ public final class ParentProcess: @unchecked Sendable, CustomStringConvertible {
         try !Syscall.pollReadable([sentinel], until: .after(timeout)).isEmpty
     }
 
+    /// Waits as ``join(timeout:)-(Duration?)`` does, on the package's event loop, so that no thread is
+    /// held while it waits. Cancellation ends the wait with `CancellationError`.
+    @discardableResult
+    public func join(timeout: Duration? = nil) async throws -> Bool {
+        try await EventLoop.shared.waitReadable(sentinel, until: .after(timeout)) == .ready
+    }
+
     /// A repr in Python's style.
     public var description: String { "<ParentProcess name='\(name)' pid=\(pid)>" }
 }
