@@ -1,0 +1,314 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMultiprocessing
+import Synchronization
+
+/// A named block of memory that unrelated processes share: Python's
+/// `multiprocessing.shared_memory.SharedMemory`, and the same POSIX segments, so a block created here
+/// can be attached by a CPython program and the other way round.
+///
+/// ```swift
+/// let block = try SharedMemory(size: 1024)              // a fresh random name
+/// try block.withUnsafeMutableBytes { $0[0] = 42 }
+/// let other = try SharedMemory(attachingTo: block.name)  // in any process
+/// try block.unlink()                                     // the owner destroys it when done
+/// ```
+///
+/// **Ownership.** The process that creates a block owns it: it (or anyone explicitly calling
+/// ``unlink()``) destroys the name; attaching never unlinks. If the owner ends without unlinking
+/// (returning, crashing, or killed with SIGKILL), a tracker process unlinks its blocks at once, so
+/// nothing is left in `/dev/shm`. Hand a block on with ``releaseOwnership()`` (and
+/// ``takeOwnership()`` in the receiving process) to let it outlive its creator.
+///
+/// The tracker is one small process per creating process, started with its first block, that holds
+/// one end of a socket; each create and unlink tells it the name (one `send`, about a microsecond),
+/// and the end of the socket tells it the owner is gone.
+///
+/// **Crossing to another process.** A block is `Codable`: put it in a child's task or send it over a
+/// ``Connection`` and the receiver maps the same memory (through the descriptor, so this works even
+/// after the name was unlinked). Anywhere else it encodes its name, and decoding attaches by name.
+public final class SharedMemory: @unchecked Sendable, Codable, CustomStringConvertible {
+    private struct State {
+        var segment: MappedSegment?
+        var owned: Bool
+    }
+
+    /// The block's name, without the leading slash (as Python reports it).
+    public let name: String
+    /// The size in bytes: as requested when created, the segment's size when attached.
+    public let size: Int
+    private let state: Mutex<State>
+
+    /// The longest name the system accepts, in UTF-8 bytes, not counting the leading slash.
+    public static let maximumNameLength = 255
+
+    /// Creates a block of `size` bytes, zero-filled, owned by this process.
+    ///
+    /// - Parameters:
+    ///   - size: the number of bytes; must be positive.
+    ///   - name: the name to create (an optional leading `/` is ignored); nil picks a random unused one.
+    /// - Throws: ``MultiprocessingError/Code/invalidArgument`` for a size of zero or less or a bad name
+    ///   (empty, containing `/` or NUL, longer than ``maximumNameLength`` bytes);
+    ///   ``MultiprocessingError/Code/alreadyExists`` when a block of that name exists;
+    ///   ``MultiprocessingError/Code/system`` when the system refuses (no memory, no permission).
+    public init(size: Int, name: String? = nil) throws {
+        guard size > 0 else {
+            throw MultiprocessingError(.invalidArgument, "a shared memory block needs a positive size, not \(size)")
+        }
+        var attempts = 0
+        while true {
+            let candidate = try name.map(Self.validated) ?? Self.randomName()
+            let path = "/" + candidate
+            let fd = mp_shm_open(path, O_CREAT | O_EXCL | O_RDWR, 0o600)
+            if fd < 0 {
+                let error = errno
+                if error == EINTR { continue }
+                if error == EEXIST {
+                    attempts += 1
+                    if name == nil && attempts < 100 { continue }
+                    throw MultiprocessingError(.alreadyExists, "a shared memory block named \(candidate) already exists", errno: error)
+                }
+                throw MultiprocessingError.system("shm_open of \(candidate)", errno: error)
+            }
+            do {
+                try Syscall.retrying("ftruncate of \(candidate) to \(size) bytes") { ftruncate(fd, off_t(size)) }
+                let rc = track(owning: true, path)
+                if rc != 0 { throw MultiprocessingError.system("starting the shared memory tracker", errno: rc) }
+            } catch {
+                Syscall.close(fd)
+                _ = mp_shm_unlink(path)
+                throw error
+            }
+            do {
+                let segment = try MappedSegment(adopting: fd, size: size)
+                self.name = candidate
+                self.size = size
+                state = Mutex(State(segment: segment, owned: true))
+                return
+            } catch {
+                _ = track(owning: false, path)
+                _ = mp_shm_unlink(path)
+                throw error
+            }
+        }
+    }
+
+    /// Attaches to the existing block `name`, created by this or any other process (Python's
+    /// `SharedMemory(name)`). Attaching never makes this process an owner.
+    ///
+    /// - Throws: ``MultiprocessingError/Code/notFound`` when no block has that name;
+    ///   ``MultiprocessingError/Code/invalidArgument`` for a bad name or an empty segment;
+    ///   ``MultiprocessingError/Code/system`` when the system refuses (no permission).
+    public init(attachingTo name: String) throws {
+        let candidate = try Self.validated(name)
+        let fd = try Self.open(candidate)
+        let segment = try MappedSegment(adopting: fd)
+        self.name = candidate
+        self.size = segment.size
+        state = Mutex(State(segment: segment, owned: false))
+    }
+
+    private init(name: String, segment: MappedSegment) {
+        self.name = name
+        self.size = segment.size
+        state = Mutex(State(segment: segment, owned: false))
+    }
+
+    private static func open(_ name: String) throws -> Int32 {
+        while true {
+            let fd = mp_shm_open("/" + name, O_RDWR, 0)
+            if fd >= 0 { return fd }
+            let error = errno
+            if error == EINTR { continue }
+            if error == ENOENT {
+                throw MultiprocessingError(.notFound, "no shared memory block is named \(name)", errno: error)
+            }
+            throw MultiprocessingError.system("shm_open of \(name)", errno: error)
+        }
+    }
+
+    /// `name` without its optional leading slash, or an error saying what is wrong with it.
+    static func validated(_ name: String) throws -> String {
+        let bare = name.hasPrefix("/") ? String(name.dropFirst()) : name
+        guard !bare.isEmpty else {
+            throw MultiprocessingError(.invalidArgument, "a shared memory name cannot be empty")
+        }
+        guard !bare.utf8.contains(UInt8(ascii: "/")), !bare.utf8.contains(0) else {
+            throw MultiprocessingError(.invalidArgument, "a shared memory name cannot contain '/' or NUL after its first character: \(name.debugDescription)")
+        }
+        guard bare != ".", bare != ".." else {
+            throw MultiprocessingError(.invalidArgument, "\(name.debugDescription) is not a usable shared memory name")
+        }
+        guard bare.utf8.count <= maximumNameLength else {
+            throw MultiprocessingError(
+                .invalidArgument, "a shared memory name has at most \(maximumNameLength) bytes; this one has \(bare.utf8.count)")
+        }
+        return bare
+    }
+
+    private static func randomName() throws -> String {
+        var random: UInt64 = 0
+        guard mp_getrandom(&random, 8) == 8 else { throw MultiprocessingError.system("getrandom") }
+        let hex = String(random, radix: 16)
+        return "msm_" + String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    /// The mapping, or an error once closed.
+    private func segment() throws -> MappedSegment {
+        guard let segment = state.withLock({ $0.segment }) else {
+            throw MultiprocessingError(.closed, "shared memory block \(name) is closed in this process")
+        }
+        return segment
+    }
+
+    /// Runs `body` with the block's bytes. The pointer is valid only inside `body`.
+    /// - Throws: ``MultiprocessingError/Code/closed`` after ``close()``, or what `body` throws.
+    public func withUnsafeMutableBytes<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) throws -> R {
+        let segment = try segment()
+        return try withExtendedLifetime(segment) { try body(segment.bytes) }
+    }
+
+    /// Runs `body` with the block's bytes from `byteOffset` viewed as `count` values of type `T`
+    /// (nil: as many as fit). The pointer is valid only inside `body`.
+    /// - Throws: ``MultiprocessingError/Code/invalidArgument`` when the offset is negative or not
+    ///   aligned for `T`, or the view does not fit in the block; ``MultiprocessingError/Code/closed``
+    ///   after ``close()``; or what `body` throws.
+    public func withUnsafeMutableBufferPointer<T: BitwiseCopyable, R>(
+        of type: T.Type, byteOffset: Int = 0, count: Int? = nil, _ body: (UnsafeMutableBufferPointer<T>) throws -> R
+    ) throws -> R {
+        let stride = MemoryLayout<T>.stride
+        guard byteOffset >= 0, byteOffset <= size, byteOffset % MemoryLayout<T>.alignment == 0 else {
+            throw MultiprocessingError(.invalidArgument, "byte offset \(byteOffset) is outside the \(size)-byte block or not aligned for \(T.self)")
+        }
+        let available = stride == 0 ? 0 : (size - byteOffset) / stride
+        let wanted = count ?? available
+        guard wanted >= 0, wanted <= available else {
+            throw MultiprocessingError(.invalidArgument, "\(wanted) values of \(T.self) from byte \(byteOffset) do not fit in the \(size)-byte block")
+        }
+        let segment = try segment()
+        return try withExtendedLifetime(segment) {
+            let start = (segment.base + byteOffset).bindMemory(to: T.self, capacity: wanted)
+            return try body(UnsafeMutableBufferPointer(start: start, count: wanted))
+        }
+    }
+
+    /// Whether this process owns the block: its tracker unlinks it if the process ends without
+    /// calling ``unlink()``.
+    public var isOwner: Bool { state.withLock { $0.owned } }
+
+    /// Hands ownership away: this process will no longer unlink the block when it ends, so the block
+    /// outlives it until someone calls ``unlink()`` (or another process calls ``takeOwnership()``).
+    /// Does nothing when this process does not own the block.
+    /// - Throws: ``MultiprocessingError/Code/system`` when the tracker cannot be told.
+    public func releaseOwnership() throws {
+        try state.withLock { state in
+            guard state.owned else { return }
+            let rc = track(owning: false, "/" + name)
+            if rc != 0 { throw MultiprocessingError.system("telling the shared memory tracker", errno: rc) }
+            state.owned = false
+        }
+    }
+
+    /// Makes this process an owner of an attached block: if it ends without calling ``unlink()``, its
+    /// tracker unlinks the block. The other side of ``releaseOwnership()``.
+    /// - Throws: ``MultiprocessingError/Code/system`` when the tracker cannot be started or told.
+    public func takeOwnership() throws {
+        try state.withLock { state in
+            guard !state.owned else { return }
+            let rc = track(owning: true, "/" + name)
+            if rc != 0 { throw MultiprocessingError.system("starting the shared memory tracker", errno: rc) }
+            state.owned = true
+        }
+    }
+
+    /// Unmaps the block from this process (Python's `close()`); the block and its name live on for
+    /// other processes. Calls already inside ``withUnsafeMutableBytes(_:)`` keep their mapping until
+    /// they return. Closing twice does nothing.
+    public func close() {
+        let segment = state.withLock { state in
+            defer { state.segment = nil }
+            return state.segment
+        }
+        withExtendedLifetime(segment) {}
+    }
+
+    /// Destroys the block's name (Python's `unlink()`): nobody can attach any more, and the memory is
+    /// freed once every process has closed it. Mappings that are open keep working.
+    /// - Throws: ``MultiprocessingError/Code/notFound`` when the name is already gone (unlinked
+    ///   twice); ``MultiprocessingError/Code/system`` when the system refuses.
+    public func unlink() throws {
+        try Self.unlink(name: name, owned: state.withLock { state in
+            defer { state.owned = false }
+            return state.owned
+        })
+    }
+
+    /// Destroys the block named `name` without attaching to it.
+    /// - Throws: ``MultiprocessingError/Code/invalidArgument`` for a bad name;
+    ///   ``MultiprocessingError/Code/notFound`` when no block has that name;
+    ///   ``MultiprocessingError/Code/system`` when the system refuses.
+    public static func unlink(name: String) throws {
+        try unlink(name: validated(name), owned: true)
+    }
+
+    private static func unlink(name: String, owned: Bool) throws {
+        let path = "/" + name
+        // Forget it first: a tracker must never unlink a block that someone else created later.
+        if owned { _ = track(owning: false, path) }
+        if mp_shm_unlink(path) != 0 {
+            let error = errno
+            if error == ENOENT {
+                throw MultiprocessingError(.notFound, "no shared memory block is named \(name)", errno: error)
+            }
+            throw MultiprocessingError.system("shm_unlink of \(name)", errno: error)
+        }
+    }
+
+    /// `SharedMemory(name: "msm_…", size: 1024)`.
+    public var description: String { "SharedMemory(name: \(name.debugDescription), size: \(size))" }
+
+    // MARK: Crossing a process boundary
+
+    private enum CodingKeys: String, CodingKey { case name, size, memory }
+
+    /// Encodes the block: its descriptor through a child's task or a ``Connection`` message,
+    /// otherwise its name. Ownership stays with this process.
+    /// - Throws: ``MultiprocessingError/Code/closed`` after ``close()``.
+    public func encode(to encoder: any Encoder) throws {
+        let segment = try segment()
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(name, forKey: .name)
+        try container.encode(size, forKey: .size)
+        if encoder.userInfo[.descriptorTransfer] != nil {
+            try container.encode(segment.encodeDescriptor(to: encoder, as: "a SharedMemory"), forKey: .memory)
+        }
+    }
+
+    /// Decodes a block sent by another process: the same memory, attached, not owned.
+    /// - Throws: ``MultiprocessingError/Code/transport`` when the descriptor is missing;
+    ///   ``MultiprocessingError/Code/notFound`` when sent by name and the name is gone.
+    public convenience init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let name = try Self.validated(container.decode(String.self, forKey: .name))
+        let size = try container.decode(Int.self, forKey: .size)
+        if let index = try container.decodeIfPresent(Int.self, forKey: .memory) {
+            self.init(name: name, segment: try MappedSegment.decode(from: decoder, index: index, size: size, as: "a SharedMemory"))
+        } else {
+            try self.init(attachingTo: name)
+        }
+    }
+}
+
+extension SharedMemory {
+    /// The pid of this process's shared-memory tracker, or nil before this process created a block.
+    static var trackerPID: Int32? {
+        let pid = mp_shm_tracker_pid()
+        return pid == 0 ? nil : pid
+    }
+}
+
+/// Tells this process's tracker that it owns `path` (or no longer does); returns 0 or an errno value.
+private func track(owning: Bool, _ path: String) -> Int32 {
+    mp_shm_track(CChar(UInt8(ascii: owning ? "+" : "-")), path)
+}
