@@ -66,8 +66,10 @@ static void tracker_main(int sock, pid_t owner) {
 __attribute__((constructor(101))) static void mp_shm_tracker_dispatch(void) {
     const char *value = getenv(MP_SHM_TRACKER_ENV);
     if (value == NULL) return;
+    /* "<fd>:<owner pid>": the owner may be gone (and this process reparented) before this runs. */
     int sock = atoi(value);
-    pid_t owner = getppid();
+    const char *colon = strchr(value, ':');
+    pid_t owner = colon != NULL ? (pid_t)atoi(colon + 1) : getppid();
     signal(SIGINT, SIG_IGN);
     signal(SIGTERM, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
@@ -108,7 +110,9 @@ static int start_tracker(void) {
     for (size_t i = 0; i < count; i++) {
         if (strncmp(environ[i], MP_SHM_TRACKER_ENV "=", sizeof MP_SHM_TRACKER_ENV) != 0) envp[used++] = environ[i];
     }
-    envp[used++] = MP_SHM_TRACKER_ENV "=3";
+    char setting[64];
+    snprintf(setting, sizeof setting, "%s=3:%d", MP_SHM_TRACKER_ENV, (int)getpid());
+    envp[used++] = setting;
     envp[used] = NULL;
     char *argv[] = {"mp-shm-tracker", NULL};
 

@@ -70,6 +70,10 @@ final class MappedSegment: @unchecked Sendable {
     /// Maps the descriptor at `index` of the decoder's transfer, expecting at least `size` bytes.
     static func decode(from decoder: any Decoder, index: Int, size: Int, as what: String) throws -> MappedSegment {
         let transfer = try DescriptorTransfer.from(decoder.userInfo, for: what)
-        return try MappedSegment(adopting: transfer.take(index), size: size)
+        do {
+            return try MappedSegment(adopting: transfer.take(index), size: size)
+        } catch let error as MultiprocessingError where error.code == .invalidArgument {
+            throw MultiprocessingError(.transport, "\(what) that arrived is not what was expected: \(error.message)")
+        }
     }
 }

@@ -52,7 +52,7 @@ public final class ShareableList: @unchecked Sendable, Codable, CustomStringConv
             case .int(let value): "\(value)"
             case .double(let value): "\(value)"
             case .bool(let value): value ? "True" : "False"
-            case .string(let value): value.debugDescription
+            case .string(let value): "'" + value.replacingAll("\\", with: "\\\\").replacingAll("'", with: "\\'") + "'"
             case .bytes(let value): "b'" + value.map { $0 >= 32 && $0 < 127 && $0 != 39 && $0 != 92 ? String(UnicodeScalar($0)) : "\\x" + (($0 < 16 ? "0" : "") + String($0, radix: 16)) }.joined() + "'"
             case .none: "None"
             }
@@ -292,5 +292,14 @@ public final class ShareableList: @unchecked Sendable, Codable, CustomStringConv
     ///   when what arrived is not a ShareableList's block.
     public convenience init(from decoder: any Decoder) throws {
         try self.init(memory: SharedMemory(from: decoder))
+    }
+}
+
+extension String {
+    /// The string with every `target` replaced by `replacement`.
+    fileprivate func replacingAll(_ target: Character, with replacement: String) -> String {
+        var result = ""
+        for character in self { if character == target { result += replacement } else { result.append(character) } }
+        return result
     }
 }
