@@ -24,7 +24,7 @@ func format(_ value: Double) -> String {
     return "\((value * scale).rounded() / scale)"
 }
 
-let workloads = processWorkloads + connectionWorkloads + synchronizationWorkloads
+let workloads = processWorkloads + connectionWorkloads + synchronizationWorkloads + sharedMemoryWorkloads
 var failures = 0
 for workload in workloads where filter.map({ workload.name.contains($0) }) ?? true {
     do {

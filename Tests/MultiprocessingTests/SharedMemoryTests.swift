@@ -34,7 +34,7 @@ struct ShmCreator: ProcessTask {
     let mode: Int
     func run() throws {
         let block = try SharedMemory(size: 4096, name: name)
-        if mode == 2 { try block.releaseOwnership() }
+        if mode == 2 { block.releaseOwnership() }
         created.set()
         if mode == 0 { _ = release.wait(timeout: .seconds(60)) }
     }

@@ -12,7 +12,7 @@
 public final class RawSharedArray<Element: BitwiseCopyable>: RandomAccessCollection, MutableCollection,
     @unchecked Sendable, Codable
 {
-    let storage: SharedElements<Element>
+    @usableFromInline let storage: SharedElements<Element>
 
     /// A new shared array of `count` copies of `repeatedValue`.
     /// - Throws: ``MultiprocessingError/Code/invalidArgument`` for a negative or too large count;
@@ -32,11 +32,12 @@ public final class RawSharedArray<Element: BitwiseCopyable>: RandomAccessCollect
     }
 
     /// The position of the first element (always 0).
-    public var startIndex: Int { 0 }
+    @inlinable public var startIndex: Int { 0 }
     /// The position after the last element (the count).
-    public var endIndex: Int { storage.count }
+    @inlinable public var endIndex: Int { storage.count }
 
     /// The element at `position` (an unsynchronized read or write of shared memory).
+    @inlinable
     public subscript(position: Int) -> Element {
         get {
             precondition(position >= 0 && position < storage.count, "RawSharedArray index \(position) out of range")
@@ -50,6 +51,7 @@ public final class RawSharedArray<Element: BitwiseCopyable>: RandomAccessCollect
 
     /// Runs `body` with the shared memory itself, for bulk reads and writes; the pointer is valid only
     /// inside `body`.
+    @inlinable
     public func withUnsafeMutableBufferPointer<R, E: Error>(_ body: (UnsafeMutableBufferPointer<Element>) throws(E) -> R) throws(E) -> R {
         try withExtendedLifetime(storage) { () throws(E) -> R in try body(storage.buffer) }
     }
@@ -62,7 +64,8 @@ public final class RawSharedArray<Element: BitwiseCopyable>: RandomAccessCollect
     /// - Throws: ``MultiprocessingError/Code/transport`` when the memory is missing or of another type or length.
     public init(from decoder: any Decoder) throws { storage = try SharedElements(from: decoder) }
 
-    fileprivate func address(_ index: Int) -> UnsafeMutablePointer<Element> {
+    @usableFromInline
+    func address(_ index: Int) -> UnsafeMutablePointer<Element> {
         precondition(index >= 0 && index < storage.count, "shared array index \(index) out of range")
         return storage.base + index
     }
@@ -70,15 +73,15 @@ public final class RawSharedArray<Element: BitwiseCopyable>: RandomAccessCollect
 
 extension RawSharedArray where Element: FixedWidthInteger {
     /// Reads element `index` atomically.
-    public func load(at index: Int) -> Element { SharedAtomic.load(address(index)) }
+    @inlinable public func load(at index: Int) -> Element { SharedAtomic.load(address(index)) }
     /// Writes element `index` atomically.
-    public func store(_ newValue: Element, at index: Int) { SharedAtomic.store(newValue, address(index)) }
+    @inlinable public func store(_ newValue: Element, at index: Int) { SharedAtomic.store(newValue, address(index)) }
     /// Adds `delta` to element `index` atomically (wrapping on overflow); returns the new value.
-    @discardableResult
+    @inlinable @discardableResult
     public func add(_ delta: Element, at index: Int) -> Element { SharedAtomic.add(delta, address(index)) }
     /// Replaces element `index` with `desired` atomically if it equals `expected`; returns whether it
     /// did and the value it found.
-    @discardableResult
+    @inlinable @discardableResult
     public func compareExchange(expected: Element, desired: Element, at index: Int) -> (exchanged: Bool, original: Element) {
         SharedAtomic.compareExchange(expected, desired, address(index))
     }
@@ -157,15 +160,15 @@ public final class SharedArray<Element: BitwiseCopyable>: RandomAccessCollection
 
 extension SharedArray where Element: FixedWidthInteger {
     /// Reads element `index` atomically, without the lock.
-    public func load(at index: Int) -> Element { raw.load(at: index) }
+    @inlinable public func load(at index: Int) -> Element { raw.load(at: index) }
     /// Writes element `index` atomically, without the lock.
-    public func store(_ newValue: Element, at index: Int) { raw.store(newValue, at: index) }
+    @inlinable public func store(_ newValue: Element, at index: Int) { raw.store(newValue, at: index) }
     /// Adds `delta` to element `index` atomically (wrapping on overflow), without the lock; returns the new value.
-    @discardableResult
+    @inlinable @discardableResult
     public func add(_ delta: Element, at index: Int) -> Element { raw.add(delta, at: index) }
     /// Replaces element `index` with `desired` atomically if it equals `expected`, without the lock;
     /// returns whether it did and the value it found.
-    @discardableResult
+    @inlinable @discardableResult
     public func compareExchange(expected: Element, desired: Element, at index: Int) -> (exchanged: Bool, original: Element) {
         raw.compareExchange(expected: expected, desired: desired, at: index)
     }

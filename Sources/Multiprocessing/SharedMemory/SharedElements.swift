@@ -8,13 +8,14 @@ import Synchronization
 ///
 /// A 64-byte header records a magic number, the element stride and the count, so a descriptor decoded
 /// as the wrong element type or length is refused instead of misread. The values start at byte 64.
+@usableFromInline
 final class SharedElements<Element: BitwiseCopyable>: @unchecked Sendable, Codable {
     private static var magic: UInt32 { 0x4D50_5641 }
     private static var dataOffset: Int { 64 }
 
     let segment: MappedSegment
-    let count: Int
-    let base: UnsafeMutablePointer<Element>
+    @usableFromInline let count: Int
+    @usableFromInline let base: UnsafeMutablePointer<Element>
 
     /// New storage for `count` values, which `fill` initialises (the memory starts zero-filled).
     init(count: Int, fill: (UnsafeMutableBufferPointer<Element>) -> Void) throws {
@@ -33,17 +34,17 @@ final class SharedElements<Element: BitwiseCopyable>: @unchecked Sendable, Codab
         fill(buffer)
     }
 
-    var buffer: UnsafeMutableBufferPointer<Element> { UnsafeMutableBufferPointer(start: base, count: count) }
+    @usableFromInline var buffer: UnsafeMutableBufferPointer<Element> { UnsafeMutableBufferPointer(start: base, count: count) }
 
     private enum CodingKeys: String, CodingKey { case memory, count }
 
-    func encode(to encoder: any Encoder) throws {
+    @usableFromInline func encode(to encoder: any Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
         try container.encode(segment.encodeDescriptor(to: encoder, as: "shared memory"), forKey: .memory)
         try container.encode(count, forKey: .count)
     }
 
-    init(from decoder: any Decoder) throws {
+    @usableFromInline init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         let count = try container.decode(Int.self, forKey: .count)
         let stride = MemoryLayout<Element>.stride
@@ -68,8 +69,9 @@ final class SharedElements<Element: BitwiseCopyable>: @unchecked Sendable, Codab
 /// Atomic operations on integers of 1, 2, 4 or 8 bytes in shared memory, through
 /// `Synchronization.Atomic` over the integer's bit pattern (wrapping arithmetic, as two's complement
 /// makes it the same for signed and unsigned types). Sequentially consistent.
+@usableFromInline
 enum SharedAtomic {
-    @inline(__always)
+    @inlinable @inline(__always)
     static func load<T: FixedWidthInteger>(_ address: UnsafeMutablePointer<T>) -> T {
         let raw = UnsafeMutableRawPointer(address)
         switch MemoryLayout<T>.size {
@@ -80,7 +82,7 @@ enum SharedAtomic {
         }
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     static func store<T: FixedWidthInteger>(_ value: T, _ address: UnsafeMutablePointer<T>) {
         let raw = UnsafeMutableRawPointer(address)
         switch MemoryLayout<T>.size {
@@ -92,7 +94,7 @@ enum SharedAtomic {
     }
 
     /// Adds `delta` (wrapping); returns the new value.
-    @inline(__always)
+    @inlinable @inline(__always)
     static func add<T: FixedWidthInteger>(_ delta: T, _ address: UnsafeMutablePointer<T>) -> T {
         let raw = UnsafeMutableRawPointer(address)
         switch MemoryLayout<T>.size {
@@ -104,7 +106,7 @@ enum SharedAtomic {
     }
 
     /// Replaces the value with `desired` if it equals `expected`; returns whether it did and the value found.
-    @inline(__always)
+    @inlinable @inline(__always)
     static func compareExchange<T: FixedWidthInteger>(_ expected: T, _ desired: T, _ address: UnsafeMutablePointer<T>) -> (exchanged: Bool, original: T) {
         let raw = UnsafeMutableRawPointer(address)
         switch MemoryLayout<T>.size {
@@ -137,7 +139,7 @@ struct SharedLockBox: Codable, @unchecked Sendable {
 
     private enum CodingKeys: String, CodingKey { case type, lock }
 
-    func encode(to encoder: any Encoder) throws {
+    @usableFromInline func encode(to encoder: any Encoder) throws {
         let type = Swift.type(of: lock)
         guard let name = _mangledTypeName(type), !name.contains("$") else {
             throw MultiprocessingError(.transport, "the lock type \(type) cannot be found by name in another process; declare it at file scope")
@@ -147,7 +149,7 @@ struct SharedLockBox: Codable, @unchecked Sendable {
         try lock.encode(to: container.superEncoder(forKey: .lock))
     }
 
-    init(from decoder: any Decoder) throws {
+    @usableFromInline init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         let name = try container.decode(String.self, forKey: .type)
         guard let type = _typeByName(name) as? any (ProcessLocking & Codable).Type else {

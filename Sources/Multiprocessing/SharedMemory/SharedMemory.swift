@@ -31,7 +31,8 @@ import Synchronization
 public final class SharedMemory: @unchecked Sendable, Codable, CustomStringConvertible {
     private struct State {
         var segment: MappedSegment?
-        var owned: Bool
+        /// This process's record of ownership in its tracker's table, when it owns the block.
+        var slot: Int32?
     }
 
     /// The block's name, without the leading slash (as Python reports it).
@@ -71,23 +72,17 @@ public final class SharedMemory: @unchecked Sendable, Codable, CustomStringConve
                 }
                 throw MultiprocessingError.system("shm_open of \(candidate)", errno: error)
             }
+            var slot: Int32 = -1
             do {
                 try Syscall.retrying("ftruncate of \(candidate) to \(size) bytes") { ftruncate(fd, off_t(size)) }
-                let rc = track(owning: true, path)
-                if rc != 0 { throw MultiprocessingError.system("starting the shared memory tracker", errno: rc) }
-            } catch {
-                Syscall.close(fd)
-                _ = mp_shm_unlink(path)
-                throw error
-            }
-            do {
+                slot = try Self.track(path)
                 let segment = try MappedSegment(adopting: fd, size: size)
                 self.name = candidate
                 self.size = size
-                state = Mutex(State(segment: segment, owned: true))
+                state = Mutex(State(segment: segment, slot: slot))
                 return
             } catch {
-                _ = track(owning: false, path)
+                if slot < 0 { Syscall.close(fd) } else { mp_shm_untrack(slot, path) }
                 _ = mp_shm_unlink(path)
                 throw error
             }
@@ -106,13 +101,20 @@ public final class SharedMemory: @unchecked Sendable, Codable, CustomStringConve
         let segment = try MappedSegment(adopting: fd)
         self.name = candidate
         self.size = segment.size
-        state = Mutex(State(segment: segment, owned: false))
+        state = Mutex(State(segment: segment, slot: nil))
     }
 
     private init(name: String, segment: MappedSegment) {
         self.name = name
         self.size = segment.size
-        state = Mutex(State(segment: segment, owned: false))
+        state = Mutex(State(segment: segment, slot: nil))
+    }
+
+    /// Records `path` in this process's tracker table (starting the tracker the first time); returns the slot.
+    private static func track(_ path: String) throws -> Int32 {
+        let slot = mp_shm_track(path)
+        if slot < 0 { throw MultiprocessingError.system("starting the shared memory tracker", errno: -slot) }
+        return slot
     }
 
     private static func open(_ name: String) throws -> Int32 {
@@ -195,18 +197,16 @@ public final class SharedMemory: @unchecked Sendable, Codable, CustomStringConve
 
     /// Whether this process owns the block: its tracker unlinks it if the process ends without
     /// calling ``unlink()``.
-    public var isOwner: Bool { state.withLock { $0.owned } }
+    public var isOwner: Bool { state.withLock { $0.slot != nil } }
 
     /// Hands ownership away: this process will no longer unlink the block when it ends, so the block
     /// outlives it until someone calls ``unlink()`` (or another process calls ``takeOwnership()``).
     /// Does nothing when this process does not own the block.
-    /// - Throws: ``MultiprocessingError/Code/system`` when the tracker cannot be told.
-    public func releaseOwnership() throws {
-        try state.withLock { state in
-            guard state.owned else { return }
-            let rc = track(owning: false, "/" + name)
-            if rc != 0 { throw MultiprocessingError.system("telling the shared memory tracker", errno: rc) }
-            state.owned = false
+    public func releaseOwnership() {
+        state.withLock { state in
+            guard let slot = state.slot else { return }
+            mp_shm_untrack(slot, "/" + name)
+            state.slot = nil
         }
     }
 
@@ -215,10 +215,8 @@ public final class SharedMemory: @unchecked Sendable, Codable, CustomStringConve
     /// - Throws: ``MultiprocessingError/Code/system`` when the tracker cannot be started or told.
     public func takeOwnership() throws {
         try state.withLock { state in
-            guard !state.owned else { return }
-            let rc = track(owning: true, "/" + name)
-            if rc != 0 { throw MultiprocessingError.system("starting the shared memory tracker", errno: rc) }
-            state.owned = true
+            guard state.slot == nil else { return }
+            state.slot = try Self.track("/" + name)
         }
     }
 
@@ -238,10 +236,13 @@ public final class SharedMemory: @unchecked Sendable, Codable, CustomStringConve
     /// - Throws: ``MultiprocessingError/Code/notFound`` when the name is already gone (unlinked
     ///   twice); ``MultiprocessingError/Code/system`` when the system refuses.
     public func unlink() throws {
-        try Self.unlink(name: name, owned: state.withLock { state in
-            defer { state.owned = false }
-            return state.owned
-        })
+        let path = "/" + name
+        // Forget it first: a tracker must never unlink a block that someone else created later.
+        state.withLock { state in
+            if let slot = state.slot { mp_shm_untrack(slot, path) }
+            state.slot = nil
+        }
+        try Self.unlinkPath(path)
     }
 
     /// Destroys the block named `name` without attaching to it.
@@ -249,13 +250,13 @@ public final class SharedMemory: @unchecked Sendable, Codable, CustomStringConve
     ///   ``MultiprocessingError/Code/notFound`` when no block has that name;
     ///   ``MultiprocessingError/Code/system`` when the system refuses.
     public static func unlink(name: String) throws {
-        try unlink(name: validated(name), owned: true)
+        let path = try "/" + validated(name)
+        mp_shm_untrack_name(path)
+        try unlinkPath(path)
     }
 
-    private static func unlink(name: String, owned: Bool) throws {
-        let path = "/" + name
-        // Forget it first: a tracker must never unlink a block that someone else created later.
-        if owned { _ = track(owning: false, path) }
+    private static func unlinkPath(_ path: String) throws {
+        let name = path.dropFirst()
         if mp_shm_unlink(path) != 0 {
             let error = errno
             if error == ENOENT {
@@ -308,7 +309,3 @@ extension SharedMemory {
     }
 }
 
-/// Tells this process's tracker that it owns `path` (or no longer does); returns 0 or an errno value.
-private func track(owning: Bool, _ path: String) -> Int32 {
-    mp_shm_track(CChar(UInt8(ascii: owning ? "+" : "-")), path)
-}

@@ -10,7 +10,7 @@
 /// hits.add(1)            // atomic, in any process
 /// ```
 public final class RawSharedValue<Element: BitwiseCopyable>: @unchecked Sendable, Codable {
-    let storage: SharedElements<Element>
+    @usableFromInline let storage: SharedElements<Element>
 
     /// A new shared value holding `initial`.
     /// - Throws: ``MultiprocessingError/Code/system`` when the shared memory cannot be created.
@@ -19,12 +19,14 @@ public final class RawSharedValue<Element: BitwiseCopyable>: @unchecked Sendable
     }
 
     /// The value (a plain, unsynchronized read or write of shared memory).
+    @inlinable
     public var value: Element {
         get { storage.base.pointee }
         set { storage.base.pointee = newValue }
     }
 
     /// Runs `body` with the shared memory itself; the pointer is valid only inside `body`.
+    @inlinable
     public func withUnsafeMutablePointer<R, E: Error>(_ body: (UnsafeMutablePointer<Element>) throws(E) -> R) throws(E) -> R {
         try withExtendedLifetime(storage) { () throws(E) -> R in try body(storage.base) }
     }
@@ -40,15 +42,15 @@ public final class RawSharedValue<Element: BitwiseCopyable>: @unchecked Sendable
 
 extension RawSharedValue where Element: FixedWidthInteger {
     /// Reads the value atomically.
-    public func load() -> Element { SharedAtomic.load(storage.base) }
+    @inlinable public func load() -> Element { SharedAtomic.load(storage.base) }
     /// Writes the value atomically.
-    public func store(_ newValue: Element) { SharedAtomic.store(newValue, storage.base) }
+    @inlinable public func store(_ newValue: Element) { SharedAtomic.store(newValue, storage.base) }
     /// Adds `delta` atomically (wrapping on overflow); returns the new value.
-    @discardableResult
+    @inlinable @discardableResult
     public func add(_ delta: Element) -> Element { SharedAtomic.add(delta, storage.base) }
     /// Replaces the value with `desired` atomically if it equals `expected`; returns whether it did
     /// and the value it found.
-    @discardableResult
+    @inlinable @discardableResult
     public func compareExchange(expected: Element, desired: Element) -> (exchanged: Bool, original: Element) {
         SharedAtomic.compareExchange(expected, desired, storage.base)
     }
@@ -110,15 +112,15 @@ public final class SharedValue<Element: BitwiseCopyable>: @unchecked Sendable, C
 
 extension SharedValue where Element: FixedWidthInteger {
     /// Reads the value atomically, without the lock.
-    public func load() -> Element { raw.load() }
+    @inlinable public func load() -> Element { raw.load() }
     /// Writes the value atomically, without the lock.
-    public func store(_ newValue: Element) { raw.store(newValue) }
+    @inlinable public func store(_ newValue: Element) { raw.store(newValue) }
     /// Adds `delta` atomically (wrapping on overflow), without the lock; returns the new value.
-    @discardableResult
+    @inlinable @discardableResult
     public func add(_ delta: Element) -> Element { raw.add(delta) }
     /// Replaces the value with `desired` atomically if it equals `expected`, without the lock;
     /// returns whether it did and the value it found.
-    @discardableResult
+    @inlinable @discardableResult
     public func compareExchange(expected: Element, desired: Element) -> (exchanged: Bool, original: Element) {
         raw.compareExchange(expected: expected, desired: desired)
     }
