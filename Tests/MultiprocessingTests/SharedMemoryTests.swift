@@ -124,12 +124,15 @@ struct SharedMemoryTests {
         #expect(try block.withUnsafeMutableBytes { $0[100] } == 7)
     }
 
-    @Test("a SIGKILLed creator's block is unlinked within 2 s; a normal exit cleans up too; a released block stays")
-    func creatorDeath() throws {
+    @Test("a SIGKILLed creator's block is unlinked within 2 s; a normal exit cleans up too; a released block stays",
+          arguments: StartMethod.allCases)
+    func creatorDeath(method: StartMethod) throws {
+        // This process has a tracker of its own, which a forked creator must neither share nor keep alive.
+        try SharedMemory(size: 1).unlink()
         for mode in [0, 1, 2] {
             let name = shmTestName("death\(mode)")
             let created = try ProcessEvent(), release = try ProcessEvent()
-            let child = try syncStart(ShmCreator(name: name, created: created, release: release, mode: mode))
+            let child = try syncStart(ShmCreator(name: name, created: created, release: release, mode: mode), method)
             #expect(created.wait(timeout: .seconds(30)))
             #expect(shmExists(name))
             if mode == 0 {
