@@ -89,6 +89,10 @@ struct SharedMemoryTests {
         #expect(code { _ = try SharedMemory(attachingTo: name + "_missing") } == .notFound)
         #expect(code { try SharedMemory.unlink(name: name + "_missing") } == .notFound)
         for size in [0, -1, -2] { #expect(code { _ = try SharedMemory(size: size) } == .invalidArgument) }
+        // A size the system refuses fails with its errno, and leaves no name behind.
+        let huge = shmTestName("huge")
+        #expect(code { _ = try SharedMemory(size: .max, name: huge) } == .system)
+        #expect(!shmExists(huge))
         let bad = ["", "/", "a/b", "/a/b", "a\0b", ".", "..", String(repeating: "n", count: 256)]
         for name in bad {
             #expect(code { _ = try SharedMemory(size: 64, name: name) } == .invalidArgument, "\(name.debugDescription)")

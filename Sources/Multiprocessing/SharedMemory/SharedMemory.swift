@@ -61,16 +61,13 @@ public final class SharedMemory: @unchecked Sendable, Codable, CustomStringConve
         while true {
             let candidate = try name.map(Self.validated) ?? Self.randomName()
             let path = "/" + candidate
-            let fd = mp_shm_open(path, O_CREAT | O_EXCL | O_RDWR, 0o600)
-            if fd < 0 {
-                let error = errno
-                if error == EINTR { continue }
-                if error == EEXIST {
-                    attempts += 1
-                    if name == nil && attempts < 100 { continue }
-                    throw MultiprocessingError(.alreadyExists, "a shared memory block named \(candidate) already exists", errno: error)
-                }
-                throw MultiprocessingError.system("shm_open of \(candidate)", errno: error)
+            let fd: Int32
+            do {
+                fd = try Syscall.retrying("shm_open of \(candidate)") { mp_shm_open(path, O_CREAT | O_EXCL | O_RDWR, 0o600) }
+            } catch let error as MultiprocessingError where error.errno == EEXIST {
+                attempts += 1
+                if name == nil && attempts < 100 { continue }
+                throw MultiprocessingError(.alreadyExists, "a shared memory block named \(candidate) already exists", errno: EEXIST)
             }
             var slot: Int32 = -1
             do {
@@ -118,15 +115,10 @@ public final class SharedMemory: @unchecked Sendable, Codable, CustomStringConve
     }
 
     private static func open(_ name: String) throws -> Int32 {
-        while true {
-            let fd = mp_shm_open("/" + name, O_RDWR, 0)
-            if fd >= 0 { return fd }
-            let error = errno
-            if error == EINTR { continue }
-            if error == ENOENT {
-                throw MultiprocessingError(.notFound, "no shared memory block is named \(name)", errno: error)
-            }
-            throw MultiprocessingError.system("shm_open of \(name)", errno: error)
+        do {
+            return try Syscall.retrying("shm_open of \(name)") { mp_shm_open("/" + name, O_RDWR, 0) }
+        } catch let error as MultiprocessingError where error.errno == ENOENT {
+            throw MultiprocessingError(.notFound, "no shared memory block is named \(name)", errno: ENOENT)
         }
     }
 
@@ -256,13 +248,10 @@ public final class SharedMemory: @unchecked Sendable, Codable, CustomStringConve
     }
 
     private static func unlinkPath(_ path: String) throws {
-        let name = path.dropFirst()
-        if mp_shm_unlink(path) != 0 {
-            let error = errno
-            if error == ENOENT {
-                throw MultiprocessingError(.notFound, "no shared memory block is named \(name)", errno: error)
-            }
-            throw MultiprocessingError.system("shm_unlink of \(name)", errno: error)
+        do {
+            try Syscall.retrying("shm_unlink of \(path.dropFirst())") { mp_shm_unlink(path) }
+        } catch let error as MultiprocessingError where error.errno == ENOENT {
+            throw MultiprocessingError(.notFound, "no shared memory block is named \(path.dropFirst())", errno: ENOENT)
         }
     }
 
