@@ -16,18 +16,22 @@ final class MappedSegment: @unchecked Sendable {
     let size: Int
 
     /// Maps `fd` (owned from now on, closed on failure) read-write and shared. `size` nil: the
-    /// object's current size.
-    init(adopting fd: Int32, size: Int? = nil) throws {
+    /// object's current size. `knownSize`: the caller just sized the object itself, so the check of
+    /// its size (one `fstat`) is skipped.
+    init(adopting fd: Int32, size: Int? = nil, knownSize: Bool = false) throws {
         do {
-            var status = stat()
-            try Syscall.retrying("fstat") { fstat(fd, &status) }
-            let actual = Int(status.st_size)
-            let wanted = size ?? actual
+            var wanted = size ?? 0
+            if !knownSize || size == nil {
+                var status = stat()
+                try Syscall.retrying("fstat") { fstat(fd, &status) }
+                let actual = Int(status.st_size)
+                wanted = size ?? actual
+                guard wanted <= actual else {
+                    throw MultiprocessingError(.invalidArgument, "the shared memory object holds \(actual) bytes, fewer than the \(wanted) expected")
+                }
+            }
             guard wanted > 0 else {
                 throw MultiprocessingError(.invalidArgument, "the shared memory object is empty (size 0), so there is nothing to map")
-            }
-            guard wanted <= actual else {
-                throw MultiprocessingError(.invalidArgument, "the shared memory object holds \(actual) bytes, fewer than the \(wanted) expected")
             }
             let address = mmap(nil, wanted, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
             guard let address, address != MAP_FAILED else { throw MultiprocessingError.system("mmap of \(wanted) bytes") }
@@ -50,7 +54,7 @@ final class MappedSegment: @unchecked Sendable {
             Syscall.close(fd)
             throw error
         }
-        return try MappedSegment(adopting: fd, size: size)
+        return try MappedSegment(adopting: fd, size: size, knownSize: true)
     }
 
     deinit {

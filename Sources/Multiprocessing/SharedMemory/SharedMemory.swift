@@ -73,7 +73,7 @@ public final class SharedMemory: @unchecked Sendable, Codable, CustomStringConve
             do {
                 try Syscall.retrying("ftruncate of \(candidate) to \(size) bytes") { ftruncate(fd, off_t(size)) }
                 slot = try Self.track(path)
-                let segment = try MappedSegment(adopting: fd, size: size)
+                let segment = try MappedSegment(adopting: fd, size: size, knownSize: true)
                 self.name = candidate
                 self.size = size
                 state = Mutex(State(segment: segment, slot: slot))
