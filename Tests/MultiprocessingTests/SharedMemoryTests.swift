@@ -25,8 +25,8 @@ struct ShmWriteHandle: ProcessTask {
     }
 }
 
-/// Creates `name`, says so, then: 0 waits to be killed, 1 returns without unlinking, 2 hands
-/// ownership away and returns.
+/// Creates `name`, says so, waits to be released (or killed), then: 1 returns without unlinking, 2 has
+/// handed ownership away and returns.
 struct ShmCreator: ProcessTask {
     let name: String
     let created: ProcessEvent
@@ -36,7 +36,7 @@ struct ShmCreator: ProcessTask {
         let block = try SharedMemory(size: 4096, name: name)
         if mode == 2 { block.releaseOwnership() }
         created.set()
-        if mode == 0 { _ = release.wait(timeout: .seconds(60)) }
+        _ = release.wait(timeout: .seconds(60))
     }
 }
 
@@ -142,6 +142,7 @@ struct SharedMemoryTests {
             if mode == 0 {
                 try syncKill(child)
             } else {
+                release.set()
                 try syncExpectEnded(child)
             }
             if mode == 2 {
