@@ -128,6 +128,18 @@ struct SharedMemoryTests {
         #expect(try block.withUnsafeMutableBytes { $0[100] } == 7)
     }
 
+    @Test("outside a task or message a block encodes its name, and decoding attaches by name")
+    func byName() throws {
+        let block = try SharedMemory(size: 32)
+        defer { try? block.unlink() }
+        try block.withUnsafeMutableBytes { $0[3] = 33 }
+        let attached = try BinaryDecoder().decode(SharedMemory.self, from: BinaryEncoder().encode(block))
+        #expect(attached.name == block.name && !attached.isOwner)
+        #expect(try attached.withUnsafeMutableBytes { $0[3] } == 33)
+        block.close()
+        #expect { _ = try BinaryEncoder().encode(block) } throws: { ($0 as? MultiprocessingError)?.code == .closed }
+    }
+
     @Test("a SIGKILLed creator's block is unlinked within 2 s; a normal exit cleans up too; a released block stays",
           arguments: StartMethod.allCases)
     func creatorDeath(method: StartMethod) throws {

@@ -52,6 +52,19 @@ struct LockedAdder: ProcessTask {
     }
 }
 
+/// Holds `lock` for `seconds`, saying when it has it.
+struct LockHolder: ProcessTask {
+    let lock: ProcessLock
+    let held: ProcessEvent
+    let seconds: Double
+    func run() throws {
+        try syncCheck(lock.acquire(blocking: true, timeout: .seconds(30)), "acquire")
+        held.set()
+        usleep(UInt32(seconds * 1e6))  // the hold itself is what the test measures
+        try lock.release()
+    }
+}
+
 /// Receives a shared array over a connection and doubles its elements.
 struct ArrayOverConnection: ProcessTask {
     let connection: Connection
@@ -129,6 +142,20 @@ struct SharedValueTests {
         let array = try SharedArray<Int>([1, 2, 3], lock: lock)
         #expect(array.lock as? ProcessLock === lock)
         #expect(array.withLock { $0.reduce(0, +) } == 6)
+    }
+
+    @Test("async withLock waits for a lock another process holds, without blocking the caller's thread")
+    func asyncWithLock() async throws {
+        let lock = try ProcessLock()
+        let value = try SharedValue<Int>(1, lock: lock)
+        let array = try SharedArray<Int>([1, 2, 3])
+        let created = try ProcessEvent()
+        let holder = try syncStart(LockHolder(lock: lock, held: created, seconds: 0.3))
+        #expect(created.wait(timeout: .seconds(30)))
+        let (doubled, elapsed) = try await syncTimed { try await value.withLock { $0 *= 2; return $0 } }
+        #expect(doubled == 2 && elapsed >= 0.2, "waited \(elapsed) s for the holder")
+        #expect(try await array.withLock { $0.reduce(0, +) } == 6)
+        try syncExpectEnded(holder)
     }
 
     @Test("a shared array sent over a Connection to a running child is the same memory")

@@ -141,6 +141,14 @@ public final class SharedArray<Element: BitwiseCopyable>: RandomAccessCollection
         try lock.withLock { () throws(E) -> R in try raw.withUnsafeMutableBufferPointer(body) }
     }
 
+    /// Runs `body` on the elements while holding the lock, waiting for the lock on a thread of its own
+    /// (body included, as a ``ProcessRLock`` belongs to the thread that took it), so no Swift
+    /// concurrency thread is blocked. The pointer is valid only inside `body`.
+    /// - Throws: ``MultiprocessingError/Code/system`` when no thread can be started, or what `body` throws.
+    public func withLock<R: Sendable>(_ body: @escaping @Sendable (UnsafeMutableBufferPointer<Element>) throws -> R) async throws -> R {
+        try await withBlockingThread { try self.withLock(body) }
+    }
+
     /// Encodes the array and its lock for a child's task or a ``Connection/send(_:)`` message.
     /// - Throws: ``MultiprocessingError/Code/transport`` outside a task or message.
     public func encode(to encoder: any Encoder) throws {

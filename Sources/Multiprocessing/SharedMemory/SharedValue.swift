@@ -93,6 +93,14 @@ public final class SharedValue<Element: BitwiseCopyable>: @unchecked Sendable, C
         try lock.withLock { () throws(E) -> R in try raw.withUnsafeMutablePointer { (p) throws(E) -> R in try body(&p.pointee) } }
     }
 
+    /// Runs `body` on the value while holding the lock, waiting for the lock on a thread of its own
+    /// (body included, as a ``ProcessRLock`` belongs to the thread that took it), so no Swift
+    /// concurrency thread is blocked.
+    /// - Throws: ``MultiprocessingError/Code/system`` when no thread can be started, or what `body` throws.
+    public func withLock<R: Sendable>(_ body: @escaping @Sendable (inout Element) throws -> R) async throws -> R {
+        try await withBlockingThread { try self.withLock(body) }
+    }
+
     /// Encodes the value and its lock for a child's task or a ``Connection/send(_:)`` message.
     /// - Throws: ``MultiprocessingError/Code/transport`` outside a task or message.
     public func encode(to encoder: any Encoder) throws {
