@@ -141,10 +141,25 @@ public final class SharedMemory: @unchecked Sendable, Codable, CustomStringConve
         return bare
     }
 
+    /// The state behind random names: seeded once from the kernel, then advanced without a system call.
+    private static let nameState = Mutex<UInt64>(0)
+
+    /// `msm_` and 16 hex digits: a SplitMix64 sequence seeded from getrandom and mixed with the pid (a
+    /// forked child continues its parent's sequence). Collisions are caught by O_EXCL and retried.
     private static func randomName() throws -> String {
-        var random: UInt64 = 0
-        guard mp_getrandom(&random, 8) == 8 else { throw MultiprocessingError.system("getrandom") }
-        let hex = String(random, radix: 16)
+        let value = try nameState.withLock { state -> UInt64 in
+            if state == 0 {
+                var seed: UInt64 = 0
+                guard mp_getrandom(&seed, 8) == 8 else { throw MultiprocessingError.system("getrandom") }
+                state = seed | 1
+            }
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var mixed = state ^ (UInt64(UInt32(bitPattern: getpid())) << 17)
+            mixed = (mixed ^ (mixed >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            mixed = (mixed ^ (mixed >> 27)) &* 0x94D0_49BB_1331_11EB
+            return mixed ^ (mixed >> 31)
+        }
+        let hex = String(value, radix: 16)
         return "msm_" + String(repeating: "0", count: 16 - hex.count) + hex
     }
 
