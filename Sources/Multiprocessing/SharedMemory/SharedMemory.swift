@@ -21,9 +21,14 @@ import Synchronization
 /// nothing is left in `/dev/shm`. Hand a block on with ``releaseOwnership()`` (and
 /// ``takeOwnership()`` in the receiving process) to let it outlive its creator.
 ///
-/// The tracker is one small process per creating process, started with its first block, that holds
-/// one end of a socket; each create and unlink tells it the name (one `send`, about a microsecond),
-/// and the end of the socket tells it the owner is gone.
+/// The tracker is one process per creating process, started with its first block (one spawn of the
+/// program, in a session of its own). It sleeps on a pipe whose write end only the owner holds; the
+/// owner records each block it owns in a table of memory shared with the tracker (a create or unlink
+/// costs a write there, no message and no system call). When the pipe hangs up, the owner has ended
+/// however it ended, and the tracker unlinks what the table still holds, printing the names to
+/// standard error. A process forked from the owner gets a tracker of its own for its own blocks.
+/// Blocks whose owner is killed in the microseconds between creating a name and recording it, or
+/// whose tracker was itself killed, are not cleaned up.
 ///
 /// **Crossing to another process.** A block is `Codable`: put it in a child's task or send it over a
 /// ``Connection`` and the receiver maps the same memory (through the descriptor, so this works even
