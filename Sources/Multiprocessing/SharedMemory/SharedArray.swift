@@ -90,7 +90,7 @@ extension RawSharedArray where Element: FixedWidthInteger {
 /// A fixed number of trivially copyable values in shared memory, guarded by a process-shared lock:
 /// Python's `Array`.
 ///
-/// Each element access takes the lock, as in Python; ``withLock(_:)`` holds it for a bulk read or
+/// Each element access takes the lock, as in Python; `withLock` (blocking or `async`) holds it for a bulk read or
 /// update. The lock is a new ``ProcessRLock`` unless one is given, and ``lock`` reaches it; ``raw``
 /// is the array without the lock (Python's `get_obj()`).
 ///

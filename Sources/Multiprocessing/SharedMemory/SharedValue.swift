@@ -58,7 +58,7 @@ extension RawSharedValue where Element: FixedWidthInteger {
 
 /// One trivially copyable value in shared memory, guarded by a process-shared lock: Python's `Value`.
 ///
-/// Reading and writing ``value`` take the lock, as in Python; ``withLock(_:)`` holds it for a
+/// Reading and writing ``value`` take the lock, as in Python; `withLock` (blocking or `async`) holds it for a
 /// read-modify-write. The lock is a new ``ProcessRLock`` unless one is given (share one lock among
 /// several values by passing it to each), and ``lock`` reaches it. Integers also have lock-free
 /// atomic operations (``load()``, ``add(_:)``...), which do not take the lock.
