@@ -17,14 +17,27 @@ struct NumpyDoubler: ProcessTask {
 }
 
 private let python3Present = pythonHas("multiprocessing.shared_memory")
+
+/// `python3` and each pyenv CPython from 3.8, where `multiprocessing.shared_memory` first appeared.
+let sharedMemoryInterpreters = Interpreter.all.filter { $0.label == "python3" || Int($0.label.dropFirst(2)).map { $0 >= 8 } == true }
+
+/// The same from 3.9: 3.8 laid a ShareableList out differently (item sizes where later versions keep offsets).
+let shareableListInterpreters = sharedMemoryInterpreters.filter { $0.label != "3.8" }
+
+/// The interpreter's path, or nil with a note when it is not installed.
+private func installed(_ interpreter: Interpreter) -> String? {
+    if interpreter.path == nil { print("skipping CPython \(interpreter.label): not installed on this machine") }
+    return interpreter.path
+}
 private let numpyPresent = python3Present && pythonHas("numpy")
 
 // Live interop with CPython's multiprocessing.shared_memory (python3 on PATH): blocks and ShareableLists
 // made on either side are read and changed by the other; a numpy array is changed in place by a Swift child.
 @Suite("Shared memory: CPython interop", .enabled(if: python3Present, "python3 with multiprocessing.shared_memory is not installed"))
 struct SharedMemoryInteropTests {
-    @Test("Python attaches to our block, reads and writes it, and does not unlink it")
-    func pythonAttachesOurs() throws {
+    @Test("Python attaches to our block, reads and writes it, and does not unlink it", arguments: sharedMemoryInterpreters)
+    func pythonAttachesOurs(interpreter: Interpreter) throws {
+        guard let python3 = installed(interpreter) else { return }
         let block = try SharedMemory(size: 64)
         defer { try? block.unlink() }
         try block.withUnsafeMutableBytes { bytes in for (index, byte) in "howdy".utf8.enumerated() { bytes[index] = byte } }
@@ -34,15 +47,16 @@ struct SharedMemoryInteropTests {
             print(bytes(shm.buf[:5]).decode(), shm.size >= 64)
             shm.buf[8:13] = b"HELLO"
             shm.close()
-            """, [block.name])
+            """, [block.name], interpreter: python3)
         let result = try python.finish()
         #expect(result.status == 0 && result.output == "howdy True\n", "\(result.output)")
         #expect(try block.withUnsafeMutableBytes { Array($0[8..<13]) } == Array("HELLO".utf8))
         #expect(shmExists(block.name))
     }
 
-    @Test("we attach to Python's block, read and write it, and leave it to Python to unlink")
-    func weAttachPythons() throws {
+    @Test("we attach to Python's block, read and write it, and leave it to Python to unlink", arguments: sharedMemoryInterpreters)
+    func weAttachPythons(interpreter: Interpreter) throws {
+        guard let python3 = installed(interpreter) else { return }
         let python = try PythonScript("""
             from multiprocessing import shared_memory
             shm = shared_memory.SharedMemory(create=True, size=100)
@@ -52,7 +66,7 @@ struct SharedMemoryInteropTests {
             print(bytes(shm.buf[:6]).decode())
             shm.close()
             shm.unlink()
-            """)
+            """, interpreter: python3)
         let name = try python.readLine()
         let block = try SharedMemory(attachingTo: name)
         #expect(block.size == 100 && !block.isOwner)
@@ -65,8 +79,9 @@ struct SharedMemoryInteropTests {
         #expect(!shmExists(name))
     }
 
-    @Test("Python's ShareableList reads and changes a list made here")
-    func pythonReadsOurList() throws {
+    @Test("Python's ShareableList reads and changes a list made here", arguments: shareableListInterpreters)
+    func pythonReadsOurList(interpreter: Interpreter) throws {
+        guard let python3 = installed(interpreter) else { return }
         let list = try ShareableList(ShareableListTests.sample)
         defer { try? list.memory.unlink() }
         let python = try PythonScript(pythonUntrackedAttach + """
@@ -79,14 +94,15 @@ struct SharedMemoryInteropTests {
             sl[5] = False
             sl[6] = b"abc"
             sl.shm.close()
-            """, [list.memory.name])
+            """, [list.memory.name], interpreter: python3)
         let result = try python.finish()
         #expect(result.status == 0 && result.output == "['howdy', b'HoWdY', -273.154, 100, None, True, 42]\n", "\(result.output)")
         #expect(try list.items == ["bye", .bytes(Array("HoWdY".utf8)), -273.154, -7, 2.5, false, .bytes(Array("abc".utf8))])
     }
 
-    @Test("a list made by Python's ShareableList is read and changed here")
-    func weReadPythonsList() throws {
+    @Test("a list made by Python's ShareableList is read and changed here", arguments: shareableListInterpreters)
+    func weReadPythonsList(interpreter: Interpreter) throws {
+        guard let python3 = installed(interpreter) else { return }
         let python = try PythonScript("""
             from multiprocessing import shared_memory
             sl = shared_memory.ShareableList([1, 2.5, True, None, "héllo wörld", b"\\x01\\x02", -9])
@@ -95,7 +111,7 @@ struct SharedMemoryInteropTests {
             print(list(sl))
             sl.shm.close()
             sl.shm.unlink()
-            """)
+            """, interpreter: python3)
         let list = try ShareableList(attachingTo: python.readLine())
         #expect(try list.items == [1, 2.5, true, nil, "héllo wörld", .bytes([1, 2]), -9])
         try list.set("zz", at: 0)

@@ -48,7 +48,7 @@ final class PythonScript {
     private var collected: [UInt8] = []
     private var reaped: Int32?
 
-    init(_ source: String, _ arguments: [String] = []) throws {
+    init(_ source: String, _ arguments: [String] = [], interpreter: String = "python3") throws {
         let toChild = try Syscall.socketPair(), fromChild = try Syscall.socketPair()
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -56,16 +56,16 @@ final class PythonScript {
         posix_spawn_file_actions_adddup2(&actions, toChild.1, 0)
         posix_spawn_file_actions_adddup2(&actions, fromChild.1, 1)
         posix_spawn_file_actions_adddup2(&actions, fromChild.1, 2)
-        let argv = (["python3", "-u", "-c", source] + arguments).map { strdup($0) } + [nil]
+        let argv = ([interpreter, "-u", "-c", source] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
-        let status = posix_spawnp(&pid, "python3", &actions, nil, argv, environ)
+        let status = posix_spawnp(&pid, interpreter, &actions, nil, argv, environ)
         Glibc.close(toChild.1)
         Glibc.close(fromChild.1)
         guard status == 0 else {
             Glibc.close(toChild.0)
             Glibc.close(fromChild.0)
-            throw MultiprocessingError(.system, "cannot run python3", errno: status)
+            throw MultiprocessingError(.system, "cannot run \(interpreter)", errno: status)
         }
         self.pid = pid
         input = toChild.0

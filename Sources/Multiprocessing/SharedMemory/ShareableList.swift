@@ -15,8 +15,9 @@
 /// is no lock (guard compound updates with a ``ProcessLock``). Like Python, string and bytes values
 /// lose trailing NUL bytes.
 ///
-/// Layout (CPython 3.8 and later): the count N as a 64-bit integer; N+1 64-bit offsets of the slots
-/// from the data area; the data area; N 8-byte `struct` format strings; N one-byte type codes.
+/// Layout (CPython 3.9 and later; 3.8 stored item sizes instead of offsets and is not compatible): the
+/// count N as a 64-bit integer; N+1 64-bit offsets of the slots from the data area; the data area; N
+/// 8-byte `struct` format strings; N one-byte type codes. Tested live with CPython 3.9 to 3.13.
 public final class ShareableList: @unchecked Sendable, Codable, CustomStringConvertible {
     /// A value a ``ShareableList`` can hold (Python's int, float, bool, str, bytes and None).
     public enum Item: Hashable, Sendable, ExpressibleByIntegerLiteral, ExpressibleByFloatLiteral,
