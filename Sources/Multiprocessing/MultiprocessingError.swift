@@ -52,6 +52,10 @@ public struct MultiprocessingError: Error, Sendable, CustomStringConvertible, Eq
         public static let unsupported = Code("unsupported")
         /// A protocol peer sent bytes that do not follow the protocol.
         public static let protocolViolation = Code("protocolViolation")
+        /// Something with that name already exists (Python's `FileExistsError`).
+        public static let alreadyExists = Code("alreadyExists")
+        /// Nothing has that name (Python's `FileNotFoundError`).
+        public static let notFound = Code("notFound")
     }
 
     /// What kind of failure this is.

@@ -24,7 +24,8 @@ func format(_ value: Double) -> String {
     return "\((value * scale).rounded() / scale)"
 }
 
-let workloads = processWorkloads + connectionWorkloads + synchronizationWorkloads + asyncWorkloads
+let workloads = processWorkloads + connectionWorkloads + synchronizationWorkloads + sharedMemoryWorkloads
+    + asyncWorkloads
 var failures = 0
 for workload in workloads where filter.map({ workload.name.contains($0) }) ?? true {
     do {

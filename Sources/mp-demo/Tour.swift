@@ -108,6 +108,8 @@ func runTour() throws {
         if !gone { usleep(10_000) }
     }
     print("  daemon \(daemonPid) gone: \(gone)")
+
+    try runSharedMemoryTour()
 }
 
 func monotonicSeconds() -> Double {

@@ -15,8 +15,10 @@ struct FoundationNamesTests {
             ProcessLock.self, ProcessRLock.self, ProcessSemaphore.self, ProcessBoundedSemaphore.self,
             ProcessCondition.self, ProcessEvent.self, ProcessBarrier.self,
             BinaryEncoder.self, BinaryDecoder.self, MultiprocessingError.self,
+            SharedMemory.self, ShareableList.self, ShareableList.Item.self, SharedValue<Int>.self, SharedArray<Double>.self,
+            RawSharedValue<Int32>.self, RawSharedArray<UInt8>.self,
         ]
-        #expect(types.count == 19)
+        #expect(types.count == 26)
         let (a, b) = try makePipe()
         try b.send("hello")
         #expect(try wait([a], timeout: .seconds(5)).count == 1)
