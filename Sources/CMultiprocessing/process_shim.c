@@ -17,12 +17,34 @@
 extern void multiprocessing_child_main(int fd);
 extern void multiprocessing_forkserver_main(int fd);
 
+typedef void (*mp_init_function)(int, char **, char **);
+/* The program's constructor table, bounded by symbols the linker defines (weak: absent in odd links). */
+extern mp_init_function __init_array_start[] __attribute__((weak, visibility("hidden")));
+extern mp_init_function __init_array_end[] __attribute__((weak, visibility("hidden")));
+
+static void mp_dispatch_before_main(int argc, char **argv, char **envp);
+
+/* Runs the program's constructors that come after ours in its table. A child never returns from our
+   constructor, so without this the ones linked after us never run there: with a statically linked Swift
+   runtime, libdispatch's is among them, and Swift concurrency would never start a thread in the child. */
+static void run_later_constructors(int argc, char **argv, char **envp) {
+    if (__init_array_start == NULL || __init_array_end == NULL) return;
+    size_t count = (size_t)(__init_array_end - __init_array_start);
+    size_t index = 0;
+    while (index < count && __init_array_start[index] != mp_dispatch_before_main) index++;
+    for (index++; index < count; index++) {
+        mp_init_function function = __init_array_start[index];
+        if (function != NULL && function != (mp_init_function)-1) function(argc, argv, envp);
+    }
+}
+
 /* Runs before main: a spawned child or a fork server never reaches the program's own code. */
-__attribute__((constructor)) static void mp_dispatch_before_main(void) {
+__attribute__((constructor)) static void mp_dispatch_before_main(int argc, char **argv, char **envp) {
     const char *child = getenv(MP_CHILD_ENV);
     if (child != NULL) {
         int fd = atoi(child);
         unsetenv(MP_CHILD_ENV);
+        run_later_constructors(argc, argv, envp);
         multiprocessing_child_main(fd);
         _exit(1); /* not reached: the child entry always exits */
     }
@@ -30,6 +52,7 @@ __attribute__((constructor)) static void mp_dispatch_before_main(void) {
     if (server != NULL) {
         int fd = atoi(server);
         unsetenv(MP_FORKSERVER_ENV);
+        run_later_constructors(argc, argv, envp);
         multiprocessing_forkserver_main(fd);
         _exit(0);
     }

@@ -22,12 +22,24 @@ private func runAwaited<T: Sendable>(_ body: @escaping @Sendable () async throws
     return try box.result!.get()
 }
 
-/// Microseconds per round trip of a 16-byte message to a child that echoes with blocking calls, the
-/// parent's send and receive awaited or blocking.
+/// Echoes `count` messages back, awaiting each receive and send on the child's own event loop.
+struct BenchAsyncEcho: ProcessTask {
+    let connection: Connection
+    let count: Int
+    func run() throws {
+        let connection = connection, count = count
+        try runAwaited {
+            for _ in 0..<count { try await connection.sendBytes(connection.recvBytes()) }
+        }
+    }
+}
+
+/// Microseconds per round trip of a 16-byte message, awaited on both sides or blocking on both sides.
 private func roundTrip(awaited: Bool) throws -> Double {
     let warmup = 2_000, count = 50_000
     let (mine, theirs) = try makePipe()
-    let child = ChildProcess(BenchEcho(connection: theirs, count: warmup + count))
+    let child = awaited ? ChildProcess(BenchAsyncEcho(connection: theirs, count: warmup + count))
+                        : ChildProcess(BenchEcho(connection: theirs, count: warmup + count))
     try child.start()
     theirs.close()
     let message = [UInt8](repeating: 0x78, count: 16)
