@@ -190,6 +190,10 @@ enum OwnerCheck {
     /// The longest pause between liveness checks.
     static let longestSlice = Duration.milliseconds(100)
 
+    /// The slice before the liveness check that follows wake-up number `index` of a wait: the first
+    /// slice, doubled `index` times, at most the longest.
+    static func slice(_ index: Int) -> Duration { index >= 6 ? longestSlice : min(firstSlice * (1 << index), longestSlice) }
+
     /// The next slice after `slice`.
     static func next(after slice: Duration) -> Duration { min(slice * 2, longestSlice) }
 
