@@ -112,3 +112,14 @@ final class SyncThread<T>: @unchecked Sendable {
 
 private protocol SyncRunnable: AnyObject { func run() }
 extension SyncThread: SyncRunnable { func run() { runBody() } }
+
+/// Polls `condition` every millisecond for at most `seconds`, for states that only a poll can observe
+/// (how many wait inside a primitive). Returns whether it became true.
+func syncEventually(within seconds: Double = 30, _ condition: () -> Bool) -> Bool {
+    let deadline = Deadline.after(.nanoseconds(Int64(seconds * 1e9)))
+    while !condition() {
+        if deadline.hasPassed { return false }
+        usleep(1000)
+    }
+    return true
+}

@@ -41,7 +41,8 @@ struct OwnershipWord: @unchecked Sendable {
     /// Waits for the word (spin, then futex), taking it over if its holder died.
     func acquireContended(as identity: UInt64, until deadline: Deadline) -> Bool {
         var index = 0
-        while !acquireStep(as: identity, until: deadline, index: index) {
+        let schedule = OwnerCheck.Schedule()
+        while !acquireStep(as: identity, until: deadline, index: index, schedule: schedule) {
             if deadline.hasPassed { return false }
             index += 1
         }
@@ -50,8 +51,9 @@ struct OwnershipWord: @unchecked Sendable {
 
     /// One step of a wait (the `index`th, counting from 0): spins on the first, then takes the word if
     /// it is free or sleeps once on it, until woken, `sliceEnd` or the next look at the holder's
-    /// liveness; takes the word over if that look finds the holder dead. Returns whether it took the word.
-    func acquireStep(as identity: UInt64, until sliceEnd: Deadline, index: Int) -> Bool {
+    /// liveness (by `schedule`); takes the word over if that look finds the holder dead. Returns
+    /// whether it took the word.
+    func acquireStep(as identity: UInt64, until sliceEnd: Deadline, index: Int, schedule: OwnerCheck.Schedule) -> Bool {
         if index == 0, !sliceEnd.hasPassed,
            Futex.spin(until: { word.pointee.load(ordering: .relaxed) == 0 && tryAcquire(as: identity) }) {
             return true
@@ -72,11 +74,11 @@ struct OwnershipWord: @unchecked Sendable {
                 else { continue }
                 current = flagged
             }
-            let wakeUp = sliceEnd.earlier(.after(OwnerCheck.slice(index)))
+            let wakeUp = sliceEnd.earlier(schedule.next)
             if Futex.wait(Futex.lowHalf(word), expected: UInt32(truncatingIfNeeded: current), until: wakeUp) {
                 return tryAcquireFlagged(as: identity)
             }
-            return takeOverIfDead(observed: current, as: identity)
+            return schedule.isDue() ? takeOverIfDead(observed: current, as: identity) : tryAcquireFlagged(as: identity)
         }
     }
 
@@ -93,10 +95,11 @@ struct OwnershipWord: @unchecked Sendable {
     /// - Throws: `CancellationError` when `cancellable` and the task was cancelled before it took the word.
     func acquireAsync(as identity: UInt64, until deadline: Deadline, cancellable: Bool = true) async throws -> Bool {
         if tryAcquire(as: identity) { return true }
+        let schedule = OwnerCheck.Schedule()
         let taken = try await WaitPool.shared.wait(
             until: deadline, cancellable: cancellable, interrupt: { self.interruptSleepers() }
         ) { sliceEnd, index in
-            self.acquireStep(as: identity, until: sliceEnd, index: index) ? true : nil
+            self.acquireStep(as: identity, until: sliceEnd, index: index, schedule: schedule) ? true : nil
         }
         return taken ?? false
     }

@@ -25,7 +25,8 @@ import Synchronization
 public class ProcessSemaphore: ProcessLocking, @unchecked Sendable, Codable, CustomStringConvertible {
     let region: SharedRegion
     private let count: UnsafeMutablePointer<Atomic<UInt32>>
-    private let sleepers: UnsafeMutablePointer<Atomic<UInt32>>
+    /// How many waiters are asleep on the count.
+    let sleepers: UnsafeMutablePointer<Atomic<UInt32>>
     private let initial: UInt32
     private let isBounded: Bool
     private let recovery: OwnershipWord
@@ -93,11 +94,12 @@ public class ProcessSemaphore: ProcessLocking, @unchecked Sendable, Codable, Cus
             dropHold(holder)
             return false
         }
+        let schedule = OwnerCheck.Schedule()
         do {
             let taken = try await WaitPool.shared.wait(
                 until: .after(timeout), interrupt: { Futex.wake(Futex.address(self.count)) }
             ) { sliceEnd, index in
-                self.takeStep(until: sliceEnd, holder: holder, index: index) ? true : nil
+                self.takeStep(until: sliceEnd, holder: holder, index: index, schedule: schedule) ? true : nil
             }
             if taken == nil { dropHold(holder) }
             return taken ?? false
@@ -159,7 +161,8 @@ public class ProcessSemaphore: ProcessLocking, @unchecked Sendable, Codable, Cus
     /// Waits for a unit; `holder` is the caller's slot, where its pending unit is already counted.
     private func takeContended(until deadline: Deadline, holder: Int?) -> Bool {
         var index = 0
-        while !takeStep(until: deadline, holder: holder, index: index) {
+        let schedule = OwnerCheck.Schedule()
+        while !takeStep(until: deadline, holder: holder, index: index, schedule: schedule) {
             if deadline.hasPassed { return false }
             index += 1
         }
@@ -167,18 +170,19 @@ public class ProcessSemaphore: ProcessLocking, @unchecked Sendable, Codable, Cus
     }
 
     /// One step of a wait for a unit (the `index`th, counting from 0): spins on the first, then sleeps
-    /// once until woken, `sliceEnd` or the next look for dead holders, and tries again. While asleep
-    /// (and while looking for dead holders) the caller counts as waiting in `holder`, not as holding.
-    /// Returns whether it took a unit.
-    private func takeStep(until sliceEnd: Deadline, holder: Int?, index: Int) -> Bool {
+    /// once until woken, `sliceEnd` or the next look for dead holders (by `schedule`), and tries again.
+    /// While asleep (and while looking for dead holders) the caller counts as waiting in `holder`, not
+    /// as holding. Returns whether it took a unit.
+    private func takeStep(until sliceEnd: Deadline, holder: Int?, index: Int, schedule: OwnerCheck.Schedule) -> Bool {
         if index == 0, Futex.spin(until: { count.pointee.load(ordering: .relaxed) > 0 && tryTake() }) { return true }
         sleepers.pointee.add(1, ordering: .sequentiallyConsistent)
         defer { sleepers.pointee.subtract(1, ordering: .relaxed) }
         if tryTake() { return true }
         let waiting = holder.map(waiters)
         waiting?.pointee.add(1, ordering: .sequentiallyConsistent)
-        let wakeUp = sliceEnd.earlier(.after(OwnerCheck.slice(index)))
-        if !Futex.wait(Futex.address(count), expected: 0, until: wakeUp) { returnUnitsOfDeadHolders() }
+        if !Futex.wait(Futex.address(count), expected: 0, until: sliceEnd.earlier(schedule.next)), schedule.isDue() {
+            returnUnitsOfDeadHolders()
+        }
         waiting?.pointee.subtract(1, ordering: .sequentiallyConsistent)
         return tryTake()
     }

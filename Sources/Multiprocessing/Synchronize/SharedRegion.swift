@@ -190,23 +190,30 @@ enum OwnerCheck {
     /// The longest pause between liveness checks.
     static let longestSlice = Duration.milliseconds(100)
 
-    /// The slice before the liveness check that follows wake-up number `index` of a wait: the first
-    /// slice, doubled `index` times, at most the longest.
-    static func slice(_ index: Int) -> Duration { index >= 6 ? longestSlice : min(firstSlice * (1 << index), longestSlice) }
-
     /// The next slice after `slice`.
     static func next(after slice: Duration) -> Duration { min(slice * 2, longestSlice) }
-
-    /// The earlier of `deadline` and `slice` from now: when a waiter next checks on a holder.
-    static func wakeUp(_ deadline: Deadline, slice: Duration) -> Deadline {
-        let check = Deadline.after(slice)
-        guard let limit = deadline.nanoseconds else { return check }
-        return limit <= check.nanoseconds! ? deadline : check
-    }
 
     /// This process's identity (pid and start time).
     @inline(__always) static var me: UInt64 { mp_sync_identity() }
 
     /// Whether the process `identity` names is still running.
     static func isAlive(_ identity: UInt64) -> Bool { mp_sync_process_alive(identity) != 0 }
+
+    /// When one wait next looks at the liveness of the processes it waits for: as soon as it first
+    /// sleeps (so that even a wait with a zero timeout looks), then ``firstSlice`` later, then at
+    /// doubling intervals up to ``longestSlice``. A wait's steps run one after another, so one wait
+    /// uses it from one thread at a time.
+    final class Schedule: @unchecked Sendable {
+        private var slice = OwnerCheck.firstSlice
+        /// The time of the next look.
+        private(set) var next = Deadline.now
+
+        /// Whether a look is due now; when it is, the next one is scheduled.
+        func isDue() -> Bool {
+            guard next.hasPassed else { return false }
+            next = .after(slice)
+            slice = OwnerCheck.next(after: slice)
+            return true
+        }
+    }
 }
