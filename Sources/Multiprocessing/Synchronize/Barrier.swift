@@ -13,7 +13,10 @@ import Synchronization
 ///
 /// The barrier breaks when a wait times out, when the action throws, or on ``abort()``: every waiter
 /// and every later ``wait()`` throws ``MultiprocessingError/Code/brokenBarrier`` until ``reset()``.
-/// A party that dies while waiting is not replaced: the others wait until their timeout.
+/// A party that dies inside ``wait()`` (after it arrived) still counts as arrived, as in Python: the
+/// round passes when the other parties arrive, and the dead party's index is not given to anyone
+/// else. A party that dies before it arrives is not replaced: the others wait until their timeout
+/// (forever without one), so give ``wait(timeout:)`` a timeout when parties may die.
 public final class ProcessBarrier: @unchecked Sendable, Codable, CustomStringConvertible {
     private let region: SharedRegion
     private let action: (any ProcessTask)?
