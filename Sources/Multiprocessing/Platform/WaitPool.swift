@@ -85,6 +85,11 @@ final class WaitPool: @unchecked Sendable {
         }
     }
 
+    /// How many waits the pool serves now (queued or in a step), and how many threads it runs.
+    var load: (waits: Int, threads: Int) {
+        locked { (queue[queueHead...].filter { $0.state == .queued }.count + running.count, threads) }
+    }
+
     // MARK: Jobs
 
     private final class ResultBox<T: Sendable>: Sendable {

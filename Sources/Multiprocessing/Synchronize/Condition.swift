@@ -212,6 +212,11 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
 
     // MARK: Internals
 
+    /// How many waiter slots are taken (waiting or notified, not yet given back).
+    var takenSlots: Int {
+        (0..<Self.slotCount).count { state($0).pointee.load(ordering: .relaxed) != SlotState.free.rawValue }
+    }
+
     private func state(_ slot: Int) -> UnsafeMutablePointer<Atomic<UInt32>> { region.atomic32(128 + slot * 16) }
     private func order(_ slot: Int) -> UnsafeMutablePointer<Atomic<UInt32>> { region.atomic32(128 + slot * 16 + 4) }
     private func waiter(_ slot: Int) -> UnsafeMutablePointer<Atomic<UInt64>> { region.atomic64(128 + slot * 16 + 8) }

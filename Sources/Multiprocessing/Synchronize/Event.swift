@@ -13,8 +13,8 @@ public final class ProcessEvent: @unchecked Sendable, Codable, CustomStringConve
     private let region: SharedRegion
     /// Bit 0: set. Bit 1: someone may be asleep. Bits 2...: how many times the flag was raised, so a
     /// waiter notices a `set()` even when a `clear()` follows at once.
-    private let word: UnsafeMutablePointer<Atomic<UInt32>>
-    private static let raised: UInt32 = 1, sleeping: UInt32 = 2, round: UInt32 = 4
+    let word: UnsafeMutablePointer<Atomic<UInt32>>
+    static let raised: UInt32 = 1, sleeping: UInt32 = 2, round: UInt32 = 4
 
     /// A new event, not set.
     /// - Throws: ``MultiprocessingError/Code/system`` when the shared memory cannot be created.
