@@ -174,3 +174,44 @@ extension Sequence {
         return results
     }
 }
+
+/// Answers every ping with a pong, awaiting each ping.
+struct SyncAsyncPong: ProcessTask {
+    let ping: ProcessEvent
+    let pong: ProcessEvent
+    let rounds: Int
+    func run() throws {
+        let finished = try ProcessSemaphore(0)
+        let outcome = SyncShared.Box()
+        Task.detached {
+            do {
+                for _ in 0..<rounds {
+                    guard try await ping.wait(timeout: .seconds(30)) else { outcome.value = -1; break }
+                    ping.clear()
+                    pong.set()
+                    outcome.value += 1
+                }
+            } catch { outcome.value = -2 }
+            try? finished.release()
+        }
+        try syncCheck(finished.acquire(timeout: .seconds(60)), "the pong task ended")
+        try syncCheck(outcome.value == rounds, "answered \(outcome.value) of \(rounds) pings")
+    }
+}
+
+extension SyncAsyncTests {
+    @Test("Awaited events ping-pong between two processes")
+    func asyncPingPong() async throws {
+        let ping = try ProcessEvent(), pong = try ProcessEvent()
+        let child = try syncStart(SyncAsyncPong(ping: ping, pong: pong, rounds: 2000))
+        for round in 0..<2000 {
+            ping.set()
+            guard try await pong.wait(timeout: .seconds(10)) else {
+                Issue.record("no pong in round \(round)")
+                break
+            }
+            pong.clear()
+        }
+        try syncExpectEnded(child)
+    }
+}
