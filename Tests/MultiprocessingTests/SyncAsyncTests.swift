@@ -56,7 +56,7 @@ extension SyncShared {
     final class Box: @unchecked Sendable { var value = 0 }
 }
 
-@Suite("Sync: async waits on a bounded pool, and cancellation")
+@Suite("Sync: async waits on a bounded pool, and cancellation", .ownThread)
 struct SyncAsyncTests {
     @Test("2,000 concurrent awaits on an event and a lock are served by a few threads")
     func manyAwaitsFewThreads() throws {

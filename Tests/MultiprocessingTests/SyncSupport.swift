@@ -140,7 +140,7 @@ func syncCancelMidWait<T: Sendable>(
     waiting: () -> Bool, _ operation: @escaping @Sendable () async throws -> T,
     sourceLocation: SourceLocation = #_sourceLocation
 ) async -> (result: Result<T, any Error>, seconds: Double) {
-    let task = Task { try await operation() }
+    let task = Task(executorPreference: ThreadExecutor.current) { try await operation() }
     #expect(await syncEventuallyAsync(waiting), "the task waits", sourceLocation: sourceLocation)
     let start = Deadline.monotonicNow()
     task.cancel()
