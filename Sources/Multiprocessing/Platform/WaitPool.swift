@@ -23,8 +23,10 @@ import Synchronization
 /// whose word changes while it sits in the queue notices at its next turn, up to (waits / threads)
 /// x ``sharedSlice`` later.
 ///
-/// Cancelling the awaiting Swift task ends a queued job at once and wakes a running one (a spurious
-/// futex wake-up, harmless to every futex loop); the wait then throws `CancellationError`. The
+/// Cancelling the awaiting Swift task ends a queued job at once and wakes a running one: each step
+/// sleeps on its job's interruption word beside its own (futex_waitv), and the canceller changes
+/// and wakes that word, so no wake-up is lost; it also wakes the step's own word (a spurious wake-up,
+/// harmless to every futex loop). The wait then throws `CancellationError`. The
 /// threads start on first use and stay for the life of the process; a forked child starts a pool
 /// of its own.
 final class WaitPool: @unchecked Sendable {
@@ -32,8 +34,8 @@ final class WaitPool: @unchecked Sendable {
     static let threadLimit = 4
     /// The longest a step sleeps while other jobs wait for a thread.
     static let sharedSlice = Duration.milliseconds(1)
-    /// The longest any step sleeps: also the bound on a cancellation whose wake-up came just before
-    /// the step fell asleep.
+    /// The longest any step sleeps: without futex_waitv (before Linux 5.16), also the bound on a
+    /// cancellation whose wake-up came just before the step fell asleep.
     static let longestSlice = Duration.milliseconds(50)
 
     private static let current = ForkSafeMutex<WaitPool?>(nil)
@@ -135,6 +137,8 @@ final class WaitPool: @unchecked Sendable {
         let interrupt: @Sendable () -> Void
         let attempt: (Deadline, Int) -> Bool
         let cancelled = Atomic<Bool>(false)
+        /// Bumped (and woken) to interrupt a step asleep in a futex wait; see ``mp_futex_interrupt_on``.
+        let interruption = UnsafeMutablePointer<Atomic<UInt32>>.allocate(capacity: 1)
         // Guarded by the pool's mutex.
         var state = State.new
         var continuation: CheckedContinuation<Ending, Never>?
@@ -150,9 +154,20 @@ final class WaitPool: @unchecked Sendable {
             self.cancellable = cancellable
             self.interrupt = interrupt
             self.attempt = attempt
+            interruption.initialize(to: Atomic(0))
         }
 
-        var isCancelled: Bool { cancellable && cancelled.load(ordering: .acquiring) }
+        deinit { interruption.deallocate() }
+
+        /// Ends the step asleep in a futex wait: through the interruption word, which the step also
+        /// waits on, and (for kernels without futex_waitv) by a spurious wake-up on its own word.
+        func wakeStep() {
+            interruption.pointee.add(1, ordering: .sequentiallyConsistent)
+            mp_futex_wake(UnsafeMutableRawPointer(interruption).assumingMemoryBound(to: UInt32.self), .max)
+            interrupt()
+        }
+
+        var isCancelled: Bool { cancellable && cancelled.load(ordering: .sequentiallyConsistent) }
     }
 
     private func locked<R>(_ body: () -> R) -> R {
@@ -182,11 +197,11 @@ final class WaitPool: @unchecked Sendable {
         }
         if ended { finish(job, .cancelled) }
         if startThread && !spawnThread() { locked { threads -= 1 } }
-        toInterrupt?.interrupt()
+        toInterrupt?.wakeStep()
     }
 
     private func cancel(_ job: Job) {
-        job.cancelled.store(true, ordering: .releasing)
+        job.cancelled.store(true, ordering: .sequentiallyConsistent)
         let state = locked { () -> Job.State in
             let state = job.state
             if state == .queued || state == .new { job.state = .ended }
@@ -194,7 +209,7 @@ final class WaitPool: @unchecked Sendable {
         }
         switch state {
         case .queued: finish(job, .cancelled)
-        case .running: job.interrupt()
+        case .running: job.wakeStep()
         case .new, .ended: break  // `submit` or the thread that ended it resumes the task
         }
     }
@@ -268,6 +283,11 @@ final class WaitPool: @unchecked Sendable {
     }
 
     private func runStep(_ job: Job, index: Int) -> Ending? {
+        // Read the interruption word before looking at the flag: a cancellation after this read
+        // changes the word, so the step's futex wait ends at once instead of missing the wake-up.
+        let interruption = UnsafeMutableRawPointer(job.interruption).assumingMemoryBound(to: UInt32.self)
+        mp_futex_interrupt_on(interruption, job.interruption.pointee.load(ordering: .sequentiallyConsistent))
+        defer { mp_futex_interrupt_on(nil, 0) }
         if job.isCancelled { return .cancelled }
         let slice = Deadline.after(job.shortSlice ? Self.sharedSlice : Self.longestSlice)
         if job.attempt(job.deadline.earlier(slice), index) { return .finished }

@@ -163,13 +163,15 @@ enum Futex {
         mp_futex_wake(word, count)
     }
 
-    /// Spins, with backoff, until `done()` or the spin budget runs out; returns whether `done()` became true.
+    /// Spins, with backoff, until `done()` or the spin budget runs out; returns whether `done()` became
+    /// true. A wait pool step stops spinning as soon as its wait is interrupted (cancelled).
     @inline(__always)
     static func spin(until done: () -> Bool) -> Bool {
         var spent = 0
         var pause = 1
         while spent < spinLimit {
             if done() { return true }
+            if pause >= backoffCap && mp_futex_interrupted() != 0 { break }
             if pause < backoffCap {
                 for _ in 0..<pause { mp_cpu_relax() }
             } else {
