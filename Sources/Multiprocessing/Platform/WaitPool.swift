@@ -65,7 +65,7 @@ final class WaitPool: @unchecked Sendable {
     private let owner = mp_sync_identity()
 
     /// How a wait ended.
-    enum Ending: Sendable { case finished, timedOut, cancelled }
+    enum Ending: Sendable { case finished, timedOut, cancelled, noThread(errno: Int32) }
 
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let wakeUp = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
@@ -93,7 +93,8 @@ final class WaitPool: @unchecked Sendable {
     ///     wait is over, nil to be called again. Its second argument counts the calls (0 the first
     ///     time, when it may spin before sleeping).
     /// - Returns: the step's value, or nil when `deadline` passed first.
-    /// - Throws: `CancellationError` when the calling task was cancelled before the wait ended.
+    /// - Throws: `CancellationError` when the calling task was cancelled before the wait ended;
+    ///   ``MultiprocessingError/Code/system`` when no thread could be started to serve it.
     func wait<T: Sendable>(
         until deadline: Deadline, cancellable: Bool = true, interrupt: @escaping @Sendable () -> Void,
         step: @escaping @Sendable (_ sliceEnd: Deadline, _ index: Int) -> T?
@@ -116,6 +117,7 @@ final class WaitPool: @unchecked Sendable {
         case .finished: return box.result.withLock { $0 }
         case .timedOut: return nil
         case .cancelled: throw CancellationError()
+        case .noThread(let error): throw MultiprocessingError.system("pthread_create", errno: error)
         }
     }
 
@@ -196,7 +198,16 @@ final class WaitPool: @unchecked Sendable {
             return false
         }
         if ended { finish(job, .cancelled) }
-        if startThread && !spawnThread() { locked { threads -= 1 } }
+        if startThread, case let error = spawnThread(), error != 0 {
+            // Without any thread to serve it, the job would wait forever: end it with the error.
+            let stranded = locked { () -> Bool in
+                threads -= 1
+                guard threads == 0, job.state == .queued else { return false }
+                job.state = .ended
+                return true
+            }
+            if stranded { finish(job, .noThread(errno: error)) }
+        }
         toInterrupt?.wakeStep()
     }
 
@@ -225,7 +236,8 @@ final class WaitPool: @unchecked Sendable {
 
     // MARK: Threads
 
-    private func spawnThread() -> Bool {
+    /// Starts a thread; returns 0 or pthread_create's error.
+    private func spawnThread() -> Int32 {
         var thread = pthread_t()
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)
@@ -237,7 +249,7 @@ final class WaitPool: @unchecked Sendable {
             Unmanaged<WaitPool>.fromOpaque(context!).takeUnretainedValue().serve()
         }, context)
         pthread_attr_destroy(&attributes)
-        return created == 0
+        return created
     }
 
     /// A thread's life: take the oldest job, run one step, end it or queue it again.

@@ -87,13 +87,15 @@ public final class ProcessBarrier: @unchecked Sendable, Codable, CustomStringCon
     /// `CancellationError` and leaves the barrier as it was. When the round passed (or broke) before
     /// the cancellation was seen, the call ends as it would have without it.
     /// - Throws: ``MultiprocessingError/Code/brokenBarrier`` when the barrier is or becomes broken;
-    ///   the action's error, in the party that ran it; `CancellationError` when the task is cancelled.
+    ///   the action's error, in the party that ran it; `CancellationError` when the task is cancelled;
+    ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult
     public func wait() async throws -> Int { try await wait(until: defaultDeadline()) }
 
     /// Like ``wait(timeout:)``, without blocking a thread. Cancellation acts as for ``wait()``.
     /// - Throws: ``MultiprocessingError/Code/brokenBarrier`` when the barrier is or becomes broken;
-    ///   the action's error, in the party that ran it; `CancellationError` when the task is cancelled.
+    ///   the action's error, in the party that ran it; `CancellationError` when the task is cancelled;
+    ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult
     public func wait(timeout: Duration?) async throws -> Int { try await wait(until: .after(timeout)) }
 

@@ -69,7 +69,8 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
     /// Acquires the condition's ``ProcessLock`` without blocking a thread. Cancellation acts as for
     /// ``ProcessLock/acquire(blocking:timeout:)``.
     /// - Throws: ``MultiprocessingError/Code/unsupported`` when the condition's lock is a ``ProcessRLock``;
-    ///   `CancellationError` when the task is cancelled while waiting.
+    ///   `CancellationError` when the task is cancelled while waiting;
+    ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult
     public func acquire(blocking: Bool = true, timeout: Duration? = nil) async throws -> Bool {
         try await plainLock().acquire(blocking: blocking, timeout: timeout)
@@ -119,7 +120,8 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
     /// throws `CancellationError`. It returns normally when it was notified and had the lock back
     /// before the cancellation was seen.
     /// - Throws: also ``MultiprocessingError/Code/unsupported`` when the condition's lock is a ``ProcessRLock``;
-    ///   `CancellationError` when the task is cancelled while waiting.
+    ///   `CancellationError` when the task is cancelled while waiting;
+    ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult
     public func wait(timeout: Duration? = nil) async throws -> Bool { try await wait(until: .after(timeout)) }
 
@@ -138,7 +140,8 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
 
     /// Like ``wait(until:timeout:)``, without blocking a thread. Cancellation acts as for ``wait(timeout:)``.
     /// - Throws: also ``MultiprocessingError/Code/unsupported`` when the condition's lock is a ``ProcessRLock``;
-    ///   `CancellationError` when the task is cancelled while waiting.
+    ///   `CancellationError` when the task is cancelled while waiting;
+    ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult
     public func wait(
         isolation: isolated (any Actor)? = #isolation, until predicate: () throws -> Bool, timeout: Duration? = nil

@@ -62,7 +62,8 @@ public final class ProcessEvent: @unchecked Sendable, Codable, CustomStringConve
     /// **Cancellation.** Cancelling the task ends the wait promptly with `CancellationError`; the
     /// event is not changed. When the flag was seen raised before the cancellation, the call returns
     /// `true` as usual.
-    /// - Throws: `CancellationError` when the task is cancelled while waiting.
+    /// - Throws: `CancellationError` when the task is cancelled while waiting;
+    ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult
     public func wait(timeout: Duration? = nil) async throws -> Bool {
         if isSet { return true }

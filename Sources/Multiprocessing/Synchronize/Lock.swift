@@ -202,7 +202,8 @@ public final class ProcessLock: ProcessLocking, @unchecked Sendable, Codable, Cu
     /// **Cancellation.** Cancelling the task ends the wait promptly: it throws `CancellationError` and
     /// the lock is not taken. When the lock was acquired before the cancellation was seen, the call
     /// returns `true` as usual and the caller holds the lock.
-    /// - Throws: `CancellationError` when the task is cancelled while waiting.
+    /// - Throws: `CancellationError` when the task is cancelled while waiting;
+    ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult
     public func acquire(blocking: Bool = true, timeout: Duration? = nil) async throws -> Bool {
         let me = OwnerCheck.me

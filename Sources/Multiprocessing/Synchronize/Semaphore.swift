@@ -85,7 +85,8 @@ public class ProcessSemaphore: ProcessLocking, @unchecked Sendable, Codable, Cus
     /// **Cancellation.** Cancelling the task ends the wait promptly: it throws `CancellationError` and
     /// no unit is taken. When a unit was taken before the cancellation was seen, the call returns
     /// `true` as usual and the caller holds the unit.
-    /// - Throws: `CancellationError` when the task is cancelled while waiting.
+    /// - Throws: `CancellationError` when the task is cancelled while waiting;
+    ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult
     public func acquire(blocking: Bool = true, timeout: Duration? = nil) async throws -> Bool {
         let holder = recordHold()
