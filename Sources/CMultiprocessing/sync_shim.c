@@ -84,7 +84,45 @@ int mp_sync_process_alive(uint64_t identity) {
 }
 
 /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline (plain FUTEX_WAIT a relative one). */
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
+
+/* The kernel's struct futex_waitv, declared here because older headers lack it. */
+struct mp_futex_waitv {
+    uint64_t val;
+    uint64_t uaddr;
+    uint32_t flags;
+    uint32_t reserved;
+};
+
+enum { MP_FUTEX2_SIZE_U32 = 0x02 };
+
+static __thread uint32_t *interrupt_word = NULL;
+static __thread uint32_t interrupt_expected = 0;
+static volatile int waitv_missing = 0;
+
+void mp_futex_interrupt_on(uint32_t *word, uint32_t expected) {
+    interrupt_word = word;
+    interrupt_expected = expected;
+}
+
+int mp_futex_interrupted(void) {
+    return interrupt_word != NULL && __atomic_load_n(interrupt_word, __ATOMIC_SEQ_CST) != interrupt_expected;
+}
+
 int mp_futex_wait(uint32_t *word, uint32_t expected, const struct timespec *deadline) {
+    if (interrupt_word != NULL && !waitv_missing) {
+        /* Both words as shared futexes, so that mp_futex_wake's key matches for either. */
+        struct mp_futex_waitv waiters[2] = {
+            { expected, (uint64_t)(uintptr_t)word, MP_FUTEX2_SIZE_U32, 0 },
+            { interrupt_expected, (uint64_t)(uintptr_t)interrupt_word, MP_FUTEX2_SIZE_U32, 0 },
+        };
+        long rc = syscall(SYS_futex_waitv, waiters, 2, 0, deadline, CLOCK_MONOTONIC);
+        if (rc >= 0) return 0;
+        if (errno != ENOSYS) return errno;
+        waitv_missing = 1;
+    }
     long rc = syscall(SYS_futex, word, FUTEX_WAIT_BITSET, expected, deadline, NULL, FUTEX_BITSET_MATCH_ANY);
     return rc == 0 ? 0 : errno;
 }

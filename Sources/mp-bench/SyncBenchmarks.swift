@@ -83,6 +83,47 @@ private func eventRoundTrip(rounds: Int = 20_000) throws -> Double {
     return elapsed / Double(rounds) * 1e6
 }
 
+/// Runs `body` in a task and blocks the calling thread until it ends.
+private func runAwaiting(_ body: @escaping @Sendable () async throws -> Void) throws {
+    let finished = try ProcessSemaphore(0)
+    let failure = FailureBox()
+    Task.detached {
+        do { try await body() } catch { failure.error = "\(error)" }
+        try? finished.release()
+    }
+    guard finished.acquire(timeout: .seconds(300)) else { throw BenchError("the awaiting task did not end") }
+    if let error = failure.error { throw BenchError(error) }
+}
+
+private final class FailureBox: @unchecked Sendable { var error: String? }
+
+/// Microseconds per ping-pong round trip with two Events between two processes, the parent awaiting
+/// each pong in a task (the child answers with blocking waits, as in event-roundtrip: tasks started
+/// in a child of this statically linked binary never run).
+private func asyncEventRoundTrip(rounds: Int = 10_000) throws -> Double {
+    let ping = try ProcessEvent(), pong = try ProcessEvent()
+    let child = ChildProcess(EventPong(ping: ping, pong: pong, rounds: rounds + 100))
+    try child.start()
+    @Sendable func play(_ count: Int) async throws {
+        for _ in 0..<count {
+            ping.set()
+            guard try await pong.wait(timeout: .seconds(30)) else { throw BenchError("no pong") }
+            pong.clear()
+        }
+    }
+    let elapsed = ElapsedBox()
+    try runAwaiting {
+        try await play(100)
+        let start = now()
+        try await play(rounds)
+        elapsed.seconds = now() - start
+    }
+    guard try child.join(timeout: .seconds(30)), child.exitCode == 0 else { throw BenchError("pong child failed") }
+    return elapsed.seconds / Double(rounds) * 1e6
+}
+
+private final class ElapsedBox: @unchecked Sendable { var seconds = 0.0 }
+
 let synchronizationWorkloads: [Workload] = [
     Workload(name: "lock-uncontended", unit: "ops/s", higherIsBetter: true, swift: { try lockUncontended() },
              python: """
@@ -127,6 +168,29 @@ let synchronizationWorkloads: [Workload] = [
                     start = time.monotonic()
                     play(n)
                     elapsed = time.monotonic() - start
+                    p.join()
+                    print(elapsed / n * 1e6)
+                """),
+    Workload(name: "async-event-roundtrip", unit: "us", higherIsBetter: false, swift: { try asyncEventRoundTrip() },
+             python: """
+                import multiprocessing as mp, time, asyncio
+                def pong(ping, pong, n):
+                    for _ in range(n):
+                        ping.wait(); ping.clear(); pong.set()
+                async def play(k, ping, pong_):
+                    loop = asyncio.get_running_loop()
+                    set_, wait, clear = ping.set, pong_.wait, pong_.clear
+                    for _ in range(k):
+                        set_(); await loop.run_in_executor(None, wait); clear()
+                async def timed(n, ping, pong_):
+                    await play(100, ping, pong_)
+                    start = time.monotonic()
+                    await play(n, ping, pong_)
+                    return time.monotonic() - start
+                if __name__ == '__main__':
+                    ping, pong_ = mp.Event(), mp.Event(); n = 2000
+                    p = mp.Process(target=pong, args=(ping, pong_, n + 100)); p.start()
+                    elapsed = asyncio.run(timed(n, ping, pong_))
                     p.join()
                     print(elapsed / n * 1e6)
                 """),

@@ -112,3 +112,44 @@ final class SyncThread<T>: @unchecked Sendable {
 
 private protocol SyncRunnable: AnyObject { func run() }
 extension SyncThread: SyncRunnable { func run() { runBody() } }
+
+/// Polls `condition` every millisecond for at most `seconds`, for states that only a poll can observe
+/// (how many wait inside a primitive). Returns whether it became true.
+func syncEventually(within seconds: Double = 30, _ condition: () -> Bool) -> Bool {
+    let deadline = Deadline.after(.nanoseconds(Int64(seconds * 1e9)))
+    while !condition() {
+        if deadline.hasPassed { return false }
+        usleep(1000)
+    }
+    return true
+}
+
+/// Like ``syncEventually(within:_:)``, sleeping between polls without holding a thread.
+func syncEventuallyAsync(within seconds: Double = 30, _ condition: () -> Bool) async -> Bool {
+    let deadline = Deadline.after(.nanoseconds(Int64(seconds * 1e9)))
+    while !condition() {
+        if deadline.hasPassed { return false }
+        try? await Task.sleep(for: .milliseconds(1))
+    }
+    return true
+}
+
+/// Starts `operation` in a task, waits until `waiting` says it waits inside a primitive, cancels the
+/// task and returns how it ended and the seconds from the cancel to its end.
+func syncCancelMidWait<T: Sendable>(
+    waiting: () -> Bool, _ operation: @escaping @Sendable () async throws -> T,
+    sourceLocation: SourceLocation = #_sourceLocation
+) async -> (result: Result<T, any Error>, seconds: Double) {
+    let task = Task(executorPreference: ThreadExecutor.current) { try await operation() }
+    #expect(await syncEventuallyAsync(waiting), "the task waits", sourceLocation: sourceLocation)
+    let start = Deadline.monotonicNow()
+    task.cancel()
+    let result = await task.result
+    let seconds = Double(Deadline.monotonicNow() - start) / 1e9
+    if getenv("MULTIPROCESSING_TEST_TIMINGS") != nil {
+        print("cancellation at \(sourceLocation.fileName):\(sourceLocation.line) took \(seconds * 1000) ms")
+    }
+    #expect(seconds < 1, "a cancelled wait ended after \(seconds) s", sourceLocation: sourceLocation)
+    #expect(throws: CancellationError.self, sourceLocation: sourceLocation) { try result.get() }
+    return (result, seconds)
+}

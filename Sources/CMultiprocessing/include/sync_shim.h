@@ -23,6 +23,13 @@ int mp_sync_process_alive(uint64_t identity);
 /// absolute CLOCK_MONOTONIC `deadline` (NULL: none). Returns 0 when woken, or an errno value: EAGAIN
 /// (the word differed), ETIMEDOUT, EINTR.
 int mp_futex_wait(uint32_t *word, uint32_t expected, const struct timespec *deadline);
+/// Makes the calling thread's later mp_futex_wait calls also end as soon as *word stops being
+/// `expected` (woken through mp_futex_wake on `word`): how the wait pool interrupts a wait it
+/// cancels. Uses futex_waitv (Linux 5.16 and later); without it, waits are not interruptible this
+/// way. A NULL `word` turns it off.
+void mp_futex_interrupt_on(uint32_t *word, uint32_t expected);
+/// Whether the word given to mp_futex_interrupt_on has changed (1) or not, or none is set (0).
+int mp_futex_interrupted(void);
 /// Futex wake: wakes at most `count` waiters on a process-shared `word`.
 void mp_futex_wake(uint32_t *word, int count);
 

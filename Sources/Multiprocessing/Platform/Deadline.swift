@@ -28,6 +28,13 @@ struct Deadline: Sendable {
         return Deadline.monotonicNow() >= nanoseconds
     }
 
+    /// The earlier of this deadline and `other`.
+    func earlier(_ other: Deadline) -> Deadline {
+        guard let mine = nanoseconds else { return other }
+        guard let theirs = other.nanoseconds else { return self }
+        return mine <= theirs ? self : other
+    }
+
     /// Nanoseconds left (0 when passed), or nil for no limit.
     var remainingNanoseconds: UInt64? {
         guard let nanoseconds else { return nil }

@@ -47,6 +47,7 @@ func becomeChild(_ bootstrap: ChildBootstrap, parentSentinel: Int32) {
     ChildRegistry.forgetInheritedChildren()
     ForkServerLauncher.forgetInheritedServer()
     EventLoop.forgetAfterFork()
+    WaitPool.forgetAfterFork()
     defaultStartMethod.resetAfterFork { $0 = bootstrap.startMethod.flatMap(StartMethod.init(rawValue:)) }
     if bootstrap.daemon { watchParent(parentSentinel) }
 }

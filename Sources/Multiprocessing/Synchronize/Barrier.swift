@@ -13,7 +13,10 @@ import Synchronization
 ///
 /// The barrier breaks when a wait times out, when the action throws, or on ``abort()``: every waiter
 /// and every later ``wait()`` throws ``MultiprocessingError/Code/brokenBarrier`` until ``reset()``.
-/// A party that dies while waiting is not replaced: the others wait until their timeout.
+/// A party that dies inside ``wait()`` (after it arrived) still counts as arrived, as in Python: the
+/// round passes when the other parties arrive, and the dead party's index is not given to anyone
+/// else. A party that dies before it arrives is not replaced: the others wait until their timeout
+/// (forever without one), so give ``wait(timeout:)`` a timeout when parties may die.
 public final class ProcessBarrier: @unchecked Sendable, Codable, CustomStringConvertible {
     private let region: SharedRegion
     private let action: (any ProcessTask)?
@@ -74,19 +77,27 @@ public final class ProcessBarrier: @unchecked Sendable, Codable, CustomStringCon
     @discardableResult
     public func wait(timeout: Duration?) throws -> Int { try wait(until: .after(timeout)) }
 
-    /// Like ``wait()``, without blocking a Swift concurrency thread.
+    /// Like ``wait()``, without blocking a thread: the wait runs on a small shared set of threads
+    /// however many tasks wait. The last party to arrive runs the action on its own task.
+    ///
+    /// **Cancellation.** Cancelling the task while it waits for the others breaks the barrier, as a
+    /// timeout would: this call throws `CancellationError`, the other waiters and later ``wait()``
+    /// calls throw ``MultiprocessingError/Code/brokenBarrier`` until ``reset()``. Cancelled before
+    /// it arrived (while another process holds the barrier's state for an instant), it throws
+    /// `CancellationError` and leaves the barrier as it was. When the round passed (or broke) before
+    /// the cancellation was seen, the call ends as it would have without it.
+    /// - Throws: ``MultiprocessingError/Code/brokenBarrier`` when the barrier is or becomes broken;
+    ///   the action's error, in the party that ran it; `CancellationError` when the task is cancelled;
+    ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult
-    public func wait() async throws -> Int {
-        let deadline = defaultDeadline()
-        return try await withBlockingThread { try self.wait(until: deadline) }
-    }
+    public func wait() async throws -> Int { try await wait(until: defaultDeadline()) }
 
-    /// Like ``wait(timeout:)``, without blocking a Swift concurrency thread.
+    /// Like ``wait(timeout:)``, without blocking a thread. Cancellation acts as for ``wait()``.
+    /// - Throws: ``MultiprocessingError/Code/brokenBarrier`` when the barrier is or becomes broken;
+    ///   the action's error, in the party that ran it; `CancellationError` when the task is cancelled;
+    ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult
-    public func wait(timeout: Duration?) async throws -> Int {
-        let deadline = Deadline.after(timeout)
-        return try await withBlockingThread { try self.wait(until: deadline) }
-    }
+    public func wait(timeout: Duration?) async throws -> Int { try await wait(until: .after(timeout)) }
 
     /// Breaks the barrier: every waiter, and every later ``wait()`` until ``reset()``, throws
     /// ``MultiprocessingError/Code/brokenBarrier``.
@@ -109,37 +120,89 @@ public final class ProcessBarrier: @unchecked Sendable, Codable, CustomStringCon
 
     private func wait(until deadline: Deadline) throws -> Int {
         lockState()
+        let round = try arrive()
+        if round.passed { return round.index }
+        var index = 0
+        while !roundStep(round.round, until: deadline, index: index), !deadline.hasPassed { index += 1 }
+        if generation.pointee.load(ordering: .acquiring) == round.round {
+            lockState()
+            if generation.pointee.load(ordering: .relaxed) == round.round { breakRound(round.round) }
+            guardWord.release()
+        }
+        return try leave(round)
+    }
+
+    private func wait(until deadline: Deadline) async throws -> Int {
+        let me = OwnerCheck.me
+        _ = try await guardWord.acquireAsync(as: me, until: .never)
+        let round = try arrive()
+        if round.passed { return round.index }
+        var cancellation: (any Error)?
+        do {
+            _ = try await WaitPool.shared.wait(
+                until: deadline, interrupt: { Futex.wake(Futex.address(self.generation)) }
+            ) { sliceEnd, index in
+                self.roundStep(round.round, until: sliceEnd, index: index) ? true : nil
+            }
+        } catch {
+            cancellation = error
+        }
+        if generation.pointee.load(ordering: .acquiring) == round.round {
+            _ = try? await guardWord.acquireAsync(as: me, until: .never, cancellable: false)
+            let stillWaiting = generation.pointee.load(ordering: .relaxed) == round.round
+            if stillWaiting { breakRound(round.round) }
+            guardWord.release()
+            if stillWaiting, let cancellation { throw cancellation }
+        }
+        return try leave(round)
+    }
+
+    /// A party's place in a round: its index, and whether it was the last and passed already.
+    private struct Place { let round: UInt32, index: Int, passed: Bool }
+
+    /// Arrives at the barrier (holding the state lock, which it releases). When this party is the
+    /// last, runs the action and ends the round.
+    private func arrive() throws -> Place {
         guard broken.pointee.load(ordering: .relaxed) == 0 else {
             guardWord.release()
             throw Self.brokenError
         }
         let round = generation.pointee.load(ordering: .relaxed)
         let index = Int(arrived.pointee.add(1, ordering: .relaxed).oldValue)
-        if index + 1 == parties {
-            do {
-                try action?.run()
-            } catch {
-                breakRound(round)
-                guardWord.release()
-                throw error
-            }
-            advance(from: round, broken: false)
+        guard index + 1 == parties else {
             guardWord.release()
-            return index
+            return Place(round: round, index: index, passed: false)
         }
+        do {
+            try action?.run()
+        } catch {
+            breakRound(round)
+            guardWord.release()
+            throw error
+        }
+        advance(from: round, broken: false)
         guardWord.release()
+        return Place(round: round, index: index, passed: true)
+    }
+
+    /// One step of a wait for `round` to end (the `index`th, counting from 0): spins on the first,
+    /// then sleeps once until woken or `sliceEnd`. Returns whether the round ended.
+    private func roundStep(_ round: UInt32, until sliceEnd: Deadline, index: Int) -> Bool {
         let word = generation
-        if !Futex.spin(until: { word.pointee.load(ordering: .acquiring) != round }) {
-            while word.pointee.load(ordering: .acquiring) == round,
-                  Futex.wait(Futex.address(word), expected: round, until: deadline) {}
-        }
+        if index == 0, Futex.spin(until: { word.pointee.load(ordering: .acquiring) != round }) { return true }
         if word.pointee.load(ordering: .acquiring) == round {
-            lockState()
-            if word.pointee.load(ordering: .relaxed) == round { breakRound(round) }
-            guardWord.release()
+            Futex.wait(Futex.address(word), expected: round, until: sliceEnd)
         }
-        if brokenRounds.pointee.load(ordering: .acquiring) & (1 << (UInt64(round) % 64)) != 0 { throw Self.brokenError }
-        return index
+        return word.pointee.load(ordering: .acquiring) != round
+    }
+
+    /// This party's index once its round ended.
+    /// - Throws: ``MultiprocessingError/Code/brokenBarrier`` when the round ended broken.
+    private func leave(_ place: Place) throws -> Int {
+        if brokenRounds.pointee.load(ordering: .acquiring) & (1 << (UInt64(place.round) % 64)) != 0 {
+            throw Self.brokenError
+        }
+        return place.index
     }
 
     private static var brokenError: MultiprocessingError {

@@ -20,8 +20,10 @@ import Synchronization
 /// `wait` returns `true`, a timed-out one `false`. At most 248 processes or threads may wait at once.
 ///
 /// The lock is robust like ``ProcessLock``: when a process dies holding it, the next process to acquire it
-/// (or to wake from a wait) takes it over, and ``previousOwnerDied`` is `true`. A waiter that dies
-/// while waiting can absorb one notification meant for a live waiter; `notifyAll()` is unaffected.
+/// (or to wake from a wait) takes it over, and ``previousOwnerDied`` is `true`. A waiter whose process
+/// died while waiting is skipped by ``notify(_:)`` (the notification goes to a live waiter) and its
+/// slot is freed; only a waiter that dies after being notified and before its `wait` returns takes
+/// that notification with it, as a waiter that returned and then died would.
 ///
 /// The `async` forms need a condition built on a ``ProcessLock``: a ``ProcessRLock`` belongs to a thread, and a
 /// task may change threads at any `await`.
@@ -64,8 +66,11 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
         }
     }
 
-    /// Acquires the condition's ``ProcessLock`` without blocking a Swift concurrency thread.
-    /// - Throws: ``MultiprocessingError/Code/unsupported`` when the condition's lock is a ``ProcessRLock``.
+    /// Acquires the condition's ``ProcessLock`` without blocking a thread. Cancellation acts as for
+    /// ``ProcessLock/acquire(blocking:timeout:)``.
+    /// - Throws: ``MultiprocessingError/Code/unsupported`` when the condition's lock is a ``ProcessRLock``;
+    ///   `CancellationError` when the task is cancelled while waiting;
+    ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult
     public func acquire(blocking: Bool = true, timeout: Duration? = nil) async throws -> Bool {
         try await plainLock().acquire(blocking: blocking, timeout: timeout)
@@ -81,7 +86,8 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
     }
 
     /// Runs `body` while holding the condition's ``ProcessLock``, acquired without blocking a thread.
-    /// - Throws: ``MultiprocessingError/Code/unsupported`` when the condition's lock is a ``ProcessRLock``.
+    /// - Throws: ``MultiprocessingError/Code/unsupported`` when the condition's lock is a ``ProcessRLock``;
+    ///   `CancellationError` when the task is cancelled while waiting for the lock; what `body` throws.
     public func withLock<R>(
         isolation: isolated (any Actor)? = #isolation, _ body: () async throws -> sending R
     ) async throws -> sending R {
@@ -105,8 +111,17 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
     @discardableResult
     public func wait(timeout: Duration? = nil) throws -> Bool { try wait(until: .after(timeout)) }
 
-    /// Like ``wait(timeout:)``, without blocking a Swift concurrency thread.
-    /// - Throws: also ``MultiprocessingError/Code/unsupported`` when the condition's lock is a ``ProcessRLock``.
+    /// Like ``wait(timeout:)``, without blocking a thread: the wait runs on a small shared set of
+    /// threads however many tasks wait.
+    ///
+    /// **Cancellation.** Cancelling the task ends the wait promptly: the call takes the lock back (the
+    /// caller holds it whenever `wait` returns or throws, so an enclosing `withLock` stays correct),
+    /// gives its waiter slot up, hands a notification it had just received on to another waiter, and
+    /// throws `CancellationError`. It returns normally when it was notified and had the lock back
+    /// before the cancellation was seen.
+    /// - Throws: also ``MultiprocessingError/Code/unsupported`` when the condition's lock is a ``ProcessRLock``;
+    ///   `CancellationError` when the task is cancelled while waiting;
+    ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult
     public func wait(timeout: Duration? = nil) async throws -> Bool { try await wait(until: .after(timeout)) }
 
@@ -123,8 +138,10 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
         return true
     }
 
-    /// Like ``wait(until:timeout:)``, without blocking a Swift concurrency thread.
-    /// - Throws: also ``MultiprocessingError/Code/unsupported`` when the condition's lock is a ``ProcessRLock``.
+    /// Like ``wait(until:timeout:)``, without blocking a thread. Cancellation acts as for ``wait(timeout:)``.
+    /// - Throws: also ``MultiprocessingError/Code/unsupported`` when the condition's lock is a ``ProcessRLock``;
+    ///   `CancellationError` when the task is cancelled while waiting;
+    ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult
     public func wait(
         isolation: isolated (any Actor)? = #isolation, until predicate: () throws -> Bool, timeout: Duration? = nil
@@ -153,13 +170,19 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
         let lock = try plainLock()
         let (slot, _) = try enqueue()
         do {
-            try await withBlockingThread { self.sleep(on: slot, until: deadline) }
+            _ = try await WaitPool.shared.wait(
+                until: deadline, interrupt: { Futex.wake(Futex.address(self.state(slot))) }
+            ) { sliceEnd, index in
+                self.sleepStep(on: slot, until: sliceEnd, index: index) ? true : nil
+            }
         } catch {
-            lock.ownership.acquire(as: OwnerCheck.me, blocking: true, timeout: nil)
-            dequeue(slot)
+            // Cancelled: take the lock back (the caller holds it when wait returns or throws), give the
+            // slot up, and pass a notification it received on to another waiter.
+            _ = try? await lock.ownership.acquireAsync(as: OwnerCheck.me, until: .never, cancellable: false)
+            if dequeue(slot) { try? notify(1) }
             throw error
         }
-        try await lock.acquire()
+        _ = try await lock.ownership.acquireAsync(as: OwnerCheck.me, until: .never, cancellable: false)
         return dequeue(slot)
     }
 
@@ -167,7 +190,8 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
     /// - Throws: ``MultiprocessingError/Code/invalidState`` when the caller does not hold the lock.
     public func notify(_ count: Int = 1) throws {
         try checkHeld("notify")
-        for _ in 0..<max(count, 0) {
+        var woken = 0
+        while woken < count {
             var oldest: Int?
             var oldestAge: UInt32 = 0
             let next = nextOrder.pointee.load(ordering: .relaxed)
@@ -176,7 +200,7 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
                 if oldest == nil || age > oldestAge { (oldest, oldestAge) = (slot, age) }
             }
             guard let oldest else { return }
-            wake(oldest)
+            if wakeIfAlive(oldest) { woken += 1 }
         }
     }
 
@@ -185,11 +209,16 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
     public func notifyAll() throws {
         try checkHeld("notify")
         for slot in 0..<Self.slotCount where isWaiting(slot) {
-            wake(slot)
+            wakeIfAlive(slot)
         }
     }
 
     // MARK: Internals
+
+    /// How many waiter slots are taken (waiting or notified, not yet given back).
+    var takenSlots: Int {
+        (0..<Self.slotCount).count { state($0).pointee.load(ordering: .relaxed) != SlotState.free.rawValue }
+    }
 
     private func state(_ slot: Int) -> UnsafeMutablePointer<Atomic<UInt32>> { region.atomic32(128 + slot * 16) }
     private func order(_ slot: Int) -> UnsafeMutablePointer<Atomic<UInt32>> { region.atomic32(128 + slot * 16 + 4) }
@@ -240,11 +269,12 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
         (0..<Self.slotCount).first { state($0).pointee.load(ordering: .relaxed) == SlotState.free.rawValue }
     }
 
-    /// Frees the slots of waiters whose process has ended; returns one of them.
+    /// Frees the slots of waiters whose process has ended, waiting or notified; returns one of them.
     private func freeSlotsOfDeadWaiters() -> Int? {
         var freed: Int?
         for slot in 0..<Self.slotCount
-        where isWaiting(slot) && !OwnerCheck.isAlive(waiter(slot).pointee.load(ordering: .relaxed)) {
+        where state(slot).pointee.load(ordering: .relaxed) != SlotState.free.rawValue
+            && !OwnerCheck.isAlive(waiter(slot).pointee.load(ordering: .relaxed)) {
             state(slot).pointee.store(SlotState.free.rawValue, ordering: .relaxed)
             freed = freed ?? slot
         }
@@ -252,12 +282,33 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
     }
 
     private func sleep(on slot: Int, until deadline: Deadline) {
+        var index = 0
+        while !sleepStep(on: slot, until: deadline, index: index), !deadline.hasPassed { index += 1 }
+    }
+
+    /// One step of a wait in `slot` (the `index`th, counting from 0): spins on the first, then sleeps
+    /// once until woken or `sliceEnd`. Returns whether the slot was notified.
+    private func sleepStep(on slot: Int, until sliceEnd: Deadline, index: Int) -> Bool {
         let word = state(slot)
         let waiting = SlotState.waiting.rawValue
-        if Futex.spin(until: { word.pointee.load(ordering: .acquiring) != waiting }) { return }
-        while word.pointee.load(ordering: .acquiring) == waiting {
-            if !Futex.wait(Futex.address(word), expected: waiting, until: deadline) { return }
+        if index == 0, Futex.spin(until: { word.pointee.load(ordering: .acquiring) != waiting }) { return true }
+        if word.pointee.load(ordering: .acquiring) == waiting {
+            Futex.wait(Futex.address(word), expected: waiting, until: sliceEnd)
         }
+        return word.pointee.load(ordering: .acquiring) != waiting
+    }
+
+    /// Wakes the waiter in `slot` when its process is alive; frees the slot of one that died waiting,
+    /// so the notification goes to a live waiter instead. Returns whether it woke one.
+    @discardableResult
+    private func wakeIfAlive(_ slot: Int) -> Bool {
+        let waiter = waiter(slot).pointee.load(ordering: .relaxed)
+        guard waiter == OwnerCheck.me || OwnerCheck.isAlive(waiter) else {
+            state(slot).pointee.store(SlotState.free.rawValue, ordering: .relaxed)
+            return false
+        }
+        wake(slot)
+        return true
     }
 
     private func wake(_ slot: Int) {

@@ -13,8 +13,8 @@ public final class ProcessEvent: @unchecked Sendable, Codable, CustomStringConve
     private let region: SharedRegion
     /// Bit 0: set. Bit 1: someone may be asleep. Bits 2...: how many times the flag was raised, so a
     /// waiter notices a `set()` even when a `clear()` follows at once.
-    private let word: UnsafeMutablePointer<Atomic<UInt32>>
-    private static let raised: UInt32 = 1, sleeping: UInt32 = 2, round: UInt32 = 4
+    let word: UnsafeMutablePointer<Atomic<UInt32>>
+    static let raised: UInt32 = 1, sleeping: UInt32 = 2, round: UInt32 = 4
 
     /// A new event, not set.
     /// - Throws: ``MultiprocessingError/Code/system`` when the shared memory cannot be created.
@@ -56,29 +56,54 @@ public final class ProcessEvent: @unchecked Sendable, Codable, CustomStringConve
         isSet || wait(until: .after(timeout))
     }
 
-    /// Like ``wait(timeout:)``, without blocking a Swift concurrency thread.
+    /// Like ``wait(timeout:)``, without blocking a thread: the wait runs on a small shared set of
+    /// threads however many tasks wait.
+    ///
+    /// **Cancellation.** Cancelling the task ends the wait promptly with `CancellationError`; the
+    /// event is not changed. When the flag was seen raised before the cancellation, the call returns
+    /// `true` as usual.
+    /// - Throws: `CancellationError` when the task is cancelled while waiting;
+    ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult
     public func wait(timeout: Duration? = nil) async throws -> Bool {
         if isSet { return true }
-        let deadline = Deadline.after(timeout)
-        return try await withBlockingThread { self.wait(until: deadline) }
+        let start = word.pointee.load(ordering: .acquiring)
+        let happened = try await WaitPool.shared.wait(
+            until: .after(timeout), interrupt: { Futex.wake(Futex.address(self.word)) }
+        ) { sliceEnd, index in
+            self.waitStep(since: start, until: sliceEnd, index: index) ? true : nil
+        }
+        return happened ?? false
     }
 
     private func wait(until deadline: Deadline) -> Bool {
         let start = word.pointee.load(ordering: .acquiring)
+        var index = 0
+        while !waitStep(since: start, until: deadline, index: index) {
+            if deadline.hasPassed { return false }
+            index += 1
+        }
+        return true
+    }
+
+    /// One step of a wait that began when the word was `start` (the `index`th, counting from 0):
+    /// spins on the first, then sleeps once until woken or `sliceEnd`. Returns whether the flag was
+    /// raised since `start`.
+    private func waitStep(since start: UInt32, until sliceEnd: Deadline, index: Int) -> Bool {
         let happened = { (value: UInt32) in value & Self.raised != 0 || value >> 2 != start >> 2 }
-        if Futex.spin(until: { happened(word.pointee.load(ordering: .acquiring)) }) { return true }
+        if index == 0, Futex.spin(until: { happened(word.pointee.load(ordering: .acquiring)) }) { return true }
         while true {
             var current = word.pointee.load(ordering: .acquiring)
             if happened(current) { return true }
-            if deadline.hasPassed { return false }
+            if sliceEnd.hasPassed { return false }
             if current & Self.sleeping == 0 {
                 let flagged = current | Self.sleeping
                 guard word.pointee.compareExchange(expected: current, desired: flagged, ordering: .relaxed).exchanged
                 else { continue }
                 current = flagged
             }
-            Futex.wait(Futex.address(word), expected: current, until: deadline)
+            Futex.wait(Futex.address(word), expected: current, until: sliceEnd)
+            return happened(word.pointee.load(ordering: .acquiring))
         }
     }
 

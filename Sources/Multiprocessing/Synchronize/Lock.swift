@@ -11,7 +11,7 @@ import Synchronization
 /// spin briefly, then sleep on a futex over the low half. While they sleep they wake now and then
 /// (2 ms, doubling to 100 ms) to check that the holder is still alive; if it is not, one of them
 /// takes the lock over with a single compare-and-swap.
-struct OwnershipWord {
+struct OwnershipWord: @unchecked Sendable {
     static let sleepers: UInt64 = 1 << 31
     static let ownerDied: UInt64 = 1 << 30
     static let flags = sleepers | ownerDied
@@ -40,11 +40,24 @@ struct OwnershipWord {
 
     /// Waits for the word (spin, then futex), taking it over if its holder died.
     func acquireContended(as identity: UInt64, until deadline: Deadline) -> Bool {
-        if !deadline.hasPassed,
+        var index = 0
+        let schedule = OwnerCheck.Schedule()
+        while !acquireStep(as: identity, until: deadline, index: index, schedule: schedule) {
+            if deadline.hasPassed { return false }
+            index += 1
+        }
+        return true
+    }
+
+    /// One step of a wait (the `index`th, counting from 0): spins on the first, then takes the word if
+    /// it is free or sleeps once on it, until woken, `sliceEnd` or the next look at the holder's
+    /// liveness (by `schedule`); takes the word over if that look finds the holder dead. Returns
+    /// whether it took the word.
+    func acquireStep(as identity: UInt64, until sliceEnd: Deadline, index: Int, schedule: OwnerCheck.Schedule) -> Bool {
+        if index == 0, !sliceEnd.hasPassed,
            Futex.spin(until: { word.pointee.load(ordering: .relaxed) == 0 && tryAcquire(as: identity) }) {
             return true
         }
-        var slice = OwnerCheck.firstSlice
         while true {
             var current = word.pointee.load(ordering: .relaxed)
             if current == 0 {
@@ -61,14 +74,34 @@ struct OwnershipWord {
                 else { continue }
                 current = flagged
             }
-            let wakeUp = OwnerCheck.wakeUp(deadline, slice: slice)
+            let wakeUp = sliceEnd.earlier(schedule.next)
             if Futex.wait(Futex.lowHalf(word), expected: UInt32(truncatingIfNeeded: current), until: wakeUp) {
-                continue
+                return tryAcquireFlagged(as: identity)
             }
-            if takeOverIfDead(observed: current, as: identity) { return true }
-            if deadline.hasPassed { return false }
-            slice = OwnerCheck.next(after: slice)
+            return schedule.isDue() ? takeOverIfDead(observed: current, as: identity) : tryAcquireFlagged(as: identity)
         }
+    }
+
+    /// Takes the word if it is free, marking that others may sleep on it.
+    private func tryAcquireFlagged(as identity: UInt64) -> Bool {
+        word.pointee.compareExchange(expected: 0, desired: identity | Self.sleepers, ordering: .acquiring).exchanged
+    }
+
+    /// Wakes every sleeper on the word: a spurious wake-up for all but a cancelled async waiter.
+    func interruptSleepers() { Futex.wake(Futex.lowHalf(word)) }
+
+    /// Waits on ``WaitPool`` for the word, taking it over if its holder died. Returns false when
+    /// `deadline` passed first.
+    /// - Throws: `CancellationError` when `cancellable` and the task was cancelled before it took the word.
+    func acquireAsync(as identity: UInt64, until deadline: Deadline, cancellable: Bool = true) async throws -> Bool {
+        if tryAcquire(as: identity) { return true }
+        let schedule = OwnerCheck.Schedule()
+        let taken = try await WaitPool.shared.wait(
+            until: deadline, cancellable: cancellable, interrupt: { self.interruptSleepers() }
+        ) { sliceEnd, index in
+            self.acquireStep(as: identity, until: sliceEnd, index: index, schedule: schedule) ? true : nil
+        }
+        return taken ?? false
     }
 
     /// Takes the word over when it still holds `observed` and that holder has died.
@@ -163,14 +196,20 @@ public final class ProcessLock: ProcessLocking, @unchecked Sendable, Codable, Cu
         ownership.acquire(as: OwnerCheck.me, blocking: blocking, timeout: timeout)
     }
 
-    /// Acquires the lock without blocking a Swift concurrency thread. See ``acquire(blocking:timeout:)``.
+    /// Acquires the lock without blocking a thread: the wait runs on a small shared set of threads
+    /// however many tasks wait. See ``acquire(blocking:timeout:)``.
+    ///
+    /// **Cancellation.** Cancelling the task ends the wait promptly: it throws `CancellationError` and
+    /// the lock is not taken. When the lock was acquired before the cancellation was seen, the call
+    /// returns `true` as usual and the caller holds the lock.
+    /// - Throws: `CancellationError` when the task is cancelled while waiting;
+    ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult
     public func acquire(blocking: Bool = true, timeout: Duration? = nil) async throws -> Bool {
         let me = OwnerCheck.me
         if ownership.tryAcquire(as: me) { return true }
         guard blocking else { return false }
-        let deadline = Deadline.after(timeout)
-        return try await withBlockingThread { self.ownership.acquireContended(as: me, until: deadline) }
+        return try await ownership.acquireAsync(as: me, until: .after(timeout))
     }
 
     /// Releases the lock. Any process may release a held lock, as in Python.
@@ -181,7 +220,9 @@ public final class ProcessLock: ProcessLocking, @unchecked Sendable, Codable, Cu
         }
     }
 
-    /// Runs `body` while holding the lock, acquired without blocking a Swift concurrency thread.
+    /// Runs `body` while holding the lock, acquired without blocking a thread.
+    /// - Throws: `CancellationError` when the task is cancelled while waiting for the lock (`body`
+    ///   does not run); what `body` throws.
     public func withLock<R>(
         isolation: isolated (any Actor)? = #isolation, _ body: () async throws -> sending R
     ) async throws -> sending R {

@@ -19,17 +19,22 @@ import Synchronization
 ///   invents units: what a consumer took is consumed, dead or alive;
 /// - units another process released on a dead holder's behalf are not returned twice, unless the
 ///   semaphore's value had grown past its initial value by other releases.
-/// Non-blocking acquires do not look for dead holders. At most 256 processes are tracked at a time;
-/// units taken by others are not recovered.
+/// Any number of processes and threads may be waiting meanwhile: a waiter asleep for a unit does not
+/// count as holding one. Non-blocking acquires do not look for dead holders. At most 256 processes
+/// are tracked at a time; units taken by others are not recovered.
 public class ProcessSemaphore: ProcessLocking, @unchecked Sendable, Codable, CustomStringConvertible {
     let region: SharedRegion
     private let count: UnsafeMutablePointer<Atomic<UInt32>>
-    private let sleepers: UnsafeMutablePointer<Atomic<UInt32>>
+    /// How many waiters are asleep on the count.
+    let sleepers: UnsafeMutablePointer<Atomic<UInt32>>
     private let initial: UInt32
     private let isBounded: Bool
     private let recovery: OwnershipWord
     private static let holderSlots = 256
     private static let holdersOffset = 128
+    /// Per holder slot, a 32-bit count of this process's waiters asleep for a unit, counted in the
+    /// slot's units but not held.
+    private static let waitingOffset = holdersOffset + holderSlots * 8
 
     /// A semaphore holding `value` units (Python's `Semaphore(value=1)`).
     /// - Throws: ``MultiprocessingError/Code/invalidArgument`` for a negative value or one above `Int32.max`;
@@ -74,16 +79,35 @@ public class ProcessSemaphore: ProcessLocking, @unchecked Sendable, Codable, Cus
         return false
     }
 
-    /// Takes a unit without blocking a Swift concurrency thread. See ``acquire(blocking:timeout:)``.
+    /// Takes a unit without blocking a thread: the wait runs on a small shared set of threads however
+    /// many tasks wait. See ``acquire(blocking:timeout:)``.
+    ///
+    /// **Cancellation.** Cancelling the task ends the wait promptly: it throws `CancellationError` and
+    /// no unit is taken. When a unit was taken before the cancellation was seen, the call returns
+    /// `true` as usual and the caller holds the unit.
+    /// - Throws: `CancellationError` when the task is cancelled while waiting;
+    ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult
     public func acquire(blocking: Bool = true, timeout: Duration? = nil) async throws -> Bool {
         let holder = recordHold()
         if tryTake() { return true }
-        let deadline = Deadline.after(timeout)
-        var taken = false
-        defer { if !taken { dropHold(holder) } }
-        if blocking { taken = try await withBlockingThread { self.takeContended(until: deadline, holder: holder) } }
-        return taken
+        guard blocking else {
+            dropHold(holder)
+            return false
+        }
+        let schedule = OwnerCheck.Schedule()
+        do {
+            let taken = try await WaitPool.shared.wait(
+                until: .after(timeout), interrupt: { Futex.wake(Futex.address(self.count)) }
+            ) { sliceEnd, index in
+                self.takeStep(until: sliceEnd, holder: holder, index: index, schedule: schedule) ? true : nil
+            }
+            if taken == nil { dropHold(holder) }
+            return taken ?? false
+        } catch {
+            dropHold(holder)
+            throw error
+        }
     }
 
     /// Gives a unit back and wakes a waiter.
@@ -105,8 +129,9 @@ public class ProcessSemaphore: ProcessLocking, @unchecked Sendable, Codable, Cus
         if sleepers.pointee.load(ordering: .sequentiallyConsistent) > 0 { Futex.wake(Futex.address(count), count: 1) }
     }
 
-    /// Runs `body` holding a unit taken without blocking a Swift concurrency thread (Python's
-    /// `with semaphore:`).
+    /// Runs `body` holding a unit taken without blocking a thread (Python's `with semaphore:`).
+    /// - Throws: `CancellationError` when the task is cancelled while waiting for a unit (`body` does
+    ///   not run); what `body` throws.
     public func withLock<R>(
         isolation: isolated (any Actor)? = #isolation, _ body: () async throws -> sending R
     ) async throws -> sending R {
@@ -136,18 +161,31 @@ public class ProcessSemaphore: ProcessLocking, @unchecked Sendable, Codable, Cus
 
     /// Waits for a unit; `holder` is the caller's slot, where its pending unit is already counted.
     private func takeContended(until deadline: Deadline, holder: Int?) -> Bool {
-        if Futex.spin(until: { count.pointee.load(ordering: .relaxed) > 0 && tryTake() }) { return true }
-        sleepers.pointee.add(1, ordering: .sequentiallyConsistent)
-        defer { sleepers.pointee.subtract(1, ordering: .relaxed) }
-        var slice = OwnerCheck.firstSlice
-        while !tryTake() {
-            let wakeUp = OwnerCheck.wakeUp(deadline, slice: slice)
-            if Futex.wait(Futex.address(count), expected: 0, until: wakeUp) { continue }
-            if returnUnitsOfDeadHolders(ownPending: holder == nil ? 0 : 1) { continue }
+        var index = 0
+        let schedule = OwnerCheck.Schedule()
+        while !takeStep(until: deadline, holder: holder, index: index, schedule: schedule) {
             if deadline.hasPassed { return false }
-            slice = OwnerCheck.next(after: slice)
+            index += 1
         }
         return true
+    }
+
+    /// One step of a wait for a unit (the `index`th, counting from 0): spins on the first, then sleeps
+    /// once until woken, `sliceEnd` or the next look for dead holders (by `schedule`), and tries again.
+    /// While asleep (and while looking for dead holders) the caller counts as waiting in `holder`, not
+    /// as holding. Returns whether it took a unit.
+    private func takeStep(until sliceEnd: Deadline, holder: Int?, index: Int, schedule: OwnerCheck.Schedule) -> Bool {
+        if index == 0, Futex.spin(until: { count.pointee.load(ordering: .relaxed) > 0 && tryTake() }) { return true }
+        sleepers.pointee.add(1, ordering: .sequentiallyConsistent)
+        defer { sleepers.pointee.subtract(1, ordering: .relaxed) }
+        if tryTake() { return true }
+        let waiting = holder.map(waiters)
+        waiting?.pointee.add(1, ordering: .sequentiallyConsistent)
+        if !Futex.wait(Futex.address(count), expected: 0, until: sliceEnd.earlier(schedule.next)), schedule.isDue() {
+            returnUnitsOfDeadHolders()
+        }
+        waiting?.pointee.subtract(1, ordering: .sequentiallyConsistent)
+        return tryTake()
     }
 
     // MARK: Holders
@@ -155,6 +193,11 @@ public class ProcessSemaphore: ProcessLocking, @unchecked Sendable, Codable, Cus
     /// Holder slot `index`: pid in the low 32 bits, units held in the high 32 bits; 0 when free.
     private func holder(_ index: Int) -> UnsafeMutablePointer<Atomic<UInt64>> {
         region.atomic64(Self.holdersOffset + index * 8)
+    }
+
+    /// How many of holder slot `index`'s units are waiters asleep, not holders.
+    private func waiters(_ index: Int) -> UnsafeMutablePointer<Atomic<UInt32>> {
+        region.atomic32(Self.waitingOffset + index * 4)
     }
 
     /// This process's slot, claimed when `create` and missing; nil when untracked.
@@ -202,20 +245,27 @@ public class ProcessSemaphore: ProcessLocking, @unchecked Sendable, Codable, Cus
     }
 
     /// Returns units held by ended processes, keeping the value plus the units of living holders at
-    /// most the initial value; the caller's own pending unit (`ownPending`) does not count as held.
-    /// Units that do not fit stay recorded for a later pass. Returns whether any unit came back.
-    private func returnUnitsOfDeadHolders(ownPending: UInt64) -> Bool {
+    /// most the initial value; units counted for waiters that are asleep count as not held. Units that
+    /// do not fit stay recorded for a later pass; a dead process's waiters are forgotten. Returns
+    /// whether any unit came back.
+    @discardableResult
+    private func returnUnitsOfDeadHolders() -> Bool {
         recovery.acquire(as: OwnerCheck.me, blocking: true, timeout: nil)
         defer { recovery.release() }
         var living: UInt64 = 0
-        var dead: [Int] = []
+        var orphaned: UInt64 = 0
+        var dead: [(index: Int, units: UInt64)] = []
         for index in 0..<Self.holderSlots {
             let current = holder(index).pointee.load(ordering: .relaxed)
             guard current != 0 else { continue }
-            if OwnerCheck.isAlive(current & 0xFFFF_FFFF) { living += current >> 32 } else { dead.append(index) }
+            let held = (current >> 32) - min(current >> 32, UInt64(waiters(index).pointee.load(ordering: .relaxed)))
+            if OwnerCheck.isAlive(current & 0xFFFF_FFFF) {
+                living += held
+            } else {
+                dead.append((index, held))
+                orphaned += held
+            }
         }
-        living -= min(living, ownPending)
-        let orphaned = dead.reduce(0) { $0 + holder($1).pointee.load(ordering: .relaxed) >> 32 }
         var current = count.pointee.load(ordering: .relaxed)
         var returned: UInt64 = 0
         while UInt64(current) + living < UInt64(initial), orphaned > 0 {
@@ -226,14 +276,20 @@ public class ProcessSemaphore: ProcessLocking, @unchecked Sendable, Codable, Cus
             current = actual
             returned = 0
         }
-        guard returned > 0 else { return false }
         var left = returned
-        for index in dead where left > 0 {
-            let slot = holder(index).pointee.load(ordering: .relaxed)
-            let taken = min(slot >> 32, left)
+        for (index, units) in dead {
+            let taken = min(units, left)
             left -= taken
-            holder(index).pointee.store(taken == slot >> 32 ? 0 : slot - (taken << 32), ordering: .relaxed)
+            if taken == units {
+                waiters(index).pointee.store(0, ordering: .relaxed)
+                holder(index).pointee.store(0, ordering: .relaxed)
+            } else {
+                let pid = holder(index).pointee.load(ordering: .relaxed) & 0xFFFF_FFFF
+                holder(index).pointee.store(pid | (units - taken) << 32, ordering: .relaxed)
+                waiters(index).pointee.store(0, ordering: .relaxed)
+            }
         }
+        guard returned > 0 else { return false }
         Futex.wake(Futex.address(count), count: Int32(min(returned, UInt64(Int32.max))))
         return true
     }

@@ -163,13 +163,15 @@ enum Futex {
         mp_futex_wake(word, count)
     }
 
-    /// Spins, with backoff, until `done()` or the spin budget runs out; returns whether `done()` became true.
+    /// Spins, with backoff, until `done()` or the spin budget runs out; returns whether `done()` became
+    /// true. A wait pool step stops spinning as soon as its wait is interrupted (cancelled).
     @inline(__always)
     static func spin(until done: () -> Bool) -> Bool {
         var spent = 0
         var pause = 1
         while spent < spinLimit {
             if done() { return true }
+            if pause >= backoffCap && mp_futex_interrupted() != 0 { break }
             if pause < backoffCap {
                 for _ in 0..<pause { mp_cpu_relax() }
             } else {
@@ -193,16 +195,27 @@ enum OwnerCheck {
     /// The next slice after `slice`.
     static func next(after slice: Duration) -> Duration { min(slice * 2, longestSlice) }
 
-    /// The earlier of `deadline` and `slice` from now: when a waiter next checks on a holder.
-    static func wakeUp(_ deadline: Deadline, slice: Duration) -> Deadline {
-        let check = Deadline.after(slice)
-        guard let limit = deadline.nanoseconds else { return check }
-        return limit <= check.nanoseconds! ? deadline : check
-    }
-
     /// This process's identity (pid and start time).
     @inline(__always) static var me: UInt64 { mp_sync_identity() }
 
     /// Whether the process `identity` names is still running.
     static func isAlive(_ identity: UInt64) -> Bool { mp_sync_process_alive(identity) != 0 }
+
+    /// When one wait next looks at the liveness of the processes it waits for: as soon as it first
+    /// sleeps (so that even a wait with a zero timeout looks), then ``firstSlice`` later, then at
+    /// doubling intervals up to ``longestSlice``. A wait's steps run one after another, so one wait
+    /// uses it from one thread at a time.
+    final class Schedule: @unchecked Sendable {
+        private var slice = OwnerCheck.firstSlice
+        /// The time of the next look.
+        private(set) var next = Deadline.now
+
+        /// Whether a look is due now; when it is, the next one is scheduled.
+        func isDue() -> Bool {
+            guard next.hasPassed else { return false }
+            next = .after(slice)
+            slice = OwnerCheck.next(after: slice)
+            return true
+        }
+    }
 }

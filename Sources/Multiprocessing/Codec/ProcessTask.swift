@@ -24,6 +24,9 @@ public protocol ProcessTask: Codable, Sendable {
 }
 
 /// A task together with the name the child resolves its type by.
+///
+/// It lives with the codec, below the process layer, because both a child's work and a barrier's
+/// action travel in it.
 struct TaskEnvelope: Codable, @unchecked Sendable {
     let task: any ProcessTask
 
