@@ -8,11 +8,17 @@ let package = Package(
         .executable(name: "mp-demo", targets: ["mp-demo"]),
         .executable(name: "mp-bench", targets: ["mp-bench"]),
     ],
+    dependencies: [
+        // Diagnostics go to a Logger the program can set (nothing is printed by default).
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // `swift package generate-documentation` builds the DocC catalog.
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
+    ],
     targets: [
         .target(name: "CMultiprocessing"),
         .target(
             name: "Multiprocessing",
-            dependencies: ["CMultiprocessing"],
+            dependencies: ["CMultiprocessing", .product(name: "Logging", package: "swift-log")],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .executableTarget(

@@ -238,6 +238,8 @@ public final class Listener: @unchecked Sendable, Waitable, CustomStringConverti
             case EINTR, ECONNABORTED, EPROTO: continue
             case EAGAIN: return nil
             case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                let error = errno
+                diagnostics.warning("listener \(address): accept paused for \(state.acceptPause / 1_000_000) ms: \(String(cString: strerror(error)))")
                 state.acceptPausedUntil = Deadline.monotonicNow() + state.acceptPause
                 state.acceptPause = min(state.acceptPause * 2, Self.longestPause)
                 return nil
@@ -278,6 +280,7 @@ public final class Listener: @unchecked Sendable, Waitable, CustomStringConverti
         } catch let error as MultiprocessingError {
             state.handshakes[fd] = nil
             connection.close()
+            diagnostics.debug("listener \(address): dropped a client during the handshake: \(error)")
             switch error.code {
             case .protocolViolation: throw MultiprocessingError(.authenticationFailed, "handshake failed: \(error.message)")
             case .endOfFile, .closed: return nil  // the client left: nothing to report

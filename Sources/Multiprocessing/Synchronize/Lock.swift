@@ -111,7 +111,9 @@ struct OwnershipWord: @unchecked Sendable {
               !OwnerCheck.isAlive(current & ~Self.flags)
         else { return false }
         let desired = identity | Self.sleepers | Self.ownerDied
-        return word.pointee.compareExchange(expected: current, desired: desired, ordering: .acquiring).exchanged
+        let taken = word.pointee.compareExchange(expected: current, desired: desired, ordering: .acquiring).exchanged
+        if taken { diagnostics.notice("took over a lock whose holder (process identity \(current & ~Self.flags)) died") }
+        return taken
     }
 
     /// Frees the word and wakes a sleeper if there may be one; returns the value it held.
