@@ -368,3 +368,28 @@ struct ListenerHardeningTests {
         raw.close()
     }
 }
+
+@Suite("Sharper edges of connections and listeners")
+struct ConnectionEdgeTests {
+    @Test("addresses that mean nothing here are refused before anything is created")
+    func badAddresses() throws {
+        let windows = expectCode(.invalidArgument) { try Listener(address: .unix("\\\\.\\pipe\\jobs")) }
+        #expect(windows?.message.contains("Windows named pipe") == true)
+        #expect(access("\\\\.\\pipe\\jobs", F_OK) != 0, "no file was created for it")
+        expectCode(.invalidArgument) { try Connection(connectingTo: .unix("\\\\.\\pipe\\jobs"), timeout: .seconds(1)) }
+        expectCode(.invalidArgument) { try Listener(address: .unix("")) }
+        expectCode(.invalidArgument) { try Listener(address: .unix("/tmp/" + String(repeating: "x", count: 200))) }
+    }
+
+    @Test("connections key a dictionary, as in Python's workers[conn] pattern with wait")
+    func connectionsAsKeys() throws {
+        let (a, b) = try makePipe()
+        let (c, d) = try makePipe()
+        let workers = [a: "first", c: "second"]
+        try d.send(1)
+        let ready = try wait([a, c], timeout: .seconds(10))
+        #expect(ready.map { workers[$0] } == ["second"])
+        #expect(a == a && a != c && Set([a, a, c]).count == 2)
+        withExtendedLifetime(b) {}
+    }
+}

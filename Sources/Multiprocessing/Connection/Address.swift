@@ -23,6 +23,34 @@ public enum ConnectionAddress: Hashable, Sendable, Codable, CustomStringConverti
         self = .tcp(host: String(host), port: port)
     }
 
+    /// Refuses addresses that mean nothing on this system, as CPython's `address_type` does, before
+    /// anything is created for them.
+    ///
+    /// - Throws: ``MultiprocessingError/Code/invalidArgument`` for a Windows named pipe (`\\.\pipe\name`),
+    ///   an empty path, a path with a NUL byte other than an abstract name's first, one longer than a Unix
+    ///   socket address holds (107 bytes).
+    func validate() throws {
+        switch self {
+        case .unix(let path):
+            if path.hasPrefix("\\") {
+                throw MultiprocessingError(
+                    .invalidArgument,
+                    "\(path) is a Windows named pipe address (AF_PIPE), which does not exist here; "
+                        + "use a Unix socket path or HOST:PORT")
+            }
+            guard !path.isEmpty else { throw MultiprocessingError(.invalidArgument, "empty Unix socket path") }
+            guard !path.utf8.dropFirst().contains(0) else {
+                throw MultiprocessingError(.invalidArgument, "a Unix socket path cannot contain a NUL byte")
+            }
+            guard path.utf8.count <= 107 else {
+                throw MultiprocessingError(
+                    .invalidArgument, "Unix socket path of \(path.utf8.count) bytes is longer than the 107 a socket address holds")
+            }
+        case .tcp:
+            return  // an empty host listens on every interface, as in Python
+        }
+    }
+
     /// The address family.
     public var family: AddressFamily {
         switch self {

@@ -750,6 +750,15 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     }
 }
 
+extension Connection: Hashable {
+    /// Two connections are equal when they are the same object, so a connection can key a dictionary, as in
+    /// Python's `workers[conn]` pattern with ``wait(_:timeout:)-(_,Duration?)``.
+    public static func == (lhs: Connection, rhs: Connection) -> Bool { lhs === rhs }
+
+    /// Hashes the object's identity.
+    public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
+}
+
 /// A message that is one descriptor.
 private struct DescriptorMessage: Codable {
     let fd: Int32

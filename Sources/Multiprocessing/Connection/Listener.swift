@@ -80,6 +80,7 @@ public final class Listener: @unchecked Sendable, Waitable, CustomStringConverti
         if let address, let family, address.family != family {
             throw MultiprocessingError(.invalidArgument, "address \(address) is not of family \(family)")
         }
+        try address?.validate()
         let backlog = Int32(clamping: max(backlog, 1))
         var directory: String?
         let chosen = try address ?? Self.freshAddress(family ?? .unix, directory: &directory)
@@ -368,6 +369,7 @@ extension Connection {
     ///   `ENOENT`); ``MultiprocessingError/Code/authenticationFailed`` when the keys differ;
     ///   ``MultiprocessingError/Code/timedOut``.
     public convenience init(connectingTo address: ConnectionAddress, authkey: [UInt8]? = nil, timeout: Duration? = nil) throws {
+        try address.validate()
         let deadline = Deadline.after(timeout)
         let milliseconds = deadline.nanoseconds == nil ? -1 : deadline.pollMilliseconds
         let fd: Int32
