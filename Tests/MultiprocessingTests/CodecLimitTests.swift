@@ -18,6 +18,18 @@ indirect enum LimitChain: Codable, Equatable {
     }
 }
 
+/// A dictionary at the bottom of `depth` levels of keyed containers, all open while it decodes.
+indirect enum LimitTree: Codable, Equatable {
+    case leaf([String: Int])
+    case node(LimitTree)
+
+    init(depth: Int, leaf: [String: Int]) {
+        var tree = LimitTree.leaf(leaf)
+        for _ in 0..<depth { tree = .node(tree) }
+        self = tree
+    }
+}
+
 /// A struct of 176 bytes, whose optional takes 177 (a stride of 184): one byte of nil on the wire.
 struct LimitWide: Codable, Equatable {
     var a = 0, b = 0, c = 0, d = 0, e = 0, f = 0, g = 0, h = 0, i = 0, j = 0, k = 0
@@ -145,11 +157,11 @@ struct CodecLimitTests {
         // Keys of 128 bytes and more once made every lookup scan from the first entry: 20,000 keys of
         // 128 bytes took 3.6 s in a release build (127 bytes: 29 ms), 40,000 of 200 bytes took 19 s.
         let clock = ContinuousClock()
-        func decodeTime(_ dictionary: [String: Int]) throws -> Duration {
-            let bytes = try BinaryEncoder().encode(dictionary)
-            var decoded: [String: Int] = [:]
-            let elapsed = try clock.measure { decoded = try BinaryDecoder().decode([String: Int].self, from: bytes) }
-            #expect(decoded == dictionary)
+        func decodeTime<T: Codable & Equatable>(_ value: T) throws -> Duration {
+            let bytes = try BinaryEncoder().encode(value)
+            var decoded: T?
+            let elapsed = try clock.measure { decoded = try BinaryDecoder().decode(T.self, from: bytes) }
+            #expect(decoded == value)
             return elapsed
         }
         let short = try decodeTime(longKeys(20_000, length: 127))
@@ -157,6 +169,11 @@ struct CodecLimitTests {
         #expect(long < short * 8 + .milliseconds(500), "127-byte keys: \(short), 128-byte keys: \(long)")
         let large = try decodeTime(longKeys(40_000, length: 200))
         #expect(large < .seconds(3), "40,000 keys of 200 bytes: \(large)")
+        // A dictionary nested deeper than the decoder caches containers for (32) once took quadratic time too.
+        let keys = longKeys(20_000, length: 8)
+        let shallow = try decodeTime(LimitTree(depth: 0, leaf: keys))
+        let deep = try decodeTime(LimitTree(depth: 40, leaf: keys))
+        #expect(deep < shallow * 8 + .milliseconds(500), "at depth 0: \(shallow), at depth 40: \(deep)")
         // Long keys of a struct read in the order they were written also take the direct path.
         struct LongNames: Codable, Equatable {
             var aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1: Int

@@ -690,6 +690,12 @@ final class BinaryDecodingContext: BinaryReusableState {
     }
 }
 
+/// The frame of a keyed decoding container whose box is not cached.
+final class BinaryFrameBox {
+    var frame: BinaryDecodingContext.Frame
+    init(_ frame: BinaryDecodingContext.Frame) { self.frame = frame }
+}
+
 /// The values with a direct read in every container: a tagged value, or one raw element of a packed
 /// array.
 protocol BinaryScalar {
@@ -799,18 +805,26 @@ struct BinaryValueDecoder: Decoder {
 }
 
 /// Reads the entries of one keyed container (an empty value or a missing one reads as empty).
-/// Lookups scan the entries' keys lazily; no dictionary of keys is built. Its bounds are in its
-/// `frame`, or in the context's box cache under `slot` when its box is cached.
+/// Lookups scan the entries' keys lazily; no dictionary of keys is built. Its bounds are in the
+/// context's box cache under `slot` when its box is cached, else in a frame box of its own (so that
+/// its hint still moves: without it, a dictionary nested deeper than the cache holds would decode in
+/// quadratic time).
 struct BinaryKeyedDecodingContainer<Key: CodingKey>: KeyedDecodingContainerProtocol {
     let context: Unmanaged<BinaryDecodingContext>
     let slot: Int
-    let frame: BinaryDecodingContext.Frame
+    let spilled: BinaryFrameBox?
+
+    init(context: Unmanaged<BinaryDecodingContext>, slot: Int, frame: BinaryDecodingContext.Frame) {
+        self.context = context
+        self.slot = slot
+        spilled = slot < 0 ? BinaryFrameBox(frame) : nil
+    }
 
     /// Runs `body` with the context and the container's current frame (checked to be this call's).
     @inline(__always)
     private func with<T>(_ body: (BinaryDecodingContext, BinaryDecodingContext.Frame) throws -> T) throws -> T {
         try context._withUnsafeGuaranteedRef { context in
-            let frame = slot < 0 ? frame : context.boxes.frames[slot]
+            let frame = slot < 0 ? spilled.unsafelyUnwrapped.frame : context.boxes.frames[slot]
             try context.check(frame.generation)
             return try body(context, frame)
         }
@@ -823,18 +837,7 @@ struct BinaryKeyedDecodingContainer<Key: CodingKey>: KeyedDecodingContainerProto
     var allKeys: [Key] {
         (try? with { context, frame in
             var keys: [Key] = []
-            var entries = 0
             var position = frame.contentStart
-            while position < frame.end, let (_, value) = context.reader.entryKey(at: position, limit: frame.end),
-                  let next = context.reader.valueEnd(at: value, limit: frame.end) {
-                entries += 1
-                position = next
-            }
-            let (total, overflow) = entries.multipliedReportingOverflow(by: MemoryLayout<Key>.stride)
-            context.budgetLeft = overflow ? -1 : context.budgetLeft &- total
-            guard context.budgetLeft >= 0 else { return [] }
-            keys.reserveCapacity(entries)
-            position = frame.contentStart
             while position < frame.end {
                 guard let (name, value) = context.reader.entryKey(at: position, limit: frame.end),
                       let next = context.reader.valueEnd(at: value, limit: frame.end) else { break }
@@ -843,6 +846,7 @@ struct BinaryKeyedDecodingContainer<Key: CodingKey>: KeyedDecodingContainerProto
                 }
                 position = next
             }
+            context.budgetLeft &-= keys.count &* MemoryLayout<Key>.stride
             return keys
         }) ?? []
     }
@@ -850,7 +854,11 @@ struct BinaryKeyedDecodingContainer<Key: CodingKey>: KeyedDecodingContainerProto
     /// Records that the value just read from this container ended at `next`.
     @inline(__always)
     private func resume(_ context: BinaryDecodingContext, at next: Int) {
-        if slot >= 0 { context.boxes.frames[slot].hint = next }
+        if slot >= 0 {
+            context.boxes.frames[slot].hint = next
+        } else {
+            spilled.unsafelyUnwrapped.frame.hint = next
+        }
     }
 
     /// The offset of `key`'s value; throws when the key is absent.
