@@ -78,6 +78,17 @@ struct CodeDeeplyOnSmallStacks: ProcessTask {
     }
 }
 
+/// Carries many nils of a large optional type to a child (more than the default budget allows for their
+/// size) and ends with 0 when they all arrived.
+struct CarryManyNils: ProcessTask {
+    let values: [LimitWide?]
+    let expected: Int
+
+    func run() throws {
+        exit(values.count == expected && values.allSatisfy { $0 == nil } ? 0 : 3)
+    }
+}
+
 /// Runs `body` on a new thread with a stack of `stackKiB` KiB (0: the default size) and returns its result.
 func onThread(stackKiB: Int, _ body: @escaping () -> String) -> String {
     final class Job {
@@ -270,6 +281,21 @@ struct CodecLimitTests {
         receiver.decodingBudget = .default
         #expect(try receiver.recv([LimitWide?].self, timeout: .seconds(10)) == nils)
         #expect(BinaryDecoder.MemoryBudget.default.limit(forInputBytes: 1 << 30) == 32 << 30)
+        #expect(BinaryDecoder.MemoryBudget.default.limit(forInputBytes: 10) == 64 << 20)
+        #expect(BinaryDecoder.MemoryBudget.unlimited.limit(forInputBytes: 0) == .max)
         #expect(BinaryDecoder.MemoryBudget.unlimited.limit(forInputBytes: .max) == .max)
+    }
+
+    @Test("a child takes its task from its parent whatever memory the task needs")
+    func tasksAreNotHeldToTheBudget() throws {
+        // 600,000 nils of 184 bytes: 110 MB from a message of 600 KB, over the default budget (83 MB).
+        let count = 600_000
+        let values = [LimitWide?](repeating: nil, count: count)
+        #expect(transportError { _ = try BinaryDecoder().decode([LimitWide?].self, from: BinaryEncoder().encode(values)) } != nil)
+        let child = ChildProcess(CarryManyNils(values: values, expected: count))
+        try child.start()
+        defer { if child.exitCode == nil { try? child.kill(); _ = try? child.join(timeout: .seconds(10)) } }
+        #expect(try child.join(timeout: .seconds(60)))
+        #expect(child.exitCode == 0)
     }
 }

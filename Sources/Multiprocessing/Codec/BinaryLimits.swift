@@ -4,7 +4,7 @@ import CMultiprocessing
 // and the memory that the decoded values may take. (The nesting limit is `BinaryFormat.maxDepth`.)
 
 extension BinaryDecoder {
-    /// How much memory the values made by one ``BinaryDecoder/decode(_:from:)-([UInt8])`` call may take,
+    /// How much memory the values made by one call of the decoder's `decode(_:from:)` may take,
     /// in proportion to the size of its input.
     ///
     /// A few bytes of input can stand for a large value: one byte holds a `nil` that decodes into an
