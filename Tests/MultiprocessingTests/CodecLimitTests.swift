@@ -30,6 +30,38 @@ indirect enum LimitTree: Codable, Equatable {
     }
 }
 
+/// Keeps the keyed container that a ``LimitHoarder`` decoded from, past the end of its decode call.
+final class LimitHoard: @unchecked Sendable {
+    var container: KeyedDecodingContainer<LimitHoarder.CodingKeys>?
+    static let key = CodingUserInfoKey(rawValue: "hoard")!
+}
+
+/// Hands its keyed container to the ``LimitHoard`` in the decoder's user info.
+struct LimitHoarder: Codable, Equatable {
+    var a: Int
+    enum CodingKeys: String, CodingKey { case a }
+
+    init(a: Int) { self.a = a }
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        a = try container.decode(Int.self, forKey: .a)
+        (decoder.userInfo[LimitHoard.key] as? LimitHoard)?.container = container
+    }
+}
+
+/// A ``LimitHoarder`` under `depth` levels of keyed containers.
+indirect enum LimitNest: Codable, Equatable {
+    case bottom(LimitHoarder)
+    case node(LimitNest)
+
+    init(depth: Int, a: Int) {
+        var nest = LimitNest.bottom(LimitHoarder(a: a))
+        for _ in 0..<depth { nest = .node(nest) }
+        self = nest
+    }
+}
+
 /// A struct of 176 bytes, whose optional takes 177 (a stride of 184): one byte of nil on the wire.
 struct LimitWide: Codable, Equatable {
     var a = 0, b = 0, c = 0, d = 0, e = 0, f = 0, g = 0, h = 0, i = 0, j = 0, k = 0
@@ -185,6 +217,18 @@ struct CodecLimitTests {
         let shallow = try decodeTime(LimitTree(depth: 0, leaf: keys))
         let deep = try decodeTime(LimitTree(depth: 40, leaf: keys))
         #expect(deep < shallow * 8 + .milliseconds(500), "at depth 0: \(shallow), at depth 40: \(deep)")
+        // A container made that deep, kept past its call, only throws, also once another call has
+        // made containers just as deep.
+        let hoard = LimitHoard()
+        var hoarding = BinaryDecoder()
+        hoarding.userInfo[LimitHoard.key] = hoard
+        let nest = LimitNest(depth: 40, a: 7)
+        #expect(try hoarding.decode(LimitNest.self, from: BinaryEncoder().encode(nest)) == nest)
+        let other = LimitNest(depth: 40, a: 8)
+        #expect(try BinaryDecoder().decode(LimitNest.self, from: BinaryEncoder().encode(other)) == other)
+        let kept = try #require(hoard.container)
+        #expect(transportError { _ = try kept.decode(Int.self, forKey: .a) } != nil)
+        #expect(!kept.contains(.a) && kept.allKeys.isEmpty)
         // Long keys of a struct read in the order they were written also take the direct path.
         struct LongNames: Codable, Equatable {
             var aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1: Int

@@ -90,6 +90,9 @@ final class BinaryDecodingContext: BinaryReusableState {
     @exclusivity(unchecked) var generation = 0
     @exclusivity(unchecked) var kinds = BinaryKindCache()
     @exclusivity(unchecked) var boxes = BinaryBoxCache<Frame>()
+    /// Frames of keyed containers made while every cached box was in use, and the containers' boxes.
+    @exclusivity(unchecked) var spilledFrames: [Frame] = []
+    @exclusivity(unchecked) var spilledBoxes: [AnyObject] = []
 
     init() {}
 
@@ -128,6 +131,10 @@ final class BinaryDecodingContext: BinaryReusableState {
         generation &+= 1
         reader = BinaryReader(base: reader.base, count: 0)
         depth = 0
+        if !spilledFrames.isEmpty {
+            spilledFrames = []
+            spilledBoxes = []
+        }
         if !userInfo.isEmpty { userInfo = [:] }
         busy = false
     }
@@ -508,9 +515,29 @@ final class BinaryDecodingContext: BinaryReusableState {
             return unsafeBitCast(box, to: KeyedDecodingContainer<Key>.self)
         }
         let slot = boxes.newSlot(frame: frame)
+        guard slot >= 0 else { return try spilledContainer(Key.self, frame: frame) }
         let container = KeyedDecodingContainer(
             BinaryKeyedDecodingContainer<Key>(context: .passUnretained(self), slot: slot, frame: frame))
         boxes.keep(unsafeBitCast(container, to: AnyObject.self), of: Key.self, in: slot)
+        return container
+    }
+
+    /// A keyed container whose box the cache has no room for: its frame goes on top of the spilled
+    /// frames, after the frames of containers no one holds any more have come off the top (containers
+    /// nest, so they mostly end in the reverse order of their making). Each spilled frame counts
+    /// against the memory budget while it is kept.
+    private func spilledContainer<Key: CodingKey>(_: Key.Type, frame: Frame) throws -> KeyedDecodingContainer<Key> {
+        while let top = spilledBoxes.indices.last, isKnownUniquelyReferenced(&spilledBoxes[top]) {
+            spilledBoxes.removeLast()
+            spilledFrames.removeLast()
+            budgetLeft &+= MemoryLayout<Frame>.stride
+        }
+        try charge(MemoryLayout<Frame>.stride, at: frame.start)
+        spilledFrames.append(frame)
+        let container = KeyedDecodingContainer(BinaryKeyedDecodingContainer<Key>(
+            context: .passUnretained(self), slot: -1 - spilledFrames.count, frame: frame))
+        // Without a box to watch (see ``BinaryBoxCache``), the frame stays until the call ends.
+        spilledBoxes.append(binaryBoxesConvert ? unsafeBitCast(container, to: AnyObject.self) : BinaryBoxPlaceholder.placeholder)
         return container
     }
 
@@ -690,12 +717,6 @@ final class BinaryDecodingContext: BinaryReusableState {
     }
 }
 
-/// The frame of a keyed decoding container whose box is not cached.
-final class BinaryFrameBox {
-    var frame: BinaryDecodingContext.Frame
-    init(_ frame: BinaryDecodingContext.Frame) { self.frame = frame }
-}
-
 /// The values with a direct read in every container: a tagged value, or one raw element of a packed
 /// array.
 protocol BinaryScalar {
@@ -806,27 +827,27 @@ struct BinaryValueDecoder: Decoder {
 
 /// Reads the entries of one keyed container (an empty value or a missing one reads as empty).
 /// Lookups scan the entries' keys lazily; no dictionary of keys is built. Its bounds are in the
-/// context's box cache under `slot` when its box is cached, else in a frame box of its own (so that
-/// its hint still moves: without it, a dictionary nested deeper than the cache holds would decode in
-/// quadratic time).
+/// context's box cache under `slot` when its box is cached, else among the context's spilled frames
+/// under `-2 - slot` (so that its hint still moves: without it, a dictionary nested deeper than the
+/// cache holds would decode in quadratic time).
 struct BinaryKeyedDecodingContainer<Key: CodingKey>: KeyedDecodingContainerProtocol {
     let context: Unmanaged<BinaryDecodingContext>
     let slot: Int
-    let spilled: BinaryFrameBox?
-
-    init(context: Unmanaged<BinaryDecodingContext>, slot: Int, frame: BinaryDecodingContext.Frame) {
-        self.context = context
-        self.slot = slot
-        spilled = slot < 0 ? BinaryFrameBox(frame) : nil
-    }
+    /// The container's frame as it was made; its current one is in the box cache or among the spilled
+    /// frames. (A plain value, so that copying the container copies bytes only.)
+    let frame: BinaryDecodingContext.Frame
 
     /// Runs `body` with the context and the container's current frame (checked to be this call's).
     @inline(__always)
     private func with<T>(_ body: (BinaryDecodingContext, BinaryDecodingContext.Frame) throws -> T) throws -> T {
         try context._withUnsafeGuaranteedRef { context in
-            let frame = slot < 0 ? spilled.unsafelyUnwrapped.frame : context.boxes.frames[slot]
+            if slot >= 0 {
+                let frame = context.boxes.frames[slot]
+                try context.check(frame.generation)
+                return try body(context, frame)
+            }
             try context.check(frame.generation)
-            return try body(context, frame)
+            return try body(context, context.spilledFrames[-2 - slot])
         }
     }
 
@@ -857,7 +878,7 @@ struct BinaryKeyedDecodingContainer<Key: CodingKey>: KeyedDecodingContainerProto
         if slot >= 0 {
             context.boxes.frames[slot].hint = next
         } else {
-            spilled.unsafelyUnwrapped.frame.hint = next
+            context.spilledFrames[-2 - slot].hint = next
         }
     }
 
