@@ -25,7 +25,7 @@ func format(_ value: Double) -> String {
 }
 
 let workloads = processWorkloads + connectionWorkloads + synchronizationWorkloads + sharedMemoryWorkloads
-    + asyncWorkloads
+    + asyncWorkloads + codecWorkloads
 var failures = 0
 for workload in workloads where filter.map({ workload.name.contains($0) }) ?? true {
     do {

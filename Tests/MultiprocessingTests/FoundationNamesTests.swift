@@ -17,8 +17,9 @@ struct FoundationNamesTests {
             BinaryEncoder.self, BinaryDecoder.self, MultiprocessingError.self,
             SharedMemory.self, ShareableList.self, ShareableList.Item.self, SharedValue<Int>.self, SharedArray<Double>.self,
             RawSharedValue<Int32>.self, RawSharedArray<UInt8>.self,
+            BinaryDecoder.MemoryBudget.self,
         ]
-        #expect(types.count == 26)
+        #expect(types.count == 27)
         let (a, b) = try makePipe()
         try b.send("hello")
         #expect(try wait([a], timeout: .seconds(5)).count == 1)

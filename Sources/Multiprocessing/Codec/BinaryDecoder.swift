@@ -13,20 +13,30 @@ import Darwin
 /// arrays of fixed-width numbers are copied out as raw memory. Integers decode into any integer type
 /// that holds their value. The whole input must be one value: trailing bytes are an error.
 ///
+/// Two limits protect the decoding process: values nest at most 512 levels deep and no deeper than the
+/// decoding thread's stack has room for (a reserve of up to 64 KiB is kept), and the decoded values may
+/// take no more memory than ``memoryBudget`` allows for the size of the input.
+///
 /// Errors thrown by `init(from:)` implementations (a `DecodingError` from an enum's raw value, say)
 /// are wrapped in a ``MultiprocessingError/Code/transport`` error that carries their description.
 public struct BinaryDecoder: Sendable {
     /// Values handed to every `init(from:)` as `Decoder.userInfo`.
     public var userInfo: [CodingUserInfoKey: any Sendable]
 
-    /// Creates a decoder with empty ``userInfo``.
+    /// How much memory the values of one decode call may take; see ``MemoryBudget``.
+    public var memoryBudget: MemoryBudget
+
+    /// Creates a decoder with empty ``userInfo`` and the default ``memoryBudget``.
     public init() {
         userInfo = [:]
+        memoryBudget = .default
     }
 
     /// Decodes a value of type `T` from `bytes`, which must hold exactly one encoded value.
     ///
-    /// - Throws: ``MultiprocessingError`` with code ``MultiprocessingError/Code/transport``.
+    /// - Throws: ``MultiprocessingError`` with code ``MultiprocessingError/Code/transport`` when the bytes
+    ///   are not a `T`, when the values would take more memory than ``memoryBudget`` allows, or when they
+    ///   nest deeper than 512 levels or than the calling thread's stack has room for.
     public func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
         try bytes.withUnsafeBytes { try decode(type, from: $0) }
     }
@@ -35,13 +45,15 @@ public struct BinaryDecoder: Sendable {
     ///
     /// The bytes are read only during the call; the decoded value does not refer to them.
     ///
-    /// - Throws: ``MultiprocessingError`` with code ``MultiprocessingError/Code/transport``.
+    /// - Throws: ``MultiprocessingError`` with code ``MultiprocessingError/Code/transport`` when the bytes
+    ///   are not a `T`, when the values would take more memory than ``memoryBudget`` allows, or when they
+    ///   nest deeper than 512 levels or than the calling thread's stack has room for.
     public func decode<T: Decodable>(_ type: T.Type, from bytes: UnsafeRawBufferPointer) throws -> T {
         guard let base = bytes.baseAddress, !bytes.isEmpty else {
             throw MultiprocessingError(.transport, "binary decoding: cannot decode \(T.self) from an empty message")
         }
         return try BinaryDecodingContext.with(BinaryDecodingContext.key) { context in
-            try context.decodeRoot(T.self, from: BinaryReader(base: base, count: bytes.count), userInfo: userInfo)
+            try context.decodeRoot(T.self, from: BinaryReader(base: base, count: bytes.count), userInfo: userInfo, budget: memoryBudget)
         }
     }
 }
@@ -69,10 +81,18 @@ final class BinaryDecodingContext: BinaryReusableState {
     @exclusivity(unchecked) var userInfo: [CodingUserInfoKey: any Sendable] = [:]
     /// Nesting of `init(from:)` calls.
     @exclusivity(unchecked) var depth = 0
+    /// The stack of the thread that keeps this state.
+    let stack = BinaryStackGuard()
+    /// Bytes of the memory budget not counted yet (negative once it is exceeded), and the budget.
+    @exclusivity(unchecked) var budgetLeft = 0
+    @exclusivity(unchecked) var budget = BinaryDecoder.MemoryBudget.default
     /// Changes at the start and end of every call, retiring what the call handed out.
     @exclusivity(unchecked) var generation = 0
     @exclusivity(unchecked) var kinds = BinaryKindCache()
     @exclusivity(unchecked) var boxes = BinaryBoxCache<Frame>()
+    /// Frames of keyed containers made while every cached box was in use, and the containers' boxes.
+    @exclusivity(unchecked) var spilledFrames: [Frame] = []
+    @exclusivity(unchecked) var spilledBoxes: [AnyObject] = []
 
     init() {}
 
@@ -81,13 +101,19 @@ final class BinaryDecodingContext: BinaryReusableState {
     }
 
     /// Decodes the message in `reader`, which must hold one `T` value and nothing else.
-    func decodeRoot<T: Decodable>(_: T.Type, from reader: BinaryReader, userInfo: [CodingUserInfoKey: any Sendable]) throws -> T {
+    func decodeRoot<T: Decodable>(
+        _: T.Type, from reader: BinaryReader, userInfo: [CodingUserInfoKey: any Sendable], budget: BinaryDecoder.MemoryBudget
+    ) throws -> T {
         generation &+= 1
         self.reader = reader
         if !userInfo.isEmpty { self.userInfo = userInfo }
+        self.budget = budget
+        budgetLeft = budget.limit(forInputBytes: reader.count)
         do {
             var end = 0
             let value = try decodeValue(T.self, at: 0, limit: reader.count, end: &end)
+            // Counts that could not throw where they were made (``allKeys``) are checked here.
+            guard budgetLeft >= 0 else { throw overBudget(at: 0) }
             guard end == reader.count else {
                 throw MultiprocessingError(
                     .transport, "binary decoding: \(reader.count - end) trailing bytes after the \(T.self) value")
@@ -105,6 +131,10 @@ final class BinaryDecodingContext: BinaryReusableState {
         generation &+= 1
         reader = BinaryReader(base: reader.base, count: 0)
         depth = 0
+        if !spilledFrames.isEmpty {
+            spilledFrames = []
+            spilledBoxes = []
+        }
         if !userInfo.isEmpty { userInfo = [:] }
         busy = false
     }
@@ -120,6 +150,30 @@ final class BinaryDecodingContext: BinaryReusableState {
         let path = offset >= 0 ? binaryPathDescription(codingPath(to: offset)) : "a missing value"
         let place = offset >= 0 ? " (byte \(offset))" : ""
         return MultiprocessingError(.transport, "binary decoding: \(what) at \(path)\(place)")
+    }
+
+    /// The error of a decode whose values would take more memory than its budget allows.
+    func overBudget(at offset: Int) -> MultiprocessingError {
+        let limit = budget.limit(forInputBytes: reader.count)
+        return error(
+            "the decoded values would take more than \(BinaryStackGuard.bytes(limit)) of memory, the budget of a "
+                + "\(reader.count)-byte message (\(budget)); raise BinaryDecoder.memoryBudget or "
+                + "Connection.decodingBudget to accept such messages", at: offset)
+    }
+
+    /// Counts `bytes` of decoded values against the budget; throws once it is exceeded.
+    @inline(__always)
+    func charge(_ bytes: Int, at offset: Int) throws {
+        budgetLeft &-= bytes
+        if budgetLeft < 0 { throw overBudget(at: offset) }
+    }
+
+    /// Throws unless `count` values of `stride` bytes each fit in what is left of the budget (counting
+    /// nothing yet): an array is refused before its storage grows, not after.
+    @inline(__always)
+    func reserve(_ count: Int, of stride: Int, at offset: Int) throws {
+        let (total, overflow) = count.multipliedReportingOverflow(by: stride)
+        if overflow || total > budgetLeft { throw overBudget(at: offset) }
     }
 
     func mismatch(_ expected: String, at offset: Int) -> MultiprocessingError {
@@ -298,10 +352,11 @@ final class BinaryDecodingContext: BinaryReusableState {
     // MARK: Packed arrays
 
     /// Copies a packed array out as raw memory when it is packed with `kind`; nil otherwise.
-    func readPacked<Element>(_: Element.Type, kind: BinaryPackedKind, at offset: Int, limit: Int, end: inout Int) -> [Element]? {
+    func readPacked<Element>(_: Element.Type, kind: BinaryPackedKind, at offset: Int, limit: Int, end: inout Int) throws -> [Element]? {
         guard reader.byte(at: offset) == BinaryFormat.packedTag,
               reader.byte(at: offset + 1) == kind.rawValue,
               let bounds = reader.packedBounds(at: offset, limit: limit) else { return nil }
+        try charge(bounds.end - bounds.dataStart, at: offset)
         end = bounds.end
         // (Not through `init(unsafeUninitializedCapacity:)` when empty: that writes to the shared empty array.)
         guard bounds.count > 0 else { return [] }
@@ -358,6 +413,7 @@ final class BinaryDecodingContext: BinaryReusableState {
     /// Generic code that runs unspecialized avoids tuples and optionals of `T`: each would make the
     /// runtime look up their metadata on every call.
     func decodeValue<T: Decodable>(_: T.Type, at offset: Int, limit: Int, end: inout Int, packed: BinaryPackedKind? = nil) throws -> T {
+        try charge(MemoryLayout<T>.stride, at: offset)
         let kind = kinds.kind(of: T.self)
         switch kind {
         case .general: break
@@ -377,18 +433,18 @@ final class BinaryDecodingContext: BinaryReusableState {
         case .uint64: return try scalar(UInt64.self, as: T.self, at: offset, limit: limit, end: &end, packed: packed)
         case _ where packed != nil: break
         case .strings: if let value = try readStrings(at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-        case .intArray: if let value = readPacked(Int.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-        case .int8Array: if let value = readPacked(Int8.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-        case .int16Array: if let value = readPacked(Int16.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-        case .int32Array: if let value = readPacked(Int32.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-        case .int64Array: if let value = readPacked(Int64.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-        case .uintArray: if let value = readPacked(UInt.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-        case .uint8Array: if let value = readPacked(UInt8.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-        case .uint16Array: if let value = readPacked(UInt16.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-        case .uint32Array: if let value = readPacked(UInt32.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-        case .uint64Array: if let value = readPacked(UInt64.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-        case .floatArray: if let value = readPacked(Float.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
-        case .doubleArray: if let value = readPacked(Double.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .intArray: if let value = try readPacked(Int.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .int8Array: if let value = try readPacked(Int8.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .int16Array: if let value = try readPacked(Int16.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .int32Array: if let value = try readPacked(Int32.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .int64Array: if let value = try readPacked(Int64.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .uintArray: if let value = try readPacked(UInt.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .uint8Array: if let value = try readPacked(UInt8.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .uint16Array: if let value = try readPacked(UInt16.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .uint32Array: if let value = try readPacked(UInt32.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .uint64Array: if let value = try readPacked(UInt64.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .floatArray: if let value = try readPacked(Float.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .doubleArray: if let value = try readPacked(Double.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
         }
         // Through `init(from:)`, which also reads arrays that were not written packed.
         if let packed {
@@ -414,6 +470,7 @@ final class BinaryDecodingContext: BinaryReusableState {
     private func readStrings(at offset: Int, limit: Int, end: inout Int) throws -> [String]? {
         guard let tag = reader.byte(at: offset), tag == BinaryFormat.unkeyedTag || tag == BinaryFormat.unkeyed64Tag,
               let bounds = reader.containerBounds(at: offset, limit: limit) else { return nil }
+        try charge(bounds.count &* MemoryLayout<String>.stride, at: offset)
         var strings: [String] = []
         strings.reserveCapacity(bounds.count)
         var position = bounds.contentStart
@@ -431,6 +488,11 @@ final class BinaryDecodingContext: BinaryReusableState {
         defer { depth -= 1 }
         guard depth <= BinaryFormat.maxDepth else {
             throw error("values nest more than \(BinaryFormat.maxDepth) levels deep", at: offset)
+        }
+        if stack.exhausted {
+            throw error(
+                "values nest \(depth) levels deep, more than this thread's stack has room for (\(stack.left) left); "
+                    + "decode them on a thread with a larger stack", at: offset)
         }
         return try T(from: BinaryValueDecoder(context: .passUnretained(self), position: offset, stamp: stamp))
     }
@@ -453,9 +515,29 @@ final class BinaryDecodingContext: BinaryReusableState {
             return unsafeBitCast(box, to: KeyedDecodingContainer<Key>.self)
         }
         let slot = boxes.newSlot(frame: frame)
+        guard slot >= 0 else { return try spilledContainer(Key.self, frame: frame) }
         let container = KeyedDecodingContainer(
             BinaryKeyedDecodingContainer<Key>(context: .passUnretained(self), slot: slot, frame: frame))
         boxes.keep(unsafeBitCast(container, to: AnyObject.self), of: Key.self, in: slot)
+        return container
+    }
+
+    /// A keyed container whose box the cache has no room for: its frame goes on top of the spilled
+    /// frames, after the frames of containers no one holds any more have come off the top (containers
+    /// nest, so they mostly end in the reverse order of their making). Each spilled frame counts
+    /// against the memory budget while it is kept.
+    private func spilledContainer<Key: CodingKey>(_: Key.Type, frame: Frame) throws -> KeyedDecodingContainer<Key> {
+        while let top = spilledBoxes.indices.last, isKnownUniquelyReferenced(&spilledBoxes[top]) {
+            spilledBoxes.removeLast()
+            spilledFrames.removeLast()
+            budgetLeft &+= MemoryLayout<Frame>.stride
+        }
+        try charge(MemoryLayout<Frame>.stride, at: frame.start)
+        spilledFrames.append(frame)
+        let container = KeyedDecodingContainer(BinaryKeyedDecodingContainer<Key>(
+            context: .passUnretained(self), slot: -1 - spilledFrames.count, frame: frame))
+        // Without a box to watch (see ``BinaryBoxCache``), the frame stays until the call ends.
+        spilledBoxes.append(binaryBoxesConvert ? unsafeBitCast(container, to: AnyObject.self) : BinaryBoxPlaceholder.placeholder)
         return container
     }
 
@@ -475,7 +557,7 @@ final class BinaryDecodingContext: BinaryReusableState {
 
     @inline(__always)
     private func find(_ key: UnsafeRawBufferPointer, in frame: Frame) throws -> Int {
-        // The entry at the hint, when its key (of fewer than 128 bytes) is this one.
+        // The entry at the hint, when its key is this one.
         let hint = frame.hint
         if hint >= frame.contentStart && hint < frame.end {
             let length = Int(reader.base.load(fromByteOffset: hint, as: UInt8.self))
@@ -483,8 +565,20 @@ final class BinaryDecodingContext: BinaryReusableState {
                BinaryDecodingContext.equal(UnsafeRawBufferPointer(start: reader.base + hint + 1, count: length), key) {
                 return hint + 1 + length
             }
+            // A key of 128 bytes or more has a longer length prefix; without this look every lookup of
+            // such a key would scan from the first entry, and a dictionary would decode in quadratic time.
+            if length >= 0x80, key.count >= 0x80, let value = longKeyAtHint(key, hint: hint, in: frame) {
+                return value
+            }
         }
         return try scan(for: key, in: frame)
+    }
+
+    /// The value of the entry at `hint` when its key, of 128 bytes or more, is `key`; nil otherwise.
+    private func longKeyAtHint(_ key: UnsafeRawBufferPointer, hint: Int, in frame: Frame) -> Int? {
+        guard let (name, value) = reader.entryKey(at: hint, limit: frame.end),
+              BinaryDecodingContext.equal(name, key) else { return nil }
+        return value
     }
 
     /// `find` without the hint: the entries from the first one.
@@ -592,6 +686,34 @@ final class BinaryDecodingContext: BinaryReusableState {
         default:
             return (start + 1, nil)
         }
+    }
+
+    /// Before the first element of the unkeyed container at `start` is read (when `cursor` is that
+    /// element): throws unless all its elements, of `stride` bytes each, fit in the budget.
+    @inline(__always)
+    func reserveElements(of stride: Int, in start: Int, at cursor: Int) throws {
+        if cursor == start &+ BinaryFormat.unkeyedHeader, reader.byte(at: start) == BinaryFormat.unkeyedTag,
+           let count = reader.load(UInt32.self, at: start &+ 5, limit: reader.count) {
+            try reserve(Int(count), of: stride, at: start)
+        } else if cursor <= start &+ BinaryFormat.unkeyed64Header {
+            try reserveElementsSlowly(of: stride, in: start, at: cursor)
+        }
+    }
+
+    private func reserveElementsSlowly(of stride: Int, in start: Int, at cursor: Int) throws {
+        guard start >= 0, let tag = reader.byte(at: start) else { return }
+        let count: Int
+        switch tag {
+        case BinaryFormat.unkeyed64Tag:
+            guard let bounds = reader.containerBounds(at: start, limit: reader.count), cursor == bounds.contentStart else { return }
+            count = bounds.count
+        case BinaryFormat.packedTag:
+            guard let bounds = reader.packedBounds(at: start, limit: reader.count), cursor == bounds.dataStart else { return }
+            count = bounds.count
+        default:
+            return
+        }
+        try reserve(count, of: stride, at: start)
     }
 }
 
@@ -704,25 +826,35 @@ struct BinaryValueDecoder: Decoder {
 }
 
 /// Reads the entries of one keyed container (an empty value or a missing one reads as empty).
-/// Lookups scan the entries' keys lazily; no dictionary of keys is built. Its bounds are in its
-/// `frame`, or in the context's box cache under `slot` when its box is cached.
+/// Lookups scan the entries' keys lazily; no dictionary of keys is built. Its bounds are in the
+/// context's box cache under `slot` when its box is cached, else among the context's spilled frames
+/// under `-2 - slot` (so that its hint still moves: without it, a dictionary nested deeper than the
+/// cache holds would decode in quadratic time).
 struct BinaryKeyedDecodingContainer<Key: CodingKey>: KeyedDecodingContainerProtocol {
     let context: Unmanaged<BinaryDecodingContext>
     let slot: Int
+    /// The container's frame as it was made; its current one is in the box cache or among the spilled
+    /// frames. (A plain value, so that copying the container copies bytes only.)
     let frame: BinaryDecodingContext.Frame
 
     /// Runs `body` with the context and the container's current frame (checked to be this call's).
     @inline(__always)
     private func with<T>(_ body: (BinaryDecodingContext, BinaryDecodingContext.Frame) throws -> T) throws -> T {
         try context._withUnsafeGuaranteedRef { context in
-            let frame = slot < 0 ? frame : context.boxes.frames[slot]
+            if slot >= 0 {
+                let frame = context.boxes.frames[slot]
+                try context.check(frame.generation)
+                return try body(context, frame)
+            }
             try context.check(frame.generation)
-            return try body(context, frame)
+            return try body(context, context.spilledFrames[-2 - slot])
         }
     }
 
     var codingPath: [any CodingKey] { (try? with { $0.codingPath(to: $1.start) }) ?? [] }
 
+    /// The keys count against the memory budget; since this cannot throw, a decode whose keys exceed it
+    /// fails when it next counts a value, or at its end.
     var allKeys: [Key] {
         (try? with { context, frame in
             var keys: [Key] = []
@@ -735,6 +867,7 @@ struct BinaryKeyedDecodingContainer<Key: CodingKey>: KeyedDecodingContainerProto
                 }
                 position = next
             }
+            context.budgetLeft &-= keys.count &* MemoryLayout<Key>.stride
             return keys
         }) ?? []
     }
@@ -742,7 +875,11 @@ struct BinaryKeyedDecodingContainer<Key: CodingKey>: KeyedDecodingContainerProto
     /// Records that the value just read from this container ended at `next`.
     @inline(__always)
     private func resume(_ context: BinaryDecodingContext, at next: Int) {
-        if slot >= 0 { context.boxes.frames[slot].hint = next }
+        if slot >= 0 {
+            context.boxes.frames[slot].hint = next
+        } else {
+            context.spilledFrames[-2 - slot].hint = next
+        }
     }
 
     /// The offset of `key`'s value; throws when the key is absent.
@@ -939,9 +1076,11 @@ struct BinaryUnkeyedDecodingContainer: UnkeyedDecodingContainer {
 
     /// Reads the next element with `read` (given its offset, its kind when this is a packed array,
     /// the end of the elements, and where to put the element's end, which is set to its start).
+    /// Elements of `stride` bytes count against the memory budget: all of them before the first is read.
     @inline(__always)
     private mutating func next<T>(
-        _ what: @autoclosure () -> String, _ read: (BinaryDecodingContext, Int, BinaryPackedKind?, Int, inout Int) throws -> T
+        _ what: @autoclosure () -> String, stride: Int = 0,
+        _ read: (BinaryDecodingContext, Int, BinaryPackedKind?, Int, inout Int) throws -> T
     ) throws -> T {
         let start = self.start
         var cursor = self.cursor
@@ -950,6 +1089,7 @@ struct BinaryUnkeyedDecodingContainer: UnkeyedDecodingContainer {
             guard cursor < layout.end else {
                 throw context.error("expected \(what()), found the end of an unkeyed container", at: start)
             }
+            if stride > 0 { try context.reserveElements(of: stride, in: start, at: cursor) }
             return try read(context, cursor, layout.kind, layout.end, &cursor)
         }
         self.cursor = cursor
@@ -958,7 +1098,10 @@ struct BinaryUnkeyedDecodingContainer: UnkeyedDecodingContainer {
 
     @inline(__always)
     private mutating func scalar<T: BinaryScalar>() throws -> T {
-        try next("\(T.self)") { try T.read($0, at: $1, limit: $3, next: &$4, packed: $2) }
+        try next("\(T.self)", stride: MemoryLayout<T>.stride) {
+            try $0.charge(MemoryLayout<T>.stride, at: $1)
+            return try T.read($0, at: $1, limit: $3, next: &$4, packed: $2)
+        }
     }
 
     mutating func decodeNil() throws -> Bool {
@@ -989,7 +1132,7 @@ struct BinaryUnkeyedDecodingContainer: UnkeyedDecodingContainer {
     mutating func decode(_ type: UInt128.Type) throws -> UInt128 { try scalar() }
 
     mutating func decode<T: Decodable>(_ type: T.Type) throws -> T {
-        try next("\(T.self)") { try $0.decodeValue(T.self, at: $1, limit: $3, end: &$4, packed: $2) }
+        try next("\(T.self)", stride: MemoryLayout<T>.stride) { try $0.decodeValue(T.self, at: $1, limit: $3, end: &$4, packed: $2) }
     }
 
     /// Steps over the next element, returning a decoder for it.

@@ -20,7 +20,8 @@ import Darwin
 ///
 /// Containers must be written in nesting order, which is what synthesized `Codable` conformances
 /// and almost all hand-written ones do: once a value's encoder or container has been left for its
-/// parent, it cannot be written again. Values may nest at most 512 levels deep. Failures throw
+/// parent, it cannot be written again. Values may nest at most 512 levels deep, and no deeper than the
+/// encoding thread's stack has room for (a reserve of up to 64 KiB is kept). Failures throw
 /// ``MultiprocessingError`` with code ``MultiprocessingError/Code/transport``.
 public struct BinaryEncoder: Sendable {
     /// Values handed to every `encode(to:)` as `Encoder.userInfo`.
@@ -111,6 +112,8 @@ final class BinaryEncodingState: BinaryReusableState {
     @exclusivity(unchecked) var pending = -1
     /// Nesting of `encode(to:)` calls.
     @exclusivity(unchecked) var depth = 0
+    /// The stack of the thread that keeps this state.
+    let stack = BinaryStackGuard()
     /// Changes at the start and end of every call, retiring what the call handed out.
     @exclusivity(unchecked) var generation = 0
     @exclusivity(unchecked) var kinds = BinaryKindCache()
@@ -496,6 +499,11 @@ final class BinaryEncodingState: BinaryReusableState {
         defer { depth -= 1 }
         guard depth <= BinaryFormat.maxDepth else {
             throw error("values nest more than \(BinaryFormat.maxDepth) levels deep", at: slot)
+        }
+        if stack.exhausted {
+            throw error(
+                "values nest \(depth) levels deep, more than this thread's stack has room for (\(stack.left) left); "
+                    + "encode them on a thread with a larger stack", at: slot)
         }
         try value.encode(to: BinarySlotEncoder(state: .passUnretained(self), slot: slot, generation: generation))
     }

@@ -62,6 +62,7 @@ enum BinaryFormat {
 
     /// How deep values may nest (counted in calls to `encode(to:)` / `init(from:)`). Decoding is driven
     /// by the input, so without a limit hostile bytes could make a recursive type overflow the stack.
+    /// A thread with a small stack is guarded by ``BinaryStackGuard`` before it reaches this depth.
     static let maxDepth = 512
 
     /// Words for a tag in error messages.

@@ -21,6 +21,11 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     public let readable: Bool
     /// Whether this end may send.
     public let writable: Bool
+    /// How much memory the value that ``recv(_:timeout:)`` decodes from one message may take, in
+    /// proportion to the message's size (see ``BinaryDecoder/MemoryBudget``); a message over it throws
+    /// ``MultiprocessingError/Code/transport``. Raise it to accept messages that decode into much more
+    /// memory than they take on the wire, such as long arrays of nils decoded into large optional types.
+    public var decodingBudget = BinaryDecoder.MemoryBudget.default
 
     /// Received bytes not consumed yet live in `buffer[start..<end]`.
     private var buffer: UnsafeMutableRawPointer
@@ -409,7 +414,8 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     /// Receives one `Codable` value sent with ``send(_:)`` (Python's `recv`).
     ///
     /// - Throws: ``MultiprocessingError/Code/endOfFile``, ``MultiprocessingError/Code/timedOut``, or
-    ///   ``MultiprocessingError/Code/transport`` when the bytes do not decode as `T`.
+    ///   ``MultiprocessingError/Code/transport`` when the bytes do not decode as `T` or would take more
+    ///   memory than ``decodingBudget`` allows.
     public func recv<T: Decodable>(_ type: T.Type = T.self, timeout: Duration? = nil) throws -> T {
         try receiveFrame(maxLength: nil, deadline: .after(timeout)) { try decodeValue(T.self, from: $0) }
     }
@@ -420,10 +426,11 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
             throw MultiprocessingError(.transport, "empty message: not a value sent with send(_:)")
         }
         let body = UnsafeRawBufferPointer(rebasing: payload[1...])
-        guard count > 0 else { return try BinaryDecoder().decode(T.self, from: body) }
+        var decoder = BinaryDecoder()
+        decoder.memoryBudget = decodingBudget
+        guard count > 0 else { return try decoder.decode(T.self, from: body) }
         let transfer = try takeDescriptors(Int(count))
         defer { transfer.closeUntaken() }
-        var decoder = BinaryDecoder()
         decoder.userInfo[.descriptorTransfer] = transfer
         return try decoder.decode(T.self, from: body)
     }

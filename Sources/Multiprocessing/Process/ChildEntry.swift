@@ -23,6 +23,8 @@ func multiprocessingChildMain(_ fd: Int32) {
     do {
         try Syscall.setCloseOnExec(fd)
         let connection = try Connection(adopting: fd)
+        // The task comes from the parent, whose values the child takes however much memory they need.
+        connection.decodingBudget = .unlimited
         bootstrap = try connection.recv(ChildBootstrap.self, timeout: .seconds(120))
         // The connection object is dropped here, but `fd` must stay open for the child's whole life:
         // it is how the child sees its parent die. Keep it by duplicating before the drop.
