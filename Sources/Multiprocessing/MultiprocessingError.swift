@@ -56,6 +56,9 @@ public struct MultiprocessingError: Error, Sendable, CustomStringConvertible, Eq
         public static let alreadyExists = Code("alreadyExists")
         /// Nothing has that name (Python's `FileNotFoundError`).
         public static let notFound = Code("notFound")
+        /// A message asked for something that is never done for a peer: a pickle that names a class, a
+        /// global or a call. Nothing was imported or run.
+        public static let refused = Code("refused")
     }
 
     /// What kind of failure this is.

@@ -429,7 +429,8 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         var decoder = BinaryDecoder()
         decoder.memoryBudget = decodingBudget
         guard count > 0 else { return try decoder.decode(T.self, from: body) }
-        let transfer = try takeDescriptors(Int(count))
+        let transfer: DescriptorTransfer
+        do { transfer = try takeDescriptors(Int(count)) } catch where payload.last == UInt8(ascii: ".") { throw Self.pickleArrived(payload) }
         defer { transfer.closeUntaken() }
         decoder.userInfo[.descriptorTransfer] = transfer
         return try decoder.decode(T.self, from: body)
