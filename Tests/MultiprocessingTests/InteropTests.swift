@@ -44,7 +44,7 @@ final class PythonPeer {
     private let output: Int32
     private var collected: [UInt8] = []
 
-    init(_ interpreter: String, _ arguments: [String]) throws {
+    init(_ interpreter: String, _ arguments: [String], script: String? = nil) throws {
         // A close-on-exec socket pair, made atomically, so that no other test's child inherits it.
         let pair = try Syscall.socketPair()
         let fds = [pair.0, pair.1]
@@ -53,7 +53,7 @@ final class PythonPeer {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
         posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
-        let argv = ([interpreter, "-u", "-c", interopPeerScript] + arguments).map { strdup($0) } + [nil]
+        let argv = ([interpreter, "-u", "-c", script ?? interopPeerScript] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
         let status = posix_spawnp(&pid, interpreter, &actions, nil, argv, environ)

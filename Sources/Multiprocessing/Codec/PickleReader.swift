@@ -8,7 +8,7 @@
 /// memo size and the number of objects that memo references may expand to are bounded.
 struct PickleReader {
     /// Marks a stack entry that stands for a callable global rather than a value.
-    enum Callable: UInt8 { case none, codecsEncode, bytes, bytearray, set, frozenset }
+    enum Callable: UInt8 { case none, codecsEncode, bytes, bytearray, set, frozenset, refused }
 
     struct Entry {
         var value: PythonValue
@@ -28,6 +28,8 @@ struct PickleReader {
         case value(PythonValue, nodes: Int, depth: Int)
         /// The container at this stack index, still on the stack.
         case onStack(Int)
+        /// One of the allowed globals.
+        case callable(Callable)
     }
 
     let limits: PickleDecoder.Limits
@@ -35,6 +37,8 @@ struct PickleReader {
     private var marks: [Int] = []
     private var memo: [Memo] = []
     private var nodesSeen = 0
+    /// A helper that rebuilds class instances (copyreg's), held until the pickle names the class itself.
+    private var refusedHelper: String?
     private let input: UnsafeRawBufferPointer
     private var position = 0
 
@@ -121,7 +125,7 @@ struct PickleReader {
 
     private mutating func popValue() throws -> Entry {
         let entry = try popEntry()
-        if entry.callable != .none { throw malformed("a global is used as a value") }
+        if entry.callable != .none { throw misuse(entry) }
         return entry
     }
 
@@ -131,10 +135,23 @@ struct PickleReader {
         let items = stack[mark...]
         stack.removeSubrange(mark...)
         for item in items {
-            if item.callable != .none { throw malformed("a global is used as a value") }
+            if item.callable != .none { throw misuse(item) }
             settle(item)
         }
         return items
+    }
+
+    /// The error for a global used where a value belongs.
+    private func misuse(_ entry: Entry) -> MultiprocessingError {
+        if entry.callable == .refused, let refusedHelper { return Self.refusal(refusedHelper) }
+        return malformed("a global is used as a value")
+    }
+
+    static func refusal(_ name: String) -> MultiprocessingError {
+        MultiprocessingError(
+            .refused,
+            "refused to load \(name): the pickle names a class or function, and only plain data "
+                + "(None, bool, int, float, str, bytes, bytearray, list, tuple, dict, set, frozenset) is accepted")
     }
 
     private func container(_ items: some Sequence<Entry>) throws -> (nodes: Int, depth: Int) {
@@ -206,7 +223,7 @@ struct PickleReader {
             stack[other].memoIndex = -1
         }
         let entry = stack[top]
-        if entry.callable != .none { memo[index] = .empty; return }
+        if entry.callable != .none { memo[index] = .callable(entry.callable); return }
         switch entry.value {
         case .list, .dict, .set:
             if entry.memoIndex >= 0, entry.memoIndex != index { throw malformed("a container is memoized twice") }
@@ -222,6 +239,9 @@ struct PickleReader {
         switch memo[index] {
         case .empty:
             throw malformed("memo index \(index) was never stored")
+        case .callable(let callable):
+            nodesSeen += 1
+            stack.append(Entry(value: .none, nodes: 0, depth: 0, callable: callable))
         case .value(let value, let nodes, let depth):
             nodesSeen += nodes - 1
             try push(value, nodes: nodes, depth: depth)
@@ -246,11 +266,14 @@ struct PickleReader {
         case ("builtins", "bytearray"), ("__builtin__", "bytearray"): callable = .bytearray
         case ("builtins", "set"), ("__builtin__", "set"): callable = .set
         case ("builtins", "frozenset"), ("__builtin__", "frozenset"): callable = .frozenset
+        case ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"), ("copyreg", "__newobj__"), ("copyreg", "__newobj_ex__"):
+            // Protocols 0 and 1 name this helper before the class: refuse at the class, naming it.
+            if let refusedHelper { throw Self.refusal(refusedHelper) }
+            refusedHelper = "\(module).\(name)"
+            callable = .refused
         default:
-            throw MultiprocessingError(
-                .refused,
-                "refused to load \(module).\(name): the pickle names a class or function, and only plain data "
-                    + "(None, bool, int, float, str, bytes, bytearray, list, tuple, dict, set, frozenset) is accepted")
+            if let refusedHelper { throw Self.refusal("\(module).\(name) (through \(refusedHelper))") }
+            throw Self.refusal("\(module).\(name)")
         }
         nodesSeen += 1
         stack.append(Entry(value: .none, nodes: 0, depth: 0, callable: callable))
@@ -269,26 +292,19 @@ struct PickleReader {
             }
         }
         switch function.callable {
+        case .refused:
+            throw misuse(function)
         case .none:
             throw MultiprocessingError(.refused, "refused a reduce call on a \(function.value.typeName): only plain data is accepted")
         case .codecsEncode:
-            guard args.count == 2, case .string(let text) = args[0], case .string(let encoding) = args[1],
-                  encoding == "latin1" || encoding == "latin-1" else {
-                throw malformed("_codecs.encode is called with arguments other than a str and 'latin1'")
-            }
-            var bytes: [UInt8] = []
-            bytes.reserveCapacity(text.utf8.count)
-            for scalar in text.unicodeScalars {
-                guard scalar.value < 256 else { throw malformed("_codecs.encode gets a character outside latin-1") }
-                bytes.append(UInt8(scalar.value))
-            }
-            try push(.bytes(bytes))
+            try push(.bytes(latin1(args, "_codecs.encode")))
         case .bytes:
             guard args.count <= 1 else { throw malformed("bytes is called with \(args.count) arguments") }
             try push(.bytes(bytesArgument()))
         case .bytearray:
-            guard args.count <= 1 else { throw malformed("bytearray is called with \(args.count) arguments") }
-            try push(.bytearray(bytesArgument()))
+            // Python 3.7 writes bytearray(text, 'latin-1') at protocols 0 to 2.
+            guard args.count <= 2 else { throw malformed("bytearray is called with \(args.count) arguments") }
+            try push(.bytearray(args.count == 2 ? latin1(args, "bytearray") : bytesArgument()))
         case .set, .frozenset:
             guard args.count <= 1 else { throw malformed("set is called with \(args.count) arguments") }
             var items: [PythonValue] = []
@@ -301,6 +317,21 @@ struct PickleReader {
             nodesSeen -= 1
             try push(function.callable == .set ? .set(items) : .frozenset(items), nodes: arguments.nodes, depth: arguments.depth)
         }
+    }
+
+    /// The bytes of `(text, 'latin1')` arguments.
+    private func latin1(_ args: [PythonValue], _ function: String) throws -> [UInt8] {
+        guard args.count == 2, case .string(let text) = args[0], case .string(let encoding) = args[1],
+              encoding == "latin1" || encoding == "latin-1" else {
+            throw malformed("\(function) is called with arguments other than a str and 'latin1'")
+        }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(text.utf8.count)
+        for scalar in text.unicodeScalars {
+            guard scalar.value < 256 else { throw malformed("\(function) gets a character outside latin-1") }
+            bytes.append(UInt8(scalar.value))
+        }
+        return bytes
     }
 
     // MARK: Text arguments (protocol 0)
@@ -361,6 +392,7 @@ struct PickleReader {
             case 0x95:  // FRAME: a length hint only
                 _ = try littleEndian(8)
             case UInt8(ascii: "."):  // STOP
+                if let refusedHelper { throw Self.refusal(refusedHelper) }
                 let result = try popValue()
                 guard stack.isEmpty, marks.isEmpty else { throw malformed("objects are left on the stack at the end") }
                 guard position == input.count else { throw malformed("\(input.count - position) bytes follow the end of the pickle") }

@@ -216,3 +216,76 @@ enum PythonInteger {
         return text
     }
 }
+
+/// With the pickle coders a ``PythonValue`` is the Python object itself. With other coders (the package's
+/// binary codec, JSON) it takes the nearest plain shape: sequences become arrays, a dict with string keys
+/// a keyed container (other dicts an array of key, value pairs), a big int its decimal text, so tuples
+/// and sets come back as lists.
+extension PythonValue: Codable {
+    /// Encodes the value in its nearest plain shape (see the extension's note).
+    public func encode(to encoder: any Encoder) throws {
+        switch self {
+        case .none:
+            var container = encoder.singleValueContainer()
+            try container.encodeNil()
+        case .bool(let value):
+            var container = encoder.singleValueContainer()
+            try container.encode(value)
+        case .int(let value):
+            var container = encoder.singleValueContainer()
+            try container.encode(value)
+        case .bigInt(let bytes):
+            var container = encoder.singleValueContainer()
+            try container.encode(PythonInteger.decimal(fromLittleEndian: bytes))
+        case .float(let value):
+            var container = encoder.singleValueContainer()
+            try container.encode(value)
+        case .string(let value):
+            var container = encoder.singleValueContainer()
+            try container.encode(value)
+        case .bytes(let bytes), .bytearray(let bytes):
+            var container = encoder.singleValueContainer()
+            try container.encode(bytes)
+        case .list(let items), .tuple(let items), .set(let items), .frozenset(let items):
+            var container = encoder.unkeyedContainer()
+            for item in items { try container.encode(item) }
+        case .dict(let items):
+            if items.allSatisfy({ if case .string = $0.key { true } else { false } }) {
+                var container = encoder.container(keyedBy: PythonCodingKey.self)
+                for item in items {
+                    guard case .string(let key) = item.key else { continue }
+                    try container.encode(item.value, forKey: PythonCodingKey(stringValue: key))
+                }
+            } else {
+                var container = encoder.unkeyedContainer()
+                for item in items { try container.encode([item.key, item.value]) }
+            }
+        }
+    }
+
+    /// Decodes the nearest Python object from another coder's data (see the extension's note).
+    ///
+    /// - Throws: `DecodingError.dataCorrupted` when the data has no plain shape.
+    public init(from decoder: any Decoder) throws {
+        if let container = try? decoder.singleValueContainer() {
+            if container.decodeNil() { self = .none; return }
+            if let value = try? container.decode(Bool.self) { self = .bool(value); return }
+            if let value = try? container.decode(Int.self) { self = .int(value); return }
+            if let value = try? container.decode(Double.self) { self = .float(value); return }
+            if let value = try? container.decode(String.self) { self = .string(value); return }
+        }
+        if let container = try? decoder.container(keyedBy: PythonCodingKey.self) {
+            self = .dict(try container.allKeys.map {
+                PythonDictItem(key: .string($0.stringValue), value: try container.decode(PythonValue.self, forKey: $0))
+            })
+            return
+        }
+        if var container = try? decoder.unkeyedContainer() {
+            var items: [PythonValue] = []
+            while !container.isAtEnd { items.append(try container.decode(PythonValue.self)) }
+            self = .list(items)
+            return
+        }
+        throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "no plain value here"))
+    }
+}
