@@ -1,0 +1,205 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Testing
+@testable import Multiprocessing
+
+// The pickle coders on their own (no Python needed): round trips at every protocol, Codable mapping,
+// refusals, limits, seeded fuzzing, and pickled messages between processes over a Pipe.
+
+/// One of every plain Python type, nested.
+let pickleSample: PythonValue = .list([
+    .none, .bool(true), .bool(false), .int(0), .int(-1), .int(255), .int(65_536), .int(Int.max), .int(Int.min),
+    .bigInt(PythonInteger.littleEndian(fromDecimal: "-123456789012345678901234567890")!), .float(-0.0), .float(.infinity),
+    .float(2.5e-300), .string(""), .string("caf\u{e9} \u{1234}\u{1F600} back\\slash\nline\r\u{0}\u{1a}"),
+    .bytes([]), .bytes([0, 0x80, 0xff, 0x5c, 0x0a]), .bytearray([]), .bytearray([1, 2, 3]),
+    .list([]), .tuple([]), .tuple([.int(1)]), .tuple([.int(1), .int(2), .int(3), .int(4)]),
+    .dict([]), .dict([PythonDictItem(key: .string("a"), value: .list([.none])), PythonDictItem(key: .tuple([.int(1)]), value: .bytes([9]))]),
+    .set([]), .set([.int(1), .string("x")]), .frozenset([]), .frozenset([.frozenset([.int(2)])]),
+    .list((0..<2500).map { .int($0) }),
+])
+
+struct PickleOrder: Codable, Equatable {
+    let id: Int
+    let items: [String]
+    let price: Double
+    let note: String?
+    let blob: [UInt8]
+    let counts: [String: Int]
+    let flags: [Bool]
+    let big: UInt64
+}
+
+/// A worker that answers pickled orders with pickled totals, as a Swift worker serving Python would.
+struct PickleWorker: ProcessTask {
+    let connection: Connection
+    func run() throws {
+        let python = try connection.pickled()
+        while let order = try? python.recv(PickleOrder.self, timeout: .seconds(30)) {
+            try python.send(["id": order.id, "total": order.items.count * 10])
+        }
+    }
+}
+
+@Suite("Pickles of plain data")
+struct PickleTests {
+    @Test("every plain type round trips at every protocol", arguments: 0...5)
+    func roundTrip(protocolVersion: Int) throws {
+        let encoded = try PickleEncoder(protocolVersion: protocolVersion).encode(pickleSample)
+        #expect(try PickleDecoder().value(from: encoded) == pickleSample)
+        if protocolVersion >= 2 { #expect(Array(encoded.prefix(2)) == [0x80, UInt8(protocolVersion)]) }
+    }
+
+    @Test("Codable structs map to dicts with string keys and back")
+    func codable() throws {
+        let order = PickleOrder(id: 7, items: ["a", "b"], price: 2.5, note: nil, blob: [0, 255], counts: ["x": 1],
+                                flags: [true, false], big: UInt64.max)
+        for version in 0...5 {
+            let pickle = try PickleEncoder(protocolVersion: version).encode(order)
+            #expect(try PickleDecoder().decode(PickleOrder.self, from: pickle) == order)
+            let value = try PickleDecoder().value(from: pickle)
+            #expect(value["note"] == PythonValue.none)
+            #expect(value["blob"] == .bytes([0, 255]))
+            #expect(value["big"] == .bigInt([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0]))
+        }
+    }
+
+    @Test("values that do not fit the Swift type are typed errors")
+    func mismatches() throws {
+        let big = try PickleEncoder().encode(PythonValue.bigInt(PythonInteger.littleEndian(fromDecimal: "1180591620717411303424")!))
+        let tooBig = expectCode(.transport) { try PickleDecoder().decode(Int.self, from: big) }
+        #expect(tooBig?.message.contains("does not fit in Int") == true)
+        expectCode(.transport) { try PickleDecoder().decode(UInt8.self, from: PickleEncoder().encode(256)) }
+        expectCode(.transport) { try PickleDecoder().decode(Int.self, from: PickleEncoder().encode(-1 as Int).dropLast() + [0x2e, 0x2e]) }
+        let missing = expectCode(.transport) { try PickleDecoder().decode(PickleOrder.self, from: PickleEncoder().encode(["id": 1])) }
+        #expect(missing?.message.contains("items") == true)
+        expectCode(.invalidArgument) { try PickleEncoder(protocolVersion: 6) }
+    }
+
+    @Test("globals, instances, reduce calls and persistent ids are refused, naming what they ask for")
+    func refusals() throws {
+        let cases: [(String, [UInt8])] = [
+            ("os.system", Array("cos\nsystem\n(S'touch /tmp/x'\ntR.".utf8)),
+            ("posix.system", [0x80, 0x04, 0x8c, 5] + Array("posix".utf8) + [0x8c, 6] + Array("system".utf8) + [0x93, 0x8c, 1, 0x78, 0x85, 0x52, 0x2e]),
+            ("__main__.Point", Array("ccopy_reg\n_reconstructor\n(c__main__\nPoint\nc__builtin__\nobject\nNtR.".utf8)),
+            ("mod.Klass", Array("(imod\nKlass\n.".utf8)),
+            ("persistent", Array("Pid\n.".utf8)),
+            ("instance", [0x80, 0x02, 0x29, 0x29, 0x81, 0x2e]),
+        ]
+        for (name, pickle) in cases {
+            let error = expectCode(.refused) { try PickleDecoder().value(from: pickle) }
+            #expect(error?.message.contains(name) == true, "\(name): \(String(describing: error))")
+        }
+    }
+
+    @Test("limits: depth, shared-object expansion, recursion, lengths beyond the input")
+    func limits() throws {
+        let deep = [UInt8](repeating: 0x5d, count: 1) + [UInt8](repeating: 0x28, count: 5000) + [0x2e]
+        #expect(expectCode(.transport) { try PickleDecoder().value(from: deep) }?.message.contains("deeper") == true)
+        var nested: [UInt8] = [0x80, 0x04]
+        for _ in 0..<300 { nested.append(0x5d) }  // 300 empty lists, each appended into the one below
+        for _ in 0..<299 { nested.append(0x61) }
+        nested.append(0x2e)
+        #expect(expectCode(.transport) { try PickleDecoder().value(from: nested) }?.message.contains("deeper") == true)
+        // A billion laughs: each level is a list of ten references to the level below.
+        var laughs: [UInt8] = [0x80, 0x04, 0x5d, 0x94]
+        for level in 0..<9 {
+            laughs += [0x5d, 0x94, 0x28]
+            for _ in 0..<10 { laughs += [0x68, UInt8(level)] }
+            laughs.append(0x65)
+        }
+        laughs.append(0x2e)
+        let expansion = expectCode(.transport) { try PickleDecoder().value(from: laughs) }
+        #expect(expansion?.message.contains("more than") == true, "\(String(describing: expansion))")
+        // A list that contains itself.
+        expectCode(.transport) { try PickleDecoder().value(from: [0x80, 0x04, 0x5d, 0x94, 0x68, 0x00, 0x61, 0x2e]) }
+        // Lengths far beyond what arrived are refused before anything is allocated.
+        for opcode: UInt8 in [0x8e, 0x8d, 0x96] {
+            let claim = [opcode] + withUnsafeBytes(of: UInt64(1 << 60).littleEndian, Array.init) + [0x2e]
+            expectCode(.transport) { try PickleDecoder().value(from: claim) }
+        }
+        expectCode(.transport) { try PickleDecoder().value(from: [0x80, 0x02, 0x8b, 0xff, 0xff, 0xff, 0x7f, 0x2e]) }
+        expectCode(.transport) { try PickleDecoder().value(from: Array(("L" + String(repeating: "9", count: 5000) + "L\n.").utf8)) }
+        // Memo indices far beyond the input are refused instead of growing the memo.
+        expectCode(.transport) { try PickleDecoder().value(from: [0x4e, 0x72, 0xff, 0xff, 0xff, 0x7f, 0x2e]) }
+        // Out-of-band buffers are not carried by a connection.
+        expectCode(.unsupported) { try PickleDecoder().value(from: [0x80, 0x05, 0x97, 0x2e]) }
+    }
+
+    @Test("seeded fuzzing: mutated and truncated pickles give typed errors only")
+    func fuzz() throws {
+        let seed = UInt64.random(in: 0...UInt64.max)
+        print("pickle fuzz seed \(seed)")
+        var random = FuzzGenerator(state: seed)
+        let small: PythonValue = .list(Array(pickleSample.listItems.prefix(29)) + [.dict([PythonDictItem(key: .string("k"), value: .set([.int(3)]))])])
+        let originals = try (0...5).map { try PickleEncoder(protocolVersion: $0).encode(small) }
+        var typed = 0, decoded = 0
+        for original in originals {
+            for cut in 0..<original.count {  // every truncation
+                do { _ = try PickleDecoder().value(from: Array(original.prefix(cut))) } catch is MultiprocessingError { typed += 1 }
+            }
+        }
+        for round in 0..<20_000 {
+            var bytes = originals[round % originals.count]
+            for _ in 0..<Int.random(in: 1...4, using: &random) {
+                let at = Int.random(in: 0..<bytes.count, using: &random)
+                switch Int.random(in: 0..<4, using: &random) {
+                case 0: bytes[at] = UInt8.random(in: 0...255, using: &random)
+                case 1: bytes.insert(UInt8.random(in: 0...255, using: &random), at: at)
+                case 2: bytes.remove(at: at)
+                default: bytes[at] ^= 1 << UInt8.random(in: 0...7, using: &random)
+                }
+                if bytes.isEmpty { bytes = [0] }
+            }
+            do {
+                _ = try PickleDecoder().value(from: bytes)
+                decoded += 1
+            } catch is MultiprocessingError {
+                typed += 1
+            }
+        }
+        #expect(typed > 10_000 && decoded > 0, "typed \(typed), decoded \(decoded)")
+    }
+
+    @Test("a typed recv of a Python pickle says so and names recvPickle")
+    func typedReceiveOfPickle() throws {
+        let (a, b) = try makePipe()
+        for version in [0, 1, 2, 4, 5] {
+            try a.sendPickle(["job": 3], protocolVersion: version)
+            let error = expectCode(.transport) { try b.recv([String: Int].self, timeout: .seconds(5)) }
+            #expect(error?.message.contains("Python pickle") == true && error?.message.contains("recvPickle") == true,
+                    "\(String(describing: error))")
+        }
+        try a.send(["job": 3])
+        #expect(try b.recv([String: Int].self, timeout: .seconds(5)) == ["job": 3])
+    }
+
+    @Test("a Swift worker in another process answers pickled orders over a Pipe, sync and async")
+    func pipeWorker() async throws {
+        let (mine, theirs) = try makePipe()
+        let worker = ChildProcess(PickleWorker(connection: theirs))
+        try worker.start()
+        theirs.close()
+        let python = try mine.pickled(protocolVersion: 2)
+        for id in 0..<3 {
+            let order = PickleOrder(id: id, items: Array(repeating: "x", count: id), price: 1, note: "n", blob: [],
+                                    counts: [:], flags: [], big: 1)
+            try await python.send(order)
+            let answer = try await python.recv(PythonValue.self, timeout: .seconds(30))
+            #expect(answer["id"] == .int(id) && answer["total"] == .int(id * 10), "\(answer)")
+        }
+        try await mine.sendPickle(PickleOrder(id: 9, items: ["a"], price: 1, note: nil, blob: [1], counts: ["c": 2], flags: [true], big: 5))
+        let answer: [String: Int] = try await mine.recvPickle(timeout: .seconds(30))
+        #expect(answer == ["id": 9, "total": 10])
+        mine.close()
+        #expect(try await worker.join(timeout: .seconds(30)))
+        #expect(worker.exitCode == 0)
+    }
+}
+
+extension PythonValue {
+    var listItems: [PythonValue] {
+        if case .list(let items) = self { return items }
+        return []
+    }
+}
