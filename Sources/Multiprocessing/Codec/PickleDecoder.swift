@@ -68,7 +68,6 @@ public struct PickleDecoder: Sendable {
     ///
     /// - Throws: ``MultiprocessingError/Code/transport`` when the value does not fit `type`.
     public func decode<T: Decodable>(_ type: T.Type, from value: PythonValue) throws -> T {
-        if let value = value as? T { return value }
         do {
             return try PythonValueDecoder(value: value, codingPath: []).decodeValue(T.self)
         } catch let error as DecodingError {
@@ -94,16 +93,33 @@ private func describe(_ error: DecodingError) -> String {
 
 /// A key for positions and Python dict keys.
 struct PythonCodingKey: CodingKey {
-    let stringValue: String
+    private let text: String?
     let intValue: Int?
-    init(stringValue: String) { self.stringValue = stringValue; self.intValue = nil }
-    init(intValue: Int) { self.stringValue = String(intValue); self.intValue = intValue }
+    var stringValue: String { text ?? String(intValue ?? 0) }
+    init(stringValue: String) { self.text = stringValue; self.intValue = nil }
+    init(intValue: Int) { self.text = nil; self.intValue = intValue }
 }
 
 struct PythonValueDecoder: Decoder, SingleValueDecodingContainer {
     let value: PythonValue
-    let codingPath: [any CodingKey]
+    /// The path to the container holding this value, and this value's key in it: the full coding path is
+    /// built only when asked for.
+    let parentPath: [any CodingKey]
+    let key: (any CodingKey)?
+    var codingPath: [any CodingKey] { key.map { parentPath + [$0] } ?? parentPath }
     var userInfo: [CodingUserInfoKey: Any] { [:] }
+
+    init(value: PythonValue, codingPath: [any CodingKey]) {
+        self.value = value
+        self.parentPath = codingPath
+        self.key = nil
+    }
+
+    init(value: PythonValue, parentPath: [any CodingKey], key: any CodingKey) {
+        self.value = value
+        self.parentPath = parentPath
+        self.key = key
+    }
 
     func mismatch(_ type: Any.Type, _ detail: String? = nil) -> DecodingError {
         .typeMismatch(type, .init(codingPath: codingPath,
@@ -113,11 +129,11 @@ struct PythonValueDecoder: Decoder, SingleValueDecodingContainer {
     func decodeValue<T: Decodable>(_ type: T.Type) throws -> T {
         if T.self == [UInt8].self {
             switch value {
-            case .bytes(let bytes), .bytearray(let bytes): return bytes as! T
+            case .bytes(let bytes), .bytearray(let bytes): return unsafeBitCast(bytes, to: T.self)
             default: break
             }
         }
-        if T.self == PythonValue.self { return value as! T }
+        if T.self == PythonValue.self { return unsafeBitCast(value, to: T.self) }
         return try T(from: self)
     }
 
@@ -250,7 +266,7 @@ struct PythonKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
         guard let value = find(key) else {
             throw DecodingError.keyNotFound(key, .init(codingPath: codingPath, debugDescription: "the dict has no key '\(key.stringValue)'"))
         }
-        return PythonValueDecoder(value: value, codingPath: codingPath + [key])
+        return PythonValueDecoder(value: value, parentPath: codingPath, key: key)
     }
 
     func decodeNil(forKey key: Key) throws -> Bool { find(key).map { $0 == .none } ?? true }
@@ -291,7 +307,7 @@ struct PythonUnkeyedDecoder: UnkeyedDecodingContainer {
             throw DecodingError.valueNotFound(Any.self, .init(codingPath: codingPath, debugDescription: "the sequence has only \(items.count) items"))
         }
         defer { currentIndex += 1 }
-        return PythonValueDecoder(value: items[currentIndex], codingPath: codingPath + [PythonCodingKey(intValue: currentIndex)])
+        return PythonValueDecoder(value: items[currentIndex], parentPath: codingPath, key: PythonCodingKey(intValue: currentIndex))
     }
 
     mutating func decodeNil() throws -> Bool {

@@ -29,17 +29,27 @@ public struct PickleEncoder: Sendable {
     /// - Throws: ``MultiprocessingError/Code/transport`` when the value's `encode(to:)` throws or
     ///   encodes nothing.
     public func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
-        var writer = PickleWriter(version: protocolVersion)
-        writer.write(try Self.pythonValue(of: value))
-        return writer.output
+        var output: [UInt8] = []
+        try encode(value, appendingTo: &output)
+        return output
     }
 
     /// Encodes a value, appending the pickle to `output`, as ``encode(_:)`` does.
     public func encode<T: Encodable>(_ value: T, appendingTo output: inout [UInt8]) throws {
-        var writer = PickleWriter(version: protocolVersion, output: output)
+        let stream = PickleStream(writer: PickleWriter(version: protocolVersion, output: output))
         output = []
-        writer.write(try Self.pythonValue(of: value))
-        output = writer.output
+        defer { output = stream.writer.output }
+        do {
+            stream.writer.begin()
+            try stream.encodeRoot(value)
+            stream.writer.end()
+        } catch let error as EncodingError {
+            stream.writer.output = []
+            if case .invalidValue(_, let context) = error {
+                throw MultiprocessingError(.transport, "cannot encode \(T.self) as a pickle: \(context.debugDescription)")
+            }
+            throw MultiprocessingError(.transport, "cannot encode \(T.self) as a pickle: \(error)")
+        }
     }
 
     /// The Python object a value is pickled as.
@@ -48,122 +58,198 @@ public struct PickleEncoder: Sendable {
     ///   encodes nothing.
     public static func pythonValue<T: Encodable>(of value: T) throws -> PythonValue {
         if let value = value as? PythonValue { return value }
-        do {
-            return try PythonNode.encode(value, codingPath: []).value
-        } catch let error as EncodingError {
-            if case .invalidValue(_, let context) = error {
-                throw MultiprocessingError(.transport, "cannot encode \(T.self) as a pickle: \(context.debugDescription)")
-            }
-            throw MultiprocessingError(.transport, "cannot encode \(T.self) as a pickle: \(error)")
-        }
+        return try PickleDecoder().value(from: PickleEncoder(protocolVersion: highestProtocol).encode(value))
     }
 }
 
-/// A value under construction: containers are shared references while encode(to:) fills them.
-final class PythonNode {
-    enum Content {
-        case unset
-        case value(PythonValue)
-        case list([PythonNode])
-        case dict([(key: PythonValue, node: PythonNode)])
+/// The pickle being written while `encode(to:)` calls run: containers are written as they open, their
+/// items as they come, and each container is closed when its value's `encode(to:)` returns or when its
+/// parent moves on to its next item.
+final class PickleStream {
+    enum Kind { case pending, done, keyed, unkeyed }
+
+    /// An open value: the root, each value being encoded, each nested container.
+    struct Level {
+        var kind: Kind
+        /// What to write after the value (protocol 0's SETITEM or APPEND).
+        let trailer: UInt8?
+        /// The key or position the value has in its parent, for coding paths.
+        let key: (any CodingKey)?
+        var count = 0
     }
 
-    var content: Content = .unset
+    var writer: PickleWriter
+    var levels: [Level] = []
+    /// The first misuse of the Encoder protocol (a keyed container asked for where a value was written).
+    var failure: EncodingError?
 
-    static func encode<T: Encodable>(_ value: T, codingPath: [any CodingKey]) throws -> PythonNode {
-        let node = PythonNode()
-        if let bytes = value as? [UInt8] {
-            node.content = .value(.bytes(bytes))
-        } else if let python = value as? PythonValue {
-            node.content = .value(python)
+    init(writer: PickleWriter) {
+        self.writer = writer
+        levels.reserveCapacity(16)
+    }
+
+    func codingPath(to level: Int) -> [any CodingKey] {
+        levels.prefix(level < levels.count ? level + 1 : levels.count).compactMap(\.key)
+    }
+
+    func fail(_ level: Int, _ message: String) {
+        if failure == nil { failure = .invalidValue((), .init(codingPath: codingPath(to: level), debugDescription: message)) }
+    }
+
+    func encodeRoot<T: Encodable>(_ value: T) throws {
+        levels.append(Level(kind: .pending, trailer: nil, key: nil))
+        try encodeBody(value, at: 0)
+        close(downTo: 0)
+        if let failure { throw failure }
+    }
+
+    /// Encodes a value as the next item of the container at `parent`.
+    func encode<T: Encodable>(_ value: T, in parent: Int, key: (any CodingKey)?) throws {
+        levels.append(Level(kind: .pending, trailer: writer.itemTrailer(keyed: levels[parent].kind == .keyed), key: key))
+        let level = levels.count - 1
+        try encodeBody(value, at: level)
+        close(downTo: level)
+    }
+
+    private func encodeBody<T: Encodable>(_ value: T, at level: Int) throws {
+        if T.self == [UInt8].self {
+            writer.putBytes(unsafeBitCast(value, to: [UInt8].self))
+            levels[level].kind = .done
+        } else if T.self == PythonValue.self {
+            writer.put(unsafeBitCast(value, to: PythonValue.self))
+            levels[level].kind = .done
         } else {
-            try value.encode(to: PythonValueEncoder(node: node, codingPath: codingPath))
+            try value.encode(to: PickleValueEncoder(stream: self, level: level))
         }
-        return node
     }
 
-    var value: PythonValue {
-        get throws {
-            switch content {
-            case .unset:
-                throw EncodingError.invalidValue((), .init(codingPath: [], debugDescription: "a value encoded nothing"))
-            case .value(let value): return value
-            case .list(let nodes): return .list(try nodes.map { try $0.value })
-            case .dict(let items): return .dict(try items.map { PythonDictItem(key: $0.key, value: try $0.node.value) })
+    /// Closes every level from the top down to `level`, inclusive.
+    func close(downTo level: Int) {
+        while levels.count > level {
+            let closing = levels.removeLast()
+            switch closing.kind {
+            case .pending: writer.put(.dict([]))  // a value that encoded nothing: an empty dict, as JSON does
+            case .done: break
+            case .keyed: writer.closeContainer(keyed: true)
+            case .unkeyed: writer.closeContainer(keyed: false)
             }
+            if let trailer = closing.trailer { writer.output.append(trailer) }
         }
+    }
+
+    /// Makes `level` the innermost open one and checks that it is a container of the right kind.
+    func prepare(_ level: Int, _ kind: Kind) -> Bool {
+        guard levels.count > level, levels[level].kind == kind else {
+            fail(level, "a container was used after its value was complete")
+            return false
+        }
+        if levels.count > level + 1 { close(downTo: level + 1) }
+        levels[level].count += 1
+        return true
+    }
+
+    /// Writes a scalar as the next item of the container at `level`.
+    @inline(__always)
+    func item(_ level: Int, _ write: (inout PickleWriter) -> Void) {
+        write(&writer)
+        if let trailer = writer.itemTrailer(keyed: levels[level].kind == .keyed) { writer.output.append(trailer) }
+    }
+
+    /// Turns the pending value at `level` into a container.
+    func open(_ level: Int, keyed: Bool) {
+        guard levels.count > level else { return fail(level, "an encoder was used after its value was complete") }
+        let kind: Kind = keyed ? .keyed : .unkeyed
+        switch levels[level].kind {
+        case .pending:
+            if levels.count > level + 1 { close(downTo: level + 1) }
+            writer.openContainer(keyed: keyed)
+            levels[level].kind = kind
+        case kind: break
+        default: fail(level, "a value asked for two different containers")
+        }
+    }
+
+    /// Writes the single value of the pending value at `level`.
+    func single(_ level: Int, _ write: (inout PickleWriter) -> Void) {
+        guard levels.count > level, levels[level].kind == .pending else {
+            return fail(level, "a single value was encoded twice or beside a container")
+        }
+        write(&writer)
+        levels[level].kind = .done
+    }
+
+    func key(_ key: some CodingKey) {
+        if let number = key.intValue { writer.putInt(number) } else { writer.putString(key.stringValue) }
     }
 }
 
-struct PythonValueEncoder: Encoder, SingleValueEncodingContainer {
-    let node: PythonNode
-    let codingPath: [any CodingKey]
+struct PickleValueEncoder: Encoder, SingleValueEncodingContainer {
+    let stream: PickleStream
+    let level: Int
+    var codingPath: [any CodingKey] { stream.codingPath(to: level) }
     var userInfo: [CodingUserInfoKey: Any] { [:] }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
-        if case .dict = node.content {} else { node.content = .dict([]) }
-        return KeyedEncodingContainer(PythonKeyedEncoder<Key>(node: node, codingPath: codingPath))
+        stream.open(level, keyed: true)
+        return KeyedEncodingContainer(PickleKeyedEncoder<Key>(stream: stream, level: level))
     }
 
     func unkeyedContainer() -> any UnkeyedEncodingContainer {
-        if case .list = node.content {} else { node.content = .list([]) }
-        return PythonUnkeyedEncoder(node: node, codingPath: codingPath)
+        stream.open(level, keyed: false)
+        return PickleUnkeyedEncoder(stream: stream, level: level)
     }
 
     func singleValueContainer() -> any SingleValueEncodingContainer { self }
 
-    private func set(_ value: PythonValue) { node.content = .value(value) }
-
-    func encodeNil() { set(.none) }
-    func encode(_ value: Bool) { set(.bool(value)) }
-    func encode(_ value: String) { set(.string(value)) }
-    func encode(_ value: Double) { set(.float(value)) }
-    func encode(_ value: Float) { set(.float(Double(value))) }
-    func encode(_ value: Int) { set(.int(value)) }
-    func encode(_ value: Int8) { set(.int(Int(value))) }
-    func encode(_ value: Int16) { set(.int(Int(value))) }
-    func encode(_ value: Int32) { set(.int(Int(value))) }
-    func encode(_ value: Int64) { set(.int(Int(value))) }
+    func encodeNil() { stream.single(level) { $0.put(.none) } }
+    func encode(_ value: Bool) { stream.single(level) { $0.putBool(value) } }
+    func encode(_ value: String) { stream.single(level) { $0.putString(value) } }
+    func encode(_ value: Double) { stream.single(level) { $0.putFloat(value) } }
+    func encode(_ value: Float) { stream.single(level) { $0.putFloat(Double(value)) } }
+    func encode(_ value: Int) { stream.single(level) { $0.putInt(value) } }
+    func encode(_ value: Int8) { encode(Int(value)) }
+    func encode(_ value: Int16) { encode(Int(value)) }
+    func encode(_ value: Int32) { encode(Int(value)) }
+    func encode(_ value: Int64) { encode(Int(value)) }
     func encode(_ value: UInt) { encode(UInt64(value)) }
-    func encode(_ value: UInt8) { set(.int(Int(value))) }
-    func encode(_ value: UInt16) { set(.int(Int(value))) }
-    func encode(_ value: UInt32) { set(.int(Int(value))) }
-    func encode(_ value: UInt64) {
-        if let small = Int(exactly: value) { return set(.int(small)) }
-        var bytes: [UInt8] = (0..<8).map { UInt8(truncatingIfNeeded: value >> (8 * UInt64($0))) }
-        bytes.append(0)
-        set(.bigInt(bytes))
-    }
+    func encode(_ value: UInt8) { encode(Int(value)) }
+    func encode(_ value: UInt16) { encode(Int(value)) }
+    func encode(_ value: UInt32) { encode(Int(value)) }
+    func encode(_ value: UInt64) { stream.single(level) { $0.putUInt64(value) } }
 
     func encode<T: Encodable>(_ value: T) throws {
-        let encoded = try PythonNode.encode(value, codingPath: codingPath)
-        node.content = encoded.content
+        guard stream.levels.count > level, stream.levels[level].kind == .pending else {
+            return stream.fail(level, "a single value was encoded twice or beside a container")
+        }
+        // The value takes this level's place: its own containers open here.
+        if T.self == [UInt8].self {
+            return stream.single(level) { $0.putBytes(unsafeBitCast(value, to: [UInt8].self)) }
+        }
+        if T.self == PythonValue.self {
+            return stream.single(level) { $0.put(unsafeBitCast(value, to: PythonValue.self)) }
+        }
+        try value.encode(to: self)
     }
 }
 
-struct PythonKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
-    let node: PythonNode
-    let codingPath: [any CodingKey]
+struct PickleKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
+    let stream: PickleStream
+    let level: Int
+    var codingPath: [any CodingKey] { stream.codingPath(to: level) }
 
-    private func add(_ key: Key) -> PythonNode {
-        let child = PythonNode()
-        guard case .dict(var items) = node.content else { return child }
-        node.content = .unset
-        let pythonKey: PythonValue = key.intValue.map { .int($0) } ?? .string(key.stringValue)
-        items.append((pythonKey, child))
-        node.content = .dict(items)
-        return child
+    private func scalar(_ key: Key, _ write: (inout PickleWriter) -> Void) {
+        guard stream.prepare(level, .keyed) else { return }
+        stream.key(key)
+        stream.item(level, write)
     }
 
-    private func add(_ value: PythonValue, for key: Key) {
-        add(key).content = .value(value)
-    }
-
-    mutating func encodeNil(forKey key: Key) { add(.none, for: key) }
-    mutating func encode(_ value: Bool, forKey key: Key) { add(.bool(value), for: key) }
-    mutating func encode(_ value: String, forKey key: Key) { add(.string(value), for: key) }
-    mutating func encode(_ value: Double, forKey key: Key) { add(.float(value), for: key) }
-    mutating func encode(_ value: Int, forKey key: Key) { add(.int(value), for: key) }
+    mutating func encodeNil(forKey key: Key) { scalar(key) { $0.put(.none) } }
+    mutating func encode(_ value: Bool, forKey key: Key) { scalar(key) { $0.putBool(value) } }
+    mutating func encode(_ value: String, forKey key: Key) { scalar(key) { $0.putString(value) } }
+    mutating func encode(_ value: Double, forKey key: Key) { scalar(key) { $0.putFloat(value) } }
+    mutating func encode(_ value: Float, forKey key: Key) { scalar(key) { $0.putFloat(Double(value)) } }
+    mutating func encode(_ value: Int, forKey key: Key) { scalar(key) { $0.putInt(value) } }
+    mutating func encode(_ value: Int64, forKey key: Key) { scalar(key) { $0.putInt(Int(value)) } }
 
     // A nil optional is written as None rather than left out, so that a Python peer finds every key.
     mutating func encodeIfPresent(_ value: Bool?, forKey key: Key) throws { try encodeOptional(value, forKey: key) }
@@ -183,68 +269,71 @@ struct PythonKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
     mutating func encodeIfPresent<T: Encodable>(_ value: T?, forKey key: Key) throws { try encodeOptional(value, forKey: key) }
 
     private mutating func encodeOptional<T: Encodable>(_ value: T?, forKey key: Key) throws {
-        if let value { try encode(value, forKey: key) } else { add(.none, for: key) }
+        if let value { try encode(value, forKey: key) } else { encodeNil(forKey: key) }
     }
 
     mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
-        let child = add(key)
-        child.content = try PythonNode.encode(value, codingPath: codingPath + [key]).content
+        guard stream.prepare(level, .keyed) else { return }
+        stream.key(key)
+        try stream.encode(value, in: level, key: key)
+    }
+
+    private func nested(_ key: Key) -> Int {
+        guard stream.prepare(level, .keyed) else { return Int.max }
+        stream.key(key)
+        stream.levels.append(.init(kind: .pending, trailer: stream.writer.itemTrailer(keyed: true), key: key))
+        return stream.levels.count - 1
     }
 
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type, forKey key: Key) -> KeyedEncodingContainer<NestedKey> {
-        PythonValueEncoder(node: add(key), codingPath: codingPath + [key]).container(keyedBy: keyType)
+        PickleValueEncoder(stream: stream, level: nested(key)).container(keyedBy: keyType)
     }
 
     mutating func nestedUnkeyedContainer(forKey key: Key) -> any UnkeyedEncodingContainer {
-        PythonValueEncoder(node: add(key), codingPath: codingPath + [key]).unkeyedContainer()
+        PickleValueEncoder(stream: stream, level: nested(key)).unkeyedContainer()
     }
 
-    mutating func superEncoder() -> any Encoder {
-        PythonValueEncoder(node: add(Key(stringValue: "super")!), codingPath: codingPath)
-    }
-
-    mutating func superEncoder(forKey key: Key) -> any Encoder {
-        PythonValueEncoder(node: add(key), codingPath: codingPath + [key])
-    }
+    mutating func superEncoder() -> any Encoder { PickleValueEncoder(stream: stream, level: nested(Key(stringValue: "super")!)) }
+    mutating func superEncoder(forKey key: Key) -> any Encoder { PickleValueEncoder(stream: stream, level: nested(key)) }
 }
 
-struct PythonUnkeyedEncoder: UnkeyedEncodingContainer {
-    let node: PythonNode
-    let codingPath: [any CodingKey]
-    var count: Int {
-        if case .list(let nodes) = node.content { return nodes.count }
-        return 0
+struct PickleUnkeyedEncoder: UnkeyedEncodingContainer {
+    let stream: PickleStream
+    let level: Int
+    var codingPath: [any CodingKey] { stream.codingPath(to: level) }
+    var count: Int { stream.levels.count > level ? stream.levels[level].count : 0 }
+
+    private func scalar(_ write: (inout PickleWriter) -> Void) {
+        guard stream.prepare(level, .unkeyed) else { return }
+        stream.item(level, write)
     }
 
-    private func add() -> PythonNode {
-        let child = PythonNode()
-        guard case .list(var nodes) = node.content else { return child }
-        node.content = .unset
-        nodes.append(child)
-        node.content = .list(nodes)
-        return child
-    }
-
-    private func add(_ value: PythonValue) { add().content = .value(value) }
-
-    mutating func encodeNil() { add(.none) }
-    mutating func encode(_ value: Bool) { add(.bool(value)) }
-    mutating func encode(_ value: String) { add(.string(value)) }
-    mutating func encode(_ value: Double) { add(.float(value)) }
-    mutating func encode(_ value: Int) { add(.int(value)) }
+    mutating func encodeNil() { scalar { $0.put(.none) } }
+    mutating func encode(_ value: Bool) { scalar { $0.putBool(value) } }
+    mutating func encode(_ value: String) { scalar { $0.putString(value) } }
+    mutating func encode(_ value: Double) { scalar { $0.putFloat(value) } }
+    mutating func encode(_ value: Float) { scalar { $0.putFloat(Double(value)) } }
+    mutating func encode(_ value: Int) { scalar { $0.putInt(value) } }
+    mutating func encode(_ value: UInt8) { scalar { $0.putInt(Int(value)) } }
 
     mutating func encode<T: Encodable>(_ value: T) throws {
-        let child = add()
-        child.content = try PythonNode.encode(value, codingPath: codingPath + [PythonCodingKey(intValue: count - 1)]).content
+        guard stream.prepare(level, .unkeyed) else { return }
+        try stream.encode(value, in: level, key: PythonCodingKey(intValue: count - 1))
+    }
+
+    private func nested() -> Int {
+        guard stream.prepare(level, .unkeyed) else { return Int.max }
+        stream.levels.append(.init(kind: .pending, trailer: stream.writer.itemTrailer(keyed: false), key: PythonCodingKey(intValue: count - 1)))
+        return stream.levels.count - 1
     }
 
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type) -> KeyedEncodingContainer<NestedKey> {
-        PythonValueEncoder(node: add(), codingPath: codingPath).container(keyedBy: keyType)
+        PickleValueEncoder(stream: stream, level: nested()).container(keyedBy: keyType)
     }
 
     mutating func nestedUnkeyedContainer() -> any UnkeyedEncodingContainer {
-        PythonValueEncoder(node: add(), codingPath: codingPath).unkeyedContainer()
+        PickleValueEncoder(stream: stream, level: nested()).unkeyedContainer()
     }
 
-    mutating func superEncoder() -> any Encoder { PythonValueEncoder(node: add(), codingPath: codingPath) }
+    mutating func superEncoder() -> any Encoder { PickleValueEncoder(stream: stream, level: nested()) }
 }

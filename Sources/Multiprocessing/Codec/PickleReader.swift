@@ -45,6 +45,8 @@ struct PickleReader {
     init(_ input: UnsafeRawBufferPointer, limits: PickleDecoder.Limits) {
         self.input = input
         self.limits = limits
+        stack.reserveCapacity(16)
+        memo.reserveCapacity(16)
     }
 
     static func read(_ input: UnsafeRawBufferPointer, limits: PickleDecoder.Limits) throws -> PythonValue {
@@ -97,6 +99,7 @@ struct PickleReader {
     }
 
     private func string(_ bytes: UnsafeRawBufferPointer) throws -> String {
+        if bytes.allSatisfy({ $0 < 0x80 }) { return String(decoding: bytes, as: UTF8.self) }
         if let text = String(validating: bytes, as: UTF8.self) { return text }
         throw malformed("a str is not valid UTF-8 (a lone surrogate cannot be represented)")
     }
@@ -129,16 +132,27 @@ struct PickleReader {
         return entry
     }
 
-    /// The entries above the last mark, removed with the mark.
-    private mutating func popMark() throws -> ArraySlice<Entry> {
+    /// Pops the last mark and returns where its items start; they stay on the stack, checked and settled.
+    private mutating func takeMark() throws -> Int {
         guard let mark = marks.popLast() else { throw malformed("no mark to pop to") }
-        let items = stack[mark...]
-        stack.removeSubrange(mark...)
-        for item in items {
-            if item.callable != .none { throw misuse(item) }
-            settle(item)
+        try checkItems(from: mark)
+        return mark
+    }
+
+    /// Checks that the entries from `start` on are values, and settles their memo slots.
+    private mutating func checkItems(from start: Int) throws {
+        for index in start..<stack.count {
+            if stack[index].callable != .none { throw misuse(stack[index]) }
+            if stack[index].memoIndex >= 0 { settle(stack[index]) }
         }
-        return items
+    }
+
+    /// The values from `start` on.
+    private func values(from start: Int) -> [PythonValue] {
+        var values: [PythonValue] = []
+        values.reserveCapacity(stack.count - start)
+        for index in start..<stack.count { values.append(stack[index].value) }
+        return values
     }
 
     /// The error for a global used where a value belongs.
@@ -154,11 +168,11 @@ struct PickleReader {
                 + "(None, bool, int, float, str, bytes, bytearray, list, tuple, dict, set, frozenset) is accepted")
     }
 
-    private func container(_ items: some Sequence<Entry>) throws -> (nodes: Int, depth: Int) {
+    private func container(from start: Int) throws -> (nodes: Int, depth: Int) {
         var nodes = 1, depth = 0
-        for item in items {
-            nodes += item.nodes
-            depth = max(depth, item.depth)
+        for index in start..<stack.count {
+            nodes += stack[index].nodes
+            depth = max(depth, stack[index].depth)
         }
         guard depth < limits.maxDepth else {
             throw MultiprocessingError(.transport, "pickle nests containers deeper than \(limits.maxDepth)")
@@ -166,23 +180,27 @@ struct PickleReader {
         return (nodes, depth + 1)
     }
 
-    private mutating func pushContainer(_ value: PythonValue, of items: some Sequence<Entry>) throws {
-        let (nodes, depth) = try container(items)
+    /// Replaces the entries from `start` on with `value`, the container made of them.
+    private mutating func pushContainer(_ value: PythonValue, replacingFrom start: Int) throws {
+        let (nodes, depth) = try container(from: start)
+        stack.removeSubrange(start...)
         try push(value, nodes: nodes, depth: depth)
     }
 
-    /// Adds items to the list, dict or set at `index` (below the items).
-    private mutating func extend(at index: Int, with items: ArraySlice<Entry>, opcode: UInt8) throws {
-        guard index >= (marks.last ?? 0), index < stack.count else { throw malformed("nothing to add items to") }
+    /// Adds the entries from `start` on (checked values) to the list, dict or set just below them, and
+    /// removes them from the stack.
+    private mutating func extend(from start: Int, opcode: UInt8) throws {
+        let index = start - 1
+        guard index >= (marks.last ?? 0), index >= 0 else { throw malformed("nothing to add items to") }
         guard !stack[index].shared else {
             throw MultiprocessingError(.transport, "pickle refers to a container before it is complete (a recursive structure cannot be represented)")
         }
-        let (nodes, depth) = try container(items)
+        let (nodes, depth) = try container(from: start)
         var target = stack[index].value
         let fits: Bool
         switch (target, opcode) {
         case (.list, UInt8(ascii: "a")), (.list, UInt8(ascii: "e")), (.dict, UInt8(ascii: "s")), (.dict, UInt8(ascii: "u")): fits = true
-        case (.set, 0x90): fits = items.allSatisfy(\.value.isHashable)
+        case (.set, 0x90): fits = stack[start...].allSatisfy(\.value.isHashable)
         default: fits = false
         }
         guard fits else { throw malformed("items of the wrong kind are added to a \(target.typeName)") }
@@ -190,25 +208,32 @@ struct PickleReader {
         switch target {
         case .list(var list):
             target = .none
-            list.append(contentsOf: items.lazy.map(\.value))
+            for item in start..<stack.count { list.append(stack[item].value) }
             stack[index].value = .list(list)
         case .set(var set):
             target = .none
-            set.append(contentsOf: items.lazy.map(\.value))
+            for item in start..<stack.count { set.append(stack[item].value) }
             stack[index].value = .set(set)
         case .dict(var dict):
             target = .none
-            guard items.count % 2 == 0 else { throw malformed("a dict gets an odd number of keys and values") }
-            var iterator = items.makeIterator()
-            while let key = iterator.next(), let value = iterator.next() {
-                guard key.value.isHashable else { throw malformed("a dict key of type \(key.value.typeName) is unhashable") }
-                dict.append(PythonDictItem(key: key.value, value: value.value))
+            guard (stack.count - start) % 2 == 0 else {
+                stack[index].value = .dict(dict)
+                throw malformed("a dict gets an odd number of keys and values")
+            }
+            dict.reserveCapacity(dict.count + (stack.count - start) / 2)
+            for item in stride(from: start, to: stack.count, by: 2) {
+                let key = stack[item].value
+                guard key.isHashable else {
+                    stack[index].value = .dict(dict)
+                    throw malformed("a dict key of type \(key.typeName) is unhashable")
+                }
+                dict.append(PythonDictItem(key: key, value: stack[item + 1].value))
             }
             stack[index].value = .dict(dict)
         default:
             stack[index].value = target
-            throw malformed("items are added to a \(target.typeName)")
         }
+        stack.removeSubrange(start...)
         stack[index].nodes += nodes - 1
         stack[index].depth = max(stack[index].depth, depth)
     }
@@ -218,7 +243,11 @@ struct PickleReader {
         guard index >= 0, index <= memo.count || index < limits.maxObjects && index < input.count else {
             throw malformed("memo index \(index) is out of range")
         }
-        if index >= memo.count { memo.append(contentsOf: repeatElement(.empty, count: index + 1 - memo.count)) }
+        if index == memo.count {
+            memo.append(.empty)
+        } else if index > memo.count {
+            memo.append(contentsOf: repeatElement(.empty, count: index + 1 - memo.count))
+        }
         if case .onStack(let other) = memo[index], other < stack.count, stack[other].memoIndex == index {
             stack[other].memoIndex = -1
         }
@@ -405,7 +434,7 @@ struct PickleReader {
             case UInt8(ascii: "0"):  // POP
                 if marks.last == stack.count { _ = marks.popLast() } else { _ = try popEntry() }
             case UInt8(ascii: "1"):  // POP_MARK
-                _ = try popMark()
+                stack.removeSubrange(try takeMark()...)
             case UInt8(ascii: "2"):  // DUP
                 guard let top = stack.last, stack.count > (marks.last ?? 0) else { throw malformed("the stack is empty") }
                 guard top.callable == .none else { throw malformed("a global is duplicated") }
@@ -449,42 +478,36 @@ struct PickleReader {
                 guard text.utf8.allSatisfy({ $0 < 0x80 }) else { throw malformed("a Python 2 str is not ASCII") }
                 try push(.string(String(text.dropFirst().dropLast())))
             // Containers
-            case UInt8(ascii: "]"): try pushContainer(.list([]), of: EmptyCollection())
-            case UInt8(ascii: ")"): try pushContainer(.tuple([]), of: EmptyCollection())
-            case UInt8(ascii: "}"): try pushContainer(.dict([]), of: EmptyCollection())
-            case 0x8F: try pushContainer(.set([]), of: EmptyCollection())
+            case UInt8(ascii: "]"): try pushContainer(.list([]), replacingFrom: stack.count)
+            case UInt8(ascii: ")"): try pushContainer(.tuple([]), replacingFrom: stack.count)
+            case UInt8(ascii: "}"): try pushContainer(.dict([]), replacingFrom: stack.count)
+            case 0x8F: try pushContainer(.set([]), replacingFrom: stack.count)
             case UInt8(ascii: "l"):
-                let items = try popMark()
-                try pushContainer(.list(items.map(\.value)), of: items)
+                let mark = try takeMark()
+                try pushContainer(.list(values(from: mark)), replacingFrom: mark)
             case UInt8(ascii: "t"):
-                let items = try popMark()
-                try pushContainer(.tuple(items.map(\.value)), of: items)
+                let mark = try takeMark()
+                try pushContainer(.tuple(values(from: mark)), replacingFrom: mark)
             case 0x85, 0x86, 0x87:  // TUPLE1-3
-                let count = Int(opcode - 0x84)
-                guard stack.count - (marks.last ?? 0) >= count else { throw malformed("the stack is empty") }
-                var items: [Entry] = []
-                for _ in 0..<count { items.append(try popValue()) }
-                items.reverse()
-                try pushContainer(.tuple(items.map(\.value)), of: items)
+                let start = stack.count - Int(opcode - 0x84)
+                guard start >= (marks.last ?? 0) else { throw malformed("the stack is empty") }
+                try checkItems(from: start)
+                try pushContainer(.tuple(values(from: start)), replacingFrom: start)
             case UInt8(ascii: "d"):
-                let items = try popMark()
-                guard items.count % 2 == 0 else { throw malformed("a dict gets an odd number of keys and values") }
-                try pushContainer(.dict([]), of: EmptyCollection())
-                try extend(at: stack.count - 1, with: items, opcode: UInt8(ascii: "u"))
+                let mark = try takeMark()
+                stack.insert(Entry(value: .dict([]), nodes: 1, depth: 0), at: mark)
+                try extend(from: mark + 1, opcode: UInt8(ascii: "u"))
             case 0x91:  // FROZENSET
-                let items = try popMark()
-                guard items.allSatisfy(\.value.isHashable) else { throw malformed("a frozenset item is unhashable") }
-                try pushContainer(.frozenset(items.map(\.value)), of: items)
-            case UInt8(ascii: "a"):  // APPEND
-                let item = try popValue()
-                try extend(at: stack.count - 1, with: [item], opcode: opcode)
+                let mark = try takeMark()
+                guard stack[mark...].allSatisfy(\.value.isHashable) else { throw malformed("a frozenset item is unhashable") }
+                try pushContainer(.frozenset(values(from: mark)), replacingFrom: mark)
+            case UInt8(ascii: "a"), UInt8(ascii: "s"):  // APPEND, SETITEM
+                let start = stack.count - (opcode == UInt8(ascii: "a") ? 1 : 2)
+                guard start > (marks.last ?? 0) else { throw malformed("the stack is empty") }
+                try checkItems(from: start)
+                try extend(from: start, opcode: opcode)
             case UInt8(ascii: "e"), UInt8(ascii: "u"), 0x90:  // APPENDS, SETITEMS, ADDITEMS
-                let items = try popMark()
-                try extend(at: stack.count - 1, with: items, opcode: opcode)
-            case UInt8(ascii: "s"):  // SETITEM
-                let value = try popValue()
-                let key = try popValue()
-                try extend(at: stack.count - 1, with: [key, value], opcode: opcode)
+                try extend(from: try takeMark(), opcode: opcode)
             // Memo
             case UInt8(ascii: "p"):
                 guard let index = Int(try line()) else { throw malformed("a bad memo index") }

@@ -11,9 +11,59 @@ struct PickleWriter {
     }
 
     mutating func write(_ value: PythonValue) {
-        if version >= 2 { output += [0x80, UInt8(version)] }
+        begin()
         put(value)
-        output.append(UInt8(ascii: "."))
+        end()
+    }
+
+    /// The protocol header.
+    mutating func begin() {
+        if version >= 2 { output.append(0x80); output.append(UInt8(version)) }
+    }
+
+    /// STOP.
+    mutating func end() { output.append(UInt8(ascii: ".")) }
+
+    mutating func putBool(_ flag: Bool) {
+        if version >= 2 { output.append(flag ? 0x88 : 0x89) } else { text(flag ? "I01\n" : "I00\n") }
+    }
+
+    mutating func putFloat(_ number: Double) {
+        if version >= 1 {
+            output.append(UInt8(ascii: "G"))
+            withUnsafeBytes(of: number.bitPattern.bigEndian) { output.append(contentsOf: $0) }
+        } else {
+            text("F\(number.description)\n")
+        }
+    }
+
+    mutating func putUInt64(_ number: UInt64) {
+        if let small = Int(exactly: number) { return putInt(small) }
+        var bytes: [UInt8] = (0..<8).map { UInt8(truncatingIfNeeded: number >> (8 * UInt64($0))) }
+        bytes.append(0)
+        put(.bigInt(bytes))
+    }
+
+    /// Opens an empty dict (`keyed`) or list that items are then added to, ended by ``closeContainer(keyed:)``.
+    mutating func openContainer(keyed: Bool) {
+        if version >= 1 {
+            output.append(keyed ? UInt8(ascii: "}") : UInt8(ascii: "]"))
+            output.append(UInt8(ascii: "("))
+        } else {
+            output.append(UInt8(ascii: "("))
+            output.append(keyed ? UInt8(ascii: "d") : UInt8(ascii: "l"))
+        }
+    }
+
+    /// Ends a container opened by ``openContainer(keyed:)`` (protocol 0 adds each item on its own).
+    mutating func closeContainer(keyed: Bool) {
+        if version >= 1 { output.append(keyed ? UInt8(ascii: "u") : UInt8(ascii: "e")) }
+    }
+
+    /// What follows each item of an open container: nothing from protocol 1 on (one SETITEMS or APPENDS
+    /// ends them all), SETITEM or APPEND in protocol 0.
+    func itemTrailer(keyed: Bool) -> UInt8? {
+        version >= 1 ? nil : (keyed ? UInt8(ascii: "s") : UInt8(ascii: "a"))
     }
 
     private mutating func text(_ string: String) { output.append(contentsOf: string.utf8) }
@@ -22,7 +72,7 @@ struct PickleWriter {
         withUnsafeBytes(of: value.littleEndian) { output.append(contentsOf: $0) }
     }
 
-    private mutating func mark() { output.append(UInt8(ascii: "(")) }
+    mutating func mark() { output.append(UInt8(ascii: "(")) }
 
     private mutating func global(_ name: String) {
         let module = name == "encode" ? "_codecs" : (version >= 3 ? "builtins" : "__builtin__")
@@ -41,12 +91,12 @@ struct PickleWriter {
     /// Whether a tuple of `count` items is written with a leading mark.
     private func tupleNeedsMark(_ count: Int) -> Bool { version < 2 || count == 0 || count > 3 }
 
-    private mutating func put(_ value: PythonValue) {
+    mutating func put(_ value: PythonValue) {
         switch value {
         case .none:
             output.append(UInt8(ascii: "N"))
         case .bool(let flag):
-            if version >= 2 { output.append(flag ? 0x88 : 0x89) } else { text(flag ? "I01\n" : "I00\n") }
+            putBool(flag)
         case .int(let number):
             putInt(number)
         case .bigInt(let bytes):
@@ -56,12 +106,7 @@ struct PickleWriter {
                 text("L\(PythonInteger.decimal(fromLittleEndian: bytes))L\n")
             }
         case .float(let number):
-            if version >= 1 {
-                output.append(UInt8(ascii: "G"))
-                withUnsafeBytes(of: number.bitPattern.bigEndian) { output.append(contentsOf: $0) }
-            } else {
-                text("F\(number.description)\n")
-            }
+            putFloat(number)
         case .string(let string):
             putString(string)
         case .bytes(let bytes):
@@ -70,7 +115,7 @@ struct PickleWriter {
             if version >= 5 {
                 output.append(0x96)
                 littleEndian(UInt64(bytes.count))
-                output += bytes
+                output.append(contentsOf: bytes)
             } else {
                 global("bytearray")
                 callWithOne(bytes.isEmpty ? nil : .bytes(bytes))
@@ -153,10 +198,10 @@ struct PickleWriter {
         }
     }
 
-    private mutating func putInt(_ number: Int) {
+    mutating func putInt(_ number: Int) {
         if version >= 1 {
             switch number {
-            case 0...0xFF: output += [UInt8(ascii: "K"), UInt8(number)]
+            case 0...0xFF: output.append(UInt8(ascii: "K")); output.append(UInt8(number))
             case 0...0xFFFF: output.append(UInt8(ascii: "M")); littleEndian(UInt16(number))
             case Int(Int32.min)...Int(Int32.max): output.append(UInt8(ascii: "J")); littleEndian(Int32(number))
             default:
@@ -167,21 +212,21 @@ struct PickleWriter {
         }
     }
 
-    private mutating func putLong(_ bytes: [UInt8]) {
+    mutating func putLong(_ bytes: [UInt8]) {
         if bytes.count < 256 {
-            output += [0x8A, UInt8(bytes.count)]
+            output.append(0x8A); output.append(UInt8(bytes.count))
         } else {
             output.append(0x8B)
             littleEndian(UInt32(bytes.count))
         }
-        output += bytes
+        output.append(contentsOf: bytes)
     }
 
-    private mutating func putString(_ string: String) {
+    mutating func putString(_ string: String) {
         if version >= 1 {
             let count = string.utf8.count
             if version >= 4 && count < 256 {
-                output += [0x8C, UInt8(count)]
+                output.append(0x8C); output.append(UInt8(count))
             } else if count <= Int(UInt32.max) {
                 output.append(UInt8(ascii: "X"))
                 littleEndian(UInt32(count))
@@ -209,10 +254,10 @@ struct PickleWriter {
         output.append(10)
     }
 
-    private mutating func putBytes(_ bytes: [UInt8]) {
+    mutating func putBytes(_ bytes: [UInt8]) {
         if version >= 3 {
             if bytes.count < 256 {
-                output += [UInt8(ascii: "C"), UInt8(bytes.count)]
+                output.append(UInt8(ascii: "C")); output.append(UInt8(bytes.count))
             } else if bytes.count <= Int(UInt32.max) {
                 output.append(UInt8(ascii: "B"))
                 littleEndian(UInt32(bytes.count))
@@ -220,7 +265,7 @@ struct PickleWriter {
                 output.append(0x8E)
                 littleEndian(UInt64(bytes.count))
             }
-            output += bytes
+            output.append(contentsOf: bytes)
         } else if bytes.isEmpty {
             global("bytes")
             callWithOne(nil)
