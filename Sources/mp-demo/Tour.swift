@@ -110,6 +110,7 @@ func runTour() throws {
     print("  daemon \(daemonPid) gone: \(gone)")
 
     try runSharedMemoryTour()
+    try runPythonPickleTour()
 }
 
 func monotonicSeconds() -> Double {
