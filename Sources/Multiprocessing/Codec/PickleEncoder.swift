@@ -36,6 +36,7 @@ public struct PickleEncoder: Sendable {
 
     /// Encodes a value, appending the pickle to `output`, as ``encode(_:)`` does.
     public func encode<T: Encodable>(_ value: T, appendingTo output: inout [UInt8]) throws {
+        output.reserveCapacity(output.count + 256)
         let stream = PickleStream(writer: PickleWriter(version: protocolVersion, output: output))
         output = []
         defer { output = stream.writer.output }
@@ -78,8 +79,8 @@ final class PickleStream {
         var count = 0
     }
 
-    var writer: PickleWriter
-    var levels: [Level] = []
+    @exclusivity(unchecked) var writer: PickleWriter
+    @exclusivity(unchecked) var levels: [Level] = []
     /// The first misuse of the Encoder protocol (a keyed container asked for where a value was written).
     var failure: EncodingError?
 
