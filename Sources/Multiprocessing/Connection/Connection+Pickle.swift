@@ -27,15 +27,14 @@ extension Connection {
         try PickleDecoder(limits: limits).decode(type, from: recvBytes(timeout: timeout))
     }
 
-    /// Sends a value as one pickled message, as ``sendPickle(_:protocolVersion:)`` does, on a thread of
-    /// its own.
+    /// Sends a value as one pickled message, as ``sendPickle(_:protocolVersion:)`` does, without
+    /// blocking a thread while the peer is slow to read.
     public func sendPickle<T: Encodable>(_ value: T, protocolVersion: Int = PickleEncoder.defaultProtocol) async throws {
-        let message = try PickleEncoder(protocolVersion: protocolVersion).encode(value)
-        try await withBlockingThread { try self.sendBytes(message) }
+        try await sendBytes(PickleEncoder(protocolVersion: protocolVersion).encode(value))
     }
 
-    /// Receives one pickled message, as ``recvPickle(_:timeout:limits:)`` does, without holding a thread
-    /// of Swift's cooperative pool while it waits.
+    /// Receives one pickled message, as ``recvPickle(_:timeout:limits:)`` does, waiting on the package's
+    /// event loop, so that no thread is held; cancelling the task ends the wait with `CancellationError`.
     public func recvPickle<T: Decodable>(_ type: T.Type = T.self, timeout: Duration? = nil,
                                          limits: PickleDecoder.Limits = .init()) async throws -> T {
         let message: [UInt8] = try await recvBytes(timeout: timeout)
@@ -84,16 +83,15 @@ public struct PickledConnection: Sendable {
         try decoder.decode(type, from: connection.recvBytes(timeout: timeout))
     }
 
-    /// Sends a value as one pickled message on a thread of its own.
+    /// Sends a value as one pickled message without blocking a thread while the peer is slow to read.
     ///
     /// - Throws: the errors of ``Connection/sendPickle(_:protocolVersion:)``.
     public func send<T: Encodable>(_ value: T) async throws {
-        let message = try encoder.encode(value)
-        let connection = connection
-        try await withBlockingThread { try connection.sendBytes(message) }
+        try await connection.sendBytes(encoder.encode(value))
     }
 
-    /// Receives one pickled message as `type`, without holding a thread of the cooperative pool.
+    /// Receives one pickled message as `type`, waiting on the package's event loop (no thread is held;
+    /// cancelling the task ends the wait with `CancellationError`).
     ///
     /// - Throws: the errors of ``Connection/recvPickle(_:timeout:limits:)``.
     public func recv<T: Decodable>(_ type: T.Type = T.self, timeout: Duration? = nil) async throws -> T {
