@@ -152,8 +152,12 @@ struct PickleTests {
                 if bytes.isEmpty { bytes = [0] }
             }
             do {
-                _ = try PickleDecoder().value(from: bytes)
+                let value = try PickleDecoder().value(from: bytes)
                 decoded += 1
+                // Whatever decoded must also meet typed decoding with typed errors only.
+                _ = try? PickleDecoder().decode([PythonValue].self, from: value)
+                do { _ = try PickleDecoder().decode(PickleOrder.self, from: value) } catch is MultiprocessingError {}
+                _ = try PickleEncoder(protocolVersion: round % 6).encode(value)
             } catch is MultiprocessingError {
                 typed += 1
             }
