@@ -143,7 +143,8 @@ struct PickleReader {
     private mutating func checkItems(from start: Int) throws {
         for index in start..<stack.count {
             if stack[index].callable != .none { throw misuse(stack[index]) }
-            if stack[index].memoIndex >= 0 { settle(stack[index]) }
+            let memoIndex = stack[index].memoIndex
+            if memoIndex >= 0 { memo[memoIndex] = .value(stack[index].value, nodes: stack[index].nodes, depth: stack[index].depth) }
         }
     }
 
@@ -251,15 +252,15 @@ struct PickleReader {
         if case .onStack(let other) = memo[index], other < stack.count, stack[other].memoIndex == index {
             stack[other].memoIndex = -1
         }
-        let entry = stack[top]
-        if entry.callable != .none { memo[index] = .callable(entry.callable); return }
-        switch entry.value {
+        if stack[top].callable != .none { memo[index] = .callable(stack[top].callable); return }
+        switch stack[top].value {
         case .list, .dict, .set:
-            if entry.memoIndex >= 0, entry.memoIndex != index { throw malformed("a container is memoized twice") }
+            let previous = stack[top].memoIndex
+            if previous >= 0, previous != index { throw malformed("a container is memoized twice") }
             memo[index] = .onStack(top)
             stack[top].memoIndex = index
         default:
-            memo[index] = .value(entry.value, nodes: entry.nodes, depth: entry.depth)
+            memo[index] = .value(stack[top].value, nodes: stack[top].nodes, depth: stack[top].depth)
         }
     }
 
