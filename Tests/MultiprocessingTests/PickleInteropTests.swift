@@ -40,6 +40,13 @@ private func servePickles(_ connection: Connection) throws -> Int {
         do {
             let value = try PickleDecoder().value(from: message)
             if case .tuple(let items) = value, items.count == 2, case .int(let version) = items[0] {
+                // Typed decoding has a fast path of its own: it must see the very same objects.
+                let typed = try PickleDecoder().decode([PythonValue].self, from: message)
+                let writer = try PickleEncoder(protocolVersion: 5)
+                guard try writer.encode(typed) == writer.encode(items) else {
+                    try connection.sendPickle(PythonValue.tuple([.string("error"), .string("typed"), .string("typed decoding differs")]))
+                    continue
+                }
                 try connection.sendPickle(items[1], protocolVersion: version)
             } else {
                 let job = try PickleDecoder().decode(PickleJob.self, from: value)

@@ -56,7 +56,16 @@ public struct PickleDecoder: Sendable {
     ///   ``MultiprocessingError/Code/transport`` when the Python object does not fit `type` (a wrong
     ///   type, a missing key, an int too large), with the coding path in the message.
     public func decode<T: Decodable>(_ type: T.Type, from pickle: UnsafeRawBufferPointer) throws -> T {
-        try decode(type, from: value(from: pickle))
+        if T.self != PythonValue.self, let tape = PickleTape.read(pickle, limits: limits) {
+            let state = PickleTapeDecoding(tape: tape, limits: limits)
+            do {
+                return try PickleTapeDecoder(state: state, index: Int32(tape.nodes.count - 1), depth: 0, parentPath: [], key: nil)
+                    .decodeValue(T.self)
+            } catch let error as DecodingError {
+                throw MultiprocessingError(.transport, "cannot decode \(T.self) from the Python object: \(describe(error))")
+            }
+        }
+        return try decode(type, from: value(from: pickle))
     }
 
     /// Decodes a pickle into `type`, as ``decode(_:from:)-(_,UnsafeRawBufferPointer)`` does.
