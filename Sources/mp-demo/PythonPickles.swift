@@ -57,7 +57,7 @@ conn.close()
 """
 
 func runPythonPickleTour() throws {
-    section("Tour 6: a Python client sends dicts and lists to a Swift worker (pickles both ways)")
+    section("Tour 7: a Python client sends dicts and lists to a Swift worker (pickles both ways)")
     let listener = try Listener(family: .unix, authkey: Array("tour".utf8))
     defer { listener.close() }
     let words: [String] = ["python3", "-u", "-c", pythonClientScript, listener.address.description]
