@@ -35,8 +35,16 @@ struct PickleWorker: ProcessTask {
     let connection: Connection
     func run() throws {
         let python = try connection.pickled()
-        while let order = try? python.recv(PickleOrder.self, timeout: .seconds(30)) {
-            try python.send(["id": order.id, "total": order.items.count * 10])
+        while true {
+            do {
+                // A generous timeout: on a busy machine the test task may wait long for a thread of its own.
+                let order = try python.recv(PickleOrder.self, timeout: .seconds(300))
+                try python.send(["id": order.id, "total": order.items.count * 10])
+            } catch let error as MultiprocessingError where error.code == .endOfFile {
+                return
+            } catch {
+                try python.send(["error": "\(error)"])
+            }
         }
     }
 }
