@@ -1,5 +1,5 @@
 /// A plain Python object, as a pickle carries it: the dynamic form for messages whose shape is not known
-/// in advance (see ``PickleDecoder`` and ``Connection/recvPickle(_:timeout:)``).
+/// in advance (see ``PickleDecoder`` and ``Connection/recvPickle(_:timeout:limits:)-64rr6``).
 ///
 /// Containers keep the order in which their items arrived, and two values are equal when they have the
 /// same case and equal contents in the same order (floats compare as `Double` does, so NaN differs from

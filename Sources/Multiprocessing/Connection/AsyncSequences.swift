@@ -1,6 +1,6 @@
 /// The messages arriving on a connection, as an `AsyncSequence`: `for try await job in connection.messages(of: Job.self)`.
 ///
-/// Each element is one ``Connection/recv(_:timeout:)-(T.Type,_)`` awaited on the package's event loop. The
+/// Each element is one ``Connection/recv(_:timeout:)-957pz`` awaited on the package's event loop. The
 /// sequence ends when the peer closes its end (Python's `EOFError`); other errors (a value that does not
 /// decode, a closed connection) end it by throwing. Cancelling the iterating task ends the wait with
 /// `CancellationError` and leaves the connection usable.
@@ -29,7 +29,7 @@ public struct ConnectionMessages<Element: Decodable & Sendable>: AsyncSequence, 
 }
 
 extension Connection {
-    /// The values sent to this connection with ``send(_:)``, as an `AsyncSequence` that ends when the peer
+    /// The values sent to this connection with ``send(_:)-70itn``, as an `AsyncSequence` that ends when the peer
     /// closes its end. See ``ConnectionMessages``.
     public func messages<T: Decodable & Sendable>(of type: T.Type = T.self) -> ConnectionMessages<T> {
         ConnectionMessages(connection: self)
@@ -38,7 +38,7 @@ extension Connection {
 
 /// The clients of a listener, as an `AsyncSequence`: `for try await client in listener.connections { ... }`.
 ///
-/// Each element is a connection returned by ``Listener/accept(timeout:)-(Duration?)``, awaited on the
+/// Each element is a connection returned by ``Listener/accept(timeout:)-qt6s``, awaited on the
 /// package's event loop, after its handshake when the listener has an authkey. A client that fails the
 /// handshake or does not finish it in time is dropped and the sequence goes on with the next; the
 /// sequence ends when the listener is closed, and throws errors of the listener itself (for example a

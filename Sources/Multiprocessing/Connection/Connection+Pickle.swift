@@ -5,23 +5,25 @@ extension Connection {
     /// Sends a value as one pickled message, as Python's `Connection.send` does, so that a Python peer's
     /// `recv()` returns the natural Python object (a struct arrives as a dict, an array as a list).
     ///
-    /// - Parameter protocolVersion: the pickle protocol, 0 to 5; by default the one CPython's
-    ///   `Connection.send` uses (``PickleEncoder/defaultProtocol``).
+    /// - Parameters:
+    ///   - value: the value to send.
+    ///   - protocolVersion: the pickle protocol, 0 to 5; by default the one CPython's
+    ///     `Connection.send` uses (``PickleEncoder/defaultProtocol``).
     /// - Throws: ``MultiprocessingError/Code/invalidArgument`` for a protocol outside 0 to 5,
     ///   ``MultiprocessingError/Code/transport`` when the value cannot be encoded, and the errors of
-    ///   ``sendBytes(_:offset:size:)-([UInt8],_,_)``.
+    ///   ``sendBytes(_:offset:size:)-5s2jq``.
     public func sendPickle<T: Encodable>(_ value: T, protocolVersion: Int = PickleEncoder.defaultProtocol) throws {
         try sendBytes(PickleEncoder(protocolVersion: protocolVersion).encode(value))
     }
 
-    /// Receives one pickled message, as sent by a Python peer's `send` or by ``sendPickle(_:protocolVersion:)``,
+    /// Receives one pickled message, as sent by a Python peer's `send` or by ``sendPickle(_:protocolVersion:)-95iw1``,
     /// and decodes it into `type` (use ``PythonValue`` for shapes not known in advance). Nothing in the
     /// message is imported or run.
     ///
     /// - Throws: ``MultiprocessingError/Code/refused`` when the pickle names a class, global or call
     ///   (a class instance, a `__reduce__` payload); ``MultiprocessingError/Code/transport`` when it is
     ///   malformed, beyond `limits`, or does not fit `type`; and the errors of
-    ///   ``recvBytes(maxLength:timeout:)``.
+    ///   ``recvBytes(maxLength:timeout:)-7rggb``.
     public func recvPickle<T: Decodable>(_ type: T.Type = T.self, timeout: Duration? = nil,
                                          limits: PickleDecoder.Limits = .init()) throws -> T {
         try PickleDecoder(limits: limits).decode(type, from: recvBytes(timeout: timeout))
@@ -33,7 +35,7 @@ extension Connection {
         try await sendBytes(PickleEncoder(protocolVersion: protocolVersion).encode(value))
     }
 
-    /// Receives one pickled message, as ``recvPickle(_:timeout:limits:)`` does, waiting on the package's
+    /// Receives one pickled message, as ``recvPickle(_:timeout:limits:)-64rr6`` does, waiting on the package's
     /// event loop, so that no thread is held; cancelling the task ends the wait with `CancellationError`.
     public func recvPickle<T: Decodable>(_ type: T.Type = T.self, timeout: Duration? = nil,
                                          limits: PickleDecoder.Limits = .init()) async throws -> T {
@@ -71,21 +73,21 @@ public struct PickledConnection: Sendable {
 
     /// Sends a value as one pickled message.
     ///
-    /// - Throws: the errors of ``Connection/sendPickle(_:protocolVersion:)``.
+    /// - Throws: the errors of ``Connection/sendPickle(_:protocolVersion:)-95iw1``.
     public func send<T: Encodable>(_ value: T) throws {
         try connection.sendBytes(encoder.encode(value))
     }
 
     /// Receives one pickled message as `type`.
     ///
-    /// - Throws: the errors of ``Connection/recvPickle(_:timeout:limits:)``.
+    /// - Throws: the errors of ``Connection/recvPickle(_:timeout:limits:)-64rr6``.
     public func recv<T: Decodable>(_ type: T.Type = T.self, timeout: Duration? = nil) throws -> T {
         try decoder.decode(type, from: connection.recvBytes(timeout: timeout))
     }
 
     /// Sends a value as one pickled message without blocking a thread while the peer is slow to read.
     ///
-    /// - Throws: the errors of ``Connection/sendPickle(_:protocolVersion:)``.
+    /// - Throws: the errors of ``Connection/sendPickle(_:protocolVersion:)-95iw1``.
     public func send<T: Encodable>(_ value: T) async throws {
         try await connection.sendBytes(encoder.encode(value))
     }
@@ -93,7 +95,7 @@ public struct PickledConnection: Sendable {
     /// Receives one pickled message as `type`, waiting on the package's event loop (no thread is held;
     /// cancelling the task ends the wait with `CancellationError`).
     ///
-    /// - Throws: the errors of ``Connection/recvPickle(_:timeout:limits:)``.
+    /// - Throws: the errors of ``Connection/recvPickle(_:timeout:limits:)-64rr6``.
     public func recv<T: Decodable>(_ type: T.Type = T.self, timeout: Duration? = nil) async throws -> T {
         let message: [UInt8] = try await connection.recvBytes(timeout: timeout)
         return try decoder.decode(type, from: message)

@@ -5,9 +5,9 @@ import CMultiprocessing
 
 /// One end of a message channel between processes: Python's `multiprocessing.connection.Connection`.
 ///
-/// Messages keep their boundaries, empty ones included. ``sendBytes(_:offset:size:)`` and
-/// ``recvBytes(maxLength:timeout:)`` use CPython's framing, so a Python peer's `recv_bytes`/`send_bytes`
-/// interoperate. ``send(_:)`` and ``recv(_:timeout:)`` carry any `Codable` value in the package's binary
+/// Messages keep their boundaries, empty ones included. ``sendBytes(_:offset:size:)-5s2jq`` and
+/// ``recvBytes(maxLength:timeout:)-7rggb`` use CPython's framing, so a Python peer's `recv_bytes`/`send_bytes`
+/// interoperate. ``send(_:)-70itn`` and ``recv(_:timeout:)-957pz`` carry any `Codable` value in the package's binary
 /// format; values that contain connections, locks or shared memory carry their descriptors along (over
 /// Unix sockets, such as the ends of ``makePipe(duplex:)``).
 ///
@@ -21,7 +21,7 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     public let readable: Bool
     /// Whether this end may send.
     public let writable: Bool
-    /// How much memory the value that ``recv(_:timeout:)`` decodes from one message may take, in
+    /// How much memory the value that ``recv(_:timeout:)-957pz`` decodes from one message may take, in
     /// proportion to the message's size (see ``BinaryDecoder/MemoryBudget``); a message over it throws
     /// ``MultiprocessingError/Code/transport``. Raise it to accept messages that decode into much more
     /// memory than they take on the wire, such as long arrays of nils decoded into large optional types.
@@ -130,7 +130,7 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         try bytes.withUnsafeBytes { try sendBytes($0, offset: offset, size: size) }
     }
 
-    /// Sends part of a raw buffer as one message, as ``sendBytes(_:offset:size:)-([UInt8],_,_)`` does.
+    /// Sends part of a raw buffer as one message, as ``sendBytes(_:offset:size:)-5s2jq`` does.
     public func sendBytes(_ bytes: UnsafeRawBufferPointer, offset: Int = 0, size: Int? = nil) throws {
         guard offset >= 0 else { throw MultiprocessingError(.invalidArgument, "offset is negative") }
         guard bytes.count >= offset else { throw MultiprocessingError(.invalidArgument, "buffer length < offset") }
@@ -149,7 +149,7 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     /// inside the value travel with it, and arrive open in the receiver.
     ///
     /// - Throws: ``MultiprocessingError/Code/transport`` when the value cannot be encoded, or the errors
-    ///   of ``sendBytes(_:offset:size:)-([UInt8],_,_)``.
+    ///   of ``sendBytes(_:offset:size:)-5s2jq``.
     public func send<T: Encodable>(_ value: T) throws {
         try checkWritable()
         let descriptors = try frame(of: value, into: &scratch)
@@ -158,7 +158,7 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     }
 
     /// Sends each value as a message of its own, with as few system calls as possible: the messages are
-    /// written in batches of about 64 KiB. The receiver sees exactly what separate ``send(_:)`` calls
+    /// written in batches of about 64 KiB. The receiver sees exactly what separate ``send(_:)-70itn`` calls
     /// would give it; a sender with many small messages ready gains an order of magnitude in throughput.
     public func send<S: Sequence>(contentsOf values: S) throws where S.Element: Encodable {
         try checkWritable()
@@ -206,8 +206,8 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         try await writeFramesAsync(message, descriptors: descriptors)
     }
 
-    /// Sends `bytes[offset..<offset + size]` as one message, as ``sendBytes(_:offset:size:)-([UInt8],_,_)``
-    /// does, without holding a thread while the peer's buffer is full. Cancellation as for ``send(_:)-(T)``.
+    /// Sends `bytes[offset..<offset + size]` as one message, as ``sendBytes(_:offset:size:)-5s2jq``
+    /// does, without holding a thread while the peer's buffer is full. Cancellation as for ``send(_:)-70itn``.
     public func sendBytes(_ bytes: [UInt8], offset: Int = 0, size: Int? = nil) async throws {
         guard offset >= 0, offset <= bytes.count else { throw MultiprocessingError(.invalidArgument, "offset \(offset) is out of range") }
         let size = size ?? bytes.count - offset
@@ -386,7 +386,7 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     /// - Throws: ``MultiprocessingError/Code/invalidArgument`` when `offset` is outside the buffer;
     ///   ``MultiprocessingError/Code/bufferTooShort`` when the message does not fit, with the complete
     ///   message in the error's ``MultiprocessingError/payload`` (the message is consumed); and the errors
-    ///   of ``recvBytes(maxLength:timeout:)``.
+    ///   of ``recvBytes(maxLength:timeout:)-7rggb``.
     public func recvBytes(into buffer: UnsafeMutableRawBufferPointer, offset: Int = 0, timeout: Duration? = nil) throws -> Int {
         guard offset >= 0, offset <= buffer.count else {
             throw MultiprocessingError(.invalidArgument, "offset \(offset) is out of bounds for a buffer of \(buffer.count) bytes")
@@ -411,7 +411,7 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         try buffer.withUnsafeMutableBytes { try recvBytes(into: $0, offset: offset, timeout: timeout) }
     }
 
-    /// Receives one `Codable` value sent with ``send(_:)`` (Python's `recv`).
+    /// Receives one `Codable` value sent with ``send(_:)-70itn`` (Python's `recv`).
     ///
     /// - Throws: ``MultiprocessingError/Code/endOfFile``, ``MultiprocessingError/Code/timedOut``, or
     ///   ``MultiprocessingError/Code/transport`` when the bytes do not decode as `T` or would take more
@@ -471,7 +471,7 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     }
 
     /// Receives one message's bytes as ``recvBytes(maxLength:timeout:)`` does, waiting on the event loop.
-    /// Cancellation as for ``recv(_:timeout:)-(T.Type,_)``.
+    /// Cancellation as for ``recv(_:timeout:)-957pz``.
     public func recvBytes(maxLength: Int? = nil, timeout: Duration? = nil) async throws -> [UInt8] {
         try await receiveFrame(maxLength: maxLength, deadline: .after(timeout)) { payload in
             dropFrameDescriptors()
@@ -760,7 +760,7 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
 
 extension Connection: Hashable {
     /// Two connections are equal when they are the same object, so a connection can key a dictionary, as in
-    /// Python's `workers[conn]` pattern with ``wait(_:timeout:)-(_,Duration?)``.
+    /// Python's `workers[conn]` pattern with ``wait(_:timeout:)-91uhk``.
     public static func == (lhs: Connection, rhs: Connection) -> Bool { lhs === rhs }
 
     /// Hashes the object's identity.

@@ -9,7 +9,7 @@ import Synchronization
 ///
 /// Clients connect with ``Connection/init(connectingTo:authkey:timeout:)``, or with Python's
 /// `multiprocessing.connection.Client`. When the listener has an `authkey`, every accepted client must
-/// pass CPython's HMAC handshake in both directions before ``accept(timeout:)`` returns it; a client that
+/// pass CPython's HMAC handshake in both directions before ``accept(timeout:)-qt6s`` returns it; a client that
 /// fails, sends garbage or announces a frame longer than 256 bytes is dropped with an error, and nothing
 /// is allocated for it.
 ///
@@ -19,7 +19,7 @@ import Synchronization
 /// let request = try connection.recvBytes()
 /// ```
 ///
-/// Call ``accept(timeout:)`` from one thread at a time; ``close()`` may come from any thread and wakes
+/// Call ``accept(timeout:)-qt6s`` from one thread at a time; ``close()`` may come from any thread and wakes
 /// a blocked `accept`.
 public final class Listener: @unchecked Sendable, Waitable, CustomStringConvertible {
     /// The address clients connect to: for TCP port 0, the port that was picked.
@@ -67,11 +67,13 @@ public final class Listener: @unchecked Sendable, Waitable, CustomStringConverti
     /// private temporary directory, or TCP on 127.0.0.1 with a free port).
     ///
     /// - Parameters:
+    ///   - address: where to listen; nil picks a fresh address of `family`.
+    ///   - family: the kind of address to pick when `address` is nil (Unix by default).
     ///   - backlog: how many clients may wait to be accepted (Python's default is 1; ours lets a burst
     ///     of clients connect at once).
     ///   - authkey: the shared secret for CPython's handshake; nil accepts clients without one. An empty
     ///     key is a valid key.
-    ///   - handshakeTimeout: the longest a client may take over the handshake before ``accept(timeout:)``
+    ///   - handshakeTimeout: the longest a client may take over the handshake before ``accept(timeout:)-qt6s``
     ///     drops it with ``MultiprocessingError/Code/timedOut``; nil waits as long as it takes.
     /// - Throws: ``MultiprocessingError/Code/invalidArgument`` when `family` does not match `address`;
     ///   ``MultiprocessingError/Code/system`` when the socket cannot be bound (for example `EADDRINUSE`).
@@ -307,7 +309,7 @@ public final class Listener: @unchecked Sendable, Waitable, CustomStringConverti
         }
     }
 
-    /// Stops listening, wakes a blocked ``accept(timeout:)``, and removes the socket file this listener
+    /// Stops listening, wakes a blocked ``accept(timeout:)-qt6s``, and removes the socket file this listener
     /// created. Closing twice is harmless; connections already accepted stay open.
     public func close() {
         let fd = state.withLock { state in
@@ -363,6 +365,7 @@ extension Connection {
     /// does too.
     ///
     /// - Parameters:
+    ///   - address: the listener's address.
     ///   - authkey: the listener's key, or nil when the listener does not authenticate.
     ///   - timeout: how long connecting and the handshake may take together; nil waits without limit.
     /// - Throws: ``MultiprocessingError/Code/system`` when nothing listens there (`ECONNREFUSED`,

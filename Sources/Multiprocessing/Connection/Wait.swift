@@ -2,7 +2,7 @@
 import Glibc
 #endif
 
-/// Something ``wait(_:timeout:)-(_,Duration?)`` can wait on: an object with a descriptor that becomes
+/// Something ``wait(_:timeout:)-91uhk`` can wait on: an object with a descriptor that becomes
 /// readable when the object is ready (a ``Connection`` with a message, a ``Listener`` with a client, a
 /// child process's sentinel once it has ended).
 public protocol Waitable {
@@ -44,14 +44,14 @@ public func wait<Object: Waitable>(_ objects: [Object], timeout: Duration? = nil
 }
 
 /// Waits on objects of different kinds at once, for example connections and process sentinels, as
-/// ``wait(_:timeout:)-(_,Duration?)`` does. (The generic form is preferred when all objects have one
+/// ``wait(_:timeout:)-91uhk`` does. (The generic form is preferred when all objects have one
 /// type, so that the result keeps it.)
 @_disfavoredOverload
 public func wait(_ objects: [any Waitable], timeout: Duration? = nil) throws -> [any Waitable] {
     try readyIndexes(objects, timeout: timeout).map { objects[$0] }
 }
 
-/// Waits as ``wait(_:timeout:)-(_,Duration?)`` does, on the package's event loop, so that no thread is
+/// Waits as ``wait(_:timeout:)-91uhk`` does, on the package's event loop, so that no thread is
 /// held while it waits. Cancellation ends the wait with `CancellationError`; nothing is consumed.
 public func wait<Object: Waitable & Sendable>(_ objects: [Object], timeout: Duration? = nil) async throws -> [Object] {
     try await awaitReadyIndexes(objects.map { $0 as any Waitable }, timeout: timeout).map { objects[$0] }

@@ -6,7 +6,7 @@ import Synchronization
 /// A child process running a task: Python's `multiprocessing.Process`.
 ///
 /// Create it with a ``ProcessTask`` value (any start method) or, under the fork start method only, a
-/// closure; then ``start()`` it and ``join(timeout:)`` it. The object is lifecycle only: how the child
+/// closure; then ``start()`` it and ``join(timeout:)-3h2i9`` it. The object is lifecycle only: how the child
 /// is created is the business of its ``ProcessContext``'s start method.
 ///
 /// ```swift
@@ -112,7 +112,7 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
         return started && exitCode == nil
     }
 
-    /// A descriptor that polls readable once the child has ended (use it with ``wait(_:timeout:)``).
+    /// A descriptor that polls readable once the child has ended (use it with ``wait(_:timeout:)-91uhk``).
     /// - Throws: ``MultiprocessingError/Code/invalidState`` before start, ``MultiprocessingError/Code/closed`` after close.
     public var sentinel: Int32 {
         get throws { try startedHandle().sentinel }
@@ -234,7 +234,7 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
         return true
     }
 
-    /// Waits for the child to end as ``join(timeout:)-(Duration?)`` does, and when the awaiting task is
+    /// Waits for the child to end as ``join(timeout:)-3h2i9`` does, and when the awaiting task is
     /// cancelled, kills the child (SIGKILL), reaps it, and then throws `CancellationError`.
     @discardableResult
     public func join(timeout: Duration? = nil, killingOnCancel: Bool) async throws -> Bool {

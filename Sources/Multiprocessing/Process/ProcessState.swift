@@ -101,7 +101,7 @@ public final class ParentProcess: @unchecked Sendable, CustomStringConvertible {
         try !Syscall.pollReadable([sentinel], until: .after(timeout)).isEmpty
     }
 
-    /// Waits as ``join(timeout:)-(Duration?)`` does, on the package's event loop, so that no thread is
+    /// Waits as ``join(timeout:)-9vlv6`` does, on the package's event loop, so that no thread is
     /// held while it waits. Cancellation ends the wait with `CancellationError`.
     @discardableResult
     public func join(timeout: Duration? = nil) async throws -> Bool {

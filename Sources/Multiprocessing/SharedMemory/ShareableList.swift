@@ -284,7 +284,7 @@ public final class ShareableList: @unchecked Sendable, Codable, CustomStringConv
         return "ShareableList([\(shown)], name: \(memory.name.debugDescription))"
     }
 
-    /// Encodes the list (its block) for a child's task or a ``Connection/send(_:)`` message.
+    /// Encodes the list (its block) for a child's task or a ``Connection/send(_:)-70itn`` message.
     /// - Throws: ``MultiprocessingError/Code/closed`` after the block was closed.
     public func encode(to encoder: any Encoder) throws { try memory.encode(to: encoder) }
 

@@ -56,7 +56,7 @@ public final class RawSharedArray<Element: BitwiseCopyable>: RandomAccessCollect
         try withExtendedLifetime(storage) { () throws(E) -> R in try body(storage.buffer) }
     }
 
-    /// Encodes the array for a child's task or a ``Connection/send(_:)`` message.
+    /// Encodes the array for a child's task or a ``Connection/send(_:)-70itn`` message.
     /// - Throws: ``MultiprocessingError/Code/transport`` outside a task or message.
     public func encode(to encoder: any Encoder) throws { try storage.encode(to: encoder) }
 
@@ -149,7 +149,7 @@ public final class SharedArray<Element: BitwiseCopyable>: RandomAccessCollection
         try await withBlockingThread { try self.withLock(body) }
     }
 
-    /// Encodes the array and its lock for a child's task or a ``Connection/send(_:)`` message.
+    /// Encodes the array and its lock for a child's task or a ``Connection/send(_:)-70itn`` message.
     /// - Throws: ``MultiprocessingError/Code/transport`` outside a task or message.
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.unkeyedContainer()

@@ -31,7 +31,7 @@ public final class RawSharedValue<Element: BitwiseCopyable>: @unchecked Sendable
         try withExtendedLifetime(storage) { () throws(E) -> R in try body(storage.base) }
     }
 
-    /// Encodes the value for a child's task or a ``Connection/send(_:)`` message.
+    /// Encodes the value for a child's task or a ``Connection/send(_:)-70itn`` message.
     /// - Throws: ``MultiprocessingError/Code/transport`` outside a task or message.
     public func encode(to encoder: any Encoder) throws { try storage.encode(to: encoder) }
 
@@ -101,7 +101,7 @@ public final class SharedValue<Element: BitwiseCopyable>: @unchecked Sendable, C
         try await withBlockingThread { try self.withLock(body) }
     }
 
-    /// Encodes the value and its lock for a child's task or a ``Connection/send(_:)`` message.
+    /// Encodes the value and its lock for a child's task or a ``Connection/send(_:)-70itn`` message.
     /// - Throws: ``MultiprocessingError/Code/transport`` outside a task or message.
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.unkeyedContainer()

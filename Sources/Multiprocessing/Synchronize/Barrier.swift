@@ -5,18 +5,18 @@ import Synchronization
 
 /// A meeting point for a fixed number of processes: Python's `multiprocessing.Barrier`.
 ///
-/// Each of the ``parties`` calls ``wait()``; all of them return once the last one arrives, and the
+/// Each of the ``parties`` calls ``wait()-7pqyf``; all of them return once the last one arrives, and the
 /// barrier is ready for the next round. Each gets a different index in `0..<parties`, in order of
 /// arrival (exactly one gets 0). Before anyone is released, the last to arrive runs the optional
 /// action, a ``ProcessTask`` value whose `run()` does the work in whichever process arrives last;
 /// it travels with the barrier, so its type must be declared at file scope.
 ///
 /// The barrier breaks when a wait times out, when the action throws, or on ``abort()``: every waiter
-/// and every later ``wait()`` throws ``MultiprocessingError/Code/brokenBarrier`` until ``reset()``.
-/// A party that dies inside ``wait()`` (after it arrived) still counts as arrived, as in Python: the
+/// and every later ``wait()-7pqyf`` throws ``MultiprocessingError/Code/brokenBarrier`` until ``reset()``.
+/// A party that dies inside ``wait()-7pqyf`` (after it arrived) still counts as arrived, as in Python: the
 /// round passes when the other parties arrive, and the dead party's index is not given to anyone
 /// else. A party that dies before it arrives is not replaced: the others wait until their timeout
-/// (forever without one), so give ``wait(timeout:)`` a timeout when parties may die.
+/// (forever without one), so give ``wait(timeout:)-8hj8j`` a timeout when parties may die.
 public final class ProcessBarrier: @unchecked Sendable, Codable, CustomStringConvertible {
     private let region: SharedRegion
     private let action: (any ProcessTask)?
@@ -34,9 +34,9 @@ public final class ProcessBarrier: @unchecked Sendable, Codable, CustomStringCon
     /// A barrier for `parties` processes or threads.
     ///
     /// - Parameters:
-    ///   - parties: how many must call ``wait()`` before all are released (at least 1).
+    ///   - parties: how many must call ``wait()-7pqyf`` before all are released (at least 1).
     ///   - action: work the last party to arrive runs before the others are released.
-    ///   - timeout: the timeout of ``wait()``; nil waits as long as it takes.
+    ///   - timeout: the timeout of ``wait()-7pqyf``; nil waits as long as it takes.
     /// - Throws: ``MultiprocessingError/Code/invalidArgument`` when `parties` is less than 1.
     public init(parties: Int, action: (any ProcessTask)? = nil, timeout: Duration? = nil) throws {
         guard (1...Int(UInt32.max / 2)).contains(parties) else {
@@ -51,7 +51,7 @@ public final class ProcessBarrier: @unchecked Sendable, Codable, CustomStringCon
         }
     }
 
-    /// How many must call ``wait()`` to pass the barrier.
+    /// How many must call ``wait()-7pqyf`` to pass the barrier.
     public var parties: Int { Int(partyCount.pointee.load(ordering: .relaxed)) }
 
     /// How many are waiting now (Python's `n_waiting`); 0 while broken.
@@ -73,7 +73,7 @@ public final class ProcessBarrier: @unchecked Sendable, Codable, CustomStringCon
     @discardableResult
     public func wait() throws -> Int { try wait(until: defaultDeadline()) }
 
-    /// Waits for the other parties, at most `timeout` (nil: as long as it takes). See ``wait()``.
+    /// Waits for the other parties, at most `timeout` (nil: as long as it takes). See ``wait()-7pqyf``.
     @discardableResult
     public func wait(timeout: Duration?) throws -> Int { try wait(until: .after(timeout)) }
 
@@ -92,14 +92,14 @@ public final class ProcessBarrier: @unchecked Sendable, Codable, CustomStringCon
     @discardableResult
     public func wait() async throws -> Int { try await wait(until: defaultDeadline()) }
 
-    /// Like ``wait(timeout:)``, without blocking a thread. Cancellation acts as for ``wait()``.
+    /// Like ``wait(timeout:)``, without blocking a thread. Cancellation acts as for ``wait()-7pqyf``.
     /// - Throws: ``MultiprocessingError/Code/brokenBarrier`` when the barrier is or becomes broken;
     ///   the action's error, in the party that ran it; `CancellationError` when the task is cancelled;
     ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult
     public func wait(timeout: Duration?) async throws -> Int { try await wait(until: .after(timeout)) }
 
-    /// Breaks the barrier: every waiter, and every later ``wait()`` until ``reset()``, throws
+    /// Breaks the barrier: every waiter, and every later ``wait()-7pqyf`` until ``reset()``, throws
     /// ``MultiprocessingError/Code/brokenBarrier``.
     public func abort() {
         lockState()
@@ -237,7 +237,7 @@ public final class ProcessBarrier: @unchecked Sendable, Codable, CustomStringCon
 
     private enum CodingKeys: String, CodingKey { case state, action }
 
-    /// Encodes the barrier and its action for a child's task or a ``Connection/send(_:)`` message.
+    /// Encodes the barrier and its action for a child's task or a ``Connection/send(_:)-70itn`` message.
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
         try region.encode(to: container.superEncoder(forKey: .state))

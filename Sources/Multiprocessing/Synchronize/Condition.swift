@@ -6,7 +6,7 @@ import Synchronization
 /// A condition variable shared by processes: Python's `multiprocessing.Condition`.
 ///
 /// It pairs a lock (by default a new ``ProcessRLock``, as in Python; or a ``ProcessLock`` you give it) with a queue
-/// of waiters. Hold the lock, check the shared state, and ``wait(timeout:)`` until another process
+/// of waiters. Hold the lock, check the shared state, and ``wait(timeout:)-3mwe1`` until another process
 /// changes it and calls ``notify(_:)`` or ``notifyAll()``:
 ///
 /// ```swift
@@ -57,7 +57,7 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
 
     // MARK: The lock
 
-    /// Acquires the condition's lock. See ``ProcessLock/acquire(blocking:timeout:)``.
+    /// Acquires the condition's lock. See ``ProcessLock/acquire(blocking:timeout:)-zcw0``.
     @discardableResult
     public func acquire(blocking: Bool = true, timeout: Duration? = nil) -> Bool {
         switch underlying {
@@ -67,7 +67,7 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
     }
 
     /// Acquires the condition's ``ProcessLock`` without blocking a thread. Cancellation acts as for
-    /// ``ProcessLock/acquire(blocking:timeout:)``.
+    /// ``ProcessLock/acquire(blocking:timeout:)-zcw0``.
     /// - Throws: ``MultiprocessingError/Code/unsupported`` when the condition's lock is a ``ProcessRLock``;
     ///   `CancellationError` when the task is cancelled while waiting;
     ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
@@ -138,7 +138,7 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
         return true
     }
 
-    /// Like ``wait(until:timeout:)``, without blocking a thread. Cancellation acts as for ``wait(timeout:)``.
+    /// Like ``wait(until:timeout:)``, without blocking a thread. Cancellation acts as for ``wait(timeout:)-3mwe1``.
     /// - Throws: also ``MultiprocessingError/Code/unsupported`` when the condition's lock is a ``ProcessRLock``;
     ///   `CancellationError` when the task is cancelled while waiting;
     ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
@@ -326,7 +326,7 @@ public final class ProcessCondition: ProcessLocking, @unchecked Sendable, Codabl
 
     private enum CodingKeys: String, CodingKey { case lock, rlock, state }
 
-    /// Encodes the condition and its lock for a child's task or a ``Connection/send(_:)`` message.
+    /// Encodes the condition and its lock for a child's task or a ``Connection/send(_:)-70itn`` message.
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
         switch underlying {

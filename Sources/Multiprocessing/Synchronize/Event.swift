@@ -5,7 +5,7 @@ import Synchronization
 
 /// A flag shared by processes that others can wait for: Python's `multiprocessing.Event`.
 ///
-/// ``set()`` raises the flag and wakes every waiter; ``clear()`` lowers it; ``wait(timeout:)`` returns
+/// ``set()`` raises the flag and wakes every waiter; ``clear()`` lowers it; ``wait(timeout:)-3x7vc`` returns
 /// at once while it is raised and otherwise waits until it is (or the timeout passes). A waiter spins
 /// (and yields) for about 20 us before it sleeps, so a quick ping-pong between two processes never
 /// pays for a kernel wake-up. No owner: nothing to recover when a process dies.
@@ -110,7 +110,7 @@ public final class ProcessEvent: @unchecked Sendable, Codable, CustomStringConve
     /// `ProcessEvent(set)` or `ProcessEvent(clear)`.
     public var description: String { isSet ? "ProcessEvent(set)" : "ProcessEvent(clear)" }
 
-    /// Encodes the event for a child's task or a ``Connection/send(_:)`` message.
+    /// Encodes the event for a child's task or a ``Connection/send(_:)-70itn`` message.
     public func encode(to encoder: any Encoder) throws { try region.encode(to: encoder) }
 
     /// Decodes an event sent by another process: the same event, shared.

@@ -162,7 +162,7 @@ extension ProcessLocking {
 /// ```
 ///
 /// **When a holder dies.** If the process holding the lock ends without releasing it (killed, crashed,
-/// exited), a waiting ``acquire(blocking:timeout:)`` takes the lock over within a few milliseconds
+/// exited), a waiting ``acquire(blocking:timeout:)-zcw0`` takes the lock over within a few milliseconds
 /// (at most 100 ms into a long wait) and returns `true`; ``previousOwnerDied`` is then `true` until
 /// the new holder releases, so it can check or repair what the lock protected:
 ///
@@ -246,7 +246,7 @@ public final class ProcessLock: ProcessLocking, @unchecked Sendable, Codable, Cu
     /// `ProcessLock(owner: 1234)` or `ProcessLock(unlocked)`.
     public var description: String { owner.map { "ProcessLock(owner: \($0))" } ?? "ProcessLock(unlocked)" }
 
-    /// Encodes the lock for a child's task or a ``Connection/send(_:)`` message.
+    /// Encodes the lock for a child's task or a ``Connection/send(_:)-70itn`` message.
     public func encode(to encoder: any Encoder) throws { try region.encode(to: encoder) }
 
     /// Decodes a lock sent by another process: the same lock, shared.

@@ -113,7 +113,7 @@ public final class ProcessRLock: ProcessLocking, @unchecked Sendable, Codable, C
 
     // MARK: Crossing a process boundary
 
-    /// Encodes the lock for a child's task or a ``Connection/send(_:)`` message.
+    /// Encodes the lock for a child's task or a ``Connection/send(_:)-70itn`` message.
     public func encode(to encoder: any Encoder) throws { try region.encode(to: encoder) }
 
     /// Decodes a lock sent by another process: the same lock, shared.

@@ -5,7 +5,7 @@ import Synchronization
 
 /// A counting semaphore shared by processes: Python's `multiprocessing.Semaphore`.
 ///
-/// ``acquire(blocking:timeout:)`` takes a unit, waiting while there is none; ``release()`` gives one
+/// ``acquire(blocking:timeout:)-7qd76`` takes a unit, waiting while there is none; ``release()`` gives one
 /// back. Any process may release, as in Python, and a plain semaphore has no upper bound (see
 /// ``ProcessBoundedSemaphore``).
 ///
@@ -296,7 +296,7 @@ public class ProcessSemaphore: ProcessLocking, @unchecked Sendable, Codable, Cus
 
     // MARK: Crossing a process boundary
 
-    /// Encodes the semaphore for a child's task or a ``Connection/send(_:)`` message.
+    /// Encodes the semaphore for a child's task or a ``Connection/send(_:)-70itn`` message.
     public func encode(to encoder: any Encoder) throws { try region.encode(to: encoder) }
 
     /// Decodes a semaphore sent by another process: the same semaphore, shared.
