@@ -49,3 +49,45 @@ struct DiagnosticsTests {
         #expect(previous.handler is SwiftLogNoOpLogHandler, "by default nothing is logged")
     }
 }
+
+/// Takes a lock, reports, and holds it until told to go.
+struct DiagnosticsHoldLock: ProcessTask {
+    let lock: ProcessLock
+    let rlock: ProcessRLock
+    let report: Connection
+    func run() throws {
+        _ = lock.acquire()
+        _ = rlock.acquire()
+        try report.send(true)
+        _ = try report.recv(Bool.self, timeout: .seconds(30))
+        try rlock.release()
+        try lock.release()
+    }
+}
+
+@Suite("locked() on Lock and RLock")
+struct LockedTests {
+    @Test("locked() says whether anyone holds the lock, in this process or another")
+    func lockedAcrossProcesses() throws {
+        let lock = try ProcessLock()
+        let rlock = try ProcessRLock()
+        #expect(!lock.locked() && !rlock.locked())
+        _ = lock.acquire()
+        _ = rlock.acquire()
+        _ = rlock.acquire()
+        #expect(lock.locked() && rlock.locked())
+        try lock.release()
+        try rlock.release()
+        #expect(!lock.locked() && rlock.locked(), "an RLock held once more is still locked")
+        try rlock.release()
+        #expect(!rlock.locked())
+        let (mine, theirs) = try makePipe()
+        let child = ChildProcess(DiagnosticsHoldLock(lock: lock, rlock: rlock, report: theirs))
+        try child.start()
+        #expect(try mine.recv(Bool.self, timeout: .seconds(30)))
+        #expect(lock.locked() && rlock.locked(), "held by the child")
+        try mine.send(true)
+        #expect(try child.join(timeout: .seconds(30)))
+        #expect(!lock.locked() && !rlock.locked())
+    }
+}

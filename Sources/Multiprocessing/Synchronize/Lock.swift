@@ -237,6 +237,10 @@ public final class ProcessLock: ProcessLocking, @unchecked Sendable, Codable, Cu
     /// releasing it. Stays true until the lock is released.
     public var previousOwnerDied: Bool { ownership.tookOver(OwnerCheck.me) }
 
+    /// Whether any process or thread holds the lock now (CPython 3.14's `locked()`). The answer may be
+    /// stale by the time it is read; use it for diagnostics, not to decide whether to acquire.
+    public func locked() -> Bool { ownership.owner != 0 }
+
     /// The pid of the process holding the lock, or nil when it is free.
     public var owner: Int32? {
         let identity = ownership.owner
