@@ -61,21 +61,21 @@ struct DaemonExample: ProcessTask {
 }
 
 func runSeedExamples(pace: Pace) throws {
-    section("The seed, method one: Process(target=piao, args=('User1',))")
+    section("Python's tutorial, creating processes, method one: Process(target=piao, args=('User1',))")
     let users = ["User1", "User2", "User3", "User4"].map { ChildProcess(PiaoTarget(args: $0, pace: pace)) }
     try startThenJoin(users)
 
-    section("The seed, method one under the fork start method: a capturing closure")
+    section("Python's tutorial, method one again, under the fork start method: a capturing closure")
     let forked = ["User1", "User2", "User3", "User4"].map { user in
         ChildProcess(context: ProcessContext(.fork)) { piao(user, pace: pace) }
     }
     try startThenJoin(forked)
 
-    section("The seed, method two: class Piao(Process) with run()")
+    section("Python's tutorial, creating processes, method two: class Piao(Process) with run()")
     let named = ["Egon", "Alex", "Wupeiqi", "Yuanhao"].map { ChildProcess(Piao(name: $0, pace: pace)) }
     try startThenJoin(named)
 
-    section("The seed, daemon: the parent prints 'master' and ends; its daemon child ends with it")
+    section("Python's tutorial, daemon processes: the parent prints 'master' and ends; its daemon child ends with it")
     let program = ChildProcess(DaemonExample(pace: pace))
     try program.start()
     try program.join(timeout: .seconds(30))
