@@ -40,6 +40,7 @@ func cancelMidWait(_ wait: @escaping @Sendable () async throws -> Void) async th
 func expectCancelled(_ outcome: (seconds: Double, error: (any Error)?), _ what: String,
                      sourceLocation: SourceLocation = #_sourceLocation) {
     #expect(outcome.error is CancellationError, "\(what): \(String(describing: outcome.error))", sourceLocation: sourceLocation)
+    if getenv("MULTIPROCESSING_TEST_TIMINGS") != nil { print("TIMING cancel \(what): \(outcome.seconds * 1000) ms") }
     // The goal is 50 ms; the bound is generous because the test machine may be busy.
     #expect(outcome.seconds < 1, "\(what) took \(outcome.seconds) s to end after cancellation", sourceLocation: sourceLocation)
 }
@@ -258,6 +259,7 @@ struct AsyncWaitTests {
         try child.start()
         childEnd.close()
         let figures = try report.recv([Int].self, timeout: .seconds(120))
+        if getenv("MULTIPROCESSING_TEST_TIMINGS") != nil { print("TIMING many awaits: \(figures[0]) receives, \(figures[1]) threads") }
         #expect(try child.join(timeout: .seconds(60)))
         #expect(figures[0] >= 5_000, "only \(figures[0]) connections could be opened")
         #expect(figures[2] == figures[0], "\(figures[2]) of \(figures[0]) awaits got their message")
@@ -310,6 +312,7 @@ struct ListenerHardeningTests {
             let latency = secondsSince(start)
             #expect(try await connection.recv(Int.self, timeout: .seconds(10)) == attempt)
             try good.get()
+            if getenv("MULTIPROCESSING_TEST_TIMINGS") != nil { print("TIMING good client behind 500 stalled: \(latency * 1000) ms") }
             // Goal 100 ms; a generous bound for a busy machine. Before, one staller held accept for 30 s.
             #expect(latency < 2, "a good client waited \(latency) s behind 500 stalled ones")
         }
