@@ -112,6 +112,8 @@ int mp_pidfd_wait(int pidfd, int nohang, int *exit_code) {
 
 void mp_set_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }
 
+int mp_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }
+
 
 long mp_getrandom(void *buf, unsigned long len) { return (long)getrandom(buf, len, 0); }
 

@@ -267,6 +267,23 @@ struct ProcessTests {
         #expect(throws: MultiprocessingError.self) { try child.start() }
     }
 
+    @Test("each call before start says which call it was")
+    func callsBeforeStart() throws {
+        let child = ChildProcess(Nap(milliseconds: 1))
+        let calls: [(String, () throws -> Void)] = [
+            ("join", { try child.join(timeout: .seconds(1)) }),
+            ("terminate", { try child.terminate() }),
+            ("kill", { try child.kill() }),
+            ("interrupt", { try child.interrupt() }),
+            ("get the sentinel of", { _ = try child.sentinel }),
+        ]
+        for (name, call) in calls {
+            let error = #expect(throws: MultiprocessingError.self) { try call() }
+            #expect(error?.code == .invalidState)
+            #expect(error?.message == "can only \(name) a started process")
+        }
+    }
+
     @Test("closures run under fork only; other start methods refuse them clearly")
     func closures() throws {
         let (reader, writer) = try makePipe(duplex: false)

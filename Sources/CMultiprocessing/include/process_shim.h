@@ -31,5 +31,8 @@ void mp_report_exit_code(int fd);
 int mp_pipe_cloexec(int fds[2]);
 /// prctl(PR_SET_NAME) best effort, for ps output.
 void mp_set_thread_name(const char *name);
+/// prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants of this process become its children
+/// (so a supervisor, or a test, sees every process its children left behind). 0, or -1 with errno.
+int mp_set_child_subreaper(void);
 
 #endif

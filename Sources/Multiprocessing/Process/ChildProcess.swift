@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CMultiprocessing
 import Synchronization
 
 /// A child process running a task: Python's `multiprocessing.Process`.
@@ -115,7 +116,7 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
     /// A descriptor that polls readable once the child has ended (use it with ``wait(_:timeout:)-91uhk``).
     /// - Throws: ``MultiprocessingError/Code/invalidState`` before start, ``MultiprocessingError/Code/closed`` after close.
     public var sentinel: Int32 {
-        get throws { try startedHandle().sentinel }
+        get throws { try startedHandle(for: "get the sentinel of").sentinel }
     }
 
     /// A repr in Python's style: `<ChildProcess name='Process-1' pid=123 started daemon>`.
@@ -152,7 +153,7 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
             var bootstrap = ChildBootstrap(
                 work: nil, name: name, identity: identity, authkey: state.authkey, daemon: state.daemon,
                 parentPid: me.pid, parentName: me.name, startMethod: startMethod(allowNone: true)?.rawValue)
-            let (parentEnd, childEnd) = try Syscall.socketPair()
+            var (parentEnd, childEnd) = try Syscall.socketPair()
             defer { Syscall.close(childEnd) }
             do {
                 let handle: any ChildHandle
@@ -174,9 +175,13 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
                 case (.spawn, .task(let task)), (.forkserver, .task(let task)):
                     let typeName = try TaskEnvelope.typeName(of: type(of: task))
                     bootstrap.work = TaskEnvelope(task)
-                    handle = method == .spawn
-                        ? try SpawnLauncher.launch(bootstrapEnd: childEnd)
-                        : try ForkServerLauncher.launch(bootstrapEnd: childEnd, typeName: typeName)
+                    if method == .spawn {
+                        handle = try SpawnLauncher.launch(bootstrapEnd: childEnd)
+                    } else {
+                        var pair = (parent: parentEnd, child: childEnd)
+                        defer { (parentEnd, childEnd) = pair }
+                        handle = try ForkServerLauncher.launch(bootstrap: &pair, typeName: typeName)
+                    }
                     do {
                         try Connection(adopting: Syscall.duplicate(parentEnd)).send(bootstrap)
                     } catch {
@@ -206,7 +211,7 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
     ///   start, ``MultiprocessingError/Code/closed`` after close.
     @discardableResult
     public func join(timeout: Duration? = nil) throws -> Bool {
-        let handle = try startedHandle()
+        let handle = try startedHandle(for: "join")
         if exitCode != nil { return true }
         let deadline = Deadline.after(timeout)
         while true {
@@ -250,19 +255,28 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
     }
 
     /// Asks the child to stop with SIGTERM (its exit code becomes -15 unless it handles the signal).
-    public func terminate() throws { try startedHandle().send(signal: SIGTERM) }
+    /// - Throws: ``MultiprocessingError/Code/invalidState`` ("can only terminate a started process") before
+    ///   start, ``MultiprocessingError/Code/closed`` after close, ``MultiprocessingError/Code/system`` when
+    ///   the signal cannot be sent.
+    public func terminate() throws { try startedHandle(for: "terminate").send(signal: SIGTERM) }
 
     /// Stops the child with SIGKILL (exit code -9).
-    public func kill() throws { try startedHandle().send(signal: SIGKILL) }
+    /// - Throws: ``MultiprocessingError/Code/invalidState`` ("can only kill a started process") before
+    ///   start, ``MultiprocessingError/Code/closed`` after close, ``MultiprocessingError/Code/system`` when
+    ///   the signal cannot be sent.
+    public func kill() throws { try startedHandle(for: "kill").send(signal: SIGKILL) }
 
     /// Sends SIGINT, Python's `interrupt()`.
-    public func interrupt() throws { try startedHandle().send(signal: SIGINT) }
+    /// - Throws: ``MultiprocessingError/Code/invalidState`` ("can only interrupt a started process") before
+    ///   start, ``MultiprocessingError/Code/closed`` after close, ``MultiprocessingError/Code/system`` when
+    ///   the signal cannot be sent.
+    public func interrupt() throws { try startedHandle(for: "interrupt").send(signal: SIGINT) }
 
     /// Sends `signal` to the child and to every process descended from it, so that nothing it started
     /// outlives it. The tree is frozen with SIGSTOP while it is collected, so no process escapes by
     /// forking meanwhile.
     public func terminateTree(signal: Int32 = SIGTERM) throws {
-        let handle = try startedHandle()
+        let handle = try startedHandle(for: "terminate the tree of")
         guard exitCode == nil else { return }
         try handle.send(signal: SIGSTOP)
         let descendants = ProcessTree.descendants(of: handle.pid)
@@ -302,11 +316,14 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
         state.withLock { $0.parentEnd >= 0 ? $0.parentEnd : nil }
     }
 
-    private func startedHandle() throws -> any ChildHandle {
+    /// The handle of the started child; `action` names the call for the error when there is none
+    /// ("can only terminate a started process").
+    private func startedHandle(for action: String = "join") throws -> any ChildHandle {
         try state.withLock { state in
             if state.closed { throw MultiprocessingError(.closed, "process object is closed") }
             guard let handle = state.handle else {
-                throw MultiprocessingError(.invalidState, state.exitCode == nil ? "can only join a started process" : "process has ended")
+                throw MultiprocessingError(
+                    .invalidState, state.exitCode == nil ? "can only \(action) a started process" : "process has ended")
             }
             return handle
         }
@@ -325,6 +342,12 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
 
 /// Walks /proc to find the processes descended from a pid.
 enum ProcessTree {
+    /// Makes this process the subreaper of its descendants: orphans become its children instead of
+    /// init's, so it can see (and must reap) every process its children leave behind.
+    static func adoptOrphans() throws {
+        if mp_set_child_subreaper() != 0 { throw MultiprocessingError.system("prctl(PR_SET_CHILD_SUBREAPER)") }
+    }
+
     static func descendants(of root: Int32) -> [Int32] {
         var parentOf: [Int32: [Int32]] = [:]
         guard let directory = opendir("/proc") else { return [] }

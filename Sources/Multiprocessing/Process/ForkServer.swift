@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CMultiprocessing
+import Synchronization
 
 /// The forkserver start method.
 ///
@@ -18,6 +19,16 @@ enum ForkServerLauncher {
     }
 
     private static let server = ForkSafeMutex(Server())
+    /// The running server's pid (0 for none), readable without waiting for a start in progress.
+    private static let runningPid = Atomic<Int32>(0)
+
+    /// How long a start waits for the server to answer before it counts the server as hung, kills it
+    /// and starts a new one (milliseconds). A healthy server answers in well under a millisecond; the
+    /// bound covers a server that was just spawned on a loaded machine.
+    static let replyTimeoutMilliseconds = Atomic<Int>(5_000)
+
+    /// How many servers one start tries before it gives up.
+    static let attempts = 3
 
     /// In a forked child: the parent's server is the parent's; this process starts its own when needed.
     static func forgetInheritedServer() {
@@ -25,30 +36,52 @@ enum ForkServerLauncher {
             Syscall.close(server.control)
             server = Server()
         }
+        runningPid.store(0, ordering: .relaxed)
     }
 
     /// The running server's pid, if one runs.
-    static var serverPid: Int32? { server.withLock { $0.process?.pid } }
+    static var serverPid: Int32? {
+        let pid = runningPid.load(ordering: .relaxed)
+        return pid > 0 ? pid : nil
+    }
 
     /// Starts a child through the server. `typeName` names the child's task type: the server resolves
     /// it once before forking, so every later child of that type starts with the lookup done.
-    static func launch(bootstrapEnd: Int32, typeName: String) throws -> any ChildHandle {
+    ///
+    /// `bootstrap` is the socket pair whose `child` end the new child reads its bootstrap from. Once a
+    /// request is sent, the server may have forked a child holding that end even if it died before it
+    /// answered; so every retry uses a fresh pair, and closing the old one ends such a stray child (it
+    /// reads end-of-file instead of a task). The task therefore runs only in the process whose pid the
+    /// returned handle names.
+    /// - Throws: ``MultiprocessingError`` (code ``MultiprocessingError/Code/system``) when no server
+    ///   answered in ``attempts`` tries (each died or hung), or the OS refused a socket or a spawn.
+    static func launch(bootstrap: inout (parent: Int32, child: Int32), typeName: String) throws -> any ChildHandle {
         try server.withLock { server in
-            var lastError: (any Error)?
-            for _ in 0..<2 {
+            var failures: [String] = []
+            for attempt in 0..<attempts {
                 do {
+                    if attempt > 0 {
+                        Syscall.close(bootstrap.parent)
+                        Syscall.close(bootstrap.child)
+                        bootstrap = (-1, -1)
+                        bootstrap = try Syscall.socketPair()
+                    }
                     if server.control < 0 { server = try startServer() }
-                    return try request(over: server.control, bootstrapEnd: bootstrapEnd, typeName: typeName)
+                    return try request(over: server.control, bootstrapEnd: bootstrap.child, typeName: typeName)
                 } catch {
-                    lastError = error
+                    failures.append("\(error)")
                     stop(&server)
                 }
             }
-            throw lastError!
+            throw MultiprocessingError(
+                .system,
+                "the fork server died or stopped answering \(attempts) times while starting a child: "
+                    + failures.joined(separator: "; "))
         }
     }
 
-    /// Closes the control socket (the server exits on EOF) and reaps the server.
+    /// Closes the control socket (the server exits on EOF), kills the server (a stopped one too) and
+    /// reaps it.
     private static func stop(_ server: inout Server) {
         Syscall.close(server.control)
         server.control = -1
@@ -58,6 +91,7 @@ enum ForkServerLauncher {
             _ = try? process.exitCode()
         }
         server.process = nil
+        runningPid.store(0, ordering: .relaxed)
     }
 
     private static func startServer() throws -> Server {
@@ -65,7 +99,9 @@ enum ForkServerLauncher {
         defer { Syscall.close(theirs) }
         do {
             let pid = try SpawnLauncher.spawnSelf(keeping: theirs, variable: MP_FORKSERVER_ENV)
-            return Server(control: mine, process: try PidfdHandle(pid: pid))
+            let process = try PidfdHandle(pid: pid)
+            runningPid.store(pid, ordering: .relaxed)
+            return Server(control: mine, process: process)
         } catch {
             Syscall.close(mine)
             throw error
@@ -85,6 +121,10 @@ enum ForkServerLauncher {
                 return descriptors.withUnsafeBufferPointer { mp_sendmsg_fds(control, &vector, 1, $0.baseAddress, 2) }
             }
             if sent != request.count { throw MultiprocessingError.system("fork server request") }
+            let timeout = Duration.milliseconds(replyTimeoutMilliseconds.load(ordering: .relaxed))
+            guard try !Syscall.pollReadable([control], until: .after(timeout)).isEmpty else {
+                throw MultiprocessingError(.timedOut, "the fork server did not answer within \(timeout)")
+            }
             var pid: Int32 = 0
             try readExactly(control, into: &pid)
             guard pid > 0 else { throw MultiprocessingError(.system, "fork server could not fork", errno: -pid) }

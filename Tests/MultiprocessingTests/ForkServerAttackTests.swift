@@ -1,0 +1,244 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+import Testing
+@testable import Multiprocessing
+
+// Attacks on the fork server. Each runs in a spawned child, which has a fork server of its own, so
+// killing or stopping that server disturbs no other test.
+
+@Suite("Fork server under attack")
+struct ForkServerAttackTests {
+    @Test("a fork server killed again and again during 1,000 starts: each start fails cleanly or runs its task once, in the process its handle names")
+    func killedDuringStarts() throws {
+        let (reader, writer) = try makePipe(duplex: false)
+        let probe = ChildProcess(ForkServerKillProbe(report: writer, starts: 1000))
+        try probe.start()
+        let result = try reader.recv(KillProbeResult.self, timeout: .seconds(240))
+        #expect(try probe.join(timeout: .seconds(30)))
+        #expect(probe.exitCode == 0)
+        #expect(result.kills > 0, "the server was never killed: \(result)")
+        #expect(result.started > 0, "no start succeeded: \(result)")
+        #expect(result.started + result.failed == 1000)
+        #expect(result.untypedFailures == 0, "\(result)")
+        #expect(result.wrongProcess == 0, "a task ran in a process its handle does not name: \(result)")
+        #expect(result.hung == 0, "\(result)")
+        #expect(result.badExit == 0, "\(result)")
+        #expect(result.strayTasks == 0, "a task ran without a tracked child: \(result)")
+        #expect(result.leftBehind == 0, "\(result)")
+    }
+
+    @Test("a SIGSTOPped fork server is replaced: the start after it succeeds within the reply bound")
+    func stoppedServer() throws {
+        let (reader, writer) = try makePipe(duplex: false)
+        let probe = ChildProcess(ForkServerStopProbe(report: writer))
+        try probe.start()
+        let result = try reader.recv(StopProbeResult.self, timeout: .seconds(60))
+        #expect(try probe.join(timeout: .seconds(30)))
+        #expect(probe.exitCode == 0)
+        #expect(result.exitCodes == [0, 0])
+        #expect(result.ranIn == result.pids)
+        #expect(result.stoppedServerGone)
+        #expect(result.newServer)
+        // The reply bound is 0.5 s in the probe: the start took about that, not forever.
+        #expect(result.milliseconds >= 400 && result.milliseconds < 20_000, "\(result)")
+    }
+}
+
+/// Sends the pid of the process it runs in.
+struct ReportPid: ProcessTask {
+    let report: Connection
+    func run() throws { try report.send(getpid()) }
+}
+
+struct KillProbeResult: Codable, CustomStringConvertible {
+    var started = 0, failed = 0, untypedFailures = 0, wrongProcess = 0, hung = 0, badExit = 0
+    var strayTasks = 0, leftBehind = 0, kills = 0
+    var description: String {
+        "started \(started) failed \(failed) untyped \(untypedFailures) wrongProcess \(wrongProcess) hung \(hung) "
+            + "badExit \(badExit) stray \(strayTasks) leftBehind \(leftBehind) kills \(kills)"
+    }
+}
+
+/// Kills fork servers on a thread of its own while the probe starts children. Half of the servers die
+/// at a random moment 0-20 ms into their life; the other half the moment they fork their 1st to 8th
+/// child (seen as a new pid whose parent is the server), which aims at the window between a fork and
+/// its reply.
+enum ServerKiller {
+    static let running = Atomic<Bool>(false)
+    static let kills = Atomic<Int>(0)
+
+    static func start() -> pthread_t {
+        running.store(true, ordering: .relaxed)
+        var thread = pthread_t()
+        pthread_create(&thread, nil, { _ in
+            ServerKiller.loop()
+            return nil
+        }, nil)
+        return thread
+    }
+
+    static func stop(_ thread: pthread_t) {
+        running.store(false, ordering: .relaxed)
+        pthread_join(thread, nil)
+    }
+
+    private static func loop() {
+        var generator = SystemRandomNumberGenerator()
+        let lastPidFile = open("/proc/sys/kernel/ns_last_pid", O_RDONLY | O_CLOEXEC)
+        defer { close(lastPidFile) }
+        var target: Int32 = 0
+        var killAt: UInt64 = .max
+        var forksLeft = 0
+        var seenPid = lastPid(lastPidFile)
+        while running.load(ordering: .relaxed) {
+            let pid = ForkServerLauncher.serverPid ?? 0
+            if pid != target {
+                target = pid
+                if Bool.random(using: &generator) {
+                    forksLeft = Int.random(in: 1...8, using: &generator)
+                    killAt = .max
+                } else {
+                    forksLeft = 0
+                    killAt = Deadline.monotonicNow() + UInt64.random(in: 0..<20_000_000, using: &generator)
+                }
+            }
+            var hit = target > 0 && Deadline.monotonicNow() >= killAt
+            let newest = lastPid(lastPidFile)
+            if forksLeft > 0, target > 0, newest != seenPid, newest > 0 {
+                forksLeft -= (max(seenPid + 1, newest - 16)...newest).count { parentPid(of: $0) == target }
+                hit = forksLeft <= 0
+            }
+            seenPid = newest
+            if hit {
+                if kill(target, SIGKILL) == 0 { kills.add(1, ordering: .relaxed) }
+                killAt = .max
+                forksLeft = 0
+            }
+            if forksLeft > 0 { sched_yield() } else { usleep(200) }
+        }
+    }
+
+    private static func lastPid(_ fd: Int32) -> Int32 {
+        var buffer = [UInt8](repeating: 0, count: 16)
+        let count = pread(fd, &buffer, 16, 0)
+        return Int32(String(decoding: buffer.prefix(max(0, count)).filter { $0 >= 48 && $0 <= 57 }, as: UTF8.self)) ?? 0
+    }
+
+    private static func parentPid(of pid: Int32) -> Int32 {
+        let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return 0 }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 256)
+        let count = read(fd, &buffer, 256)
+        let text = String(decoding: buffer.prefix(max(0, count)), as: UTF8.self)
+        guard let end = text.lastIndex(of: ")") else { return 0 }
+        let fields = text[text.index(after: end)...].split(separator: " ")
+        return fields.count > 1 ? Int32(fields[1]) ?? 0 : 0
+    }
+}
+
+/// Starts `starts` forkserver children while their servers are killed again and again; each child
+/// reports its own pid, which must be the pid its handle names.
+struct ForkServerKillProbe: ProcessTask {
+    let report: Connection
+    let starts: Int
+    func run() throws {
+        // Orphans of killed servers become this process's children, so none can escape the count.
+        try ProcessTree.adoptOrphans()
+        let context = ProcessContext(.forkserver)
+        let (reader, writer) = try makePipe(duplex: false)
+        var result = KillProbeResult()
+        let killer = ServerKiller.start()
+        for _ in 0..<starts {
+            let child = ChildProcess(ReportPid(report: writer), context: context)
+            do {
+                try child.start()
+            } catch is MultiprocessingError {
+                result.failed += 1
+                continue
+            } catch {
+                result.failed += 1
+                result.untypedFailures += 1
+                continue
+            }
+            result.started += 1
+            if let pid = try? reader.recv(Int32.self, timeout: .seconds(10)) {
+                if pid != child.pid { result.wrongProcess += 1 }
+            } else {
+                result.hung += 1
+            }
+            if try !child.join(timeout: .seconds(10)) {
+                result.hung += 1
+                try child.kill()
+                _ = try child.join(timeout: .seconds(10))
+            } else if child.exitCode != 0 {
+                result.badExit += 1
+            }
+            // One misplaced or hung task is enough to fail: stop before the waits add up.
+            if result.wrongProcess + result.hung > 0 { break }
+        }
+        ServerKiller.stop(killer)
+        result.kills = ServerKiller.kills.load(ordering: .relaxed)
+        // No task ran anywhere else: nothing more arrives.
+        while try reader.poll(timeout: .milliseconds(500)) {
+            _ = try reader.recvBytes()
+            result.strayTasks += 1
+        }
+        // Everything but the current server ends soon (a stray child of a killed server reads
+        // end-of-file instead of a task and exits).
+        let server = ForkServerLauncher.serverPid
+        let deadline = Deadline.after(.seconds(10))
+        var remaining: [Int32] = []
+        repeat {
+            while waitpid(-1, nil, WNOHANG) > 0 {}
+            remaining = ProcessTree.descendants(of: getpid()).filter { $0 != server && !isGone($0) }
+            if remaining.isEmpty { break }
+            usleep(10_000)
+        } while !deadline.hasPassed
+        result.leftBehind = remaining.count
+        try report.send(result)
+    }
+}
+
+struct StopProbeResult: Codable, CustomStringConvertible {
+    var exitCodes: [Int32] = []
+    var pids: [Int32] = []
+    var ranIn: [Int32] = []
+    var stoppedServerGone = false
+    var newServer = false
+    var milliseconds = 0
+    var description: String {
+        "exit \(exitCodes) pids \(pids) ran in \(ranIn) stopped server gone \(stoppedServerGone) new \(newServer) \(milliseconds) ms"
+    }
+}
+
+/// Starts a forkserver child, stops the server with SIGSTOP, and starts another: the second start
+/// must give up on the stopped server after the reply bound and succeed through a new one.
+struct ForkServerStopProbe: ProcessTask {
+    let report: Connection
+    func run() throws {
+        ForkServerLauncher.replyTimeoutMilliseconds.store(500, ordering: .relaxed)
+        let context = ProcessContext(.forkserver)
+        let (reader, writer) = try makePipe(duplex: false)
+        var result = StopProbeResult()
+        let first = ChildProcess(ReportPid(report: writer), context: context)
+        try first.start()
+        result.ranIn.append(try reader.recv(Int32.self, timeout: .seconds(30)))
+        try first.join(timeout: .seconds(30))
+        guard let stopped = ForkServerLauncher.serverPid else { exit(3) }
+        kill(stopped, SIGSTOP)
+        let began = Deadline.monotonicNow()
+        let second = ChildProcess(ReportPid(report: writer), context: context)
+        try second.start()
+        result.milliseconds = Int((Deadline.monotonicNow() - began) / 1_000_000)
+        result.ranIn.append(try reader.recv(Int32.self, timeout: .seconds(30)))
+        try second.join(timeout: .seconds(30))
+        result.exitCodes = [first.exitCode ?? -1, second.exitCode ?? -1]
+        result.pids = [first.pid ?? -1, second.pid ?? -1]
+        result.stoppedServerGone = isGone(stopped)
+        result.newServer = ForkServerLauncher.serverPid.map { $0 != stopped } ?? false
+        try report.send(result)
+    }
+}
