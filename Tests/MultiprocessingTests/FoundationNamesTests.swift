@@ -19,8 +19,9 @@ struct FoundationNamesTests {
             RawSharedValue<Int32>.self, RawSharedArray<UInt8>.self,
             BinaryDecoder.MemoryBudget.self,
             PickleEncoder.self, PickleDecoder.self, PythonValue.self, PythonDictItem.self, PickledConnection.self,
+            ChildFailure.self, (any AsyncProcessTask).self,
         ]
-        #expect(types.count == 32)
+        #expect(types.count == 34)
         let (a, b) = try makePipe()
         try b.send("hello")
         #expect(try wait([a], timeout: .seconds(5)).count == 1)

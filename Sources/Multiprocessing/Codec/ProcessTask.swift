@@ -23,19 +23,48 @@ public protocol ProcessTask: Codable, Sendable {
     func run() throws
 }
 
-/// A task together with the name the child resolves its type by.
+/// Work that runs in a child process and may `await`: an async ``ProcessTask``.
+///
+/// The child runs ``run()`` on the Swift concurrency runtime and ends when it returns, under the spawn
+/// and forkserver start methods: every job the program sends to the global executor runs on the
+/// child's main thread, and `Task.sleep` works. Blocking calls inside ``run()`` block the child's other
+/// tasks; use their `async` forms. The main actor does not run in the child (its main thread runs
+/// the task, and nothing drains the main queue): do not `await` `@MainActor` code there. The fork method
+/// refuses async tasks: the runtime times `Task.sleep` on Dispatch's threads, which a forked child of
+/// a threaded parent does not have, so the first sleep would never end.
+///
+/// ```swift
+/// struct Fetch: AsyncProcessTask {
+///     let reply: Connection
+///     func run() async throws {
+///         try await Task.sleep(for: .milliseconds(10))
+///         try await reply.send("done")
+///     }
+/// }
+/// ```
+///
+/// A separate protocol (rather than making ``ProcessTask/run()`` `async`) keeps a synchronous task's
+/// child free of any concurrency runtime set-up. Returning ends the child with exit code 0, throwing
+/// with exit code 1 (the error reaches the parent as ``ChildProcess/failure``).
+public protocol AsyncProcessTask: Codable, Sendable {
+    /// The work, run in the child process.
+    func run() async throws
+}
+
+/// A task (a ``ProcessTask`` or an ``AsyncProcessTask``) together with the name the child resolves its
+/// type by.
 ///
 /// It lives with the codec, below the process layer, because both a child's work and a barrier's
 /// action travel in it.
 struct TaskEnvelope: Codable, @unchecked Sendable {
-    let task: any ProcessTask
+    let task: any Codable & Sendable
 
-    init(_ task: any ProcessTask) { self.task = task }
+    init(_ task: any Codable & Sendable) { self.task = task }
 
     private enum CodingKeys: String, CodingKey { case type, value }
 
     /// The mangled name of `type`, or an error saying how to make the type reachable from a child.
-    static func typeName(of type: any ProcessTask.Type) throws -> String {
+    static func typeName(of type: any (Codable & Sendable).Type) throws -> String {
         guard let name = _mangledTypeName(type) else {
             throw MultiprocessingError(.invalidArgument, "\(type) has no mangled name, so a child process cannot find it")
         }
@@ -64,9 +93,13 @@ struct TaskEnvelope: Codable, @unchecked Sendable {
     init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         let name = try container.decode(String.self, forKey: .type)
-        guard let type = _typeByName(name) as? any ProcessTask.Type else {
+        let decoder = try container.superDecoder(forKey: .value)
+        if let type = _typeByName(name) as? any ProcessTask.Type {
+            task = try type.init(from: decoder)
+        } else if let type = _typeByName(name) as? any AsyncProcessTask.Type {
+            task = try type.init(from: decoder)
+        } else {
             throw MultiprocessingError(.transport, "no task type named \(name) in this program")
         }
-        task = try type.init(from: container.superDecoder(forKey: .value))
     }
 }

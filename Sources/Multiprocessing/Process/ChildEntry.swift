@@ -36,7 +36,7 @@ func multiprocessingChildMain(_ fd: Int32) {
         exit(1)
     }
     guard let work = bootstrap.work else { exit(0) }
-    runChild { try work.task.run() }
+    work.runAndExit()
 }
 
 /// Installs a child's identity, and for a daemon a watcher that ends it when the parent dies.
@@ -57,19 +57,52 @@ func becomeChild(_ bootstrap: ChildBootstrap, parentSentinel: Int32) {
 /// Runs a child's work and ends the process: 0 on return, 1 (with the error on standard error) on throw.
 /// A forked child ends with `_exit` after flushing, as Python's fork children do: the exit handlers it
 /// inherited belong to its parent. Other children end with `exit`, so their own exit handlers run.
+/// A thrown error also goes to the parent (``ChildProcess/failure``) over the bootstrap connection.
 func runChild(forked: Bool = false, _ body: () throws -> Void) -> Never {
     var code: Int32 = 0
     do {
         try body()
     } catch {
-        let name = ProcessState.shared.withLock { $0.name }
+        let (name, parent) = ProcessState.shared.withLock { ($0.name, $0.parent?.sentinel) }
         writeToStandardError("Process \(name):\n\(type(of: error)): \(error)\n")
+        if let parent { FailureReport(error).send(over: parent) }
         code = 1
     }
     ExitHooks.run()
     fflush(nil)
     if forked { _exit(code) }
     exit(code)
+}
+
+extension TaskEnvelope {
+    /// Runs the task in this (child) process and ends it.
+    func runAndExit(forked: Bool = false) -> Never {
+        if let task = task as? any ProcessTask { runChild(forked: forked) { try task.run() } }
+        let task = task as! any AsyncProcessTask
+        runChildAsync(forked: forked) { try await task.run() }
+    }
+}
+
+/// Runs an async task's body on this thread with the child's own executor (see ``AsyncProcessTask``),
+/// then ends the process as ``runChild(forked:_:)`` does.
+func runChildAsync(forked: Bool = false, _ body: @escaping @Sendable () async throws -> Void) -> Never {
+    mp_executor_install()
+    let outcome = AsyncOutcome()
+    Task {
+        do { try await body() } catch { outcome.error = error }
+        outcome.done.pointee = 1
+    }
+    mp_executor_run(outcome.done)
+    let error = outcome.error
+    runChild(forked: forked) { if let error { throw error } }
+}
+
+/// How a child's async body ended; written by the body's task, read once the executor loop stops
+/// (both on the child's one executor thread).
+private final class AsyncOutcome: @unchecked Sendable {
+    let done = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
+    var error: (any Error)?
+    init() { done.initialize(to: 0) }
 }
 
 func writeToStandardError(_ text: String) {

@@ -18,7 +18,7 @@ import Synchronization
 /// ```
 public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
     private enum Work: @unchecked Sendable {
-        case task(any ProcessTask)
+        case task(any Codable & Sendable)
         case closure(@Sendable () throws -> Void)
     }
 
@@ -30,6 +30,7 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
         var handle: (any ChildHandle)?
         var parentEnd: Int32 = -1
         var exitCode: Int32?
+        var failure: ChildFailure?
         var pid: Int32?
         var closed = false
     }
@@ -46,6 +47,18 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
     ///   - daemon: whether the child is a daemon; by default the creating process's own flag.
     ///   - context: the start method; by default the process-wide one.
     public init<T: ProcessTask>(_ task: T, name: String? = nil, daemon: Bool? = nil, context: ProcessContext = .default) {
+        self.context = context
+        state = Mutex(State(work: .task(task), name: name, daemon: daemon ?? currentProcess().daemon, authkey: currentProcess().authkey))
+    }
+
+    /// A child that will run an async task (see ``AsyncProcessTask``).
+    ///
+    /// - Parameters:
+    ///   - task: the work; its type must be declared at file scope or nested in a type.
+    ///   - name: the child's name; by default `Process-N` (`Process-N:M` when started by a child).
+    ///   - daemon: whether the child is a daemon; by default the creating process's own flag.
+    ///   - context: the start method; by default the process-wide one.
+    public init<T: AsyncProcessTask>(_ task: T, name: String? = nil, daemon: Bool? = nil, context: ProcessContext = .default) {
         self.context = context
         state = Mutex(State(work: .task(task), name: name, daemon: daemon ?? currentProcess().daemon, authkey: currentProcess().authkey))
     }
@@ -107,6 +120,14 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
         return code
     }
 
+    /// Why the child failed, once it has ended: the error its task threw (type name, description, and
+    /// the value itself when it is `Codable`), or the signal that killed it. Nil while it runs, and when
+    /// it returned or called `exit`. Reading it reaps an ended child.
+    public var failure: ChildFailure? {
+        _ = exitCode
+        return state.withLock { $0.failure }
+    }
+
     /// Whether the child has started and not yet ended. False after ``close()``.
     public var isAlive: Bool {
         let started = state.withLock { $0.handle != nil && !$0.closed }
@@ -134,7 +155,9 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
     /// - Throws: ``MultiprocessingError/Code/invalidState`` when started twice, when closed, or when the
     ///   calling process is a daemon ("daemonic processes are not allowed to have children");
     ///   ``MultiprocessingError/Code/invalidArgument`` for a closure under spawn or forkserver, or a task
-    ///   type a child cannot find; ``MultiprocessingError/Code/system`` when the OS refuses.
+    ///   type a child cannot find; ``MultiprocessingError/Code/unsupported`` for an ``AsyncProcessTask``
+    ///   under fork; ``MultiprocessingError/Code/system`` when the OS refuses, or when the fork server
+    ///   died or hung on every try.
     public func start() throws {
         if currentProcess().daemon {
             throw MultiprocessingError(.invalidState, "daemonic processes are not allowed to have children")
@@ -158,12 +181,18 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
             do {
                 let handle: any ChildHandle
                 switch (method, work) {
+                case (.fork, .task(let task)) where !(task is any ProcessTask):
+                    throw MultiprocessingError(
+                        .unsupported,
+                        "an AsyncProcessTask cannot run in a child started with the fork start method: the Swift "
+                            + "runtime runs Task.sleep's timers on Dispatch threads, which a forked child of a "
+                            + "threaded parent cannot have; use spawn or forkserver")
                 case (.fork, _):
                     let closing = ChildRegistry.parentEnds + [parentEnd]
                     handle = try ForkLauncher.launch(closing: closing) {
                         becomeChild(bootstrap, parentSentinel: childEnd)
                         switch work {
-                        case .task(let task): runChild(forked: true) { try task.run() }
+                        case .task(let task): TaskEnvelope(task).runAndExit(forked: true)
                         case .closure(let body): runChild(forked: true, body)
                         }
                     }
@@ -332,6 +361,12 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
     /// Records the exit code and lets go of what the running child needed.
     private func finish(_ code: Int32) {
         state.withLock { state in
+            guard state.exitCode == nil else { return }
+            if code < 0 {
+                state.failure = .killed(by: -code)
+            } else if code == 1, state.parentEnd >= 0 {
+                state.failure = FailureReport.receive(from: state.parentEnd)?.failure
+            }
             state.exitCode = code
             Syscall.close(state.parentEnd)
             state.parentEnd = -1

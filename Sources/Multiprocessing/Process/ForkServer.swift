@@ -242,7 +242,8 @@ func multiprocessingForkServerMain(_ control: Int32) {
         guard got > 0, count == 2 else { _exit(0) }
         // Resolve the task type here, once, so that the forked child inherits the runtime's caches.
         let typeName = String(decoding: request.prefix { $0 != 0 }, as: UTF8.self)
-        _ = _typeByName(typeName) as? any ProcessTask.Type
+        let resolved = _typeByName(typeName)
+        if !(resolved is any ProcessTask.Type) { _ = resolved as? any AsyncProcessTask.Type }
         let inherited = [control] + children.flatMap { [$0.pidfd, $0.status] }
         let pid = mp_fork(inherited, Int32(inherited.count))
         if pid == 0 {

@@ -241,14 +241,14 @@ public final class ProcessBarrier: @unchecked Sendable, Codable, CustomStringCon
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
         try region.encode(to: container.superEncoder(forKey: .state))
-        try container.encodeIfPresent(action.map(TaskEnvelope.init), forKey: .action)
+        try container.encodeIfPresent(action.map { TaskEnvelope($0) }, forKey: .action)
     }
 
     /// Decodes a barrier sent by another process: the same barrier, shared.
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         region = try SharedRegion(.barrier, from: container.superDecoder(forKey: .state))
-        action = try container.decodeIfPresent(TaskEnvelope.self, forKey: .action)?.task
+        action = try container.decodeIfPresent(TaskEnvelope.self, forKey: .action)?.task as? any ProcessTask
         guardWord = OwnershipWord(word: region.atomic64(SharedRegion.dataOffset))
     }
 }
