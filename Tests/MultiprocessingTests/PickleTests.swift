@@ -194,7 +194,7 @@ struct PickleTests {
         #expect(try b.recv([String: Int].self, timeout: .seconds(5)) == ["job": 3])
     }
 
-    @Test("a Swift worker in another process answers pickled orders over a Pipe, sync and async")
+    @Test("a Swift worker in another process answers pickled orders over a Pipe, sync and async", .ownThread)
     func pipeWorker() async throws {
         let (mine, theirs) = try makePipe()
         let worker = ChildProcess(PickleWorker(connection: theirs))

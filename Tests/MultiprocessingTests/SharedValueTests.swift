@@ -144,7 +144,7 @@ struct SharedValueTests {
         #expect(array.withLock { $0.reduce(0, +) } == 6)
     }
 
-    @Test("async withLock waits for a lock another process holds, without blocking the caller's thread")
+    @Test("async withLock waits for a lock another process holds, without blocking the caller's thread", .ownThread)
     func asyncWithLock() async throws {
         let lock = try ProcessLock()
         let value = try SharedValue<Int>(1, lock: lock)

@@ -152,7 +152,7 @@ struct SyncBarrierTests {
         #expect(broken?.code == .brokenBarrier)
     }
 
-    @Test("ProcessBarrier: async wait")
+    @Test("ProcessBarrier: async wait", .ownThread)
     func barrierAsync() async throws {
         let shared = try SyncShared()
         let barrier = try ProcessBarrier(parties: 2, action: SyncCountPass(shared: shared))

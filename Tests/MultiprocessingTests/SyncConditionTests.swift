@@ -154,7 +154,7 @@ struct SyncConditionTests {
         try condition.release()
     }
 
-    @Test("ProcessCondition: async wait over a ProcessLock; a ProcessRLock condition refuses async forms")
+    @Test("ProcessCondition: async wait over a ProcessLock; a ProcessRLock condition refuses async forms", .ownThread)
     func conditionAsync() async throws {
         let condition = try ProcessCondition(lock: ProcessLock())
         let shared = try SyncShared()

@@ -97,7 +97,7 @@ struct SyncEventTests {
         #expect(try received.condition.withLock { try !received.condition.wait(timeout: .zero) })
     }
 
-    @Test("ProcessEvent: async wait")
+    @Test("ProcessEvent: async wait", .ownThread)
     func eventAsync() async throws {
         let event = try ProcessEvent()
         let (early, elapsed) = try await syncTimed { try await event.wait(timeout: .milliseconds(100)) }

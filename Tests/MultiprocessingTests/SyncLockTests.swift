@@ -187,7 +187,7 @@ struct SyncLockTests {
         }
     }
 
-    @Test("ProcessLock: async acquire and withLock")
+    @Test("ProcessLock: async acquire and withLock", .ownThread)
     func lockAsync() async throws {
         let lock = try ProcessLock()
         #expect(try await lock.acquire())

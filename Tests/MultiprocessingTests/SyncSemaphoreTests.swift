@@ -113,7 +113,7 @@ struct SyncSemaphoreTests {
         #expect(semaphore.value == 0)
     }
 
-    @Test("ProcessSemaphore: async acquire and withLock")
+    @Test("ProcessSemaphore: async acquire and withLock", .ownThread)
     func semaphoreAsync() async throws {
         let semaphore = try ProcessSemaphore(1)
         #expect(try await semaphore.acquire())
