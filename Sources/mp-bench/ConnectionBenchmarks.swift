@@ -105,20 +105,24 @@ private func pythonOneWay(count: Int, receive: String, setup: String = "", send:
     """
     import multiprocessing as mp, time
     def sink(conn, n):
+        receive = conn.\(receive)
         for _ in range(n):
-            conn.\(receive)()
+            receive()
         conn.send_bytes(b'done')
-    if __name__ == '__main__':
+    def measure(n):
         a, b = mp.Pipe()
-        n = \(count)
         p = mp.Process(target=sink, args=(b, n)); p.start()
         \(setup)
+        send_bytes, send = a.send_bytes, a.send
         start = time.monotonic()
         for i in range(n):
-            a.\(send)
+            \(send)
         a.recv_bytes()
-        print(n * \(scale) / (time.monotonic() - start))
+        elapsed = time.monotonic() - start
         p.join()
+        return n * \(scale) / elapsed
+    if __name__ == '__main__':
+        print(measure(\(count)))
     """
 }
 
@@ -128,20 +132,24 @@ let connectionWorkloads: [Workload] = [
     Workload(name: "pipe-roundtrip", unit: "us", higherIsBetter: false, swift: pipeRoundTrip, python: """
         import multiprocessing as mp, time
         def echo(conn, n):
+            recv, send = conn.recv_bytes, conn.send_bytes
             for _ in range(n):
-                conn.send_bytes(conn.recv_bytes())
-        if __name__ == '__main__':
+                send(recv())
+        def measure(warmup, n):
             a, b = mp.Pipe()
-            warmup, n = 2000, 30000
             p = mp.Process(target=echo, args=(b, warmup + n)); p.start()
             message = b'x' * 16
+            recv, send = a.recv_bytes, a.send_bytes
             for _ in range(warmup):
-                a.send_bytes(message); a.recv_bytes()
+                send(message); recv()
             start = time.monotonic()
             for _ in range(n):
-                a.send_bytes(message); a.recv_bytes()
-            print((time.monotonic() - start) / n * 1e6)
+                send(message); recv()
+            elapsed = time.monotonic() - start
             p.join()
+            return elapsed / n * 1e6
+        if __name__ == '__main__':
+            print(measure(2000, 30000))
         """),
     Workload(name: "pipe-bytes-1mib", unit: "MB/s", higherIsBetter: true, swift: pipeBytes,
              python: pythonOneWay(count: 1000, receive: "recv_bytes", setup: "message = b'x' * (1 << 20)",

@@ -65,14 +65,16 @@ private func pythonStartJoin(_ method: String, count: Int) -> String {
     import multiprocessing as mp, time
     def noop():
         pass
-    if __name__ == '__main__':
-        ctx = mp.get_context('\(method)')
-        p = ctx.Process(target=noop); p.start(); p.join()
+    def measure(n):
+        Process = mp.get_context('\(method)').Process
+        p = Process(target=noop); p.start(); p.join()
         start = time.monotonic()
-        for _ in range(\(count)):
-            p = ctx.Process(target=noop); p.start(); p.join()
+        for _ in range(n):
+            p = Process(target=noop); p.start(); p.join()
             assert p.exitcode == 0
-        print((time.monotonic() - start) / \(count) * 1000)
+        return (time.monotonic() - start) / n * 1000
+    if __name__ == '__main__':
+        print(measure(\(count)))
     """
 }
 

@@ -128,12 +128,15 @@ let synchronizationWorkloads: [Workload] = [
     Workload(name: "lock-uncontended", unit: "ops/s", higherIsBetter: true, swift: { try lockUncontended() },
              python: """
                 import multiprocessing as mp, time
-                if __name__ == '__main__':
-                    lock = mp.Lock(); n = 1000000
+                def measure(n):
+                    lock = mp.Lock()
+                    acquire, release = lock.acquire, lock.release
                     start = time.monotonic()
                     for _ in range(n):
-                        lock.acquire(); lock.release()
-                    print(n / (time.monotonic() - start))
+                        acquire(); release()
+                    return n / (time.monotonic() - start)
+                if __name__ == '__main__':
+                    print(measure(1000000))
                 """),
     Workload(name: "locked-counter-2proc", unit: "ops/s", higherIsBetter: true, swift: { try lockedCounter() },
              python: """
