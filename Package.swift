@@ -16,6 +16,8 @@ let package = Package(
     ],
     targets: [
         .target(name: "CMultiprocessing"),
+        // The machine's limits for `mp-bench --limits`: the benchmark's jobs written directly in C.
+        .target(name: "CBenchLimits"),
         .target(
             name: "Multiprocessing",
             dependencies: ["CMultiprocessing", .product(name: "Logging", package: "swift-log")],
@@ -30,7 +32,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "mp-bench",
-            dependencies: ["Multiprocessing"],
+            dependencies: ["Multiprocessing", "CBenchLimits"],
             swiftSettings: [.swiftLanguageMode(.v6)],
             linkerSettings: [.unsafeFlags(["-static-stdlib"])]
         ),

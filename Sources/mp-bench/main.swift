@@ -3,18 +3,27 @@ import Multiprocessing
 import Glibc
 #endif
 
-// mp-bench [--filter TEXT]
+// mp-bench [--filter TEXT] [--limits]
 // Measures each workload in Swift and in CPython's multiprocessing in the same run and prints
 // `BENCH <workload> swift=<n> python=<n> unit=<unit> better=<ratio>`, where better > 1 means Swift wins.
 // Argument parsing is by hand: this binary's own children must start as lean as possible.
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 var filter: String?
-if let index = arguments.firstIndex(of: "--filter"), index + 1 < arguments.count {
-    filter = arguments[index + 1]
-} else if !arguments.isEmpty {
-    print("usage: mp-bench [--filter TEXT]")
-    exit(arguments.contains("--help") ? 0 : 2)
+var showLimits = false
+var index = 0
+while index < arguments.count {
+    switch arguments[index] {
+    case "--filter" where index + 1 < arguments.count:
+        filter = arguments[index + 1]
+        index += 2
+    case "--limits":
+        showLimits = true  // also print each workload's C limit (see Limits.swift)
+        index += 1
+    default:
+        print("usage: mp-bench [--filter TEXT] [--limits]")
+        exit(arguments.contains("--help") ? 0 : 2)
+    }
 }
 
 func format(_ value: Double) -> String {
@@ -34,6 +43,10 @@ for workload in workloads where filter.map({ workload.name.contains($0) }) ?? tr
         let python = try runPython(workload.python)
         let better = workload.higherIsBetter ? swift / python : python / swift
         print("BENCH \(workload.name) swift=\(format(swift)) python=\(format(python)) unit=\(workload.unit) better=\(format(better))")
+        if showLimits, let limit = limits[workload.name] {
+            let c = limit()
+            print("LIMIT \(workload.name) c=\(format(c)) swift=\(format(swift)) unit=\(workload.unit) ratio=\(format(swift / c))")
+        }
     } catch {
         failures += 1
         print("BENCH \(workload.name) failed: \(error)")
