@@ -1,56 +1,121 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The fast path of typed decoding: the binary opcodes CPython writes for plain data at protocols 2 to 5
 /// are read into a flat tape of nodes that point into the pickle (no strings or arrays are made until a
 /// `Decodable` type asks for them), and the Decoder walks the tape. Anything else (protocols 0 and 1,
 /// globals, any malformed byte) returns nil, and the full ``PickleReader`` decides, with its errors.
-struct PickleTape {
+///
+/// One tape is one allocation for its object and one for its nodes; the decoders that walk it are three
+/// words each (so that passing one as `any Decoder` allocates nothing), and coding paths are kept as a
+/// chain of entries in the tape, turned into `[any CodingKey]` only for an error or when asked for.
+final class PickleTape {
     enum Kind: UInt8 { case none, bool, int, bigInt, float, string, bytes, bytearray, list, tuple, dict, set, frozenset, alias }
 
     struct Node {
         var kind: Kind
-        /// The int, the float's bits, the alias target, or the offset of text or bytes in the pickle.
-        var payload: Int = 0
         /// The byte count of text or bytes, the item count of a container.
         var count: Int32 = 0
         var first: Int32 = -1
         var last: Int32 = -1
         var next: Int32 = -1
+        /// The int, the float's bits, the alias target, or the offset of text or bytes in the pickle.
+        var payload: Int = 0
         /// Objects in the value, counting what aliases expand to.
         var size = 1
+
+        init(kind: Kind, payload: Int = 0, count: Int32 = 0, size: Int = 1) {
+            self.kind = kind
+            self.payload = payload
+            self.count = count
+            self.size = size
+        }
     }
 
-    var nodes: [Node] = []
+    /// A step of a coding path: the entry of the container and the key in it.
+    struct PathEntry {
+        let parent: Int32
+        let key: any CodingKey
+    }
+
+    private(set) var nodes: UnsafeMutablePointer<Node>
+    private var capacity: Int
+    private(set) var nodeCount = 0
     let input: UnsafeRawBufferPointer
+    let limits: PickleDecoder.Limits
+    /// The root node (resolved).
+    private(set) var root: Int32 = -1
+    /// Nodes visited so far, bounded by the limits' object count (shared references count each time).
+    @exclusivity(unchecked) var visited = 0
+    /// The coding path entries of the decoders made so far.
+    @exclusivity(unchecked) var paths: [PathEntry] = []
+    /// The dict last searched by key, and the key slot after the one found: structs read their fields
+    /// in the order Python wrote them, so the next search usually starts at its key.
+    @exclusivity(unchecked) var hintDict: Int32 = -1
+    @exclusivity(unchecked) var hintKey: Int32 = -1
+
+    private init(input: UnsafeRawBufferPointer, limits: PickleDecoder.Limits) {
+        self.input = input
+        self.limits = limits
+        // Every node comes from at least one byte of the pickle.
+        capacity = min(input.count, 256)
+        nodes = .allocate(capacity: capacity)
+    }
+
+    deinit { nodes.deallocate() }
 
     /// Reads the pickle, or returns nil when it needs the full reader.
     static func read(_ input: UnsafeRawBufferPointer, limits: PickleDecoder.Limits) -> PickleTape? {
-        var tape = PickleTape(input: input)
-        guard let root = tape.parse(maxObjects: limits.maxObjects) else { return nil }
-        tape.nodes.append(Node(kind: .alias, payload: Int(root)))  // the root, last
+        guard input.count >= 3, input[0] == 0x80, input[1] >= 2, input[1] <= 5 else { return nil }
+        let tape = PickleTape(input: input, limits: limits)
+        guard let root = tape.parse() else { return nil }
+        tape.root = tape.resolve(root)
         return tape
     }
 
-    private init(input: UnsafeRawBufferPointer) {
-        self.input = input
-        nodes.reserveCapacity(32)
-    }
-
-    private mutating func add(_ node: Node) -> Int32 {
-        nodes.append(node)
-        return Int32(nodes.count - 1)
-    }
-
-    private mutating func link(_ child: Int32, to parent: Int32) {
-        nodes[Int(parent)].size += nodes[Int(child)].size
-        if nodes[Int(parent)].last < 0 {
-            nodes[Int(parent)].first = child
-        } else {
-            nodes[Int(nodes[Int(parent)].last)].next = child
+    @inline(__always)
+    private func add(_ node: Node) -> Int32 {
+        if nodeCount == capacity {
+            let grown = UnsafeMutablePointer<Node>.allocate(capacity: capacity * 2)
+            grown.moveInitialize(from: nodes, count: nodeCount)
+            nodes.deallocate()
+            nodes = grown
+            capacity *= 2
         }
+        (nodes + nodeCount).initialize(to: node)
+        nodeCount += 1
+        return Int32(nodeCount - 1)
+    }
+
+    @inline(__always)
+    private func link(_ child: Int32, to parent: Int32) {
+        nodes[Int(parent)].size += nodes[Int(child)].size
+        let last = nodes[Int(parent)].last
+        if last < 0 { nodes[Int(parent)].first = child } else { nodes[Int(last)].next = child }
         nodes[Int(parent)].last = child
         nodes[Int(parent)].count += 1
     }
 
-    private mutating func parse(maxObjects: Int) -> Int32? {
+    /// The little-endian unsigned integer of `width` bytes at `position`, which moves past it.
+    @inline(__always)
+    private static func unsigned(_ input: UnsafeRawBufferPointer, _ position: inout Int, _ width: Int) -> Int? {
+        guard input.count - position >= width else { return nil }
+        let value: Int
+        switch width {
+        case 1: value = Int(input[position])
+        case 2: value = Int(UInt16(littleEndian: input.loadUnaligned(fromByteOffset: position, as: UInt16.self)))
+        case 4: value = Int(UInt32(littleEndian: input.loadUnaligned(fromByteOffset: position, as: UInt32.self)))
+        default: value = Int(bitPattern: UInt(UInt64(littleEndian: input.loadUnaligned(fromByteOffset: position, as: UInt64.self))))
+        }
+        position += width
+        return value
+    }
+
+    private func parse() -> Int32? {
+        let input = self.input
+        let count = input.count
+        let maxObjects = limits.maxObjects
         var expanded = 0
         var stack: [Int32] = []
         var marks: [Int] = []
@@ -58,48 +123,46 @@ struct PickleTape {
         stack.reserveCapacity(16)
         marks.reserveCapacity(8)
         memo.reserveCapacity(16)
-        var position = 0
-        let count = input.count
-        @inline(__always) func unsigned(_ width: Int) -> Int? {
-            guard count - position >= width else { return nil }
-            var value = 0
-            for index in (0..<width).reversed() { value = value << 8 | Int(input[position + index]) }
-            position += width
-            return value
-        }
-        @inline(__always) func span(_ width: Int) -> (offset: Int, length: Int)? {
-            guard let length = unsigned(width), length >= 0, length <= count - position else { return nil }
-            defer { position += length }
-            return (position, length)
-        }
-        @inline(__always) func memoIndex(_ index: Int) -> Bool {
-            guard let top = stack.last, stack.count > (marks.last ?? 0), index <= memo.count else { return false }
-            if index == memo.count { memo.append(top) } else { memo[index] = top }
-            return true
-        }
-        guard count >= 2, input[0] == 0x80, input[1] >= 2, input[1] <= 5 else { return nil }
-        position = 2
+        var position = 2
         while position < count {
             let opcode = input[position]
             position += 1
-            var pushed: Node?
+            var pushed: Node
             switch opcode {
-            case 0x95: guard unsigned(8) != nil else { return nil }
-            case 0x94: guard memoIndex(memo.count) else { return nil }
-            case 0x71: guard let index = unsigned(1), memoIndex(index) else { return nil }
-            case 0x72: guard let index = unsigned(4), memoIndex(index) else { return nil }
+            case 0x95:  // FRAME: a length hint only
+                guard Self.unsigned(input, &position, 8) != nil else { return nil }
+                continue
+            case 0x94, 0x71, 0x72:  // MEMOIZE, BINPUT, LONG_BINPUT
+                let index: Int
+                if opcode == 0x94 {
+                    index = memo.count
+                } else {
+                    guard let value = Self.unsigned(input, &position, opcode == 0x71 ? 1 : 4) else { return nil }
+                    index = value
+                }
+                guard let top = stack.last, stack.count > (marks.last ?? 0), index <= memo.count else { return nil }
+                if index == memo.count { memo.append(top) } else { memo[index] = top }
+                continue
             case 0x68, 0x6A:  // BINGET, LONG_BINGET
-                guard let index = unsigned(opcode == 0x68 ? 1 : 4), index < memo.count else { return nil }
+                guard let index = Self.unsigned(input, &position, opcode == 0x68 ? 1 : 4), index < memo.count else { return nil }
                 let size = nodes[Int(memo[index])].size
                 expanded += size
                 pushed = Node(kind: .alias, payload: Int(memo[index]), size: size)
             case 0x4E: pushed = Node(kind: .none)
             case 0x88, 0x89: pushed = Node(kind: .bool, payload: opcode == 0x88 ? 1 : 0)
-            case 0x4B: guard let value = unsigned(1) else { return nil }; pushed = Node(kind: .int, payload: value)
-            case 0x4D: guard let value = unsigned(2) else { return nil }; pushed = Node(kind: .int, payload: value)
-            case 0x4A: guard let value = unsigned(4) else { return nil }; pushed = Node(kind: .int, payload: Int(Int32(truncatingIfNeeded: value)))
-            case 0x8A:
-                guard let (offset, length) = span(1) else { return nil }
+            case 0x4B:
+                guard let value = Self.unsigned(input, &position, 1) else { return nil }
+                pushed = Node(kind: .int, payload: value)
+            case 0x4D:
+                guard let value = Self.unsigned(input, &position, 2) else { return nil }
+                pushed = Node(kind: .int, payload: value)
+            case 0x4A:
+                guard let value = Self.unsigned(input, &position, 4) else { return nil }
+                pushed = Node(kind: .int, payload: Int(Int32(truncatingIfNeeded: value)))
+            case 0x8A:  // LONG1
+                guard let length = Self.unsigned(input, &position, 1), length <= count - position else { return nil }
+                let offset = position
+                position += length
                 if length <= 8 {
                     var value = 0
                     for index in (0..<length).reversed() { value = value << 8 | Int(input[offset + index]) }
@@ -108,18 +171,25 @@ struct PickleTape {
                 } else {
                     pushed = Node(kind: .bigInt, payload: offset, count: Int32(length))
                 }
-            case 0x47: guard let bits = unsigned(8) else { return nil }; pushed = Node(kind: .float, payload: Int(bitPattern: UInt(bitPattern: bits).byteSwapped))
-            case 0x8C, 0x58, 0x8D:
-                guard let (offset, length) = span(opcode == 0x8C ? 1 : (opcode == 0x58 ? 4 : 8)), length <= Int32.max else { return nil }
-                pushed = Node(kind: .string, payload: offset, count: Int32(length))
-            case 0x43, 0x42, 0x8E, 0x96:
-                guard let (offset, length) = span(opcode == 0x43 ? 1 : (opcode == 0x42 ? 4 : 8)), length <= Int32.max else { return nil }
-                pushed = Node(kind: opcode == 0x96 ? .bytearray : .bytes, payload: offset, count: Int32(length))
+            case 0x47:  // BINFLOAT, big-endian
+                guard count - position >= 8 else { return nil }
+                let bits = UInt64(bigEndian: input.loadUnaligned(fromByteOffset: position, as: UInt64.self))
+                position += 8
+                pushed = Node(kind: .float, payload: Int(bitPattern: UInt(bits)))
+            case 0x8C, 0x58, 0x8D, 0x43, 0x42, 0x8E, 0x96:  // text and bytes
+                let width = opcode == 0x8C || opcode == 0x43 ? 1 : (opcode == 0x58 || opcode == 0x42 ? 4 : 8)
+                guard let length = Self.unsigned(input, &position, width), length >= 0, length <= count - position,
+                      length <= Int32.max else { return nil }
+                let kind: Kind = opcode == 0x8C || opcode == 0x58 || opcode == 0x8D ? .string : (opcode == 0x96 ? .bytearray : .bytes)
+                pushed = Node(kind: kind, payload: position, count: Int32(length))
+                position += length
             case 0x7D: pushed = Node(kind: .dict)
             case 0x5D: pushed = Node(kind: .list)
             case 0x29: pushed = Node(kind: .tuple)
             case 0x8F: pushed = Node(kind: .set)
-            case 0x28: marks.append(stack.count)
+            case 0x28:
+                marks.append(stack.count)
+                continue
             case 0x85, 0x86, 0x87, 0x74, 0x91:  // TUPLE1-3, TUPLE, FROZENSET
                 let start: Int
                 if opcode >= 0x85 && opcode <= 0x87 {
@@ -133,6 +203,7 @@ struct PickleTape {
                 for index in start..<stack.count { link(stack[index], to: container) }
                 stack.removeSubrange(start...)
                 stack.append(container)
+                continue
             case 0x61, 0x73, 0x65, 0x75, 0x90:  // APPEND, SETITEM, APPENDS, SETITEMS, ADDITEMS
                 let start: Int
                 switch opcode {
@@ -150,114 +221,61 @@ struct PickleTape {
                       !keyed || (stack.count - start) % 2 == 0 else { return nil }
                 for index in start..<stack.count { link(stack[index], to: target) }
                 stack.removeSubrange(start...)
+                continue
             case 0x2E:  // STOP
                 guard position == count, stack.count == 1, marks.isEmpty else { return nil }
                 return stack[0]
             default:
                 return nil
             }
-            if let pushed {
-                expanded += 1
-                guard expanded <= maxObjects else { return nil }
-                stack.append(add(pushed))
-            }
+            expanded += 1
+            guard expanded <= maxObjects else { return nil }
+            stack.append(add(pushed))
         }
         return nil
-    }
-}
-
-/// Decoding state shared by the containers of one tape.
-final class PickleTapeDecoding {
-    let tape: PickleTape
-    let limits: PickleDecoder.Limits
-    /// Nodes visited so far, bounded by the limits' object count (shared references count each time).
-    @exclusivity(unchecked) var visited = 0
-
-    init(tape: PickleTape, limits: PickleDecoder.Limits) {
-        self.tape = tape
-        self.limits = limits
     }
 
     /// The node an alias stands for.
     @inline(__always)
-    func resolve(_ index: Int32) -> PickleTape.Node {
-        var node = tape.nodes[Int(index)]
-        while node.kind == .alias { node = tape.nodes[node.payload] }
-        return node
+    func resolve(_ index: Int32) -> Int32 {
+        var index = index
+        while nodes[Int(index)].kind == .alias { index = Int32(nodes[Int(index)].payload) }
+        return index
     }
 
-    func text(_ node: PickleTape.Node) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(rebasing: tape.input[node.payload..<node.payload + Int(node.count)])
+    @inline(__always)
+    func text(_ node: Int32) -> UnsafeRawBufferPointer {
+        let node = nodes[Int(node)]
+        return UnsafeRawBufferPointer(rebasing: input[node.payload..<node.payload + Int(node.count)])
     }
 
-    func visit(_ path: () -> [any CodingKey]) throws {
+    /// Adds a coding path step and returns its entry.
+    func path(_ parent: Int32, _ key: any CodingKey) -> Int32 {
+        paths.append(PathEntry(parent: parent, key: key))
+        return Int32(paths.count - 1)
+    }
+
+    /// The coding path of an entry (-1 is the root's, empty).
+    func codingPath(_ entry: Int32) -> [any CodingKey] {
+        var keys: [any CodingKey] = []
+        var entry = entry
+        while entry >= 0 {
+            keys.append(paths[Int(entry)].key)
+            entry = paths[Int(entry)].parent
+        }
+        return keys.reversed()
+    }
+
+    @inline(__always)
+    func visit(_ path: @autoclosure () -> [any CodingKey]) throws {
         visited += 1
         guard visited <= limits.maxObjects else {
             throw DecodingError.dataCorrupted(.init(codingPath: path(), debugDescription: "pickle expands to more than \(limits.maxObjects) objects"))
         }
     }
 
-    /// The ``PythonValue`` of a node, for `PythonValue` fields inside typed values.
-    func value(_ index: Int32, depth: Int) throws -> PythonValue {
-        try visit { [] }
-        guard depth < limits.maxDepth else {
-            throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "pickle nests containers deeper than \(limits.maxDepth)"))
-        }
-        let node = resolve(index)
-        func children() throws -> [PythonValue] {
-            var items: [PythonValue] = []
-            var child = node.first
-            while child >= 0 {
-                items.append(try value(child, depth: depth + 1))
-                child = tape.nodes[Int(child)].next
-            }
-            return items
-        }
-        switch node.kind {
-        case .none, .alias: return .none
-        case .bool: return .bool(node.payload != 0)
-        case .int: return .int(node.payload)
-        case .bigInt: return PythonInteger.value(fromLittleEndian: Array(text(node)))
-        case .float: return .float(Double(bitPattern: UInt64(UInt(bitPattern: node.payload))))
-        case .string:
-            guard let string = String(validating: text(node), as: UTF8.self) else {
-                throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "a str is not valid UTF-8"))
-            }
-            return .string(string)
-        case .bytes: return .bytes(Array(text(node)))
-        case .bytearray: return .bytearray(Array(text(node)))
-        case .list: return .list(try children())
-        case .tuple: return .tuple(try children())
-        case .set: return .set(try children())
-        case .frozenset: return .frozenset(try children())
-        case .dict:
-            let items = try children()
-            return .dict(stride(from: 0, to: items.count - 1, by: 2).map { PythonDictItem(key: items[$0], value: items[$0 + 1]) })
-        }
-    }
-}
-
-struct PickleTapeDecoder: Decoder, SingleValueDecodingContainer {
-    let state: PickleTapeDecoding
-    let index: Int32
-    let node: PickleTape.Node
-    let depth: Int
-    let parentPath: [any CodingKey]
-    let key: (any CodingKey)?
-    var codingPath: [any CodingKey] { key.map { parentPath + [$0] } ?? parentPath }
-    var userInfo: [CodingUserInfoKey: Any] { [:] }
-
-    init(state: PickleTapeDecoding, index: Int32, depth: Int, parentPath: [any CodingKey], key: (any CodingKey)?) throws {
-        self.state = state
-        self.index = index
-        self.node = state.resolve(index)
-        self.depth = depth
-        self.parentPath = parentPath
-        self.key = key
-    }
-
-    var typeName: String {
-        switch node.kind {
+    func typeName(_ node: Int32) -> String {
+        switch nodes[Int(node)].kind {
         case .none, .alias: "NoneType"
         case .bool: "bool"
         case .int, .bigInt: "int"
@@ -273,96 +291,256 @@ struct PickleTapeDecoder: Decoder, SingleValueDecodingContainer {
         }
     }
 
-    func mismatch(_ type: Any.Type, _ detail: String? = nil) -> DecodingError {
-        .typeMismatch(type, .init(codingPath: codingPath, debugDescription: detail ?? "expected \(type), found a Python \(typeName)"))
-    }
+    // MARK: Scalars, shared by the decoders and the containers' direct paths
 
-    /// The decoder of an item of this container; `path` is this decoder's coding path, made once per container.
-    func child(_ index: Int32, key: any CodingKey, path: [any CodingKey]) throws -> PickleTapeDecoder {
-        try state.visit { path + [key] }
-        return try PickleTapeDecoder(state: state, index: index, depth: depth + 1, parentPath: path, key: key)
-    }
-
-    func decodeValue<T: Decodable>(_ type: T.Type) throws -> T {
-        if T.self == [UInt8].self, node.kind == .bytes || node.kind == .bytearray {
-            return unsafeBitCast(Array(state.text(node)), to: T.self)
-        }
-        if T.self == PythonValue.self { return unsafeBitCast(try state.value(index, depth: depth), to: T.self) }
-        return try T(from: self)
-    }
-
-    private func nested() throws {
-        guard depth < state.limits.maxDepth else {
-            throw DecodingError.dataCorrupted(.init(codingPath: codingPath, debugDescription: "pickle nests containers deeper than \(state.limits.maxDepth)"))
-        }
-    }
-
-    func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
-        guard node.kind == .dict else { throw mismatch([String: Any].self, "expected a dict, found a Python \(typeName)") }
-        try nested()
-        return KeyedDecodingContainer(PickleTapeKeyedDecoder<Key>(decoder: self))
-    }
-
-    func unkeyedContainer() throws -> any UnkeyedDecodingContainer {
-        switch node.kind {
-        case .list, .tuple, .set, .frozenset:
-            try nested()
-            return PickleTapeUnkeyedDecoder(decoder: self, cursor: node.first, count: Int(node.count))
-        case .bytes, .bytearray:
-            return PythonUnkeyedDecoder(items: state.text(node).map { .int(Int($0)) }, codingPath: codingPath)
-        default:
-            throw mismatch([Any].self, "expected a list or tuple, found a Python \(typeName)")
-        }
-    }
-
-    func singleValueContainer() throws -> any SingleValueDecodingContainer { self }
-
-    func decodeNil() -> Bool { node.kind == .none }
-
-    func decode(_ type: Bool.Type) throws -> Bool {
-        guard node.kind == .bool else { throw mismatch(type) }
-        return node.payload != 0
-    }
-
-    func decode(_ type: String.Type) throws -> String {
-        guard node.kind == .string else { throw mismatch(type) }
-        let bytes = state.text(node)
-        if bytes.allSatisfy({ $0 < 0x80 }) { return String(decoding: bytes, as: UTF8.self) }
+    /// A scalar's value, or nil when the node is of another Python type; `fail` makes the error.
+    @inline(__always)
+    func string(_ node: Int32, _ path: @autoclosure () -> [any CodingKey]) throws -> String? {
+        guard nodes[Int(node)].kind == .string else { return nil }
+        let bytes = text(node)
+        var ascii = true
+        for byte in bytes where byte >= 0x80 { ascii = false; break }
+        if ascii { return String(decoding: bytes, as: UTF8.self) }
         guard let string = String(validating: bytes, as: UTF8.self) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: codingPath, debugDescription: "a str is not valid UTF-8"))
+            throw DecodingError.dataCorrupted(.init(codingPath: path(), debugDescription: "a str is not valid UTF-8"))
         }
         return string
     }
 
-    func decode(_ type: Double.Type) throws -> Double {
+    @inline(__always)
+    func double(_ node: Int32, _ path: @autoclosure () -> [any CodingKey]) throws -> Double? {
+        let node = nodes[Int(node)]
         switch node.kind {
         case .float: return Double(bitPattern: UInt64(UInt(bitPattern: node.payload)))
         case .int:
-            guard let exact = Double(exactly: node.payload) else { throw mismatch(type, "the int \(node.payload) has no exact Double") }
+            guard let exact = Double(exactly: node.payload) else {
+                throw DecodingError.typeMismatch(Double.self, .init(codingPath: path(), debugDescription: "the int \(node.payload) has no exact Double"))
+            }
             return exact
-        default: throw mismatch(type)
+        default: return nil
         }
     }
 
-    func decode(_ type: Float.Type) throws -> Float { Float(try decode(Double.self)) }
-
-    func integer<T: FixedWidthInteger>(_ type: T.Type) throws -> T {
-        switch node.kind {
+    @inline(__always)
+    func integer<T: FixedWidthInteger>(_ type: T.Type, _ node: Int32, _ path: @autoclosure () -> [any CodingKey]) throws -> T? {
+        let value = nodes[Int(node)]
+        switch value.kind {
         case .int:
-            guard let exact = T(exactly: node.payload) else { throw mismatch(type, "the int \(node.payload) does not fit in \(T.self)") }
-            return exact
+            if let exact = T(exactly: value.payload) { return exact }
+            throw DecodingError.typeMismatch(type, .init(codingPath: path(), debugDescription: "the int \(value.payload) does not fit in \(T.self)"))
         case .bigInt:
-            let bytes = state.text(node)
+            let bytes = text(node)
             if T.bitWidth >= 64, !T.isSigned, bytes.count == 9, bytes[8] == 0 {
                 var result: UInt64 = 0
                 for byte in bytes[..<8].reversed() { result = result << 8 | UInt64(byte) }
                 if let exact = T(exactly: result) { return exact }
             }
             let text = PythonInteger.decimal(fromLittleEndian: Array(bytes))
-            throw mismatch(type, "the int \(text) does not fit in \(T.self)")
+            throw DecodingError.typeMismatch(type, .init(codingPath: path(), debugDescription: "the int \(text) does not fit in \(T.self)"))
         default:
-            throw mismatch(type)
+            return nil
         }
+    }
+
+    @inline(__always)
+    func bool(_ node: Int32) -> Bool? {
+        let node = nodes[Int(node)]
+        return node.kind == .bool ? node.payload != 0 : nil
+    }
+
+    func mismatch(_ type: Any.Type, _ node: Int32, _ path: [any CodingKey]) -> DecodingError {
+        .typeMismatch(type, .init(codingPath: path, debugDescription: "expected \(type), found a Python \(typeName(node))"))
+    }
+
+    // MARK: PythonValue
+
+    /// The ``PythonValue`` of a node, for `PythonValue` fields inside typed values.
+    func value(_ index: Int32, depth: Int) throws -> PythonValue {
+        try visit([])
+        guard depth < limits.maxDepth else {
+            throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "pickle nests containers deeper than \(limits.maxDepth)"))
+        }
+        let index = resolve(index)
+        let node = nodes[Int(index)]
+        func children() throws -> [PythonValue] {
+            var items: [PythonValue] = []
+            items.reserveCapacity(Int(node.count))
+            var child = node.first
+            while child >= 0 {
+                items.append(try value(child, depth: depth + 1))
+                child = nodes[Int(child)].next
+            }
+            return items
+        }
+        switch node.kind {
+        case .none, .alias: return .none
+        case .bool: return .bool(node.payload != 0)
+        case .int: return .int(node.payload)
+        case .bigInt: return PythonInteger.value(fromLittleEndian: Array(text(index)))
+        case .float: return .float(Double(bitPattern: UInt64(UInt(bitPattern: node.payload))))
+        case .string:
+            guard let string = try string(index, []) else { return .none }
+            return .string(string)
+        case .bytes: return .bytes(Array(text(index)))
+        case .bytearray: return .bytearray(Array(text(index)))
+        case .list: return .list(try children())
+        case .tuple: return .tuple(try children())
+        case .set: return .set(try children())
+        case .frozenset: return .frozenset(try children())
+        case .dict:
+            let items = try children()
+            var pairs: [PythonDictItem] = []
+            pairs.reserveCapacity(items.count / 2)
+            for position in stride(from: 0, to: items.count - 1, by: 2) {
+                pairs.append(PythonDictItem(key: items[position], value: items[position + 1]))
+            }
+            return .dict(pairs)
+        }
+    }
+
+    /// The whole pickle as a ``PythonValue`` when it is one the full reader would load the same way,
+    /// else nil (the reader then decides, with its errors).
+    func rootValue() -> PythonValue? {
+        guard let value = try? value(root, depth: 0), value.hashableWhereRequired else { return nil }
+        return value
+    }
+}
+
+extension PythonValue {
+    /// Whether every set item and dict key inside is hashable, as Python requires.
+    var hashableWhereRequired: Bool {
+        switch self {
+        case .list(let items), .tuple(let items): return items.allSatisfy(\.hashableWhereRequired)
+        case .set(let items), .frozenset(let items): return items.allSatisfy { $0.isHashable && $0.hashableWhereRequired }
+        case .dict(let items): return items.allSatisfy { $0.key.isHashable && $0.key.hashableWhereRequired && $0.value.hashableWhereRequired }
+        default: return true
+        }
+    }
+}
+
+/// A decoder on one node of a tape: three words, so that `any Decoder` holds it without allocating.
+struct PickleTapeDecoder: Decoder, SingleValueDecodingContainer {
+    let tape: PickleTape
+    /// The node (never an alias).
+    let node: Int32
+    /// The coding path entry of this value (-1 for the root).
+    let entry: Int32
+    let depth: Int32
+
+    init(tape: PickleTape, node: Int32, entry: Int32, depth: Int32) {
+        self.tape = tape
+        self.node = tape.resolve(node)
+        self.entry = entry
+        self.depth = depth
+    }
+
+    var codingPath: [any CodingKey] { tape.codingPath(entry) }
+    var userInfo: [CodingUserInfoKey: Any] { [:] }
+
+    func mismatch(_ type: Any.Type, _ detail: String? = nil) -> DecodingError {
+        .typeMismatch(type, .init(codingPath: codingPath, debugDescription: detail ?? "expected \(type), found a Python \(tape.typeName(node))"))
+    }
+
+    /// The decoder of an item of this container, counted against the object limit.
+    @inline(__always)
+    func child(_ index: Int32, key: any CodingKey) throws -> PickleTapeDecoder {
+        let entry = tape.path(self.entry, key)
+        try tape.visit(tape.codingPath(entry))
+        return PickleTapeDecoder(tape: tape, node: index, entry: entry, depth: depth + 1)
+    }
+
+    /// Decodes this value as `T`, directly for strings, numbers, booleans and arrays of them.
+    @inline(__always)
+    func decodeValue<T: Decodable>(_ type: T.Type) throws -> T {
+        if T.self == String.self { return unsafeBitCast(try decode(String.self), to: T.self) }
+        if T.self == Int.self { return unsafeBitCast(try decode(Int.self), to: T.self) }
+        if T.self == Double.self { return unsafeBitCast(try decode(Double.self), to: T.self) }
+        if T.self == Bool.self { return unsafeBitCast(try decode(Bool.self), to: T.self) }
+        if T.self == [String].self { return unsafeBitCast(try array(String.self) { try tape.string($0, $1()) }, to: T.self) }
+        if T.self == [Int].self { return unsafeBitCast(try array(Int.self) { try tape.integer(Int.self, $0, $1()) }, to: T.self) }
+        if T.self == [Double].self { return unsafeBitCast(try array(Double.self) { try tape.double($0, $1()) }, to: T.self) }
+        if T.self == [UInt8].self {
+            let kind = tape.nodes[Int(node)].kind
+            if kind == .bytes || kind == .bytearray { return unsafeBitCast(Array(tape.text(node)), to: T.self) }
+        }
+        if T.self == PythonValue.self { return unsafeBitCast(try tape.value(node, depth: Int(depth)), to: T.self) }
+        return try T(from: self)
+    }
+
+    /// The items of a list, tuple, set or frozenset, each decoded by `item` from its node (nil when the
+    /// node is of another Python type), with the item's coding path made only for an error.
+    @inline(__always)
+    private func array<E>(_ type: E.Type, _ item: (Int32, () -> [any CodingKey]) throws -> E?) throws -> [E] {
+        let value = tape.nodes[Int(node)]
+        switch value.kind {
+        case .list, .tuple, .set, .frozenset: break
+        default: throw mismatch([Any].self, "expected a list or tuple, found a Python \(tape.typeName(node))")
+        }
+        try nested()
+        var items: [E] = []
+        items.reserveCapacity(Int(value.count))
+        var cursor = value.first
+        while cursor >= 0 {
+            let position = items.count
+            let path = { codingPath + [PythonCodingKey(intValue: position)] }
+            try tape.visit(path())
+            let element = tape.resolve(cursor)
+            guard let decoded = try item(element, path) else { throw tape.mismatch(E.self, element, path()) }
+            items.append(decoded)
+            cursor = tape.nodes[Int(cursor)].next
+        }
+        return items
+    }
+
+    private func nested() throws {
+        guard Int(depth) < tape.limits.maxDepth else {
+            throw DecodingError.dataCorrupted(.init(codingPath: codingPath, debugDescription: "pickle nests containers deeper than \(tape.limits.maxDepth)"))
+        }
+    }
+
+    func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
+        guard tape.nodes[Int(node)].kind == .dict else { throw mismatch([String: Any].self, "expected a dict, found a Python \(tape.typeName(node))") }
+        try nested()
+        return KeyedDecodingContainer(PickleTapeKeyedDecoder<Key>(decoder: self))
+    }
+
+    func unkeyedContainer() throws -> any UnkeyedDecodingContainer {
+        let value = tape.nodes[Int(node)]
+        switch value.kind {
+        case .list, .tuple, .set, .frozenset:
+            try nested()
+            return PickleTapeUnkeyedDecoder(decoder: self, cursor: value.first, count: Int(value.count))
+        case .bytes, .bytearray:
+            return PythonUnkeyedDecoder(items: tape.text(node).map { .int(Int($0)) }, codingPath: codingPath)
+        default:
+            throw mismatch([Any].self, "expected a list or tuple, found a Python \(tape.typeName(node))")
+        }
+    }
+
+    func singleValueContainer() throws -> any SingleValueDecodingContainer { self }
+
+    func decodeNil() -> Bool { tape.nodes[Int(node)].kind == .none }
+
+    func decode(_ type: Bool.Type) throws -> Bool {
+        guard let flag = tape.bool(node) else { throw mismatch(type) }
+        return flag
+    }
+
+    func decode(_ type: String.Type) throws -> String {
+        guard let string = try tape.string(node, codingPath) else { throw mismatch(type) }
+        return string
+    }
+
+    func decode(_ type: Double.Type) throws -> Double {
+        guard let number = try tape.double(node, codingPath) else { throw mismatch(type) }
+        return number
+    }
+
+    func decode(_ type: Float.Type) throws -> Float { Float(try decode(Double.self)) }
+
+    func integer<T: FixedWidthInteger>(_ type: T.Type) throws -> T {
+        guard let number = try tape.integer(type, node, codingPath) else { throw mismatch(type) }
+        return number
     }
 
     func decode(_ type: Int.Type) throws -> Int { try integer(type) }
@@ -380,77 +558,139 @@ struct PickleTapeDecoder: Decoder, SingleValueDecodingContainer {
 
 struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     let decoder: PickleTapeDecoder
-    let codingPath: [any CodingKey]
+    var codingPath: [any CodingKey] { decoder.codingPath }
 
     init(decoder: PickleTapeDecoder) {
         self.decoder = decoder
-        self.codingPath = decoder.codingPath
     }
 
-    /// The value node for `key`, or nil.
-    private func find(_ key: Key) -> Int32? {
-        let state = decoder.state
-        let wanted = key.stringValue
-        var child = decoder.node.first
-        while child >= 0 {
-            let value = state.tape.nodes[Int(child)].next
-            guard value >= 0 else { return nil }
-            let keyNode = state.resolve(child)
-            switch keyNode.kind {
-            case .string:
-                let bytes = state.text(keyNode)
-                let utf8 = wanted.utf8
-                let same = utf8.withContiguousStorageIfAvailable { $0.elementsEqual(bytes) } ?? utf8.elementsEqual(bytes)
-                if same { return value }
-            case .int:
-                if key.intValue == keyNode.payload { return value }
-            default:
-                break
-            }
-            child = state.tape.nodes[Int(value)].next
+    /// Whether the key node at `slot` is `key`.
+    @inline(__always)
+    private func matches(_ slot: Int32, _ wanted: UnsafeBufferPointer<UInt8>, _ key: Key) -> Bool {
+        let tape = decoder.tape
+        let keyNode = tape.resolve(slot)
+        let node = tape.nodes[Int(keyNode)]
+        switch node.kind {
+        case .string:
+            guard Int(node.count) == wanted.count else { return false }
+            return wanted.isEmpty || memcmp(wanted.baseAddress!, tape.input.baseAddress! + node.payload, wanted.count) == 0
+        case .int:
+            return key.intValue == node.payload
+        default:
+            return false
         }
-        return nil
+    }
+
+    /// The value slot for `key`, or nil. The search starts after the key found last in this dict.
+    private func find(_ key: Key) -> Int32? {
+        let tape = decoder.tape
+        let dict = decoder.node
+        var text = key.stringValue
+        return text.withUTF8 { wanted -> Int32? in
+            if tape.hintDict == dict, tape.hintKey >= 0 {
+                let slot = tape.hintKey
+                let value = tape.nodes[Int(slot)].next
+                if value >= 0, matches(slot, wanted, key) {
+                    tape.hintKey = tape.nodes[Int(value)].next
+                    return value
+                }
+            }
+            var slot = tape.nodes[Int(dict)].first
+            while slot >= 0 {
+                let value = tape.nodes[Int(slot)].next
+                guard value >= 0 else { return nil }
+                if matches(slot, wanted, key) {
+                    tape.hintDict = dict
+                    tape.hintKey = tape.nodes[Int(value)].next
+                    return value
+                }
+                slot = tape.nodes[Int(value)].next
+            }
+            return nil
+        }
     }
 
     var allKeys: [Key] {
+        let tape = decoder.tape
         var keys: [Key] = []
-        var child = decoder.node.first
-        while child >= 0 {
-            let keyNode = decoder.state.resolve(child)
-            switch keyNode.kind {
+        var slot = tape.nodes[Int(decoder.node)].first
+        while slot >= 0 {
+            let keyNode = tape.resolve(slot)
+            let node = tape.nodes[Int(keyNode)]
+            switch node.kind {
             case .string:
-                if let text = String(validating: decoder.state.text(keyNode), as: UTF8.self), let key = Key(stringValue: text) { keys.append(key) }
+                if let text = String(validating: tape.text(keyNode), as: UTF8.self), let key = Key(stringValue: text) { keys.append(key) }
             case .int:
-                if let key = Key(intValue: keyNode.payload) ?? Key(stringValue: String(keyNode.payload)) { keys.append(key) }
+                if let key = Key(intValue: node.payload) ?? Key(stringValue: String(node.payload)) { keys.append(key) }
             default: break
             }
-            let value = decoder.state.tape.nodes[Int(child)].next
+            let value = tape.nodes[Int(slot)].next
             guard value >= 0 else { break }
-            child = decoder.state.tape.nodes[Int(value)].next
+            slot = tape.nodes[Int(value)].next
         }
         return keys
     }
 
     func contains(_ key: Key) -> Bool { find(key) != nil }
 
+    private func notFound(_ key: Key) -> DecodingError {
+        .keyNotFound(key, .init(codingPath: codingPath, debugDescription: "the dict has no key '\(key.stringValue)'"))
+    }
+
     private func child(_ key: Key) throws -> PickleTapeDecoder {
-        guard let index = find(key) else {
-            throw DecodingError.keyNotFound(key, .init(codingPath: codingPath, debugDescription: "the dict has no key '\(key.stringValue)'"))
-        }
-        return try decoder.child(index, key: key, path: codingPath)
+        guard let index = find(key) else { throw notFound(key) }
+        return try decoder.child(index, key: key)
+    }
+
+    /// The resolved value node for `key`, counted against the object limit, for the direct scalar paths.
+    @inline(__always)
+    private func scalar(_ key: Key) throws -> Int32 {
+        guard let index = find(key) else { throw notFound(key) }
+        try decoder.tape.visit(codingPath + [key])
+        return decoder.tape.resolve(index)
     }
 
     func decodeNil(forKey key: Key) throws -> Bool {
         guard let index = find(key) else { return true }
-        return decoder.state.resolve(index).kind == .none
+        return decoder.tape.nodes[Int(decoder.tape.resolve(index))].kind == .none
     }
 
-    func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool { try child(key).decode(type) }
-    func decode(_ type: String.Type, forKey key: Key) throws -> String { try child(key).decode(type) }
-    func decode(_ type: Double.Type, forKey key: Key) throws -> Double { try child(key).decode(type) }
-    func decode(_ type: Float.Type, forKey key: Key) throws -> Float { try child(key).decode(type) }
-    func decode(_ type: Int.Type, forKey key: Key) throws -> Int { try child(key).decode(type) }
-    func decode(_ type: Int64.Type, forKey key: Key) throws -> Int64 { try child(key).decode(type) }
+    func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool {
+        let node = try scalar(key)
+        guard let flag = decoder.tape.bool(node) else { throw decoder.tape.mismatch(type, node, codingPath + [key]) }
+        return flag
+    }
+
+    func decode(_ type: String.Type, forKey key: Key) throws -> String {
+        let node = try scalar(key)
+        guard let string = try decoder.tape.string(node, codingPath + [key]) else { throw decoder.tape.mismatch(type, node, codingPath + [key]) }
+        return string
+    }
+
+    func decode(_ type: Double.Type, forKey key: Key) throws -> Double {
+        let node = try scalar(key)
+        guard let number = try decoder.tape.double(node, codingPath + [key]) else { throw decoder.tape.mismatch(type, node, codingPath + [key]) }
+        return number
+    }
+
+    func decode(_ type: Float.Type, forKey key: Key) throws -> Float { Float(try decode(Double.self, forKey: key)) }
+
+    private func integer<T: FixedWidthInteger>(_ type: T.Type, forKey key: Key) throws -> T {
+        let node = try scalar(key)
+        guard let number = try decoder.tape.integer(type, node, codingPath + [key]) else { throw decoder.tape.mismatch(type, node, codingPath + [key]) }
+        return number
+    }
+
+    func decode(_ type: Int.Type, forKey key: Key) throws -> Int { try integer(type, forKey: key) }
+    func decode(_ type: Int8.Type, forKey key: Key) throws -> Int8 { try integer(type, forKey: key) }
+    func decode(_ type: Int16.Type, forKey key: Key) throws -> Int16 { try integer(type, forKey: key) }
+    func decode(_ type: Int32.Type, forKey key: Key) throws -> Int32 { try integer(type, forKey: key) }
+    func decode(_ type: Int64.Type, forKey key: Key) throws -> Int64 { try integer(type, forKey: key) }
+    func decode(_ type: UInt.Type, forKey key: Key) throws -> UInt { try integer(type, forKey: key) }
+    func decode(_ type: UInt8.Type, forKey key: Key) throws -> UInt8 { try integer(type, forKey: key) }
+    func decode(_ type: UInt16.Type, forKey key: Key) throws -> UInt16 { try integer(type, forKey: key) }
+    func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try integer(type, forKey: key) }
+    func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try integer(type, forKey: key) }
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T { try child(key).decodeValue(type) }
 
     func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey key: Key) throws -> KeyedDecodingContainer<NestedKey> {
@@ -467,7 +707,7 @@ struct PickleTapeUnkeyedDecoder: UnkeyedDecodingContainer {
     var cursor: Int32
     let total: Int
     var currentIndex = 0
-    let codingPath: [any CodingKey]
+    var codingPath: [any CodingKey] { decoder.codingPath }
     var count: Int? { total }
     var isAtEnd: Bool { cursor < 0 }
 
@@ -475,22 +715,22 @@ struct PickleTapeUnkeyedDecoder: UnkeyedDecodingContainer {
         self.decoder = decoder
         self.cursor = cursor
         self.total = count
-        self.codingPath = decoder.codingPath
     }
 
     private mutating func next() throws -> PickleTapeDecoder {
         guard cursor >= 0 else {
             throw DecodingError.valueNotFound(Any.self, .init(codingPath: codingPath, debugDescription: "the sequence has only \(total) items"))
         }
-        let child = try decoder.child(cursor, key: PythonCodingKey(intValue: currentIndex), path: codingPath)
-        cursor = decoder.state.tape.nodes[Int(cursor)].next
+        let child = try decoder.child(cursor, key: PythonCodingKey(intValue: currentIndex))
+        cursor = decoder.tape.nodes[Int(cursor)].next
         currentIndex += 1
         return child
     }
 
     mutating func decodeNil() throws -> Bool {
-        guard cursor >= 0, decoder.state.resolve(cursor).kind == .none else { return false }
-        cursor = decoder.state.tape.nodes[Int(cursor)].next
+        let tape = decoder.tape
+        guard cursor >= 0, tape.nodes[Int(tape.resolve(cursor))].kind == .none else { return false }
+        cursor = tape.nodes[Int(cursor)].next
         currentIndex += 1
         return true
     }
