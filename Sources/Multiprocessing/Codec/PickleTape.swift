@@ -67,7 +67,7 @@ final class PickleTape {
 
     /// Reads the pickle, or returns nil when it needs the full reader.
     static func read(_ input: UnsafeRawBufferPointer, limits: PickleDecoder.Limits) -> PickleTape? {
-        guard input.count >= 3, input[0] == 0x80, input[1] >= 2, input[1] <= 5 else { return nil }
+        guard input.count >= 3, input.count < Int32.max, input[0] == 0x80, input[1] >= 2, input[1] <= 5 else { return nil }
         let tape = PickleTape(input: input, limits: limits)
         guard let root = tape.parse() else { return nil }
         tape.root = tape.resolve(root)
@@ -113,16 +113,21 @@ final class PickleTape {
     }
 
     private func parse() -> Int32? {
+        // The parser's stack, marks and memo start on the thread's stack and move to the heap if they grow.
+        withUnsafeTemporaryAllocation(of: Int32.self, capacity: 3 * ScratchStack.initialCapacity) { scratch in
+            var stack = ScratchStack(scratch.baseAddress!)
+            var marks = ScratchStack(scratch.baseAddress! + ScratchStack.initialCapacity)
+            var memo = ScratchStack(scratch.baseAddress! + 2 * ScratchStack.initialCapacity)
+            defer { stack.release(); marks.release(); memo.release() }
+            return parse(stack: &stack, marks: &marks, memo: &memo)
+        }
+    }
+
+    private func parse(stack: inout ScratchStack, marks: inout ScratchStack, memo: inout ScratchStack) -> Int32? {
         let input = self.input
         let count = input.count
         let maxObjects = limits.maxObjects
         var expanded = 0
-        var stack: [Int32] = []
-        var marks: [Int] = []
-        var memo: [Int32] = []
-        stack.reserveCapacity(16)
-        marks.reserveCapacity(8)
-        memo.reserveCapacity(16)
         var position = 2
         while position < count {
             let opcode = input[position]
@@ -140,7 +145,7 @@ final class PickleTape {
                     guard let value = Self.unsigned(input, &position, opcode == 0x71 ? 1 : 4) else { return nil }
                     index = value
                 }
-                guard let top = stack.last, stack.count > (marks.last ?? 0), index <= memo.count else { return nil }
+                guard let top = stack.last, stack.count > Int(marks.last ?? 0), index <= memo.count else { return nil }
                 if index == memo.count { memo.append(top) } else { memo[index] = top }
                 continue
             case 0x68, 0x6A:  // BINGET, LONG_BINGET
@@ -188,20 +193,20 @@ final class PickleTape {
             case 0x29: pushed = Node(kind: .tuple)
             case 0x8F: pushed = Node(kind: .set)
             case 0x28:
-                marks.append(stack.count)
+                marks.append(Int32(stack.count))
                 continue
             case 0x85, 0x86, 0x87, 0x74, 0x91:  // TUPLE1-3, TUPLE, FROZENSET
                 let start: Int
                 if opcode >= 0x85 && opcode <= 0x87 {
                     start = stack.count - Int(opcode - 0x84)
-                    guard start >= (marks.last ?? 0) else { return nil }
+                    guard start >= Int(marks.last ?? 0) else { return nil }
                 } else {
                     guard let mark = marks.popLast() else { return nil }
-                    start = mark
+                    start = Int(mark)
                 }
                 let container = add(Node(kind: opcode == 0x91 ? .frozenset : .tuple))
                 for index in start..<stack.count { link(stack[index], to: container) }
-                stack.removeSubrange(start...)
+                stack.removeLast(from: start)
                 stack.append(container)
                 continue
             case 0x61, 0x73, 0x65, 0x75, 0x90:  // APPEND, SETITEM, APPENDS, SETITEMS, ADDITEMS
@@ -211,19 +216,19 @@ final class PickleTape {
                 case 0x73: start = stack.count - 2
                 default:
                     guard let mark = marks.popLast() else { return nil }
-                    start = mark
+                    start = Int(mark)
                 }
-                guard start >= 1, start - 1 >= (marks.last ?? 0) else { return nil }
+                guard start >= 1, start - 1 >= Int(marks.last ?? 0) else { return nil }
                 let target = stack[start - 1]
                 let kind = nodes[Int(target)].kind
                 let keyed = opcode == 0x73 || opcode == 0x75
                 guard (kind == .dict && keyed) || (kind == .list && (opcode == 0x61 || opcode == 0x65)) || (kind == .set && opcode == 0x90),
                       !keyed || (stack.count - start) % 2 == 0 else { return nil }
                 for index in start..<stack.count { link(stack[index], to: target) }
-                stack.removeSubrange(start...)
+                stack.removeLast(from: start)
                 continue
             case 0x2E:  // STOP
-                guard position == count, stack.count == 1, marks.isEmpty else { return nil }
+                guard position == count, stack.count == 1, marks.count == 0 else { return nil }
                 return stack[0]
             default:
                 return nil
@@ -352,6 +357,59 @@ final class PickleTape {
         .typeMismatch(type, .init(codingPath: path, debugDescription: "expected \(type), found a Python \(typeName(node))"))
     }
 
+    /// The items of the list, tuple, set or frozenset `node`, each decoded by `item` from its node (nil
+    /// when the node is of another Python type); coding paths are made from `path` only for an error.
+    @inline(__always)
+    func array<E>(_ node: Int32, depth: Int32, path: () -> [any CodingKey], _ item: (Int32, () -> [any CodingKey]) throws -> E?) throws -> [E] {
+        let value = nodes[Int(node)]
+        switch value.kind {
+        case .list, .tuple, .set, .frozenset: break
+        default:
+            throw DecodingError.typeMismatch([Any].self, .init(codingPath: path(), debugDescription: "expected a list or tuple, found a Python \(typeName(node))"))
+        }
+        guard Int(depth) < limits.maxDepth else {
+            throw DecodingError.dataCorrupted(.init(codingPath: path(), debugDescription: "pickle nests containers deeper than \(limits.maxDepth)"))
+        }
+        return try withoutActuallyEscaping(path) { path in
+            var items: [E] = []
+            items.reserveCapacity(Int(value.count))
+            var cursor = value.first
+            while cursor >= 0 {
+                let position = items.count
+                let itemPath = { path() + [PythonCodingKey(intValue: position)] }
+                try visit(itemPath())
+                let element = resolve(cursor)
+                guard let decoded = try item(element, itemPath) else { throw mismatch(E.self, element, itemPath()) }
+                items.append(decoded)
+                cursor = nodes[Int(cursor)].next
+            }
+            return items
+        }
+    }
+
+    /// `node` decoded as `T` when `T` is one of the types decoded directly (strings, numbers, booleans,
+    /// arrays of them, bytes, ``PythonValue``), else nil.
+    @inline(__always)
+    func direct<T>(_ type: T.Type, _ node: Int32, depth: Int32, path: () -> [any CodingKey]) throws -> T? {
+        func scalar<S>(_ value: S?) throws -> T {
+            guard let value else { throw mismatch(S.self, node, path()) }
+            return unsafeBitCast(value, to: T.self)
+        }
+        if T.self == String.self { return try scalar(string(node, path())) }
+        if T.self == Int.self { return try scalar(integer(Int.self, node, path())) }
+        if T.self == Double.self { return try scalar(double(node, path())) }
+        if T.self == Bool.self { return try scalar(bool(node)) }
+        if T.self == [String].self { return unsafeBitCast(try array(node, depth: depth, path: path) { try string($0, $1()) }, to: T.self) }
+        if T.self == [Int].self { return unsafeBitCast(try array(node, depth: depth, path: path) { try integer(Int.self, $0, $1()) }, to: T.self) }
+        if T.self == [Double].self { return unsafeBitCast(try array(node, depth: depth, path: path) { try double($0, $1()) }, to: T.self) }
+        if T.self == [UInt8].self {
+            let kind = nodes[Int(node)].kind
+            if kind == .bytes || kind == .bytearray { return unsafeBitCast(Array(text(node)), to: T.self) }
+        }
+        if T.self == PythonValue.self { return unsafeBitCast(try value(node, depth: Int(depth)), to: T.self) }
+        return nil
+    }
+
     // MARK: PythonValue
 
     /// The ``PythonValue`` of a node, for `PythonValue` fields inside typed values.
@@ -452,44 +510,8 @@ struct PickleTapeDecoder: Decoder, SingleValueDecodingContainer {
     /// Decodes this value as `T`, directly for strings, numbers, booleans and arrays of them.
     @inline(__always)
     func decodeValue<T: Decodable>(_ type: T.Type) throws -> T {
-        if T.self == String.self { return unsafeBitCast(try decode(String.self), to: T.self) }
-        if T.self == Int.self { return unsafeBitCast(try decode(Int.self), to: T.self) }
-        if T.self == Double.self { return unsafeBitCast(try decode(Double.self), to: T.self) }
-        if T.self == Bool.self { return unsafeBitCast(try decode(Bool.self), to: T.self) }
-        if T.self == [String].self { return unsafeBitCast(try array(String.self) { try tape.string($0, $1()) }, to: T.self) }
-        if T.self == [Int].self { return unsafeBitCast(try array(Int.self) { try tape.integer(Int.self, $0, $1()) }, to: T.self) }
-        if T.self == [Double].self { return unsafeBitCast(try array(Double.self) { try tape.double($0, $1()) }, to: T.self) }
-        if T.self == [UInt8].self {
-            let kind = tape.nodes[Int(node)].kind
-            if kind == .bytes || kind == .bytearray { return unsafeBitCast(Array(tape.text(node)), to: T.self) }
-        }
-        if T.self == PythonValue.self { return unsafeBitCast(try tape.value(node, depth: Int(depth)), to: T.self) }
+        if let value = try tape.direct(T.self, node, depth: depth, path: { codingPath }) { return value }
         return try T(from: self)
-    }
-
-    /// The items of a list, tuple, set or frozenset, each decoded by `item` from its node (nil when the
-    /// node is of another Python type), with the item's coding path made only for an error.
-    @inline(__always)
-    private func array<E>(_ type: E.Type, _ item: (Int32, () -> [any CodingKey]) throws -> E?) throws -> [E] {
-        let value = tape.nodes[Int(node)]
-        switch value.kind {
-        case .list, .tuple, .set, .frozenset: break
-        default: throw mismatch([Any].self, "expected a list or tuple, found a Python \(tape.typeName(node))")
-        }
-        try nested()
-        var items: [E] = []
-        items.reserveCapacity(Int(value.count))
-        var cursor = value.first
-        while cursor >= 0 {
-            let position = items.count
-            let path = { codingPath + [PythonCodingKey(intValue: position)] }
-            try tape.visit(path())
-            let element = tape.resolve(cursor)
-            guard let decoded = try item(element, path) else { throw tape.mismatch(E.self, element, path()) }
-            items.append(decoded)
-            cursor = tape.nodes[Int(cursor)].next
-        }
-        return items
     }
 
     private func nested() throws {
@@ -675,6 +697,7 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
 
     func decode(_ type: Float.Type, forKey key: Key) throws -> Float { Float(try decode(Double.self, forKey: key)) }
 
+    @inline(__always)
     private func integer<T: FixedWidthInteger>(_ type: T.Type, forKey key: Key) throws -> T {
         let node = try scalar(key)
         guard let number = try decoder.tape.integer(type, node, codingPath + [key]) else { throw decoder.tape.mismatch(type, node, codingPath + [key]) }
@@ -691,7 +714,16 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     func decode(_ type: UInt16.Type, forKey key: Key) throws -> UInt16 { try integer(type, forKey: key) }
     func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try integer(type, forKey: key) }
     func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try integer(type, forKey: key) }
-    func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T { try child(key).decodeValue(type) }
+    func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
+        guard let index = find(key) else { throw notFound(key) }
+        let tape = decoder.tape
+        let node = tape.resolve(index)
+        if let value = try tape.direct(T.self, node, depth: decoder.depth + 1, path: { codingPath + [key] }) {
+            try tape.visit(codingPath + [key])
+            return value
+        }
+        return try decoder.child(index, key: key).decodeValue(type)
+    }
 
     func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey key: Key) throws -> KeyedDecodingContainer<NestedKey> {
         try child(key).container(keyedBy: type)
@@ -747,4 +779,49 @@ struct PickleTapeUnkeyedDecoder: UnkeyedDecodingContainer {
 
     mutating func nestedUnkeyedContainer() throws -> any UnkeyedDecodingContainer { try next().unkeyedContainer() }
     mutating func superDecoder() throws -> any Decoder { try next() }
+}
+
+/// A stack of node indices for the parser: in a caller's buffer at first, on the heap once it outgrows it.
+struct ScratchStack {
+    static let initialCapacity = 64
+    private var base: UnsafeMutablePointer<Int32>
+    private(set) var count = 0
+    private var capacity = ScratchStack.initialCapacity
+    private var owned = false
+
+    init(_ base: UnsafeMutablePointer<Int32>) { self.base = base }
+
+    var last: Int32? { count > 0 ? base[count - 1] : nil }
+
+    subscript(index: Int) -> Int32 {
+        get { base[index] }
+        set { base[index] = newValue }
+    }
+
+    @inline(__always)
+    mutating func append(_ value: Int32) {
+        if count == capacity { grow() }
+        base[count] = value
+        count += 1
+    }
+
+    mutating func popLast() -> Int32? {
+        guard count > 0 else { return nil }
+        count -= 1
+        return base[count]
+    }
+
+    mutating func removeLast(from start: Int) { count = start }
+
+    private mutating func grow() {
+        let grown = UnsafeMutablePointer<Int32>.allocate(capacity: capacity * 2)
+        grown.update(from: base, count: count)
+        if owned { base.deallocate() }
+        base = grown
+        capacity *= 2
+        owned = true
+    }
+
+    /// Frees the heap storage, if any.
+    func release() { if owned { base.deallocate() } }
 }
