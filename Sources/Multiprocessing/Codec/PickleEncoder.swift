@@ -112,8 +112,55 @@ final class PickleStream {
         close(downTo: level)
     }
 
+    /// Whether values of `T` are written by ``direct(_:)`` rather than through their `encode(to:)`: strings,
+    /// numbers, booleans and arrays of them. (A check of the type alone, cheap in unspecialized code.)
+    @inline(__always)
+    static func encodesDirectly<T>(_ type: T.Type) -> Bool {
+        T.self == String.self || T.self == Int.self || T.self == Double.self || T.self == Bool.self
+            || T.self == [String].self || T.self == [Int].self || T.self == [Double].self
+    }
+
+    /// Writes a value of one of the types for which ``encodesDirectly(_:)`` is true, as their
+    /// `encode(to:)` would through this encoder.
+    @inline(__always)
+    func direct<T>(_ value: T) {
+        if T.self == String.self { return writer.putString(unsafeBitCast(value, to: String.self)) }
+        if T.self == Int.self { return writer.putInt(unsafeBitCast(value, to: Int.self)) }
+        if T.self == Double.self { return writer.putFloat(unsafeBitCast(value, to: Double.self)) }
+        if T.self == Bool.self { return writer.putBool(unsafeBitCast(value, to: Bool.self)) }
+        let trailer = writer.itemTrailer(keyed: false)
+        writer.openContainer(keyed: false)
+        if T.self == [String].self {
+            for item in unsafeBitCast(value, to: [String].self) {
+                writer.putString(item)
+                if let trailer { writer.output.append(trailer) }
+            }
+        } else if T.self == [Int].self {
+            for item in unsafeBitCast(value, to: [Int].self) {
+                writer.putInt(item)
+                if let trailer { writer.output.append(trailer) }
+            }
+        } else if T.self == [Double].self {
+            for item in unsafeBitCast(value, to: [Double].self) {
+                writer.putFloat(item)
+                if let trailer { writer.output.append(trailer) }
+            }
+        }
+        writer.closeContainer(keyed: false)
+    }
+
+    /// Writes a value of a direct type as the next item of the container at `level`.
+    @inline(__always)
+    func directItem<T>(_ level: Int, _ value: T) {
+        direct(value)
+        if let trailer = writer.itemTrailer(keyed: levels[level].kind == .keyed) { writer.output.append(trailer) }
+    }
+
     private func encodeBody<T: Encodable>(_ value: T, at level: Int) throws {
-        if T.self == [UInt8].self {
+        if Self.encodesDirectly(T.self) {
+            direct(value)
+            levels[level].kind = .done
+        } else if T.self == [UInt8].self {
             writer.putBytes(unsafeBitCast(value, to: [UInt8].self))
             levels[level].kind = .done
         } else if T.self == PythonValue.self {
@@ -276,6 +323,7 @@ struct PickleKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
     mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
         guard stream.prepare(level, .keyed) else { return }
         stream.key(key)
+        if PickleStream.encodesDirectly(T.self) { return stream.directItem(level, value) }
         try stream.encode(value, in: level, key: key)
     }
 
@@ -319,6 +367,7 @@ struct PickleUnkeyedEncoder: UnkeyedEncodingContainer {
 
     mutating func encode<T: Encodable>(_ value: T) throws {
         guard stream.prepare(level, .unkeyed) else { return }
+        if PickleStream.encodesDirectly(T.self) { return stream.directItem(level, value) }
         try stream.encode(value, in: level, key: PythonCodingKey(intValue: count - 1))
     }
 

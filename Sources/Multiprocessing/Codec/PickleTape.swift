@@ -387,10 +387,19 @@ final class PickleTape {
         }
     }
 
-    /// `node` decoded as `T` when `T` is one of the types decoded directly (strings, numbers, booleans,
-    /// arrays of them, bytes, ``PythonValue``), else nil.
+    /// Whether `T` is one of the types decoded directly by ``direct(_:_:depth:path:)``: strings, numbers,
+    /// booleans, arrays of them, bytes and ``PythonValue``. (A check of the type alone, so that unspecialized
+    /// generic code asks for no `Optional<T>` metadata.)
     @inline(__always)
-    func direct<T>(_ type: T.Type, _ node: Int32, depth: Int32, path: () -> [any CodingKey]) throws -> T? {
+    static func decodesDirectly<T>(_ type: T.Type) -> Bool {
+        T.self == String.self || T.self == Int.self || T.self == Double.self || T.self == Bool.self
+            || T.self == [String].self || T.self == [Int].self || T.self == [Double].self || T.self == [UInt8].self
+            || T.self == PythonValue.self
+    }
+
+    /// `node` decoded as `T`, one of the types for which ``decodesDirectly(_:)`` is true.
+    @inline(__always)
+    func direct<T>(_ type: T.Type, _ node: Int32, depth: Int32, path: () -> [any CodingKey]) throws -> T {
         func scalar<S>(_ value: S?) throws -> T {
             guard let value else { throw mismatch(S.self, node, path()) }
             return unsafeBitCast(value, to: T.self)
@@ -405,9 +414,9 @@ final class PickleTape {
         if T.self == [UInt8].self {
             let kind = nodes[Int(node)].kind
             if kind == .bytes || kind == .bytearray { return unsafeBitCast(Array(text(node)), to: T.self) }
+            return unsafeBitCast(try array(node, depth: depth, path: path) { try integer(UInt8.self, $0, $1()) }, to: T.self)
         }
-        if T.self == PythonValue.self { return unsafeBitCast(try value(node, depth: Int(depth)), to: T.self) }
-        return nil
+        return unsafeBitCast(try value(node, depth: Int(depth)), to: T.self)
     }
 
     // MARK: PythonValue
@@ -510,7 +519,7 @@ struct PickleTapeDecoder: Decoder, SingleValueDecodingContainer {
     /// Decodes this value as `T`, directly for strings, numbers, booleans and arrays of them.
     @inline(__always)
     func decodeValue<T: Decodable>(_ type: T.Type) throws -> T {
-        if let value = try tape.direct(T.self, node, depth: depth, path: { codingPath }) { return value }
+        if PickleTape.decodesDirectly(T.self) { return try tape.direct(T.self, node, depth: depth, path: { codingPath }) }
         return try T(from: self)
     }
 
@@ -718,9 +727,9 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
         guard let index = find(key) else { throw notFound(key) }
         let tape = decoder.tape
         let node = tape.resolve(index)
-        if let value = try tape.direct(T.self, node, depth: decoder.depth + 1, path: { codingPath + [key] }) {
+        if PickleTape.decodesDirectly(T.self) {
             try tape.visit(codingPath + [key])
-            return value
+            return try tape.direct(T.self, node, depth: decoder.depth + 1, path: { codingPath + [key] })
         }
         return try decoder.child(index, key: key).decodeValue(type)
     }

@@ -224,17 +224,20 @@ struct PickleWriter {
 
     mutating func putString(_ string: String) {
         if version >= 1 {
-            let count = string.utf8.count
-            if version >= 4 && count < 256 {
-                output.append(0x8C); output.append(UInt8(count))
-            } else if count <= Int(UInt32.max) {
-                output.append(UInt8(ascii: "X"))
-                littleEndian(UInt32(count))
-            } else {
-                output.append(0x8D)
-                littleEndian(UInt64(count))
+            var string = string
+            string.withUTF8 { utf8 in
+                let count = utf8.count
+                if version >= 4 && count < 256 {
+                    output.append(0x8C); output.append(UInt8(count))
+                } else if count <= Int(UInt32.max) {
+                    output.append(UInt8(ascii: "X"))
+                    littleEndian(UInt32(count))
+                } else {
+                    output.append(0x8D)
+                    littleEndian(UInt64(count))
+                }
+                output.append(contentsOf: utf8)
             }
-            output.append(contentsOf: string.utf8)
             return
         }
         // Protocol 0: raw-unicode-escape, with the characters that would end or confuse the line escaped.
