@@ -325,6 +325,20 @@ struct ConnectionTests {
         #expect(a.description == "Connection(closed)")
     }
 
+    @Test("a receive spins longer only for a peer that answers a little later than the usual spin")
+    func spinWindow() {
+        let usual: UInt64 = 20_000
+        #expect(Connection.spinWindow(afterTurnaround: 4_000) == usual)
+        #expect(Connection.spinWindow(afterTurnaround: 20_000) == usual)
+        #expect(Connection.spinWindow(afterTurnaround: 30_000) == 45_000)
+        #expect(Connection.spinWindow(afterTurnaround: 66_000) == 99_000)
+        #expect(Connection.spinWindow(afterTurnaround: 67_000) == usual)
+        #expect(Connection.spinWindow(afterTurnaround: 5_000_000) == usual)
+        for turnaround in stride(from: UInt64(0), to: 1_000_000, by: 997) {
+            #expect(Connection.spinWindow(afterTurnaround: turnaround) <= Connection.longestSpinNanoseconds)
+        }
+    }
+
     @Test("invalid descriptors are refused")
     func invalidDescriptors() throws {
         expectCode(.invalidArgument) { try Connection(adopting: -1) }

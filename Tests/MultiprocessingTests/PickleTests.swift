@@ -89,6 +89,37 @@ struct PickleTests {
         expectCode(.invalidArgument) { try PickleEncoder(protocolVersion: 6) }
     }
 
+    @Test("fields read directly (strings, numbers, arrays of them) give typed errors with their coding path")
+    func directFieldErrors() throws {
+        struct Fields: Codable { let name: String; let tags: [String]; let counts: [Int]; let ratios: [Double]; let blob: [UInt8] }
+        func pickle(_ items: [(String, PythonValue)]) throws -> [UInt8] {
+            try PickleEncoder().encode(PythonValue.dict(items.map { PythonDictItem(key: .string($0.0), value: $0.1) }))
+        }
+        let good: [(String, PythonValue)] = [("name", .string("x")), ("tags", .list([.string("a")])), ("counts", .tuple([.int(1)])),
+                                              ("ratios", .list([.int(2), .float(0.5)])), ("blob", .list([.int(255)]))]
+        let fields = try PickleDecoder().decode(Fields.self, from: pickle(good))
+        #expect(fields.tags == ["a"] && fields.counts == [1] && fields.ratios == [2, 0.5] && fields.blob == [255])
+        let cases: [(String, PythonValue, String)] = [
+            ("name", .int(1), "at .name: expected String, found a Python int"),
+            ("tags", .list([.string("a"), .int(3)]), "at .tags[1]: expected String, found a Python int"),
+            ("tags", .string("ab"), "at .tags: expected a list or tuple, found a Python str"),
+            ("counts", .list([.float(1.5)]), "at .counts[0]: expected Int, found a Python float"),
+            ("ratios", .list([.int(1 << 60 + 1)]), "at .ratios[0]: the int 1152921504606846977 has no exact Double"),
+            ("blob", .list([.int(256)]), "at .blob[0]: the int 256 does not fit in UInt8"),
+        ]
+        for (key, value, message) in cases {
+            let bad = try pickle(good.map { $0.0 == key ? (key, value) : $0 })
+            let error = expectCode(.transport) { try PickleDecoder().decode(Fields.self, from: bad) }
+            #expect(error?.message.contains(message) == true, "\(key): \(String(describing: error))")
+        }
+        // A message of its own per field: an invalid UTF-8 str names its path too.
+        var invalid = try pickle(good)
+        let at = invalid.firstIndex(of: UInt8(ascii: "x"))!
+        invalid[at] = 0xff
+        let utf8 = expectCode(.transport) { try PickleDecoder().decode(Fields.self, from: invalid) }
+        #expect(utf8?.message.contains("at .name: a str is not valid UTF-8") == true, "\(String(describing: utf8))")
+    }
+
     @Test("globals, instances, reduce calls and persistent ids are refused, naming what they ask for")
     func refusals() throws {
         let cases: [(String, [UInt8])] = [

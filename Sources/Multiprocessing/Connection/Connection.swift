@@ -61,6 +61,22 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     /// Waits left that block without spinning, and how many the next fruitless spin makes that.
     private var spinSkips = 0
     private var spinPenalty = 0
+    /// How long this connection's receives spin: `spinNanoseconds`, or longer for a peer measured to
+    /// answer a little later than that (see `spinWindow(afterTurnaround:)`).
+    private var spinWindow = Connection.spinNanoseconds
+    /// When the last message was sent, while no receive has measured the peer's answer to it yet (0).
+    private var lastSent: UInt64 = 0
+    /// The longest spin: a peer that answers later than two thirds of this is waited for by blocking.
+    static let longestSpinNanoseconds: UInt64 = 100_000
+
+    /// The spin for the next receive, given how long after a send the peer's answer arrived. A peer that
+    /// answers within the usual spin keeps it; one that takes a little longer (a Python program, which
+    /// wakes up and unpickles before it answers) gets half again its time, so that the answer is caught
+    /// without a wake-up of its own; one slower than that gets the usual spin.
+    static func spinWindow(afterTurnaround turnaround: UInt64) -> UInt64 {
+        guard turnaround > spinNanoseconds, turnaround <= longestSpinNanoseconds / 3 * 2 else { return spinNanoseconds }
+        return turnaround + turnaround / 2
+    }
 
     /// Wraps an open descriptor; the connection owns it and closes it on ``close()`` or deinit.
     ///
@@ -280,6 +296,7 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
                 }
             }
         }
+        if isSocket && Self.spinning { lastSent = Deadline.monotonicNow() }
     }
 
     /// Writes `frames` (whole frames) without holding a thread while the peer's buffer is full: the task
@@ -621,10 +638,15 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         var spinUntil: UInt64 = 0
         var lastPoll: UInt64 = 0
         var preempted = false
+        // A wait that starts just after a send measures how long the peer takes to answer (see spinWindow).
+        var sentAt: UInt64 = 0
         if isSocket && Self.spinning && !deadline.hasPassed {
+            let start = Deadline.monotonicNow()
+            if lastSent > 0, start - lastSent < Self.spinNanoseconds { sentAt = lastSent }
+            lastSent = 0
             if spinSkips == 0 {
-                lastPoll = Deadline.monotonicNow()
-                spinUntil = lastPoll + Self.spinNanoseconds
+                lastPoll = start
+                spinUntil = lastPoll + spinWindow
             } else {
                 spinSkips -= 1
             }
@@ -634,8 +656,12 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         while true {
             let result = readAvailable(blocking: mayBlock && deadline.nanoseconds == nil)
             if result > 0 {
-                if spinUntil > 0 {
-                    if preempted || Deadline.monotonicNow() - lastPoll > Self.preemptedGap { penalizeSpin() } else { spinPenalty = 0 }
+                if spinUntil > 0 || sentAt > 0 {
+                    let now = Deadline.monotonicNow()
+                    if spinUntil > 0 {
+                        if preempted || now - lastPoll > Self.preemptedGap { penalizeSpin() } else { spinPenalty = 0 }
+                    }
+                    if sentAt > 0 { spinWindow = Self.spinWindow(afterTurnaround: now - sentAt) }
                 }
                 end += result
                 return true
