@@ -42,6 +42,37 @@ struct EndWith: ProcessTask {
     }
 }
 
+/// Starts and joins `cycles` children with `method` in this process, and reports its descriptor count
+/// before and after, and how many of those children were left unreaped.
+struct LeakProbe: ProcessTask {
+    let methodName: String
+    let cycles: Int
+    let report: Connection
+    init(method: StartMethod, cycles: Int, report: Connection) {
+        methodName = method.rawValue
+        self.cycles = cycles
+        self.report = report
+    }
+    func run() throws {
+        guard let method = StartMethod(rawValue: methodName) else { exit(4) }
+        // Warm up lazily created resources (the fork server, caches) before counting.
+        let warm = ChildProcess(Nap(milliseconds: 0), context: ProcessContext(method))
+        try warm.start()
+        try warm.join(timeout: .seconds(30))
+        let before = openDescriptorCount()
+        var pids: [Int32] = []
+        for _ in 0..<cycles {
+            let child = ChildProcess(Nap(milliseconds: 0), context: ProcessContext(method))
+            try child.start()
+            guard try child.join(timeout: .seconds(30)), child.exitCode == 0 else { exit(3) }
+            pids.append(child.pid ?? 0)
+        }
+        let after = openDescriptorCount()
+        _ = eventually(within: 5) { !pids.contains { ProcessTests.isZombie($0) } }
+        try report.send([before, after, pids.filter { ProcessTests.isZombie($0) }.count])
+    }
+}
+
 /// Sleeps, then returns.
 struct Nap: ProcessTask {
     let milliseconds: Int
@@ -399,22 +430,16 @@ struct ProcessTests {
 
     @Test("many start/join cycles leave no zombie and no descriptor behind", arguments: [(StartMethod.forkserver, 1000), (.spawn, 100), (.fork, 200)])
     func noLeaks(method: StartMethod, cycles: Int) throws {
-        // Warm up lazily created resources (the fork server, caches) before counting.
-        let warm = ChildProcess(Nap(milliseconds: 0), context: ProcessContext(method))
-        try warm.start()
-        try warm.join(timeout: .seconds(30))
-        let before = openDescriptorCount()
-        var pids: [Int32] = []
-        for _ in 0..<cycles {
-            let child = ChildProcess(Nap(milliseconds: 0), context: ProcessContext(method))
-            try child.start()
-            #expect(try child.join(timeout: .seconds(30)))
-            #expect(child.exitCode == 0)
-            pids.append(child.pid ?? 0)
-        }
-        // Other tests run meanwhile and open descriptors of their own: allow a little slack.
-        #expect(openDescriptorCount() <= before + 8, "descriptors before \(before), after \(openDescriptorCount())")
-        #expect(eventually(within: 5) { !pids.contains { ProcessTests.isZombie($0) } }, "unreaped children remain")
+        // Counted in a process of its own: other tests open and close descriptors in this one meanwhile.
+        let (report, theirs) = try makePipe()
+        let probe = ChildProcess(LeakProbe(method: method, cycles: cycles, report: theirs))
+        try probe.start()
+        theirs.close()
+        let figures = try report.recv([Int].self, timeout: .seconds(240))
+        #expect(try probe.join(timeout: .seconds(30)))
+        #expect(figures[1] <= figures[0], "descriptors before \(figures[0]), after \(figures[1])")
+        #expect(figures[2] == 0, "\(figures[2]) unreaped children remain")
+        #expect(probe.exitCode == 0)
     }
 
     static func isZombie(_ pid: Int32) -> Bool { isGone(pid) && Glibc.kill(pid, 0) == 0 }
