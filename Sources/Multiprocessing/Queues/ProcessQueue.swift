@@ -27,9 +27,10 @@ import Synchronization
 ///
 /// **When a process dies.** A producer killed during a put either published the whole item or
 /// nothing: no reader ever sees part of a value, and the next producer takes its place within a few
-/// milliseconds (100 ms at most). A consumer killed during a get loses at most that one item: killed
-/// before it moved past the item, the item stays for the next consumer; killed after (while decoding
-/// a small value), the item is gone. Nothing else is lost.
+/// milliseconds (100 ms at most). A consumer killed during a get loses at most that one item: a get
+/// decodes the item in place and only then moves past it with one store, so a consumer killed before
+/// that store (while waiting, reading or decoding) leaves the item for the next consumer, and one
+/// killed after it held the decoded item, which is gone with it. Nothing else is lost.
 ///
 /// **Waiting.** Blocking calls spin briefly, then sleep on a futex. The `async` forms wait on a small
 /// shared set of threads, never one per call, and end promptly with `CancellationError` when their

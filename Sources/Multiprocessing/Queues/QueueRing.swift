@@ -44,9 +44,6 @@ final class QueueRing: @unchecked Sendable {
     static let largestRecord = QueueMemory.capacity / 2
     /// How far into the ring the producer goes before it jumps back to its start when the backlog allows.
     static let window = 4 << 20
-    /// Records up to this size are copied out and decoded after the consumer lock is released; larger
-    /// ones are decoded in place.
-    static let copyOutLimit = 64 << 10
     /// The state's bits.
     static let shutDownFlag: UInt32 = 1
 
@@ -91,7 +88,7 @@ final class QueueRing: @unchecked Sendable {
     /// The state of one put or get across the steps of its wait.
     final class Attempt: @unchecked Sendable {
         var holding = false
-        let schedule = OwnerCheck.Schedule()
+        lazy var schedule = OwnerCheck.Schedule()
         let blocking: Bool
         init(blocking: Bool) { self.blocking = blocking }
     }
@@ -201,7 +198,8 @@ final class QueueRing: @unchecked Sendable {
 
     // MARK: Getting
 
-    /// A record taken from the ring: its bytes copied out, or (large records) decoded in place.
+    /// A record taken from the ring: decoded in place, or its bytes copied out when it wraps around the
+    /// ring's end.
     enum Taken<T: Sendable>: Sendable { case bytes([UInt8]), decoded(Result<T, any Error>) }
 
     /// One step of a get: `.value` with the record, `.busy` when a non-blocking get found none,
@@ -259,7 +257,7 @@ final class QueueRing: @unchecked Sendable {
         }
         let start = offset + 8
         let taken: Taken<T>
-        if length <= Self.copyOutLimit || start + length > QueueMemory.capacity {
+        if start + length > QueueMemory.capacity {
             taken = .bytes(copyOut(at: start, count: length))
         } else {
             taken = .decoded(Result { try decode(UnsafeRawBufferPointer(start: memory.ring + start, count: length)) })
