@@ -1,7 +1,7 @@
 /// A queue whose consumers say when they have finished each item: Python's
 /// `multiprocessing.JoinableQueue`, typed.
 ///
-/// Every put counts an unfinished task; ``taskDone()`` finishes one; ``join(timeout:)-8n8ww`` waits
+/// Every put counts an unfinished task; ``taskDone()`` finishes one; `join(timeout:)` waits
 /// until none is unfinished. Everything else is as for ``ProcessQueue``. The count lives in the
 /// queue's shared memory, counted by the same store that publishes an item, so a producer killed
 /// mid-put never leaves a task that nobody can finish.
@@ -39,7 +39,7 @@ public final class ProcessJoinableQueue<Element: Codable & Sendable>: ProcessQue
         }
     }
 
-    /// Waits, without blocking a thread, until every item put has been marked done; see ``join(timeout:)-8n8ww``.
+    /// Waits, without blocking a thread, until every item put has been marked done; see `join(timeout:)`.
     /// - Throws: `CancellationError` when the task is cancelled while waiting;
     ///   ``MultiprocessingError/Code/system`` when no thread could be started to wait on.
     @discardableResult

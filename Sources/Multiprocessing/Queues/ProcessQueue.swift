@@ -93,9 +93,9 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
         try check(outcome)
     }
 
-    /// Puts `item` without blocking a thread; see ``put(_:blocking:timeout:)-3vd2a``.
+    /// Puts `item` without blocking a thread; see `put(_:blocking:timeout:)`.
     /// - Throws: `CancellationError` when the task is cancelled while waiting for room (the item was
-    ///   not put); the errors of ``put(_:blocking:timeout:)-3vd2a``; ``MultiprocessingError/Code/system``
+    ///   not put); the errors of `put(_:blocking:timeout:)`; ``MultiprocessingError/Code/system``
     ///   when no thread could be started to wait on.
     public func put(_ item: Element, blocking: Bool = true, timeout: Duration? = nil) async throws {
         let payload = try encode(item)
@@ -122,7 +122,7 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
 
     /// Puts `item` only if there is room now: Python's `put_nowait(obj)`.
     /// - Throws: ``MultiprocessingError/Code/full`` when there is no room; the other errors of
-    ///   ``put(_:blocking:timeout:)-3vd2a``.
+    ///   `put(_:blocking:timeout:)`.
     public func putNoWait(_ item: Element) throws { try put(item, blocking: false) }
 
     private func encode(_ item: Element) throws -> [UInt8] {
@@ -171,9 +171,9 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
         return try value(.busy)
     }
 
-    /// Removes and returns the first item without blocking a thread; see ``get(blocking:timeout:)-6f0ey``.
+    /// Removes and returns the first item without blocking a thread; see `get(blocking:timeout:)`.
     /// - Throws: `CancellationError` when the task is cancelled while waiting (no item was taken);
-    ///   the errors of ``get(blocking:timeout:)-6f0ey``; ``MultiprocessingError/Code/system`` when no
+    ///   the errors of `get(blocking:timeout:)`; ``MultiprocessingError/Code/system`` when no
     ///   thread could be started to wait on.
     public func get(blocking: Bool = true, timeout: Duration? = nil) async throws -> Element {
         try checkOpen()
@@ -197,7 +197,7 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
 
     /// Removes and returns the first item only if there is one now: Python's `get_nowait()`.
     /// - Throws: ``MultiprocessingError/Code/empty`` when there is none; the other errors of
-    ///   ``get(blocking:timeout:)-6f0ey``.
+    ///   `get(blocking:timeout:)`.
     public func getNoWait() throws -> Element { try get(blocking: false) }
 
     private static func decode(_ bytes: UnsafeRawBufferPointer) throws -> Element {
@@ -228,7 +228,7 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
     /// Shuts the queue down for every process, as CPython 3.13's `Queue.shutdown(immediate)`: later and
     /// waiting puts throw ``MultiprocessingError/Code/shutDown``; gets return the items left, then throw it.
     /// With `immediate`, the items left are discarded instead, each counting as a finished task for
-    /// ``ProcessJoinableQueue/join(timeout:)``, so joiners return once the items already taken are
+    /// `ProcessJoinableQueue.join(timeout:)`, so joiners return once the items already taken are
     /// marked done.
     public func shutdown(immediate: Bool = false) { ring.shutDown(immediate: immediate) }
 
@@ -238,13 +238,13 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
     // MARK: Async sequence
 
     /// Gets items one after another: `for try await item in queue`. The sequence ends when the queue
-    /// is shut down and empty, and throws what ``get(blocking:timeout:)-6f0ey`` throws otherwise.
+    /// is shut down and empty, and throws what `get(blocking:timeout:)` throws otherwise.
     public struct AsyncIterator: AsyncIteratorProtocol {
         let queue: ProcessQueue<Element>
 
         /// The next item, waiting as long as it takes; nil once the queue is shut down and empty.
         /// - Throws: `CancellationError` when the task is cancelled while waiting; ``MultiprocessingError``
-        ///   as ``ProcessQueue/get(blocking:timeout:)-6f0ey`` throws it.
+        ///   as `ProcessQueue/get(blocking:timeout:)` throws it.
         public mutating func next() async throws -> Element? {
             do { return try await queue.get() } catch let error as MultiprocessingError where error.code == .shutDown {
                 return nil

@@ -1,8 +1,8 @@
 /// An unbounded queue with only the essentials: Python's `multiprocessing.SimpleQueue`, typed.
 ///
 /// Shared by processes exactly as ``ProcessQueue`` (same memory, same guarantees when a process dies),
-/// without a bound, timeouts or no-wait forms: ``put(_:)`` never waits for room (until a backlog of
-/// about 2 GiB), ``get()`` waits as long as it takes.
+/// without a bound, timeouts or no-wait forms: `put(_:)` never waits for room (until a backlog of
+/// about 2 GiB), `get()` waits as long as it takes.
 public final class ProcessSimpleQueue<Element: Codable & Sendable>: @unchecked Sendable, Codable {
     private let queue: ProcessQueue<Element>
 
@@ -17,7 +17,7 @@ public final class ProcessSimpleQueue<Element: Codable & Sendable>: @unchecked S
     public func put(_ item: Element) throws { try queue.put(item) }
 
     /// Puts `item` without blocking a thread.
-    /// - Throws: `CancellationError` when the task is cancelled while waiting for room; the errors of ``put(_:)-9ygoa``.
+    /// - Throws: `CancellationError` when the task is cancelled while waiting for room; the errors of `put(_:)`.
     public func put(_ item: Element) async throws { try await queue.put(item) }
 
     /// Removes and returns the first item, waiting as long as it takes: Python's `get()`.
@@ -26,7 +26,7 @@ public final class ProcessSimpleQueue<Element: Codable & Sendable>: @unchecked S
     public func get() throws -> Element { try queue.get() }
 
     /// Removes and returns the first item without blocking a thread.
-    /// - Throws: `CancellationError` when the task is cancelled while waiting; the errors of ``get()-2yqu1``.
+    /// - Throws: `CancellationError` when the task is cancelled while waiting; the errors of `get()`.
     public func get() async throws -> Element { try await queue.get() }
 
     /// Whether the queue holds no item (Python's `empty()`); may be stale when read.
