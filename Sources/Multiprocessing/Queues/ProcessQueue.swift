@@ -85,7 +85,7 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
             var index = 0
             while true {
                 if let outcome = ring.putStep(bytes, attempt, until: deadline, index: index) { return outcome }
-                if deadline.hasPassed { return QueueRing.Outcome<Void>.busy }
+                if deadline.hasPassed { return QueueRing.Status.busy }
                 index += 1
             }
         }
@@ -134,9 +134,9 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
         return payload
     }
 
-    private func check(_ outcome: QueueRing.Outcome<Void>) throws {
+    private func check(_ outcome: QueueRing.Status) throws {
         switch outcome {
-        case .value: return
+        case .done: return
         case .busy: throw MultiprocessingError(.full, "the queue is full")
         case .shutDown: throw MultiprocessingError(.shutDown, "put on a queue that was shut down")
         }
@@ -159,16 +159,19 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
         try checkOpen()
         let attempt = QueueRing.Attempt(blocking: blocking)
         let deadline = Deadline.after(blocking ? timeout : nil)
+        var item: Element?
+        var failure: (any Error)?
         var index = 0
         while true {
-            if let outcome = ring.getStep(attempt, until: deadline, index: index, decode: Self.decode) {
-                return try value(outcome)
+            let status = ring.getStep(attempt, until: deadline, index: index) { bytes in
+                do { item = try Self.decode(bytes) } catch { failure = error }
             }
+            if let status { return try value(status, item, failure) }
             if deadline.hasPassed { break }
             index += 1
         }
         ring.abandonGet(attempt)
-        return try value(.busy)
+        return try value(.busy, nil, nil)
     }
 
     /// Removes and returns the first item without blocking a thread; see `get(blocking:timeout:)`.
@@ -177,22 +180,32 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
     ///   thread could be started to wait on.
     public func get(blocking: Bool = true, timeout: Duration? = nil) async throws -> Element {
         try checkOpen()
-        let first = ring.getStep(QueueRing.Attempt(blocking: false), until: .now, index: 1, decode: Self.decode)
+        let box = Received()
+        let first = ring.getStep(QueueRing.Attempt(blocking: false), until: .now, index: 1, consume: box.take)
         if case .busy? = first, blocking {
             let attempt = QueueRing.Attempt(blocking: true)
             let ring = self.ring
             do {
                 let outcome = try await WaitPool.shared.wait(until: .after(timeout), interrupt: { ring.interruptGet() }) { sliceEnd, index in
-                    ring.getStep(attempt, until: sliceEnd, index: index, decode: Self.decode)
+                    ring.getStep(attempt, until: sliceEnd, index: index, consume: box.take)
                 }
                 ring.abandonGet(attempt)
-                return try value(outcome ?? .busy)
+                return try value(outcome ?? .busy, box.item, box.failure)
             } catch {
                 ring.abandonGet(attempt)
                 throw error
             }
         }
-        return try value(first ?? .busy)
+        return try value(first ?? .busy, box.item, box.failure)
+    }
+
+    /// What an async get's step decoded, handed from a pool thread to the task (one step at a time).
+    private final class Received: @unchecked Sendable {
+        var item: Element?
+        var failure: (any Error)?
+        @Sendable func take(_ bytes: UnsafeRawBufferPointer) {
+            do { item = try ProcessQueue.decode(bytes) } catch { failure = error }
+        }
     }
 
     /// Removes and returns the first item only if there is one now: Python's `get_nowait()`.
@@ -204,10 +217,11 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
         try BinaryDecoder().decode(Element.self, from: bytes)
     }
 
-    private func value(_ outcome: QueueRing.Outcome<QueueRing.Taken<Element>>) throws -> Element {
+    private func value(_ outcome: QueueRing.Status, _ item: Element?, _ failure: (any Error)?) throws -> Element {
         switch outcome {
-        case .value(.bytes(let bytes)): return try bytes.withUnsafeBytes { try Self.decode($0) }
-        case .value(.decoded(let result)): return try result.get()
+        case .done:
+            if let item { return item }
+            throw failure ?? MultiprocessingError(.transport, "an item could not be decoded")
         case .busy: throw MultiprocessingError(.empty, "the queue is empty")
         case .shutDown: throw MultiprocessingError(.shutDown, "get on a queue that was shut down and is empty")
         }

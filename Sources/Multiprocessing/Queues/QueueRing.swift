@@ -79,8 +79,9 @@ final class QueueRing: @unchecked Sendable {
 
     // MARK: Putting
 
-    /// How a put or get step ended.
-    enum Outcome<T: Sendable>: Sendable { case value(T), shutDown, busy }
+    /// How a put or get step ended: `done` (put, or got and handed to the caller), `busy` (no room or
+    /// no item, and the caller would not wait), `shutDown`.
+    enum Status: Sendable { case done, shutDown, busy }
 
     /// The size of the record that carries `length` payload bytes.
     static func recordSize(_ length: Int) -> Int { max(16, (8 + length + 7) & ~7) }
@@ -121,9 +122,9 @@ final class QueueRing: @unchecked Sendable {
         }
     }
 
-    /// One step of a put of `payload` (already encoded): `.value(())` when it was published, `.busy`
+    /// One step of a put of `payload` (already encoded): `.done` when it was published, `.busy`
     /// when a non-blocking put found no room, nil to try again (after sleeping until `sliceEnd`).
-    func putStep(_ payload: UnsafeRawBufferPointer, _ attempt: Attempt, until sliceEnd: Deadline, index: Int) -> Outcome<Void>? {
+    func putStep(_ payload: UnsafeRawBufferPointer, _ attempt: Attempt, until sliceEnd: Deadline, index: Int) -> Status? {
         guard let taken = take(producers, sleepers: roomSleepers, attempt, until: sliceEnd, index: index) else { return .busy }
         guard taken else { return nil }
         let record = Self.recordSize(payload.count)
@@ -142,7 +143,7 @@ final class QueueRing: @unchecked Sendable {
                 write(payload, record: record, tail: put, used: used)
                 finish(attempt, producers)
                 if itemSleepers.pointee.load(ordering: .sequentiallyConsistent) > 0 { Futex.wake(Futex.lowHalf(tail), count: 1) }
-                return .value(())
+                return .done
             }
             if !attempt.blocking {
                 finish(attempt, producers)
@@ -198,16 +199,12 @@ final class QueueRing: @unchecked Sendable {
 
     // MARK: Getting
 
-    /// A record taken from the ring: decoded in place, or its bytes copied out when it wraps around the
-    /// ring's end.
-    enum Taken<T: Sendable>: Sendable { case bytes([UInt8]), decoded(Result<T, any Error>) }
-
-    /// One step of a get: `.value` with the record, `.busy` when a non-blocking get found none,
-    /// `.shutDown` when the queue is shut down and empty, nil to try again.
-    func getStep<T: Sendable>(
-        _ attempt: Attempt, until sliceEnd: Deadline, index: Int,
-        decode: (UnsafeRawBufferPointer) throws -> T
-    ) -> Outcome<Taken<T>>? {
+    /// One step of a get: `.done` after handing the first record's bytes to `consume` (in place, or
+    /// copied when the record wraps around the ring's end) and moving past it, `.busy` when a
+    /// non-blocking get found none, `.shutDown` when the queue is shut down and empty, nil to try again.
+    func getStep(
+        _ attempt: Attempt, until sliceEnd: Deadline, index: Int, consume: (UnsafeRawBufferPointer) -> Void
+    ) -> Status? {
         guard let taken = take(consumers, sleepers: itemSleepers, attempt, until: sliceEnd, index: index) else { return .busy }
         guard taken else { return nil }
         var spun = index > 0 || !attempt.blocking
@@ -215,10 +212,10 @@ final class QueueRing: @unchecked Sendable {
             let out = head.pointee.load(ordering: .relaxed)
             let put = tail.pointee.load(ordering: .acquiring)
             if Self.position(out) != Self.position(put) {
-                if let record = read(out, decode: decode) {
+                if read(out, consume: consume) {
                     finish(attempt, consumers)
                     if roomSleepers.pointee.load(ordering: .sequentiallyConsistent) > 0 { Futex.wake(Futex.lowHalf(head)) }
-                    return .value(record)
+                    return .done
                 }
                 continue
             }
@@ -244,8 +241,8 @@ final class QueueRing: @unchecked Sendable {
         }
     }
 
-    /// Reads the record at the head `out` and moves the head past it; nil after a skip record.
-    private func read<T: Sendable>(_ out: UInt64, decode: (UnsafeRawBufferPointer) throws -> T) -> Taken<T>? {
+    /// Hands the record at the head `out` to `consume` and moves the head past it; false after a skip record.
+    private func read(_ out: UInt64, consume: (UnsafeRawBufferPointer) -> Void) -> Bool {
         let position = Self.position(out)
         let offset = position % QueueMemory.capacity
         let length = Int(memory.ring.load(fromByteOffset: offset, as: UInt32.self))
@@ -253,19 +250,18 @@ final class QueueRing: @unchecked Sendable {
         if kind == Kind.skip.rawValue {
             let next = (UInt64(position + 8 + length) & Self.positionMask) | (out & ~Self.positionMask)
             head.pointee.store(next, ordering: .sequentiallyConsistent)
-            return nil
+            return false
         }
         let start = offset + 8
-        let taken: Taken<T>
         if start + length > QueueMemory.capacity {
-            taken = .bytes(copyOut(at: start, count: length))
+            copyOut(at: start, count: length).withUnsafeBytes(consume)
         } else {
-            taken = .decoded(Result { try decode(UnsafeRawBufferPointer(start: memory.ring + start, count: length)) })
+            consume(UnsafeRawBufferPointer(start: memory.ring + start, count: length))
         }
         let next = (UInt64(position + Self.recordSize(length)) & Self.positionMask)
             | ((Self.count(out) + 1) & Self.countMask) << Self.positionBits
         head.pointee.store(next, ordering: .sequentiallyConsistent)
-        return taken
+        return true
     }
 
     private func copyOut(at offset: Int, count: Int) -> [UInt8] {
