@@ -69,6 +69,7 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
     /// Puts `item` at the end of the queue: Python's `put(obj, block, timeout)`.
     ///
     /// - Parameters:
+    ///   - item: the value to put.
     ///   - blocking: when false, throws ``MultiprocessingError/Code/full`` at once if there is no room
     ///     (the timeout is ignored).
     ///   - timeout: how long to wait for room at most; nil waits as long as it takes.
