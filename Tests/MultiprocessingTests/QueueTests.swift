@@ -155,7 +155,7 @@ struct QueueHoldsLock: Codable, Sendable {
     let lock: ProcessLock
 }
 
-@Suite("Queues", .ownThread)
+@Suite("Queues", .ownThread, .serialized)
 struct QueueTests {
     @Test("put/get in order; no-wait forms; full and empty after their timeouts; qsize, isEmpty, isFull")
     func basics() throws {
