@@ -36,6 +36,13 @@ final class QueueRing: @unchecked Sendable {
     private let done: UnsafeMutablePointer<Atomic<UInt64>>
     private let joinSleepers: UnsafeMutablePointer<Atomic<UInt32>>
     private let highWater: UnsafeMutablePointer<Atomic<UInt64>>
+    /// A head this process saw, read under the producer lock: the producer reads the consumers' cache
+    /// line only when this old value says there may be no room (a past head only overstates the
+    /// backlog).
+    private var knownHead: UInt64 = 0
+    /// A tail this process saw, read under the consumer lock: the consumer reads the producers' cache
+    /// line only when it has consumed up to this value (or others consumed past it).
+    private var knownTail: UInt64 = 0
 
     static let positionBits = 36
     static let positionMask: UInt64 = (1 << 36) - 1
@@ -136,9 +143,15 @@ final class QueueRing: @unchecked Sendable {
                 return .shutDown
             }
             let put = tail.pointee.load(ordering: .relaxed)
-            let out = head.pointee.load(ordering: .acquiring)
-            let used = (Self.position(put) &- Self.position(out)) & Int(Self.positionMask)
-            let items = (Self.count(put) &- Self.count(out)) & Self.countMask
+            var out = knownHead
+            var used = (Self.position(put) &- Self.position(out)) & Int(Self.positionMask)
+            var items = (Self.count(put) &- Self.count(out)) & Self.countMask
+            if used + record > QueueMemory.capacity || (maxSize != 0 && items >= maxSize) {
+                out = head.pointee.load(ordering: .acquiring)
+                knownHead = out
+                used = (Self.position(put) &- Self.position(out)) & Int(Self.positionMask)
+                items = (Self.count(put) &- Self.count(out)) & Self.countMask
+            }
             if used + record <= QueueMemory.capacity, maxSize == 0 || items < maxSize {
                 write(payload, record: record, tail: put, used: used)
                 finish(attempt, producers)
@@ -210,7 +223,12 @@ final class QueueRing: @unchecked Sendable {
         var spun = index > 0 || !attempt.blocking
         while true {
             let out = head.pointee.load(ordering: .relaxed)
-            let put = tail.pointee.load(ordering: .acquiring)
+            var put = knownTail
+            let available = (Self.position(put) &- Self.position(out)) & Int(Self.positionMask)
+            if available == 0 || available > QueueMemory.capacity {
+                put = tail.pointee.load(ordering: .acquiring)
+                knownTail = put
+            }
             if Self.position(out) != Self.position(put) {
                 if read(out, consume: consume) {
                     finish(attempt, consumers)
