@@ -59,6 +59,8 @@ public struct MultiprocessingError: Error, Sendable, CustomStringConvertible, Eq
         /// A message asked for something that is never done for a peer: a pickle that names a class, a
         /// global or a call. Nothing was imported or run.
         public static let refused = Code("refused")
+        /// The queue was shut down (Python's `queue.ShutDown`, CPython 3.13).
+        public static let shutDown = Code("shutDown")
     }
 
     /// What kind of failure this is.

@@ -36,6 +36,7 @@ func format(_ value: Double) -> String {
 let workloads = processWorkloads + connectionWorkloads + synchronizationWorkloads + sharedMemoryWorkloads
     + asyncWorkloads + codecWorkloads
     + pickleWorkloads
+    + queueWorkloads
 var failures = 0
 for workload in workloads where filter.map({ workload.name.contains($0) }) ?? true {
     do {

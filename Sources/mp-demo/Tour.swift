@@ -111,6 +111,7 @@ func runTour() throws {
 
     try runSharedMemoryTour()
     try runPythonPickleTour()
+    try runQueueTour()
 }
 
 func monotonicSeconds() -> Double {

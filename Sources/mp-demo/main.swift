@@ -15,6 +15,7 @@ do {
     } else if arguments.allSatisfy({ $0 == "--fast" }) {
         let pace = Pace(fast: arguments.contains("--fast"))
         try runSeedExamples(pace: pace)
+        try runQueueExamples()
         try runTour()
     } else {
         print("usage: mp-demo [--fast] | mp-demo serve-echo --address HOST:PORT --authkey KEY")

@@ -20,8 +20,9 @@ struct FoundationNamesTests {
             BinaryDecoder.MemoryBudget.self,
             PickleEncoder.self, PickleDecoder.self, PythonValue.self, PythonDictItem.self, PickledConnection.self,
             ChildFailure.self, (any AsyncProcessTask).self,
+            ProcessQueue<Int>.self, ProcessSimpleQueue<Int>.self, ProcessJoinableQueue<Int>.self,
         ]
-        #expect(types.count == 34)
+        #expect(types.count == 37)
         let (a, b) = try makePipe()
         try b.send("hello")
         #expect(try wait([a], timeout: .seconds(5)).count == 1)

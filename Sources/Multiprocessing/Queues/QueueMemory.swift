@@ -1,0 +1,113 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMultiprocessing
+import Synchronization
+
+/// The shared memory behind a queue: a header page of counters and locks, then a ring of records.
+///
+/// An anonymous memfd (no name to leak), sized to a header page plus ``capacity`` bytes of ring but
+/// sparse: only the pages records have touched take memory, and the producer returns pages above the
+/// working set to the system when it moves back to the start of the ring (see ``QueueRing``). Handed
+/// to other processes through ``DescriptorTransfer`` like a lock's page.
+final class QueueMemory: @unchecked Sendable {
+    /// Marks a queue's header, so that a descriptor decoded as the wrong kind is refused.
+    static let magic: UInt32 = 0x4D50_5131
+    /// The header's size; the ring starts here.
+    static let headerSize = 4096
+    /// The ring's size in bytes (virtual; untouched pages cost nothing).
+    static let capacity = 1 << 31
+
+    private let fd: Int32
+    /// The start of the mapping (the header).
+    let base: UnsafeMutableRawPointer
+    /// The start of the ring.
+    var ring: UnsafeMutableRawPointer { base + Self.headerSize }
+
+    /// A new zeroed queue memory whose header says `maxSize` (0: unbounded).
+    init(maxSize: UInt32) throws {
+        let fd = mp_memfd_create("multiprocessing-queue")
+        guard fd >= 0 else { throw MultiprocessingError.system("memfd_create") }
+        do {
+            try Syscall.retrying("ftruncate") { ftruncate(fd, off_t(Self.headerSize + Self.capacity)) }
+            base = try Self.map(fd)
+        } catch {
+            Syscall.close(fd)
+            throw error
+        }
+        self.fd = fd
+        base.storeBytes(of: maxSize, toByteOffset: 4, as: UInt32.self)
+        base.storeBytes(of: Self.magic, as: UInt32.self)
+    }
+
+    /// Maps a queue's memory received from another process, checking that it is one.
+    private init(adopting fd: Int32) throws {
+        var status = stat()
+        guard fstat(fd, &status) == 0, status.st_size == off_t(Self.headerSize + Self.capacity) else {
+            Syscall.close(fd)
+            throw MultiprocessingError(.transport, "descriptor \(fd) is not a queue's shared memory")
+        }
+        do { base = try Self.map(fd) } catch {
+            Syscall.close(fd)
+            throw error
+        }
+        guard base.load(as: UInt32.self) == Self.magic else {
+            munmap(base, Self.headerSize + Self.capacity)
+            Syscall.close(fd)
+            throw MultiprocessingError(.transport, "descriptor \(fd) is not a queue's shared memory")
+        }
+        self.fd = fd
+    }
+
+    deinit {
+        munmap(base, Self.headerSize + Self.capacity)
+        Syscall.close(fd)
+    }
+
+    private static func map(_ fd: Int32) throws -> UnsafeMutableRawPointer {
+        let address = mmap(nil, headerSize + capacity, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0)
+        guard let address, address != MAP_FAILED else { throw MultiprocessingError.system("mmap") }
+        return address
+    }
+
+    /// The maximum number of items, 0 for none.
+    var maxSize: UInt32 { base.load(fromByteOffset: 4, as: UInt32.self) }
+
+    /// The 32-bit atomic at header `offset`.
+    func atomic32(_ offset: Int) -> UnsafeMutablePointer<Atomic<UInt32>> {
+        (base + offset).assumingMemoryBound(to: Atomic<UInt32>.self)
+    }
+
+    /// The 64-bit atomic at header `offset`.
+    func atomic64(_ offset: Int) -> UnsafeMutablePointer<Atomic<UInt64>> {
+        (base + offset).assumingMemoryBound(to: Atomic<UInt64>.self)
+    }
+
+    /// Gives the pages of ring bytes `range` back to the system (they read as zeros afterwards).
+    func release(ringBytes range: Range<Int>) {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (range.lowerBound + page - 1) / page * page
+        let end = range.upperBound / page * page
+        guard end > start else { return }
+        // MADV_REMOVE frees a shared mapping's backing pages; failure only costs memory.
+        _ = try? Syscall.retrying("madvise") { madvise(ring + start, end - start, 9) }
+    }
+
+    // MARK: Crossing a process boundary
+
+    private enum CodingKeys: String, CodingKey { case memory }
+
+    /// Encodes the memfd through the encoder's ``DescriptorTransfer``.
+    func encode(to encoder: any Encoder, as what: String) throws {
+        let transfer = try DescriptorTransfer.from(encoder.userInfo, for: what)
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(transfer.add(fd), forKey: .memory)
+    }
+
+    /// Takes the memfd from the decoder's ``DescriptorTransfer`` and maps it.
+    convenience init(from decoder: any Decoder, as what: String) throws {
+        let transfer = try DescriptorTransfer.from(decoder.userInfo, for: what)
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        try self.init(adopting: transfer.take(container.decode(Int.self, forKey: .memory)))
+    }
+}

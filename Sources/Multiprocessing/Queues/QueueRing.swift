@@ -1,0 +1,382 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
+/// The algorithm every queue shares: length-prefixed records in a ring of shared memory, written by
+/// one producer at a time and read by one consumer at a time.
+///
+/// **Layout.** The header holds a producer lock and a consumer lock (``OwnershipWord``s, so a holder
+/// that dies is taken over), the tail (written only under the producer lock) and the head (written
+/// only under the consumer lock), each on its own cache line. Both are 64-bit words: a byte position
+/// in the low 36 bits and a count of items in the high 28, so one store publishes a record and counts
+/// it. A record is an 8-byte header (payload length, kind) and the payload, padded to 8 bytes.
+///
+/// **Never torn.** A producer copies its record beyond the tail, then publishes it with one store of
+/// the tail; a producer killed before that store leaves only bytes nobody reads, and the next producer
+/// takes its lock over and writes over them. A consumer reads a record before it moves the head past
+/// it with one store; killed before that store, the record stays for the next consumer.
+///
+/// **Memory.** The ring is 2 GiB of sparse memory. While the backlog is small, the producer jumps back
+/// to the start of the ring (a skip record) once it is 4 MiB in, so a steady stream keeps touching the
+/// same few pages; pages above that, touched by a backlog that has since drained, are given back.
+///
+/// **Waiting.** Lock waits spin briefly, then sleep on the lock's futex. The holder of the consumer
+/// lock waits for items by sleeping on the tail's low half, and the holder of the producer lock waits
+/// for room on the head's low half; a sleeper count tells the other side to wake it.
+final class QueueRing: @unchecked Sendable {
+    let memory: QueueMemory
+    private let producers: OwnershipWord
+    private let consumers: OwnershipWord
+    private let tail: UnsafeMutablePointer<Atomic<UInt64>>
+    private let head: UnsafeMutablePointer<Atomic<UInt64>>
+    private let itemSleepers: UnsafeMutablePointer<Atomic<UInt32>>
+    private let roomSleepers: UnsafeMutablePointer<Atomic<UInt32>>
+    private let state: UnsafeMutablePointer<Atomic<UInt32>>
+    private let done: UnsafeMutablePointer<Atomic<UInt64>>
+    private let joinSleepers: UnsafeMutablePointer<Atomic<UInt32>>
+    private let highWater: UnsafeMutablePointer<Atomic<UInt64>>
+    /// A head this process saw, read under the producer lock: the producer reads the consumers' cache
+    /// line only when this old value says there may be no room (a past head only overstates the
+    /// backlog).
+    private var knownHead: UInt64 = 0
+    /// A tail this process saw, read under the consumer lock: the consumer reads the producers' cache
+    /// line only when it has consumed up to this value (or others consumed past it).
+    private var knownTail: UInt64 = 0
+
+    static let positionBits = 36
+    static let positionMask: UInt64 = (1 << 36) - 1
+    static let countMask: UInt64 = (1 << 28) - 1
+    /// The largest record a queue carries (half the ring), so that a put always fits eventually.
+    static let largestRecord = QueueMemory.capacity / 2
+    /// How far into the ring the producer goes before it jumps back to its start when the backlog allows.
+    static let window = 4 << 20
+    /// The state's bits.
+    static let shutDownFlag: UInt32 = 1
+
+    private enum Kind: UInt32 { case item = 1, skip = 2 }
+
+    init(_ memory: QueueMemory) {
+        self.memory = memory
+        producers = OwnershipWord(word: memory.atomic64(64))
+        consumers = OwnershipWord(word: memory.atomic64(128))
+        tail = memory.atomic64(192)
+        itemSleepers = memory.atomic32(200)
+        head = memory.atomic64(256)
+        roomSleepers = memory.atomic32(264)
+        state = memory.atomic32(8)
+        done = memory.atomic64(320)
+        joinSleepers = memory.atomic32(328)
+        highWater = memory.atomic64(384)
+    }
+
+    // MARK: Counts
+
+    private static func position(_ word: UInt64) -> Int { Int(word & positionMask) }
+    private static func count(_ word: UInt64) -> UInt64 { word >> positionBits }
+
+    /// Items in the queue now (Python's approximate `qsize()`).
+    var count: Int {
+        let out = head.pointee.load(ordering: .acquiring)
+        let put = tail.pointee.load(ordering: .acquiring)
+        return Int((Self.count(put) &- Self.count(out)) & Self.countMask)
+    }
+
+    var isShutDown: Bool { state.pointee.load(ordering: .acquiring) & Self.shutDownFlag != 0 }
+
+    // MARK: Putting
+
+    /// How a put or get step ended: `done` (put, or got and handed to the caller), `busy` (no room or
+    /// no item, and the caller would not wait), `shutDown`.
+    enum Status: Sendable { case done, shutDown, busy }
+
+    /// The size of the record that carries `length` payload bytes.
+    static func recordSize(_ length: Int) -> Int { max(16, (8 + length + 7) & ~7) }
+
+    /// The state of one put or get across the steps of its wait.
+    final class Attempt: @unchecked Sendable {
+        var holding = false
+        lazy var schedule = OwnerCheck.Schedule()
+        let blocking: Bool
+        init(blocking: Bool) { self.blocking = blocking }
+    }
+
+    /// Takes `lock` for `attempt` (once): returns false when the step must be tried again, or throws
+    /// `busy` for a non-blocking attempt whose lock holder is asleep (the queue is empty or full).
+    private func take(_ lock: OwnershipWord, sleepers: UnsafeMutablePointer<Atomic<UInt32>>,
+                      _ attempt: Attempt, until sliceEnd: Deadline, index: Int) -> Bool? {
+        if attempt.holding { return true }
+        let me = OwnerCheck.me
+        if lock.tryAcquire(as: me) {
+            attempt.holding = true
+            return true
+        }
+        if !attempt.blocking {
+            // A holder asleep waits for what this call would wait for; any other holds it briefly.
+            if sleepers.pointee.load(ordering: .relaxed) > 0 { return nil }
+            attempt.holding = lock.acquireContended(as: me, until: .after(.milliseconds(100)))
+            return attempt.holding ? true : nil
+        }
+        attempt.holding = lock.acquireStep(as: me, until: sliceEnd, index: index, schedule: attempt.schedule)
+        return attempt.holding ? true : false
+    }
+
+    /// Releases the lock `attempt` holds, if any.
+    private func finish(_ attempt: Attempt, _ lock: OwnershipWord) {
+        if attempt.holding {
+            attempt.holding = false
+            lock.release()
+        }
+    }
+
+    /// One step of a put of `payload` (already encoded): `.done` when it was published, `.busy`
+    /// when a non-blocking put found no room, nil to try again (after sleeping until `sliceEnd`).
+    func putStep(_ payload: UnsafeRawBufferPointer, _ attempt: Attempt, until sliceEnd: Deadline, index: Int) -> Status? {
+        guard let taken = take(producers, sleepers: roomSleepers, attempt, until: sliceEnd, index: index) else { return .busy }
+        guard taken else { return nil }
+        let record = Self.recordSize(payload.count)
+        let maxSize = UInt64(memory.maxSize)
+        var spun = index > 0 || !attempt.blocking
+        while true {
+            if isShutDown {
+                finish(attempt, producers)
+                return .shutDown
+            }
+            let put = tail.pointee.load(ordering: .relaxed)
+            var out = knownHead
+            var used = (Self.position(put) &- Self.position(out)) & Int(Self.positionMask)
+            var items = (Self.count(put) &- Self.count(out)) & Self.countMask
+            if used + record > QueueMemory.capacity || (maxSize != 0 && items >= maxSize) {
+                out = head.pointee.load(ordering: .acquiring)
+                knownHead = out
+                used = (Self.position(put) &- Self.position(out)) & Int(Self.positionMask)
+                items = (Self.count(put) &- Self.count(out)) & Self.countMask
+            }
+            if used + record <= QueueMemory.capacity, maxSize == 0 || items < maxSize {
+                write(payload, record: record, tail: put, used: used)
+                finish(attempt, producers)
+                if itemSleepers.pointee.load(ordering: .sequentiallyConsistent) > 0 { Futex.wake(Futex.lowHalf(tail), count: 1) }
+                return .done
+            }
+            if !attempt.blocking {
+                finish(attempt, producers)
+                return .busy
+            }
+            if !spun {
+                spun = true
+                _ = Futex.spin { head.pointee.load(ordering: .relaxed) != out || isShutDown }
+                continue
+            }
+            roomSleepers.pointee.add(1, ordering: .sequentiallyConsistent)
+            if head.pointee.load(ordering: .sequentiallyConsistent) == out && !isShutDown {
+                Futex.wait(Futex.lowHalf(head), expected: UInt32(truncatingIfNeeded: out), until: sliceEnd)
+            }
+            roomSleepers.pointee.subtract(1, ordering: .relaxed)
+            return nil
+        }
+    }
+
+    /// Writes a record after the tail `put` and publishes it; the caller holds the producer lock and
+    /// checked that it fits.
+    private func write(_ payload: UnsafeRawBufferPointer, record: Int, tail put: UInt64, used: Int) {
+        var position = Self.position(put)
+        var offset = position % QueueMemory.capacity
+        if offset >= Self.window, used + record <= offset {
+            // Back to the start of the ring: a skip record covers the rest.
+            memory.ring.storeBytes(of: UInt32(QueueMemory.capacity - offset - 8), toByteOffset: offset, as: UInt32.self)
+            memory.ring.storeBytes(of: Kind.skip.rawValue, toByteOffset: offset + 4, as: UInt32.self)
+            let touched = Int(highWater.pointee.load(ordering: .relaxed))
+            if touched > offset + Self.window { memory.release(ringBytes: (offset + 8)..<touched) }
+            highWater.pointee.store(UInt64(offset + 8), ordering: .relaxed)
+            position += QueueMemory.capacity - offset
+            offset = 0
+        }
+        memory.ring.storeBytes(of: UInt32(payload.count), toByteOffset: offset, as: UInt32.self)
+        memory.ring.storeBytes(of: Kind.item.rawValue, toByteOffset: offset + 4, as: UInt32.self)
+        copyIn(payload, at: offset + 8)
+        let end = offset + record
+        if UInt64(end) > highWater.pointee.load(ordering: .relaxed) {
+            highWater.pointee.store(UInt64(min(end, QueueMemory.capacity)), ordering: .relaxed)
+        }
+        let next = (UInt64(position + record) & Self.positionMask) | ((Self.count(put) + 1) & Self.countMask) << Self.positionBits
+        tail.pointee.store(next, ordering: .sequentiallyConsistent)
+    }
+
+    private func copyIn(_ bytes: UnsafeRawBufferPointer, at offset: Int) {
+        guard let source = bytes.baseAddress, bytes.count > 0 else { return }
+        let start = offset % QueueMemory.capacity
+        let first = min(bytes.count, QueueMemory.capacity - start)
+        (memory.ring + start).copyMemory(from: source, byteCount: first)
+        if first < bytes.count { memory.ring.copyMemory(from: source + first, byteCount: bytes.count - first) }
+    }
+
+    // MARK: Getting
+
+    /// One step of a get: `.done` after handing the first record's bytes to `consume` (in place, or
+    /// copied when the record wraps around the ring's end) and moving past it, `.busy` when a
+    /// non-blocking get found none, `.shutDown` when the queue is shut down and empty, nil to try again.
+    func getStep(
+        _ attempt: Attempt, until sliceEnd: Deadline, index: Int, consume: (UnsafeRawBufferPointer) -> Void
+    ) -> Status? {
+        guard let taken = take(consumers, sleepers: itemSleepers, attempt, until: sliceEnd, index: index) else { return .busy }
+        guard taken else { return nil }
+        var spun = index > 0 || !attempt.blocking
+        while true {
+            let out = head.pointee.load(ordering: .relaxed)
+            var put = knownTail
+            let available = (Self.position(put) &- Self.position(out)) & Int(Self.positionMask)
+            if available == 0 || available > QueueMemory.capacity {
+                put = tail.pointee.load(ordering: .acquiring)
+                knownTail = put
+            }
+            if Self.position(out) != Self.position(put) {
+                if read(out, consume: consume) {
+                    finish(attempt, consumers)
+                    if roomSleepers.pointee.load(ordering: .sequentiallyConsistent) > 0 { Futex.wake(Futex.lowHalf(head)) }
+                    return .done
+                }
+                continue
+            }
+            if isShutDown {
+                finish(attempt, consumers)
+                return .shutDown
+            }
+            if !attempt.blocking {
+                finish(attempt, consumers)
+                return .busy
+            }
+            if !spun {
+                spun = true
+                _ = Futex.spin { tail.pointee.load(ordering: .relaxed) != put || isShutDown }
+                continue
+            }
+            itemSleepers.pointee.add(1, ordering: .sequentiallyConsistent)
+            if tail.pointee.load(ordering: .sequentiallyConsistent) == put && !isShutDown {
+                Futex.wait(Futex.lowHalf(tail), expected: UInt32(truncatingIfNeeded: put), until: sliceEnd)
+            }
+            itemSleepers.pointee.subtract(1, ordering: .relaxed)
+            return nil
+        }
+    }
+
+    /// Hands the record at the head `out` to `consume` and moves the head past it; false after a skip record.
+    private func read(_ out: UInt64, consume: (UnsafeRawBufferPointer) -> Void) -> Bool {
+        let position = Self.position(out)
+        let offset = position % QueueMemory.capacity
+        let length = Int(memory.ring.load(fromByteOffset: offset, as: UInt32.self))
+        let kind = memory.ring.load(fromByteOffset: offset + 4, as: UInt32.self)
+        if kind == Kind.skip.rawValue {
+            let next = (UInt64(position + 8 + length) & Self.positionMask) | (out & ~Self.positionMask)
+            head.pointee.store(next, ordering: .sequentiallyConsistent)
+            return false
+        }
+        let start = offset + 8
+        if start + length > QueueMemory.capacity {
+            copyOut(at: start, count: length).withUnsafeBytes(consume)
+        } else {
+            consume(UnsafeRawBufferPointer(start: memory.ring + start, count: length))
+        }
+        let next = (UInt64(position + Self.recordSize(length)) & Self.positionMask)
+            | ((Self.count(out) + 1) & Self.countMask) << Self.positionBits
+        head.pointee.store(next, ordering: .sequentiallyConsistent)
+        return true
+    }
+
+    private func copyOut(at offset: Int, count: Int) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            let start = offset % QueueMemory.capacity
+            let first = min(count, QueueMemory.capacity - start)
+            if let target = buffer.baseAddress, count > 0 {
+                UnsafeMutableRawPointer(target).copyMemory(from: memory.ring + start, byteCount: first)
+                if first < count { UnsafeMutableRawPointer(target + first).copyMemory(from: memory.ring, byteCount: count - first) }
+            }
+            initialized = count
+        }
+    }
+
+    /// Releases the lock an abandoned put or get (timed out, cancelled) still holds.
+    func abandonPut(_ attempt: Attempt) { finish(attempt, producers) }
+    func abandonGet(_ attempt: Attempt) { finish(attempt, consumers) }
+
+    /// Wakes a put or get asleep in a step (for cancellation).
+    func interruptPut() {
+        Futex.wake(Futex.lowHalf(head))
+        producers.interruptSleepers()
+    }
+    func interruptGet() {
+        Futex.wake(Futex.lowHalf(tail))
+        consumers.interruptSleepers()
+    }
+
+    // MARK: Shutting down
+
+    /// Marks the queue shut down and wakes every waiter; with `immediate`, discards the items, counting
+    /// each as a finished task.
+    func shutDown(immediate: Bool) {
+        state.pointee.bitwiseOr(Self.shutDownFlag, ordering: .sequentiallyConsistent)
+        wakeEveryone()
+        guard immediate else { return }
+        let me = OwnerCheck.me
+        producers.acquire(as: me, blocking: true, timeout: nil)
+        consumers.acquire(as: me, blocking: true, timeout: nil)
+        let put = tail.pointee.load(ordering: .acquiring)
+        let out = head.pointee.load(ordering: .relaxed)
+        let discarded = (Self.count(put) &- Self.count(out)) & Self.countMask
+        head.pointee.store(put, ordering: .sequentiallyConsistent)
+        consumers.release()
+        producers.release()
+        var current = done.pointee.load(ordering: .relaxed)
+        while true {
+            let unfinished = (Self.count(put) &- current) & Self.countMask
+            let next = current &+ min(discarded, unfinished)
+            let (exchanged, actual) = done.pointee.compareExchange(expected: current, desired: next, ordering: .sequentiallyConsistent)
+            if exchanged { break }
+            current = actual
+        }
+        wakeEveryone()
+    }
+
+    private func wakeEveryone() {
+        Futex.wake(Futex.lowHalf(tail))
+        Futex.wake(Futex.lowHalf(head))
+        Futex.wake(Futex.lowHalf(done))
+        producers.interruptSleepers()
+        consumers.interruptSleepers()
+    }
+
+    // MARK: Tasks
+
+    /// Items put and not yet marked done.
+    var unfinished: UInt64 {
+        let finished = done.pointee.load(ordering: .sequentiallyConsistent)
+        return (Self.count(tail.pointee.load(ordering: .sequentiallyConsistent)) &- finished) & Self.countMask
+    }
+
+    /// Marks one item done; false when none is unfinished.
+    func taskDone() -> Bool {
+        var current = done.pointee.load(ordering: .relaxed)
+        while true {
+            let unfinished = (Self.count(tail.pointee.load(ordering: .acquiring)) &- current) & Self.countMask
+            guard unfinished > 0 else { return false }
+            let (exchanged, actual) = done.pointee.compareExchange(expected: current, desired: current &+ 1, ordering: .sequentiallyConsistent)
+            if exchanged { break }
+            current = actual
+        }
+        if joinSleepers.pointee.load(ordering: .sequentiallyConsistent) > 0 { Futex.wake(Futex.lowHalf(done)) }
+        return true
+    }
+
+    /// One step of a join: true when no item is unfinished, nil after sleeping until `sliceEnd`.
+    func joinStep(until sliceEnd: Deadline) -> Bool? {
+        let observed = done.pointee.load(ordering: .sequentiallyConsistent)
+        if unfinished == 0 { return true }
+        joinSleepers.pointee.add(1, ordering: .sequentiallyConsistent)
+        if unfinished != 0 {
+            Futex.wait(Futex.lowHalf(done), expected: UInt32(truncatingIfNeeded: observed), until: sliceEnd)
+        }
+        joinSleepers.pointee.subtract(1, ordering: .relaxed)
+        return unfinished == 0 ? true : nil
+    }
+
+    func interruptJoin() { Futex.wake(Futex.lowHalf(done)) }
+}
