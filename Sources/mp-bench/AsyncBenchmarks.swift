@@ -104,29 +104,7 @@ private func awaitedBesideBlocking(_ name: String, _ measure: (Bool) throws -> D
 let asyncWorkloads: [Workload] = [
     Workload(name: "async-pipe-roundtrip", unit: "us", higherIsBetter: false,
              swift: { try awaitedBesideBlocking("async-pipe-roundtrip", roundTrip(awaited:)) },
-             python: """
-                import multiprocessing as mp, time
-                def echo(conn, n):
-                    recv, send = conn.recv_bytes, conn.send_bytes
-                    for _ in range(n):
-                        send(recv())
-                def main():
-                    a, b = mp.Pipe()
-                    warmup, n = 2000, 30000
-                    p = mp.Process(target=echo, args=(b, warmup + n)); p.start()
-                    message = b'x' * 16
-                    recv, send = a.recv_bytes, a.send_bytes
-                    for _ in range(warmup):
-                        send(message); recv()
-                    start = time.monotonic()
-                    for _ in range(n):
-                        send(message); recv()
-                    elapsed = time.monotonic() - start
-                    p.join()
-                    return elapsed / n * 1e6
-                if __name__ == '__main__':
-                    print(main())
-                """),
+             python: pythonPipeRoundTrip),
     Workload(name: "async-join-spawn", unit: "ms", higherIsBetter: false,
              swift: { try awaitedBesideBlocking("async-join-spawn") { try startJoinSpawn(awaited: $0) } },
              python: """

@@ -126,31 +126,34 @@ private func pythonOneWay(count: Int, receive: String, setup: String = "", send:
     """
 }
 
+/// CPython's 16-byte round trip over a Pipe with an echoing child, microseconds.
+let pythonPipeRoundTrip = """
+    import multiprocessing as mp, time
+    def echo(conn, n):
+        recv, send = conn.recv_bytes, conn.send_bytes
+        for _ in range(n):
+            send(recv())
+    def measure(warmup, n):
+        a, b = mp.Pipe()
+        p = mp.Process(target=echo, args=(b, warmup + n)); p.start()
+        message = b'x' * 16
+        recv, send = a.recv_bytes, a.send_bytes
+        for _ in range(warmup):
+            send(message); recv()
+        start = time.monotonic()
+        for _ in range(n):
+            send(message); recv()
+        elapsed = time.monotonic() - start
+        p.join()
+        return elapsed / n * 1e6
+    if __name__ == '__main__':
+        print(measure(2000, 30000))
+    """
+
 private let pythonSmallMessages = pythonOneWay(count: 200_000, receive: "recv", send: "send((i, 'piao', 2.5))")
 
 let connectionWorkloads: [Workload] = [
-    Workload(name: "pipe-roundtrip", unit: "us", higherIsBetter: false, swift: pipeRoundTrip, python: """
-        import multiprocessing as mp, time
-        def echo(conn, n):
-            recv, send = conn.recv_bytes, conn.send_bytes
-            for _ in range(n):
-                send(recv())
-        def measure(warmup, n):
-            a, b = mp.Pipe()
-            p = mp.Process(target=echo, args=(b, warmup + n)); p.start()
-            message = b'x' * 16
-            recv, send = a.recv_bytes, a.send_bytes
-            for _ in range(warmup):
-                send(message); recv()
-            start = time.monotonic()
-            for _ in range(n):
-                send(message); recv()
-            elapsed = time.monotonic() - start
-            p.join()
-            return elapsed / n * 1e6
-        if __name__ == '__main__':
-            print(measure(2000, 30000))
-        """),
+    Workload(name: "pipe-roundtrip", unit: "us", higherIsBetter: false, swift: pipeRoundTrip, python: pythonPipeRoundTrip),
     Workload(name: "pipe-bytes-1mib", unit: "MB/s", higherIsBetter: true, swift: pipeBytes,
              python: pythonOneWay(count: 1000, receive: "recv_bytes", setup: "message = b'x' * (1 << 20)",
                                   send: "send_bytes(message)", scale: "(1 << 20) / 1e6")),
