@@ -84,4 +84,48 @@ enum Syscall {
             offset += written
         }
     }
+
+    /// Duplicates `fd` as a new close-on-exec descriptor numbered `atLeast` or more.
+    static func duplicate(_ fd: Int32, atLeast lowest: Int32) throws -> Int32 {
+        try retrying("dup") { fcntl(fd, F_DUPFD_CLOEXEC, lowest) }
+    }
+
+    /// Makes `target` a copy of `fd` (not close-on-exec), closing what `target` was.
+    static func duplicate(_ fd: Int32, onto target: Int32) throws {
+        try retrying("dup2(\(fd), \(target))") { dup2(fd, target) }
+    }
+
+    /// Opens `path`; a missing file is ``MultiprocessingError/Code/notFound``.
+    static func open(_ path: String, _ flags: Int32, mode: mode_t = 0) throws -> Int32 {
+        do {
+            return try retrying("open(\(path))") { Glibc.open(path, flags, mode) }
+        } catch let error as MultiprocessingError where error.errno == ENOENT {
+            throw MultiprocessingError(.notFound, "open(\(path))", errno: ENOENT)
+        }
+    }
+
+    /// A pipe, both ends close-on-exec: (read end, write end).
+    static func pipe() throws -> (Int32, Int32) {
+        var fds: [Int32] = [-1, -1]
+        try retrying("pipe") { mp_pipe_cloexec(&fds) }
+        return (fds[0], fds[1])
+    }
+
+    /// Sets a resource limit of the calling process (a `MP_RLIMIT_*` number); a hard limit above the
+    /// present one is lowered to it, since only a privileged process may raise it.
+    static func setResourceLimit(_ resource: Int32, soft: Int, hard: Int) throws {
+        try retrying("setrlimit(\(resource), \(soft))") { mp_set_resource_limit(resource, soft, hard) }
+    }
+
+    /// Opens /dev/null on each of descriptors 0, 1 and 2 that is closed, so that no descriptor the
+    /// process opens later lands there (where print() or a read of standard input would reach it).
+    static func openNullOnClosedStandardDescriptors() {
+        for fd: Int32 in 0...2 where fcntl(fd, F_GETFD) < 0 && errno == EBADF {
+            let null = Glibc.open("/dev/null", O_RDWR)
+            if null >= 0 && null != fd {
+                _ = dup2(null, fd)
+                _ = Glibc.close(null)
+            }
+        }
+    }
 }

@@ -13,6 +13,10 @@ struct ChildBootstrap: Codable, Sendable {
     var parentPid: Int32
     var parentName: String
     var startMethod: String?
+    /// Per-child settings the child applies before its task (``ChildSettings``).
+    var settings: ChildSettingsWire? = nil
+    /// The task type's name, for the child's messages.
+    var taskName: String? = nil
 }
 
 /// The entry of a spawned or forkserver child, called before `main` by the C shim's constructor with
@@ -20,6 +24,8 @@ struct ChildBootstrap: Codable, Sendable {
 @_cdecl("multiprocessing_child_main")
 func multiprocessingChildMain(_ fd: Int32) {
     let bootstrap: ChildBootstrap
+    Syscall.openNullOnClosedStandardDescriptors()
+    CrashReport.install(process: nil, task: nil, running: false, hint: true, limits: nil, memoryReport: -1)
     do {
         try Syscall.setCloseOnExec(fd)
         let connection = try Connection(adopting: fd)
@@ -41,6 +47,8 @@ func multiprocessingChildMain(_ fd: Int32) {
 
 /// Installs a child's identity, and for a daemon a watcher that ends it when the parent dies.
 func becomeChild(_ bootstrap: ChildBootstrap, parentSentinel: Int32) {
+    Syscall.openNullOnClosedStandardDescriptors()
+    applySettings(bootstrap)
     ProcessState.shared.resetAfterFork { state in
         state = ProcessState(
             name: bootstrap.name, identity: bootstrap.identity, authkey: bootstrap.authkey, daemon: bootstrap.daemon,
@@ -52,6 +60,20 @@ func becomeChild(_ bootstrap: ChildBootstrap, parentSentinel: Int32) {
     WaitPool.forgetAfterFork()
     defaultStartMethod.resetAfterFork { $0 = bootstrap.startMethod.flatMap(StartMethod.init(rawValue:)) }
     if bootstrap.daemon { watchParent(parentSentinel) }
+}
+
+/// Applies the child's ``ChildSettings`` and installs its crash messages; a child that cannot apply
+/// them says why and ends with code 1 before its task runs.
+private func applySettings(_ bootstrap: ChildBootstrap) {
+    do {
+        try bootstrap.settings?.apply()
+    } catch {
+        writeToStandardError("Process \(bootstrap.name): could not apply its settings: \(error)\n")
+        _exit(1)
+    }
+    CrashReport.install(
+        process: bootstrap.name, task: bootstrap.taskName, running: true, hint: bootstrap.work != nil,
+        limits: bootstrap.settings?.limits, memoryReport: bootstrap.settings?.memoryReport?.fd ?? -1)
 }
 
 /// Runs a child's work and ends the process: 0 on return, 1 (with the error on standard error) on throw.

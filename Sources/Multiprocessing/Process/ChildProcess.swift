@@ -17,12 +17,12 @@ import Synchronization
 /// print(child.exitCode ?? "still running")
 /// ```
 public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
-    private enum Work: @unchecked Sendable {
+    enum Work: @unchecked Sendable {
         case task(any Codable & Sendable)
         case closure(@Sendable () throws -> Void)
     }
 
-    private struct State {
+    struct State {
         var work: Work?
         var name: String?
         var daemon: Bool
@@ -33,11 +33,14 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
         var failure: ChildFailure?
         var pid: Int32?
         var closed = false
+        /// Per-child settings (``ChildSettings``), and the parent's side of them once started.
+        var settings = ChildSettings()
+        var settingsLink: ChildSettingsLink?
     }
 
     /// The context whose start method creates the child.
     public let context: ProcessContext
-    private let state: Mutex<State>
+    let state: Mutex<State>
 
     /// A child that will run `task`.
     ///
@@ -176,7 +179,11 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
             var bootstrap = ChildBootstrap(
                 work: nil, name: name, identity: identity, authkey: state.authkey, daemon: state.daemon,
                 parentPid: me.pid, parentName: me.name, startMethod: startMethod(allowNone: true)?.rawValue)
-            var (parentEnd, childEnd) = try Syscall.socketPair()
+            let link = try ChildSettingsLink(state.settings)
+            bootstrap.settings = link.wire
+            if case .task(let task) = work { bootstrap.taskName = "\(type(of: task))" } else { bootstrap.taskName = "closure" }
+            var (parentEnd, childEnd): (Int32, Int32)
+            do { (parentEnd, childEnd) = try Syscall.socketPair() } catch { link.abandon(); throw error }
             defer { Syscall.close(childEnd) }
             do {
                 let handle: any ChildHandle
@@ -188,7 +195,7 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
                             + "runtime runs Task.sleep's timers on Dispatch threads, which a forked child of a "
                             + "threaded parent cannot have; use spawn or forkserver")
                 case (.fork, _):
-                    let closing = ChildRegistry.parentEnds + [parentEnd]
+                    let closing = ChildRegistry.parentEnds + [parentEnd] + link.parentOnly
                     handle = try ForkLauncher.launch(closing: closing) {
                         becomeChild(bootstrap, parentSentinel: childEnd)
                         switch work {
@@ -221,11 +228,14 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
                         throw error
                     }
                 }
+                link.childStarted()
+                state.settingsLink = link
                 state.handle = handle
                 state.pid = handle.pid
                 state.parentEnd = parentEnd
                 state.work = nil
             } catch {
+                link.abandon()
                 Syscall.close(parentEnd)
                 throw error
             }

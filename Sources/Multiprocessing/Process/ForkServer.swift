@@ -211,6 +211,7 @@ final class ForkServerHandle: ChildHandle, @unchecked Sendable {
 @_cdecl("multiprocessing_forkserver_main")
 func multiprocessingForkServerMain(_ control: Int32) {
     mp_set_thread_name("mp-forkserver")
+    Syscall.openNullOnClosedStandardDescriptors()
     _ = try? Syscall.setCloseOnExec(control)
     warmUpChildPath()
     var children: [(pidfd: Int32, status: Int32)] = []
