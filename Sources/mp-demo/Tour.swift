@@ -109,6 +109,7 @@ func runTour() throws {
     }
     print("  daemon \(daemonPid) gone: \(gone)")
 
+    try runChildSettingsTour()
     try runSharedMemoryTour()
     try runPythonPickleTour()
     try runQueueTour()

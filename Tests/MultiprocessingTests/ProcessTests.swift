@@ -328,7 +328,7 @@ struct ProcessTests {
             let refused = ChildProcess(context: ProcessContext(method)) {}
             let error = #expect(throws: MultiprocessingError.self) { try refused.start() }
             #expect(error?.code == .invalidArgument)
-            #expect(error?.message.contains("fork") == true)
+            #expect(error?.message.contains("ProcessContext(.fork)") == true)
         }
     }
 

@@ -206,8 +206,8 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
                 case (_, .closure):
                     throw MultiprocessingError(
                         .invalidArgument,
-                        "a closure can only run in a child started with the fork start method; under \(method) "
-                            + "describe the work as a ProcessTask type")
+                        "a closure can only run in a child started with the fork start method: create the child with "
+                            + "context: ProcessContext(.fork); under \(method) describe the work as a ProcessTask type")
                 case (.spawn, .task(let task)), (.forkserver, .task(let task)):
                     let typeName = try TaskEnvelope.typeName(of: type(of: task))
                     bootstrap.work = TaskEnvelope(task)
