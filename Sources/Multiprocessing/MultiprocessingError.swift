@@ -15,8 +15,8 @@ public struct MultiprocessingError: Error, Sendable, CustomStringConvertible, Eq
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         /// A stable name for the code.
         public let rawValue: String
-        /// Creates a code from its name.
-        public init(_ rawValue: String) { self.rawValue = rawValue }
+        /// Creates a code from its name; only the package makes codes.
+        init(_ rawValue: String) { self.rawValue = rawValue }
         /// The code's name.
         public var description: String { rawValue }
 
@@ -71,6 +71,12 @@ public struct MultiprocessingError: Error, Sendable, CustomStringConvertible, Eq
     public let errno: Int32?
     /// Bytes that belong to the failure: the complete message for ``Code/bufferTooShort``.
     public let payload: [UInt8]?
+    /// The process the failure concerns, when it concerns one.
+    public internal(set) var pid: ProcessIdentifier? = nil
+    /// The signal involved: the one that could not be sent, or the one that ended a process.
+    public internal(set) var signal: Signal? = nil
+    /// The timeout that ran out, for ``Code/timedOut``.
+    public internal(set) var timeout: Duration? = nil
 
     /// Creates an error.
     public init(_ code: Code, _ message: String, errno: Int32? = nil, payload: [UInt8]? = nil) {
@@ -88,5 +94,14 @@ public struct MultiprocessingError: Error, Sendable, CustomStringConvertible, Eq
 
     static func system(_ what: String, errno: Int32 = Glibc.errno) -> MultiprocessingError {
         MultiprocessingError(.system, what, errno: errno)
+    }
+
+    /// This error with its facts as fields: the process, signal and timeout it concerns.
+    func with(pid: Int32? = nil, signal: Int32? = nil, timeout: Duration? = nil) -> MultiprocessingError {
+        var error = self
+        if let pid { error.pid = ProcessIdentifier(rawValue: pid) }
+        if let signal { error.signal = Signal(rawValue: signal) }
+        if let timeout { error.timeout = timeout }
+        return error
     }
 }

@@ -286,3 +286,27 @@ struct ChildSettingsTests {
         #expect(ProcessIdentifier.current.rawValue == getpid())
     }
 }
+
+/// Leaves a process behind that holds its standard output open for a second, then returns.
+struct LeaveWriterBehind: ProcessTask {
+    func run() throws {
+        print("before")
+        fflush(nil)
+        _ = system("sleep 1 &")
+    }
+}
+
+@Suite("Captured output held open by a descendant")
+struct CapturedOutputTimeoutTests {
+    @Test("a captured stream still held open times out with the timeout and pid as fields, then completes")
+    func heldOpen() throws {
+        let child = ChildProcess(LeaveWriterBehind(), settings: ChildSettings(standardOutput: .capture))
+        try child.start()
+        #expect(try child.join(timeout: .seconds(30)))
+        let error = #expect(throws: MultiprocessingError.self) { try child.capturedOutput(timeout: .milliseconds(100)) }
+        #expect(error?.code == .timedOut)
+        #expect(error?.timeout == .milliseconds(100))
+        #expect(error?.pid == child.processIdentifier)
+        #expect(try child.capturedOutput(timeout: .seconds(30)) == Array("before\n".utf8))
+    }
+}

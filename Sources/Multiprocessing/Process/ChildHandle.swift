@@ -27,7 +27,7 @@ final class PidfdHandle: ChildHandle, @unchecked Sendable {
     init(pid: Int32) throws {
         self.pid = pid
         pidfd = mp_pidfd_open(pid)
-        if pidfd < 0 { throw MultiprocessingError.system("pidfd_open(\(pid))") }
+        if pidfd < 0 { throw MultiprocessingError.system("pidfd_open(\(pid))").with(pid: pid) }
         try Syscall.setCloseOnExec(pidfd)
     }
 
@@ -60,6 +60,6 @@ final class PidfdHandle: ChildHandle, @unchecked Sendable {
 func signalProcess(pidfd: Int32, pid: Int32, _ signal: Int32) throws {
     guard pidfd >= 0 else { return }
     if mp_pidfd_send_signal(pidfd, signal) < 0 && errno != ESRCH {
-        throw MultiprocessingError.system("pidfd_send_signal(\(pid), \(signal))")
+        throw MultiprocessingError.system("pidfd_send_signal(\(pid), \(signal))").with(pid: pid, signal: signal)
     }
 }

@@ -40,7 +40,7 @@ extension ChildProcess {
     /// - Throws: ``MultiprocessingError/Code/invalidState`` when output is not captured or the child has
     ///   not started; ``MultiprocessingError/Code/timedOut`` when a writer still holds the pipe open.
     public func capturedOutput(timeout: Duration? = nil) throws -> [UInt8] {
-        try capture(\.output, "standardOutput").collect(until: .after(timeout))
+        try capture(\.output, "standardOutput").collect(until: .after(timeout), timeout: timeout, pid: pid)
     }
 
     /// Everything the child wrote to its standard error, when ``ChildSettings/standardError`` is
@@ -48,7 +48,7 @@ extension ChildProcess {
     /// - Throws: ``MultiprocessingError/Code/invalidState`` when standard error is not captured or the
     ///   child has not started; ``MultiprocessingError/Code/timedOut`` when a writer still holds the pipe open.
     public func capturedErrorOutput(timeout: Duration? = nil) throws -> [UInt8] {
-        try capture(\.errorOutput, "standardError").collect(until: .after(timeout))
+        try capture(\.errorOutput, "standardError").collect(until: .after(timeout), timeout: timeout, pid: pid)
     }
 
     private func capture(_ path: KeyPath<ChildSettingsLink, OutputCapture?>, _ stream: String) throws -> OutputCapture {

@@ -390,11 +390,12 @@ final class OutputCapture: @unchecked Sendable {
 
     /// Everything written, once every writer has closed the pipe (the child and whatever it left
     /// running), waiting at most until `deadline`.
-    func collect(until deadline: Deadline) throws -> [UInt8] {
+    func collect(until deadline: Deadline, timeout: Duration?, pid: Int32?) throws -> [UInt8] {
         guard started else { throw MultiprocessingError(.invalidState, "the child has not started") }
         if try Syscall.pollReadable([finished.read], until: deadline).isEmpty {
             throw MultiprocessingError(
-                .timedOut, "the child's output is not complete: a process still holds the pipe open")
+                .timedOut, "the child's output is not complete: a process still holds the pipe open"
+            ).with(pid: pid, timeout: timeout)
         }
         pthread_mutex_lock(&lock)
         defer { pthread_mutex_unlock(&lock) }
