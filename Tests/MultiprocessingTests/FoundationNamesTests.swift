@@ -21,8 +21,10 @@ struct FoundationNamesTests {
             PickleEncoder.self, PickleDecoder.self, PythonValue.self, PythonDictItem.self, PickledConnection.self,
             ChildFailure.self, (any AsyncProcessTask).self,
             ProcessQueue<Int>.self, ProcessSimpleQueue<Int>.self, ProcessJoinableQueue<Int>.self,
+            Signal.self, TerminationStatus.self, ProcessIdentifier.self, ResourceLimits.self, LimitExceeded.self,
+            ChildInput.self, ChildOutput.self, ChildSettings.self,
         ]
-        #expect(types.count == 37)
+        #expect(types.count == 45)
         let (a, b) = try makePipe()
         try b.send("hello")
         #expect(try wait([a], timeout: .seconds(5)).count == 1)
