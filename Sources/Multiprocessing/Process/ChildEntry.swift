@@ -129,14 +129,7 @@ private final class AsyncOutcome: @unchecked Sendable {
 
 func writeToStandardError(_ text: String) {
     var text = text
-    text.withUTF8 { bytes in
-        var offset = 0
-        while offset < bytes.count {
-            let written = write(2, bytes.baseAddress! + offset, bytes.count - offset)
-            if written <= 0 { if errno == EINTR { continue } else { return } }
-            offset += written
-        }
-    }
+    text.withUTF8 { bytes in _ = try? Syscall.writeAll(2, UnsafeRawBufferPointer(bytes)) }
 }
 
 /// Ends this (daemon) process as soon as its parent dies, however the parent ended: a thread of its

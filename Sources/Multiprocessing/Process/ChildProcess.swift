@@ -182,61 +182,23 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
             let link = try ChildSettingsLink(state.settings)
             bootstrap.settings = link.wire
             if case .task(let task) = work { bootstrap.taskName = "\(type(of: task))" } else { bootstrap.taskName = "closure" }
-            var (parentEnd, childEnd): (Int32, Int32)
+            let (parentEnd, childEnd): (Int32, Int32)
             do { (parentEnd, childEnd) = try Syscall.socketPair() } catch { link.abandon(); throw error }
-            defer { Syscall.close(childEnd) }
+            var request = LaunchRequest(
+                bootstrap: bootstrap, work: work, parentEnd: parentEnd, childEnd: childEnd,
+                parentOnly: ChildRegistry.parentEnds + link.parentOnly)
+            defer { Syscall.close(request.childEnd) }
             do {
-                let handle: any ChildHandle
-                switch (method, work) {
-                case (.fork, .task(let task)) where !(task is any ProcessTask):
-                    throw MultiprocessingError(
-                        .unsupported,
-                        "an AsyncProcessTask cannot run in a child started with the fork start method: the Swift "
-                            + "runtime runs Task.sleep's timers on Dispatch threads, which a forked child of a "
-                            + "threaded parent cannot have; use spawn or forkserver")
-                case (.fork, _):
-                    let closing = ChildRegistry.parentEnds + [parentEnd] + link.parentOnly
-                    handle = try ForkLauncher.launch(closing: closing) {
-                        becomeChild(bootstrap, parentSentinel: childEnd)
-                        switch work {
-                        case .task(let task): TaskEnvelope(task).runAndExit(forked: true)
-                        case .closure(let body): runChild(forked: true, body)
-                        }
-                    }
-                case (_, .closure):
-                    throw MultiprocessingError(
-                        .invalidArgument,
-                        "a closure can only run in a child started with the fork start method: create the child with "
-                            + "context: ProcessContext(.fork); under \(method) describe the work as a ProcessTask type")
-                case (.spawn, .task(let task)), (.forkserver, .task(let task)):
-                    let typeName = try TaskEnvelope.typeName(of: type(of: task))
-                    bootstrap.work = TaskEnvelope(task)
-                    if method == .spawn {
-                        handle = try SpawnLauncher.launch(bootstrapEnd: childEnd)
-                    } else {
-                        var pair = (parent: parentEnd, child: childEnd)
-                        defer { (parentEnd, childEnd) = pair }
-                        handle = try ForkServerLauncher.launch(bootstrap: &pair, typeName: typeName)
-                    }
-                    do {
-                        try Connection(adopting: Syscall.duplicate(parentEnd)).send(bootstrap)
-                    } catch {
-                        try? handle.send(signal: SIGKILL)
-                        _ = try? Syscall.pollReadable([handle.sentinel], until: .after(.seconds(5)))
-                        _ = try? handle.exitCode()
-                        handle.release()
-                        throw error
-                    }
-                }
+                let handle = try method.launcher.launch(&request)
                 link.childStarted()
                 state.settingsLink = link
                 state.handle = handle
                 state.pid = handle.pid
-                state.parentEnd = parentEnd
+                state.parentEnd = request.parentEnd
                 state.work = nil
             } catch {
                 link.abandon()
-                Syscall.close(parentEnd)
+                Syscall.close(request.parentEnd)
                 throw error
             }
         }
@@ -382,48 +344,6 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
             state.parentEnd = -1
         }
         ChildRegistry.remove(self)
-    }
-}
-
-/// Walks /proc to find the processes descended from a pid.
-enum ProcessTree {
-    /// Makes this process the subreaper of its descendants: orphans become its children instead of
-    /// init's, so it can see (and must reap) every process its children leave behind.
-    static func adoptOrphans() throws {
-        if mp_set_child_subreaper() != 0 { throw MultiprocessingError.system("prctl(PR_SET_CHILD_SUBREAPER)") }
-    }
-
-    static func descendants(of root: Int32) -> [Int32] {
-        var parentOf: [Int32: [Int32]] = [:]
-        guard let directory = opendir("/proc") else { return [] }
-        defer { closedir(directory) }
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            guard let pid = Int32(name), let parent = parentPid(of: pid) else { continue }
-            parentOf[parent, default: []].append(pid)
-        }
-        var result: [Int32] = []
-        var queue = [root]
-        while let next = queue.popLast() {
-            for child in parentOf[next] ?? [] {
-                result.append(child)
-                queue.append(child)
-            }
-        }
-        return result
-    }
-
-    private static func parentPid(of pid: Int32) -> Int32? {
-        let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { Glibc.close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 512)
-        let count = read(fd, &buffer, buffer.count)
-        guard count > 0 else { return nil }
-        let text = String(decoding: buffer.prefix(count), as: UTF8.self)
-        guard let close = text.lastIndex(of: ")") else { return nil }
-        let fields = text[text.index(after: close)...].split(separator: " ")
-        return fields.count > 1 ? Int32(fields[1]) : nil
     }
 }
 

@@ -144,9 +144,7 @@ func readExactly<T>(_ fd: Int32, into value: inout T) throws {
     try withUnsafeMutableBytes(of: &value) { raw in
         var offset = 0
         while offset < raw.count {
-            let got = read(fd, raw.baseAddress! + offset, raw.count - offset)
-            if got < 0 && errno == EINTR { continue }
-            if got < 0 { throw MultiprocessingError.system("read") }
+            let got = try Syscall.retrying("read") { read(fd, raw.baseAddress! + offset, raw.count - offset) }
             if got == 0 { throw MultiprocessingError(.endOfFile, "peer closed before sending \(raw.count) bytes") }
             offset += got
         }
@@ -278,4 +276,18 @@ private func warmUpChildPath() {
         daemon: false, parentPid: 1, parentName: "a", startMethod: "spawn")
     guard let bytes = try? BinaryEncoder().encode(sample) else { return }
     _ = try? BinaryDecoder().decode(ChildBootstrap.self, from: bytes)
+}
+
+extension ForkServerLauncher: Launcher {
+    /// Asks the server to fork a child for the request, then sends the child its bootstrap with its task.
+    static func launch(_ request: inout LaunchRequest) throws -> any ChildHandle {
+        let (task, typeName) = try request.taskForFreshProgram(.forkserver)
+        request.bootstrap.work = task
+        var pair = (parent: request.parentEnd, child: request.childEnd)
+        defer { (request.parentEnd, request.childEnd) = pair }
+        let handle = try launch(bootstrap: &pair, typeName: typeName)
+        (request.parentEnd, request.childEnd) = pair
+        try request.sendBootstrap(to: handle)
+        return handle
+    }
 }

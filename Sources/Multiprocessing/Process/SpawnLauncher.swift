@@ -5,10 +5,15 @@ import CMultiprocessing
 
 /// The spawn start method: `posix_spawn` of the running executable, whose constructor hands control
 /// to ``multiprocessingChildMain(_:)`` before `main` runs.
-enum SpawnLauncher {
-    /// Starts a child that reads its bootstrap from `bootstrapEnd` (moved to descriptor 3 there).
-    static func launch(bootstrapEnd: Int32) throws -> any ChildHandle {
-        try PidfdHandle(pid: spawnSelf(keeping: bootstrapEnd, variable: MP_CHILD_ENV))
+enum SpawnLauncher: Launcher {
+    /// Spawns a child that reads its bootstrap from the request's child end (descriptor 3 there), and
+    /// sends it the bootstrap with its task.
+    static func launch(_ request: inout LaunchRequest) throws -> any ChildHandle {
+        let (task, _) = try request.taskForFreshProgram(.spawn)
+        request.bootstrap.work = task
+        let handle = try PidfdHandle(pid: spawnSelf(keeping: request.childEnd, variable: MP_CHILD_ENV))
+        try request.sendBootstrap(to: handle)
+        return handle
     }
 
     /// Spawns this executable with `fd` as descriptor 3 and `variable=3` in its environment.
@@ -38,17 +43,5 @@ enum SpawnLauncher {
         }
         result.append("SWIFT_BACKTRACE=enable=no")
         return result
-    }
-}
-
-/// The fork start method: the child is a copy of the caller and runs `body` in it.
-enum ForkLauncher {
-    /// Forks; the child closes `closing` and runs `body`, which must not return.
-    static func launch(closing: [Int32], body: () -> Never) throws -> any ChildHandle {
-        fflush(nil)
-        let pid = closing.withUnsafeBufferPointer { mp_fork($0.baseAddress, Int32($0.count)) }
-        if pid == 0 { body() }
-        guard pid > 0 else { throw MultiprocessingError.system("fork") }
-        return try PidfdHandle(pid: pid)
     }
 }
