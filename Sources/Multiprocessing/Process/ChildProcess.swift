@@ -179,7 +179,11 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
             var bootstrap = ChildBootstrap(
                 work: nil, name: name, identity: identity, authkey: state.authkey, daemon: state.daemon,
                 parentPid: me.pid, parentName: me.name, startMethod: startMethod(allowNone: true)?.rawValue)
-            let link = try ChildSettingsLink(state.settings)
+            let link: ChildSettingsLink
+            do { link = try ChildSettingsLink(state.settings) } catch {
+                diagnostics.warning("process \(name) could not start: \(error)")
+                throw error
+            }
             bootstrap.settings = link.wire
             if case .task(let task) = work { bootstrap.taskName = "\(type(of: task))" } else { bootstrap.taskName = "closure" }
             let (parentEnd, childEnd): (Int32, Int32)
@@ -197,6 +201,7 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
                 state.parentEnd = request.parentEnd
                 state.work = nil
             } catch {
+                diagnostics.warning("process \(name) could not start: \(error)")
                 link.abandon()
                 Syscall.close(request.parentEnd)
                 throw error

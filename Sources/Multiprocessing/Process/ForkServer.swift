@@ -70,6 +70,8 @@ enum ForkServerLauncher {
                     return try request(over: server.control, bootstrapEnd: bootstrap.child, typeName: typeName)
                 } catch {
                     failures.append("\(error)")
+                    diagnostics.warning(
+                        "fork server \(server.process.map { "\($0.pid)" } ?? "(not started)") failed while starting a child (\(error)); replacing it")
                     stop(&server)
                 }
             }
