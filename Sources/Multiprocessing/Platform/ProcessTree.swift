@@ -11,6 +11,20 @@ enum ProcessTree {
         if mp_set_child_subreaper() != 0 { throw MultiprocessingError.system("prctl(PR_SET_CHILD_SUBREAPER)") }
     }
 
+    /// Sends `signal` to every process descended from `root` (which the caller has stopped): each is
+    /// frozen with SIGSTOP while the tree is collected, so none escapes by forking meanwhile, then
+    /// signalled and continued. A process that has already ended is skipped.
+    static func signalDescendants(of root: Int32, _ signal: Int32) {
+        let descendants = descendants(of: root)
+        for pid in descendants { Glibc.kill(pid, SIGSTOP) }
+        let more = self.descendants(of: root).filter { !descendants.contains($0) }
+        for pid in more { Glibc.kill(pid, SIGSTOP) }
+        for pid in descendants + more {
+            Glibc.kill(pid, signal)
+            Glibc.kill(pid, SIGCONT)
+        }
+    }
+
     static func descendants(of root: Int32) -> [Int32] {
         var parentOf: [Int32: [Int32]] = [:]
         guard let directory = opendir("/proc") else { return [] }

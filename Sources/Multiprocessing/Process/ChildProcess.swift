@@ -285,14 +285,7 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
         let handle = try startedHandle(for: "terminate the tree of")
         guard exitCode == nil else { return }
         try handle.send(signal: SIGSTOP)
-        let descendants = ProcessTree.descendants(of: handle.pid)
-        for pid in descendants { Glibc.kill(pid, SIGSTOP) }
-        let more = ProcessTree.descendants(of: handle.pid).filter { !descendants.contains($0) }
-        for pid in more { Glibc.kill(pid, SIGSTOP) }
-        for pid in descendants + more {
-            Glibc.kill(pid, signal)
-            Glibc.kill(pid, SIGCONT)
-        }
+        ProcessTree.signalDescendants(of: handle.pid, signal)
         try handle.send(signal: signal)
         try handle.send(signal: SIGCONT)
     }
