@@ -145,7 +145,8 @@ struct ChildSettingsTests {
         defer { unsetenv("MP_SETTINGS_REMOVED") }
         let (reader, writer) = try makePipe(duplex: false)
         var settings = ChildSettings(limits: ResourceLimits(openFiles: 64, coreDumpBytes: 0), workingDirectory: "/tmp")
-        settings.environment = ["MP_SETTINGS_SET": "set for the child", "MP_SETTINGS_REMOVED": nil]
+        settings.environment = ["MP_SETTINGS_SET": "set for the child"]
+        settings.removedEnvironment = ["MP_SETTINGS_REMOVED"]
         settings.standardInput = .null
         let child = ChildProcess(ReportSettings(report: writer), settings: settings, context: ProcessContext(method))
         try child.start()
@@ -239,6 +240,7 @@ struct ChildSettingsTests {
         #expect(code(ChildSettings(limits: ResourceLimits(cpuSeconds: 0))) == .invalidArgument)
         #expect(code(ChildSettings(limits: ResourceLimits(addressSpaceBytes: -1))) == .invalidArgument)
         #expect(code(ChildSettings(environment: ["A=B": "c"])) == .invalidArgument)
+        #expect(code(ChildSettings(removedEnvironment: [""])) == .invalidArgument)
         let child = ChildProcess(Nap(milliseconds: 1))
         #expect(throws: MultiprocessingError.self) { try child.capturedOutput(timeout: .seconds(1)) }
         try child.start()

@@ -73,7 +73,7 @@ extension ChildProcess {
     /// limit. Nil while it runs, and when it ended otherwise.
     public var exceededLimit: LimitExceeded? {
         guard let status = terminationStatus else { return nil }
-        return state.withLock { $0.settingsLink }?.exceededLimit(status)
+        return state.withLock { $0.settingsLink?.exceededLimit(status) }
     }
 
     /// The child's process id, or nil before ``start()``.

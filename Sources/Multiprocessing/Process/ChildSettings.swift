@@ -121,9 +121,11 @@ public enum ChildOutput: Hashable, Sendable {
 public struct ChildSettings: Hashable, Sendable {
     /// Resource limits; nil fields keep the parent's.
     public var limits: ResourceLimits
-    /// Changes to the child's environment: a value sets the variable, nil removes it. The child applies
-    /// them with `setenv` before its task runs, so the task and the programs it starts see them.
-    public var environment: [String: String?]
+    /// Variables to set in the child's environment, beside those it inherits. The child applies them
+    /// with `setenv` before its task runs, so the task and the programs it starts see them.
+    public var environment: [String: String]
+    /// Inherited variables to remove from the child's environment (applied before ``environment``).
+    public var removedEnvironment: Set<String>
     /// The child's working directory, or nil for the parent's.
     public var workingDirectory: String?
     /// Where standard input comes from.
@@ -135,11 +137,13 @@ public struct ChildSettings: Hashable, Sendable {
 
     /// Settings; by default the child inherits everything from its parent.
     public init(
-        limits: ResourceLimits = ResourceLimits(), environment: [String: String?] = [:], workingDirectory: String? = nil,
+        limits: ResourceLimits = ResourceLimits(), environment: [String: String] = [:],
+        removedEnvironment: Set<String> = [], workingDirectory: String? = nil,
         standardInput: ChildInput = .inherit, standardOutput: ChildOutput = .inherit, standardError: ChildOutput = .inherit
     ) {
         self.limits = limits
         self.environment = environment
+        self.removedEnvironment = removedEnvironment
         self.workingDirectory = workingDirectory
         self.standardInput = standardInput
         self.standardOutput = standardOutput
@@ -275,12 +279,13 @@ final class ChildSettingsLink: @unchecked Sendable {
                 opened.append(write)
                 report = PassedDescriptor(write)
             }
-            for name in settings.environment.keys where name.isEmpty || name.contains("=") {
+            for name in Set(settings.environment.keys).union(settings.removedEnvironment) where name.isEmpty || name.contains("=") {
                 throw MultiprocessingError(.invalidArgument, "environment variable name '\(name)' is empty or contains '='")
             }
             wire = ChildSettingsWire(
                 limits: settings.limits,
-                environment: settings.environment.sorted { $0.key < $1.key }.map { .init(name: $0.key, value: $0.value) },
+                environment: settings.removedEnvironment.sorted().map { .init(name: $0, value: nil) }
+                    + settings.environment.sorted { $0.key < $1.key }.map { .init(name: $0.key, value: $0.value) },
                 workingDirectory: settings.workingDirectory, standardInput: input, standardOutput: out,
                 standardError: err, memoryReport: report)
             output = outCapture
