@@ -31,8 +31,36 @@ final class CapturedMessages: Sendable {
     let messages = Mutex<[String]>([])
 }
 
-@Suite("Diagnostics through swift-log")
+@Suite("Diagnostics through swift-log", .serialized)
 struct DiagnosticsTests {
+    @Test("a fork server that died is replaced and the replacement is logged; a child that cannot start is logged")
+    func forkServerRestartIsLogged() throws {
+        let captured = CapturedMessages()
+        let previous = Multiprocessing.diagnostics
+        Multiprocessing.diagnostics = Logger(label: "test") { _ in CapturingLogHandler(captured: captured) }
+        defer { Multiprocessing.diagnostics = previous }
+        let context = ProcessContext(.forkserver)
+        let warm = ChildProcess(Nap(milliseconds: 0), context: context)
+        try warm.start()
+        #expect(try warm.join(timeout: .seconds(30)))
+        let server = try #require(ForkServerLauncher.serverPid)
+        let pidfd = mp_pidfd_open(server)
+        #expect(pidfd >= 0)
+        kill(server, SIGKILL)
+        _ = try Syscall.pollReadable([pidfd], until: .after(.seconds(10)))
+        Syscall.close(pidfd)
+        let child = ChildProcess(Nap(milliseconds: 0), context: context)
+        try child.start()
+        #expect(try child.join(timeout: .seconds(30)))
+        #expect(child.exitCode == 0)
+        #expect(captured.messages.withLock { $0.contains { $0.contains("fork server \(server) failed") } })
+
+        #expect(throws: MultiprocessingError.self) {
+            try ChildProcess(Nap(milliseconds: 0), name: "NoDirectory", settings: ChildSettings(workingDirectory: "/no/such/dir")).start()
+        }
+        #expect(captured.messages.withLock { $0.contains { $0.contains("process NoDirectory could not start") } })
+    }
+
     @Test("a lock taken over from a dead holder is reported to the program's logger, and nothing is logged by default")
     func takeoverIsLogged() throws {
         let captured = CapturedMessages()
@@ -90,36 +118,5 @@ struct LockedTests {
         try mine.send(true)
         #expect(try child.join(timeout: .seconds(30)))
         #expect(!lock.locked() && !rlock.locked())
-    }
-}
-
-@Suite("Diagnostics of starting children")
-struct StartDiagnosticsTests {
-    @Test("a fork server that died is replaced and the replacement is logged; a child that cannot start is logged")
-    func forkServerRestartIsLogged() throws {
-        let captured = CapturedMessages()
-        let previous = Multiprocessing.diagnostics
-        Multiprocessing.diagnostics = Logger(label: "test") { _ in CapturingLogHandler(captured: captured) }
-        defer { Multiprocessing.diagnostics = previous }
-        let context = ProcessContext(.forkserver)
-        let warm = ChildProcess(Nap(milliseconds: 0), context: context)
-        try warm.start()
-        #expect(try warm.join(timeout: .seconds(30)))
-        let server = try #require(ForkServerLauncher.serverPid)
-        let pidfd = mp_pidfd_open(server)
-        #expect(pidfd >= 0)
-        kill(server, SIGKILL)
-        _ = try Syscall.pollReadable([pidfd], until: .after(.seconds(10)))
-        Syscall.close(pidfd)
-        let child = ChildProcess(Nap(milliseconds: 0), context: context)
-        try child.start()
-        #expect(try child.join(timeout: .seconds(30)))
-        #expect(child.exitCode == 0)
-        #expect(captured.messages.withLock { $0.contains { $0.contains("fork server \(server) failed") } })
-
-        #expect(throws: MultiprocessingError.self) {
-            try ChildProcess(Nap(milliseconds: 0), name: "NoDirectory", settings: ChildSettings(workingDirectory: "/no/such/dir")).start()
-        }
-        #expect(captured.messages.withLock { $0.contains { $0.contains("process NoDirectory could not start") } })
     }
 }
