@@ -14,8 +14,12 @@ struct Chatter: ProcessTask {
 /// Spins until its CPU-time limit stops it.
 struct Spinner: ProcessTask {
     func run() throws {
+        // An endless loop whose result may be printed, so an optimizer can neither drop nor end it.
         var x: UInt64 = 1
-        while x != 0 { x = x &* 2862933555777941757 &+ 3037000493 }
+        while true {
+            for _ in 0..<1_000_000 { x = x &* 6364136223846793005 &+ 1442695040888963407 }
+            if x == 0 { print("x reached 0") }
+        }
     }
 }
 

@@ -58,8 +58,12 @@ struct SettingsReport: Codable, Equatable {
 /// Spins until its CPU time runs out.
 struct BurnCPU: ProcessTask {
     func run() throws {
+        // An endless loop whose result may be printed, so an optimizer can neither drop nor end it.
         var x: UInt64 = 1
-        while x != 0 { x = x &* 6364136223846793005 &+ 1442695040888963407 }
+        while true {
+            for _ in 0..<1_000_000 { x = x &* 6364136223846793005 &+ 1442695040888963407 }
+            if x == 0 { print("x reached 0") }
+        }
     }
 }
 

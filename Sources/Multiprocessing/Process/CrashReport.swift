@@ -26,12 +26,12 @@ enum CrashReport {
         who += " (pid \(getpid())\(task.map { ", task \($0)" } ?? ""))"
         let when = running ? "while running its task" : "before its task started"
         for signal in crashSignals {
-            var text = "\(who) was killed by \(Signal(rawValue: signal)) \(when).\n"
+            var text = "\(who) was killed by \(Signal(rawValue: signal).name) \(when).\n"
             if hint && (signal == SIGSEGV || signal == SIGBUS) { text += sharedConfigurationHint + "\n" }
             _ = mp_crash_report_set(signal, text)
         }
         if let cpu = limits?.cpuSeconds {
-            _ = mp_crash_report_set(SIGXCPU, "\(who) used up its CPU-time limit of \(cpu) s and was killed by \(Signal.cpuTimeLimitExceeded).\n")
+            _ = mp_crash_report_set(SIGXCPU, "\(who) used up its CPU-time limit of \(cpu) s and was killed by \(Signal.cpuTimeLimitExceeded.name).\n")
         }
         if let memory = limits?.memoryLimitDescription {
             mp_crash_report_memory("\(who) ran out of memory under its limit (\(memory)): an allocation failed \(when).\n", memoryReport)
