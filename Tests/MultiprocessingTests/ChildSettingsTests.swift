@@ -316,3 +316,27 @@ struct CapturedOutputTimeoutTests {
         #expect(try child.capturedOutput(timeout: .seconds(30)) == Array("before\n".utf8))
     }
 }
+
+@Suite("Captured output awaited", .ownThread)
+struct CapturedOutputAsyncTests {
+    @Test("captured output awaited on the event loop: whole, timed out while held open, cancellable")
+    func awaited() async throws {
+        let child = ChildProcess(LeaveWriterBehind(), settings: ChildSettings(standardOutput: .capture))
+        try child.start()
+        #expect(try await child.join(timeout: .seconds(30)))
+        do {
+            _ = try await child.capturedOutput(timeout: .milliseconds(100))
+            Issue.record("the output of a stream still held open should not be complete")
+        } catch let error as MultiprocessingError {
+            #expect(error.code == .timedOut)
+        }
+        expectCancelled(try await cancelMidWait { _ = try await child.capturedOutput() }, "capturedOutput")
+        #expect(try await child.capturedOutput(timeout: .seconds(30)) == Array("before\n".utf8))
+        do {
+            _ = try await child.capturedErrorOutput(timeout: .seconds(1))
+            Issue.record("standard error was not captured")
+        } catch let error as MultiprocessingError {
+            #expect(error.code == .invalidState)
+        }
+    }
+}

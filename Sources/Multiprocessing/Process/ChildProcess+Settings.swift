@@ -44,11 +44,24 @@ extension ChildProcess {
     }
 
     /// Everything the child wrote to its standard error, when ``ChildSettings/standardError`` is
-    /// ``ChildOutput/capture``; see ``capturedOutput(timeout:)``.
+    /// ``ChildOutput/capture``; see ``capturedOutput(timeout:)-9qq4v``.
     /// - Throws: ``MultiprocessingError/Code/invalidState`` when standard error is not captured or the
     ///   child has not started; ``MultiprocessingError/Code/timedOut`` when a writer still holds the pipe open.
     public func capturedErrorOutput(timeout: Duration? = nil) throws -> [UInt8] {
         try capture(\.errorOutput, "standardError").collect(until: .after(timeout), timeout: timeout, pid: pid)
+    }
+
+    /// Everything the child wrote to its standard output, as ``capturedOutput(timeout:)-9qq4v`` gives it,
+    /// waiting on the package's event loop so that no thread is held. Cancellation ends the wait with
+    /// `CancellationError`; the output keeps being collected for a later call.
+    public func capturedOutput(timeout: Duration? = nil) async throws -> [UInt8] {
+        try await capture(\.output, "standardOutput").collect(until: .after(timeout), timeout: timeout, pid: pid)
+    }
+
+    /// Everything the child wrote to its standard error, waiting on the event loop; see
+    /// ``capturedOutput(timeout:)-7qwb6``.
+    public func capturedErrorOutput(timeout: Duration? = nil) async throws -> [UInt8] {
+        try await capture(\.errorOutput, "standardError").collect(until: .after(timeout), timeout: timeout, pid: pid)
     }
 
     private func capture(_ path: KeyPath<ChildSettingsLink, OutputCapture?>, _ stream: String) throws -> OutputCapture {

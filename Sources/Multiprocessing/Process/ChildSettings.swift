@@ -104,7 +104,7 @@ public enum ChildOutput: Hashable, Sendable {
     /// truncated unless `append`.
     case file(String, append: Bool = false)
     /// A pipe the parent drains as the child writes, however much it writes; read the bytes with
-    /// ``ChildProcess/capturedOutput(timeout:)`` or ``ChildProcess/capturedErrorOutput(timeout:)``.
+    /// ``ChildProcess/capturedOutput(timeout:)-9qq4v`` or ``ChildProcess/capturedErrorOutput(timeout:)-958kb``.
     case capture
 }
 
@@ -397,7 +397,19 @@ final class OutputCapture: @unchecked Sendable {
     /// running), waiting at most until `deadline`.
     func collect(until deadline: Deadline, timeout: Duration?, pid: Int32?) throws -> [UInt8] {
         guard started else { throw MultiprocessingError(.invalidState, "the child has not started") }
-        if try Syscall.pollReadable([finished.read], until: deadline).isEmpty {
+        return try collected(complete: !Syscall.pollReadable([finished.read], until: deadline).isEmpty, timeout: timeout, pid: pid)
+    }
+
+    /// Everything written, as ``collect(until:timeout:pid:)`` gives it, waiting on the event loop.
+    func collect(until deadline: Deadline, timeout: Duration?, pid: Int32?) async throws -> [UInt8] {
+        guard started else { throw MultiprocessingError(.invalidState, "the child has not started") }
+        let outcome = try await EventLoop.shared.waitReadable(finished.read, until: deadline)
+        return try collected(complete: outcome == .ready, timeout: timeout, pid: pid)
+    }
+
+    /// The bytes once the reader has finished, or the timeout error.
+    private func collected(complete: Bool, timeout: Duration?, pid: Int32?) throws -> [UInt8] {
+        guard complete else {
             throw MultiprocessingError(
                 .timedOut, "the child's output is not complete: a process still holds the pipe open"
             ).with(pid: pid, timeout: timeout)
