@@ -269,6 +269,56 @@ struct ConnectionTests {
         #expect(try a.recv([UInt8].self, timeout: .seconds(60)) == big)
     }
 
+    @Test("a large message read straight into the caller's storage survives a timeout and reports end of file mid-message")
+    func largeMessageDirectRead() throws {
+        let length = 1 << 20
+        let message = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 2654435761 >> 9) }
+        let frame = [UInt8(0), 16, 0, 0] + message  // a 4-byte big-endian header: 1 MiB
+        #expect(frame.count == length + 4)
+        @Sendable func writeRaw(_ fd: Int32, _ bytes: ArraySlice<UInt8>) {
+            var done = 0
+            while done < bytes.count {
+                let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+                if n <= 0 { return }
+                done += n
+            }
+        }
+        for into in [false, true] {
+            let (a, b) = try makePipe()
+            // Part of the message, then a timeout: what arrived stays buffered for the next receive.
+            writeRaw(try a.fileno, frame[0..<100_000])
+            var storage = [UInt8](repeating: 0, count: length + 8)
+            expectCode(.timedOut) {
+                if into { _ = try b.recvBytes(into: &storage, offset: 8, timeout: .milliseconds(50)) }
+                else { _ = try b.recvBytes(timeout: .milliseconds(50)) }
+            }
+            // More of it, read straight into the caller's storage this time, then a second timeout.
+            writeRaw(try a.fileno, frame[100_000..<200_000])
+            expectCode(.timedOut) {
+                if into { _ = try b.recvBytes(into: &storage, offset: 8, timeout: .milliseconds(50)) }
+                else { _ = try b.recvBytes(timeout: .milliseconds(50)) }
+            }
+            let fd = try a.fileno
+            let rest = frame[200_000...]
+            connectionTestThread { writeRaw(fd, rest) }
+            if into {
+                #expect(try b.recvBytes(into: &storage, offset: 8, timeout: .seconds(30)) == length)
+                #expect(Array(storage[8...]) == message)
+            } else {
+                #expect(try b.recvBytes(timeout: .seconds(30)) == message)
+            }
+            // The connection goes on with the next message.
+            try a.sendBytes([1, 2, 3])
+            #expect(try b.recvBytes(timeout: .seconds(5)) == [1, 2, 3])
+            // End of file in the middle of a large message is an error, never a short message.
+            writeRaw(try a.fileno, frame[0..<50_000])
+            a.close()
+            expectCode(.endOfFile) {
+                if into { _ = try b.recvBytes(into: &storage, timeout: .seconds(5)) } else { _ = try b.recvBytes(timeout: .seconds(5)) }
+            }
+        }
+    }
+
     @Test("the 64-bit length form: headers, a long-form frame from a peer, and a 2 GiB send checked without allocating it")
     func longFraming() throws {
         #expect(Framing.header(forLength: 5) == [0, 0, 0, 5])

@@ -378,9 +378,19 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     }
 
     func receiveBytes(maxLength: Int?, deadline: Deadline) throws -> [UInt8] {
-        try receiveFrame(maxLength: maxLength, deadline: deadline) { payload in
-            dropFrameDescriptors()
-            return Array(payload)
+        try checkReadable()
+        while true {
+            if let bytes = try takeFrame(maxLength: maxLength, { payload in
+                dropFrameDescriptors()
+                return Array(payload)
+            }) { return bytes }
+            if let length = largeFrameLength() {
+                return try [UInt8](unsafeUninitializedCapacity: length) { storage, count in
+                    try receiveLargeFrame(into: UnsafeMutableRawPointer(storage.baseAddress!), deadline: deadline)
+                    count = length
+                }
+            }
+            _ = try fill(deadline: deadline, blocking: true)
         }
     }
 
@@ -408,17 +418,26 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         guard offset >= 0, offset <= buffer.count else {
             throw MultiprocessingError(.invalidArgument, "offset \(offset) is out of bounds for a buffer of \(buffer.count) bytes")
         }
-        return try receiveFrame(maxLength: nil, deadline: .after(timeout)) { payload in
-            dropFrameDescriptors()
-            guard payload.count <= buffer.count - offset else {
-                throw MultiprocessingError(
-                    .bufferTooShort, "a message of \(payload.count) bytes does not fit in \(buffer.count - offset) bytes",
-                    payload: Array(payload))
+        let deadline = Deadline.after(timeout)
+        try checkReadable()
+        while true {
+            if let count = try takeFrame(maxLength: nil, { payload in
+                dropFrameDescriptors()
+                guard payload.count <= buffer.count - offset else {
+                    throw MultiprocessingError(
+                        .bufferTooShort, "a message of \(payload.count) bytes does not fit in \(buffer.count - offset) bytes",
+                        payload: Array(payload))
+                }
+                if let base = payload.baseAddress, let target = buffer.baseAddress {
+                    (target + offset).copyMemory(from: base, byteCount: payload.count)
+                }
+                return payload.count
+            }) { return count }
+            if let length = largeFrameLength(), length <= buffer.count - offset, let target = buffer.baseAddress {
+                try receiveLargeFrame(into: target + offset, deadline: deadline)
+                return length
             }
-            if let base = payload.baseAddress, let target = buffer.baseAddress {
-                (target + offset).copyMemory(from: base, byteCount: payload.count)
-            }
-            return payload.count
+            _ = try fill(deadline: deadline, blocking: true)
         }
     }
 
@@ -592,6 +611,71 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         return try body(payload)
     }
 
+    /// Messages at least this long whose bytes have not all arrived yet are read straight into the
+    /// caller's storage by the blocking receives, rather than through the receive buffer and a copy.
+    static let directReadThreshold = 256 * 1024
+    /// Longer messages grow the receive buffer by steps as their bytes arrive instead, so that a bogus
+    /// length in a frame header never reserves more memory than about twice what actually arrived.
+    static let directReadLimit = 64 * 1024 * 1024
+
+    /// The length of the buffered frame's payload when it is large and has not all arrived (so
+    /// ``receiveLargeFrame(into:deadline:)`` may read the rest into the caller's storage), else nil.
+    private func largeFrameLength() -> Int? {
+        let available = UnsafeRawBufferPointer(start: buffer + start, count: end - start)
+        guard let header = try? Framing.parseHeader(available),
+              (Self.directReadThreshold...Self.directReadLimit).contains(header.length),
+              available.count - header.headerSize < header.length
+        else { return nil }
+        return header.length
+    }
+
+    /// Reads the frame whose header is buffered (see ``largeFrameLength()``) into `target`: the bytes
+    /// already buffered first, then the rest straight from the descriptor, one system call per chunk the
+    /// kernel has ready, with no copy in between. On a timeout or end of file, what was read goes back into
+    /// the receive buffer, so the next receive still returns the whole message.
+    private func receiveLargeFrame(into target: UnsafeMutableRawPointer, deadline: Deadline) throws {
+        let available = UnsafeRawBufferPointer(start: buffer + start, count: end - start)
+        guard let (length, headerSize) = try Framing.parseHeader(available) else { return }
+        var filled = available.count - headerSize
+        target.copyMemory(from: buffer + start + headerSize, byteCount: filled)
+        do {
+            while filled < length {
+                let result = readAvailable(into: target + filled, count: length - filled,
+                                           position: consumed &+ UInt64(headerSize + filled),
+                                           blocking: deadline.nanoseconds == nil)
+                if result > 0 {
+                    filled += result
+                    continue
+                }
+                if result == 0 { throw MultiprocessingError(.endOfFile, "the peer closed the connection in the middle of a message") }
+                switch errno {
+                case EINTR:
+                    continue
+                case EAGAIN:
+                    if try Syscall.pollReadable([fd], until: deadline).isEmpty {
+                        throw MultiprocessingError(.timedOut, "no message arrived before the timeout")
+                    }
+                case ECONNRESET:
+                    throw MultiprocessingError(.endOfFile, "the peer reset the connection")
+                case let error:
+                    throw MultiprocessingError.system("recv", errno: error)
+                }
+            }
+        } catch {
+            // Keep the partial message for the next receive.
+            let read = filled - (available.count - headerSize)
+            makeRoom(read)
+            (buffer + end).copyMemory(from: target + (filled - read), byteCount: read)
+            end += read
+            throw error
+        }
+        start = 0
+        end = 0
+        consumed &+= UInt64(headerSize + length)
+        dropFrameDescriptors()
+        shrinkIfLarge()
+    }
+
     /// Makes room for a frame of `frameSize` bytes, growing by steps as data arrives so that a bogus
     /// length never allocates more than about twice what was actually received.
     private func reserve(_ frameSize: Int) {
@@ -602,6 +686,19 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         }
         guard capacity - end < 16 * 1024, capacity < frameSize else { return }
         let wanted = min(frameSize, max(capacity * 2, Self.initialCapacity))
+        let grown = UnsafeMutableRawPointer.allocate(byteCount: wanted, alignment: 16)
+        grown.copyMemory(from: buffer + start, byteCount: end - start)
+        buffer.deallocate()
+        buffer = grown
+        capacity = wanted
+        end -= start
+        start = 0
+    }
+
+    /// Makes room for `count` more bytes that have already arrived (so their number is no peer's claim).
+    private func makeRoom(_ count: Int) {
+        guard capacity - end < count else { return }
+        let wanted = max(end - start + count, Self.initialCapacity)
         let grown = UnsafeMutableRawPointer.allocate(byteCount: wanted, alignment: 16)
         grown.copyMemory(from: buffer + start, byteCount: end - start)
         buffer.deallocate()
@@ -707,21 +804,26 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     /// One read into the free end of the buffer: bytes read, 0 at end of file, or -1 with errno (EAGAIN
     /// when nothing is ready and `blocking` is false). Descriptors that arrive are kept for decoding.
     private func readAvailable(blocking: Bool) -> Int {
+        readAvailable(into: buffer + end, count: capacity - end, position: consumed &+ UInt64(end - start), blocking: blocking)
+    }
+
+    /// One read of at most `count` bytes into `target`, as ``readAvailable(blocking:)`` does; descriptors
+    /// that arrive are paired with stream position `position`.
+    private func readAvailable(into target: UnsafeMutableRawPointer, count: Int, position: UInt64, blocking: Bool) -> Int {
         guard isSocket else {
             // A pipe or file: wait with poll(2), since its reads cannot be made non-blocking per call.
             if !blocking, (try? Syscall.pollReadable([fd], until: .now).isEmpty) ?? false {
                 errno = EAGAIN
                 return -1
             }
-            return read(fd, buffer + end, capacity - end)
+            return read(fd, target, count)
         }
         return withUnsafeTemporaryAllocation(of: Int32.self, capacity: Int(MP_MAX_FDS_PER_MESSAGE)) { fds in
-            var count: Int32 = 0
+            var received: Int32 = 0
             let result = mp_recvmsg_fds_flags(
-                fd, buffer + end, capacity - end, fds.baseAddress, MP_MAX_FDS_PER_MESSAGE, &count, blocking ? 0 : 1)
-            if count > 0 {
-                let position = consumed &+ UInt64(end - start)
-                for fd in fds.prefix(Int(count)) {
+                fd, target, count, fds.baseAddress, MP_MAX_FDS_PER_MESSAGE, &received, blocking ? 0 : 1)
+            if received > 0 {
+                for fd in fds.prefix(Int(received)) {
                     if acceptsDescriptors { receivedDescriptors.append((position, fd)) } else { Syscall.close(fd) }
                 }
             }
