@@ -63,8 +63,34 @@ struct TaskEnvelope: Codable, @unchecked Sendable {
 
     private enum CodingKeys: String, CodingKey { case type, value }
 
+    /// Types resolved by name and names checked for types, kept for the process's life: resolving a
+    /// mangled name demangles it each time, and a forkserver child inherits the server's entries, so
+    /// it starts with its task type's lookup done. Reset in a forked child (another thread of the parent
+    /// may have held the lock at the fork).
+    private static let resolved = ForkSafeMutex<(types: [String: any Any.Type], names: [ObjectIdentifier: String])>(([:], [:]))
+
+    /// The type named `name` (a mangled name), as `_typeByName` finds it, remembered for later calls.
+    static func resolveType(named name: String) -> (any Any.Type)? {
+        if let type = resolved.withLock({ $0.types[name] }) { return type }
+        guard let type = _typeByName(name) else { return nil }
+        resolved.withLock { $0.types[name] = type }
+        return type
+    }
+
+    /// In a forked child: the lock may have been held by a thread that does not exist here.
+    static func forgetLockAfterFork() {
+        resolved.resetAfterFork { _ in }
+    }
+
     /// The mangled name of `type`, or an error saying how to make the type reachable from a child.
     static func typeName(of type: any (Codable & Sendable).Type) throws -> String {
+        if let name = resolved.withLock({ $0.names[ObjectIdentifier(type)] }) { return name }
+        let name = try checkedTypeName(of: type)
+        resolved.withLock { $0.names[ObjectIdentifier(type)] = name }
+        return name
+    }
+
+    private static func checkedTypeName(of type: any (Codable & Sendable).Type) throws -> String {
         guard let name = _mangledTypeName(type) else {
             throw MultiprocessingError(.invalidArgument, "\(type) has no mangled name, so a child process cannot find it")
         }
@@ -76,7 +102,7 @@ struct TaskEnvelope: Codable, @unchecked Sendable {
                 "\(type) is private, fileprivate or declared inside a function, so a child process cannot find it; "
                     + "declare it at file scope (internal or public)")
         }
-        guard let resolved = _typeByName(name), resolved == type else {
+        guard let resolved = Self.resolveType(named: name), resolved == type else {
             throw MultiprocessingError(
                 .invalidArgument,
                 "\(type) cannot be found by name (\(name)); declare it at file scope (internal or public)")
@@ -94,9 +120,10 @@ struct TaskEnvelope: Codable, @unchecked Sendable {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         let name = try container.decode(String.self, forKey: .type)
         let decoder = try container.superDecoder(forKey: .value)
-        if let type = _typeByName(name) as? any ProcessTask.Type {
+        let named = Self.resolveType(named: name)
+        if let type = named as? any ProcessTask.Type {
             task = try type.init(from: decoder)
-        } else if let type = _typeByName(name) as? any AsyncProcessTask.Type {
+        } else if let type = named as? any AsyncProcessTask.Type {
             task = try type.init(from: decoder)
         } else {
             throw MultiprocessingError(.transport, "no task type named \(name) in this program")

@@ -58,6 +58,7 @@ func becomeChild(_ bootstrap: ChildBootstrap, parentSentinel: Int32) {
     ForkServerLauncher.forgetInheritedServer()
     EventLoop.forgetAfterFork()
     WaitPool.forgetAfterFork()
+    TaskEnvelope.forgetLockAfterFork()
     defaultStartMethod.resetAfterFork { $0 = bootstrap.startMethod.flatMap(StartMethod.init(rawValue:)) }
     if bootstrap.daemon { watchParent(parentSentinel) }
 }

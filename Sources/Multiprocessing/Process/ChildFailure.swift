@@ -29,7 +29,7 @@ public struct ChildFailure: Error, Sendable, CustomStringConvertible {
     public func error<E: Error>(as type: E.Type) -> E? { error as? E }
 
     /// The signal's name, e.g. `SIGKILL`, or nil when the task threw.
-    public var signalName: String? { signal.map { Multiprocessing.signalName($0) } }
+    public var signalName: String? { signal.map { Signal(rawValue: $0).name } }
 
     /// The failure in one line: `ParseError: bad header` or `killed by signal SIGKILL (9)`.
     public var description: String {
@@ -49,18 +49,8 @@ public struct ChildFailure: Error, Sendable, CustomStringConvertible {
         var words = ""
         if let text = strsignal(number) { words = ": " + String(cString: text) }
         return ChildFailure(
-            typeName: nil, message: "killed by signal \(Multiprocessing.signalName(number)) (\(number))\(words)", signal: number, error: nil)
+            typeName: nil, message: "killed by signal \(Signal(rawValue: number).name) (\(number))\(words)", signal: number, error: nil)
     }
-}
-
-private let signalNames = [
-    "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL", "SIGUSR1", "SIGSEGV",
-    "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT", "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN",
-    "SIGTTOU", "SIGURG", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
-]
-
-private func signalName(_ number: Int32) -> String {
-    signalNames.indices.contains(Int(number) - 1) ? signalNames[Int(number) - 1] : "signal \(number)"
 }
 
 /// What a child whose task threw sends its parent over the bootstrap connection just before it exits.

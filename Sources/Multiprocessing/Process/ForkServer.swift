@@ -243,7 +243,7 @@ func multiprocessingForkServerMain(_ control: Int32) {
         guard got > 0, count == 2 else { _exit(0) }
         // Resolve the task type here, once, so that the forked child inherits the runtime's caches.
         let typeName = String(decoding: request.prefix { $0 != 0 }, as: UTF8.self)
-        let resolved = _typeByName(typeName)
+        let resolved = TaskEnvelope.resolveType(named: typeName)
         if !(resolved is any ProcessTask.Type) { _ = resolved as? any AsyncProcessTask.Type }
         let inherited = [control] + children.flatMap { [$0.pidfd, $0.status] }
         let pid = mp_fork(inherited, Int32(inherited.count))
@@ -273,9 +273,13 @@ struct ForkServerWarmUp: ProcessTask {
 }
 
 private func warmUpChildPath() {
+    // Every field present, as in a real bootstrap: the optional ones' decoding paths warm up too.
+    let settings = ChildSettingsWire(
+        limits: ResourceLimits(cpuSeconds: 1, addressSpaceBytes: 1 << 30), environment: [.init(name: "A", value: "b")],
+        workingDirectory: "/", standardInput: nil, standardOutput: nil, standardError: nil, memoryReport: nil)
     let sample = ChildBootstrap(
         work: TaskEnvelope(ForkServerWarmUp(names: ["a"], number: 1)), name: "a", identity: [1], authkey: [1],
-        daemon: false, parentPid: 1, parentName: "a", startMethod: "spawn")
+        daemon: false, parentPid: 1, parentName: "a", startMethod: "spawn", settings: settings, taskName: "a")
     guard let bytes = try? BinaryEncoder().encode(sample) else { return }
     _ = try? BinaryDecoder().decode(ChildBootstrap.self, from: bytes)
 }

@@ -52,7 +52,7 @@ public struct Signal: RawRepresentable, Hashable, Sendable, Codable, CustomStrin
     public static let fileSizeLimitExceeded = Signal(rawValue: SIGXFSZ)
 
     /// The C name, such as `SIGSEGV`, or `signal N` for a number without one.
-    public var name: String { signalNames[rawValue] ?? "signal \(rawValue)" }
+    public var name: String { signalName(rawValue) ?? "signal \(rawValue)" }
 
     /// The name and the system's words for it: `SIGSEGV (Segmentation fault)`.
     public var description: String {
@@ -61,14 +61,44 @@ public struct Signal: RawRepresentable, Hashable, Sendable, Codable, CustomStrin
     }
 }
 
-private let signalNames: [Int32: String] = [
-    SIGHUP: "SIGHUP", SIGINT: "SIGINT", SIGQUIT: "SIGQUIT", SIGILL: "SIGILL", SIGTRAP: "SIGTRAP",
-    SIGABRT: "SIGABRT", SIGBUS: "SIGBUS", SIGFPE: "SIGFPE", SIGKILL: "SIGKILL", SIGUSR1: "SIGUSR1",
-    SIGSEGV: "SIGSEGV", SIGUSR2: "SIGUSR2", SIGPIPE: "SIGPIPE", SIGALRM: "SIGALRM", SIGTERM: "SIGTERM",
-    SIGCHLD: "SIGCHLD", SIGCONT: "SIGCONT", SIGSTOP: "SIGSTOP", SIGTSTP: "SIGTSTP", SIGTTIN: "SIGTTIN",
-    SIGTTOU: "SIGTTOU", SIGURG: "SIGURG", SIGXCPU: "SIGXCPU", SIGXFSZ: "SIGXFSZ", SIGVTALRM: "SIGVTALRM",
-    SIGPROF: "SIGPROF", SIGWINCH: "SIGWINCH", SIGIO: "SIGIO", SIGSYS: "SIGSYS",
-]
+/// Signal names by number, as a switch: a child names signals in its crash messages at start, and a
+/// switch costs nothing to set up (a dictionary global was built anew in every child).
+private func signalName(_ number: Int32) -> String? {
+    switch number {
+    case SIGHUP: "SIGHUP"
+    case SIGINT: "SIGINT"
+    case SIGQUIT: "SIGQUIT"
+    case SIGILL: "SIGILL"
+    case SIGTRAP: "SIGTRAP"
+    case SIGABRT: "SIGABRT"
+    case SIGBUS: "SIGBUS"
+    case SIGFPE: "SIGFPE"
+    case SIGKILL: "SIGKILL"
+    case SIGUSR1: "SIGUSR1"
+    case SIGSEGV: "SIGSEGV"
+    case SIGUSR2: "SIGUSR2"
+    case SIGPIPE: "SIGPIPE"
+    case SIGALRM: "SIGALRM"
+    case SIGTERM: "SIGTERM"
+    case SIGSTKFLT: "SIGSTKFLT"
+    case SIGCHLD: "SIGCHLD"
+    case SIGCONT: "SIGCONT"
+    case SIGSTOP: "SIGSTOP"
+    case SIGTSTP: "SIGTSTP"
+    case SIGTTIN: "SIGTTIN"
+    case SIGTTOU: "SIGTTOU"
+    case SIGURG: "SIGURG"
+    case SIGXCPU: "SIGXCPU"
+    case SIGXFSZ: "SIGXFSZ"
+    case SIGVTALRM: "SIGVTALRM"
+    case SIGPROF: "SIGPROF"
+    case SIGWINCH: "SIGWINCH"
+    case SIGIO: "SIGIO"
+    case SIGPWR: "SIGPWR"
+    case SIGSYS: "SIGSYS"
+    default: nil
+    }
+}
 
 /// How a process ended: with an exit code, or killed by a signal.
 ///
