@@ -58,6 +58,18 @@ __attribute__((constructor)) static void mp_dispatch_before_main(int argc, char 
     }
 }
 
+int mp_spawnattr_reset_signals(posix_spawnattr_t *attr, short extra_flags) {
+    sigset_t all, none;
+    sigfillset(&all);
+    sigdelset(&all, SIGKILL);
+    sigdelset(&all, SIGSTOP);
+    sigemptyset(&none);
+    int rc = posix_spawnattr_setsigdefault(attr, &all);
+    if (rc == 0) rc = posix_spawnattr_setsigmask(attr, &none);
+    if (rc == 0) rc = posix_spawnattr_setflags(attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | extra_flags);
+    return rc;
+}
+
 int mp_spawn(const char *path, char *const argv[], char *const envp[], int keep_fd, pid_t *pid) {
     posix_spawn_file_actions_t actions;
     posix_spawnattr_t attr;
@@ -69,14 +81,7 @@ int mp_spawn(const char *path, char *const argv[], char *const envp[], int keep_
     if (keep_fd == 3) rc = posix_spawn_file_actions_adddup2(&actions, 3, 3);
     else rc = posix_spawn_file_actions_adddup2(&actions, keep_fd, 3);
     if (rc == 0) rc = posix_spawn_file_actions_addclosefrom_np(&actions, 4);
-    sigset_t all, none;
-    sigfillset(&all);
-    sigdelset(&all, SIGKILL);
-    sigdelset(&all, SIGSTOP);
-    sigemptyset(&none);
-    if (rc == 0) rc = posix_spawnattr_setsigdefault(&attr, &all);
-    if (rc == 0) rc = posix_spawnattr_setsigmask(&attr, &none);
-    if (rc == 0) rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+    if (rc == 0) rc = mp_spawnattr_reset_signals(&attr, 0);
     if (rc == 0) rc = posix_spawn(pid, path, &actions, &attr, argv, envp);
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attr);

@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "shm_shim.h"
 #include "sync_shim.h"
+#include "process_shim.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -149,14 +150,7 @@ static int start_tracker(void) {
     if (rc == 0) rc = posix_spawn_file_actions_adddup2(&actions, high_pipe, 3);
     if (rc == 0) rc = posix_spawn_file_actions_adddup2(&actions, high_memory, 4);
     if (rc == 0) rc = posix_spawn_file_actions_addclosefrom_np(&actions, 5);
-    sigset_t all, none;
-    sigfillset(&all);
-    sigdelset(&all, SIGKILL);
-    sigdelset(&all, SIGSTOP);
-    sigemptyset(&none);
-    if (rc == 0) rc = posix_spawnattr_setsigdefault(&attr, &all);
-    if (rc == 0) rc = posix_spawnattr_setsigmask(&attr, &none);
-    if (rc == 0) rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSID);
+    if (rc == 0) rc = mp_spawnattr_reset_signals(&attr, POSIX_SPAWN_SETSID);
     pid_t pid = 0;
     if (rc == 0) rc = posix_spawn(&pid, "/proc/self/exe", &actions, &attr, argv, envp);
     if (envp != NULL) {

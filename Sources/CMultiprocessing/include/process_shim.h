@@ -1,11 +1,16 @@
 #ifndef MP_PROCESS_SHIM_H
 #define MP_PROCESS_SHIM_H
+#include <spawn.h>
 #include <sys/types.h>
 
 /// Environment variable naming the bootstrap descriptor of a spawned child.
 #define MP_CHILD_ENV "MULTIPROCESSING_CHILD_FD"
 /// Environment variable naming the control descriptor of a fork server.
 #define MP_FORKSERVER_ENV "MULTIPROCESSING_FORKSERVER_FD"
+
+/// Resets every signal to its default action and clears the signal mask in a spawned program, with
+/// `extra_flags` (e.g. POSIX_SPAWN_SETSID) besides.
+int mp_spawnattr_reset_signals(posix_spawnattr_t *attr, short extra_flags);
 
 /// posix_spawn `path` with `argv` and `envp`; `keep_fd` is moved to descriptor 3 in the child and every
 /// other descriptor above 2 is closed; signal dispositions and the signal mask are reset to defaults.

@@ -685,20 +685,17 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
             start = 0
         }
         guard capacity - end < 16 * 1024, capacity < frameSize else { return }
-        let wanted = min(frameSize, max(capacity * 2, Self.initialCapacity))
-        let grown = UnsafeMutableRawPointer.allocate(byteCount: wanted, alignment: 16)
-        grown.copyMemory(from: buffer + start, byteCount: end - start)
-        buffer.deallocate()
-        buffer = grown
-        capacity = wanted
-        end -= start
-        start = 0
+        regrow(to: min(frameSize, max(capacity * 2, Self.initialCapacity)))
     }
 
     /// Makes room for `count` more bytes that have already arrived (so their number is no peer's claim).
     private func makeRoom(_ count: Int) {
         guard capacity - end < count else { return }
-        let wanted = max(end - start + count, Self.initialCapacity)
+        regrow(to: max(end - start + count, Self.initialCapacity))
+    }
+
+    /// Moves the unread bytes to the start of a new buffer of `wanted` bytes.
+    private func regrow(to wanted: Int) {
         let grown = UnsafeMutableRawPointer.allocate(byteCount: wanted, alignment: 16)
         grown.copyMemory(from: buffer + start, byteCount: end - start)
         buffer.deallocate()
