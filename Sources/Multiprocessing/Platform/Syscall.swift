@@ -85,6 +85,35 @@ enum Syscall {
         }
     }
 
+    /// poll(2) over `entries` until one has events or `deadline` passes, retrying EINTR with the time
+    /// left. Returns the number of entries with events.
+    @discardableResult
+    static func pollEntries(_ entries: inout [pollfd], until deadline: Deadline) throws -> Int {
+        while true {
+            let count = Glibc.poll(&entries, nfds_t(entries.count), deadline.pollMilliseconds)
+            if count >= 0 { return Int(count) }
+            if errno == EINTR { continue }
+            throw MultiprocessingError.system("poll", errno: errno)
+        }
+    }
+
+    /// Writes what fits of `buffer` to the socket `fd` without blocking (MSG_NOSIGNAL): the count
+    /// written, 0 when the socket has no room.
+    static func sendWithoutBlocking(_ fd: Int32, _ buffer: UnsafeRawBufferPointer) throws -> Int {
+        while true {
+            let written = send(fd, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+            if written >= 0 { return written }
+            if errno == EINTR { continue }
+            if errno == EAGAIN || errno == EWOULDBLOCK { return 0 }
+            throw MultiprocessingError.system("send", errno: errno)
+        }
+    }
+
+    /// Reads at most `buffer.count` bytes from `fd`: the count read (0 at end of file).
+    static func readSome(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        try retrying("read") { read(fd, buffer.baseAddress, buffer.count) }
+    }
+
     /// Duplicates `fd` as a new close-on-exec descriptor numbered `atLeast` or more.
     static func duplicate(_ fd: Int32, atLeast lowest: Int32) throws -> Int32 {
         try retrying("dup") { fcntl(fd, F_DUPFD_CLOEXEC, lowest) }

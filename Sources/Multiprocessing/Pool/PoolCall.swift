@@ -1,0 +1,230 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How one input ended: the encoded output, or the error that the caller will see.
+enum PoolOutcome: @unchecked Sendable {
+    case output([UInt8])
+    case failure(any Error)
+}
+
+/// One input on its way through the pool.
+struct PoolItem: @unchecked Sendable {
+    let call: PoolCall
+    let index: Int
+    let input: [UInt8]
+}
+
+/// What a waiter waits for.
+enum PoolWaitGoal {
+    /// Input `index` has its outcome.
+    case item(Int)
+    /// At least `n` inputs have their outcomes.
+    case count(Int)
+}
+
+/// One submission to a pool (an apply, a map, an imap): its task, encoded once, and the outcome of each
+/// input as it arrives. The supervisor writes outcomes; callers wait for them, blocking on a condition
+/// or awaiting a continuation the supervisor resumes (no thread per await).
+final class PoolCall: @unchecked Sendable {
+    let taskName: [UInt8]
+    let task: [UInt8]
+    let kind: UInt8
+    let chunkSize: Int
+    /// The wall-clock limit of each input, in nanoseconds.
+    let timeoutNanoseconds: UInt64?
+    let timeout: Duration?
+    /// The task's type, for messages.
+    let taskDescription: String
+
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+
+    // Guarded by `mutex`.
+    private var outcomes: [PoolOutcome?] = []
+    private(set) var completedOrder: [Int] = []
+    private var waiters: [UInt64: (goal: PoolWaitGoal, continuation: CheckedContinuation<Bool, Never>)] = [:]
+    private var nextWaiter: UInt64 = 0
+    private var cancelledFlag = false
+
+    /// Called on the supervisor's thread for each outcome (Python's callbacks), after it is stored.
+    var onOutcome: (@Sendable (Int, PoolOutcome) -> Void)?
+    /// Receive the completed count after each batch of outcomes (guarded by `mutex`).
+    private var progressStreams: [AsyncStream<Int>.Continuation] = []
+    /// No more inputs will be added (an imap whose inputs ran out, or any other call once made).
+    private var sealed = true
+
+    init(taskName: [UInt8], task: [UInt8], kind: UInt8, chunkSize: Int, timeout: Duration?, taskDescription: String) {
+        self.taskName = taskName
+        self.task = task
+        self.kind = kind
+        self.chunkSize = max(1, chunkSize)
+        self.timeout = timeout
+        self.taskDescription = taskDescription
+        if let timeout {
+            let (seconds, attoseconds) = timeout.components
+            timeoutNanoseconds = UInt64(max(0, seconds)) &* 1_000_000_000 &+ UInt64(max(0, attoseconds / 1_000_000_000))
+        } else {
+            timeoutNanoseconds = nil
+        }
+        pthread_mutex_init(mutex, nil)
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(condition, &attributes)
+        pthread_condattr_destroy(&attributes)
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        condition.deallocate()
+        mutex.deallocate()
+    }
+
+    private func locked<R>(_ body: () throws -> R) rethrows -> R {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body()
+    }
+
+    /// Makes room for `count` more inputs; returns the index of the first.
+    func reserve(_ count: Int) -> Int {
+        locked {
+            let first = outcomes.count
+            outcomes.append(contentsOf: repeatElement(nil, count: count))
+            return first
+        }
+    }
+
+    var count: Int { locked { outcomes.count } }
+    var completed: Int { locked { completedOrder.count } }
+    var isCancelled: Bool { locked { cancelledFlag } }
+
+    /// Marks the call cancelled; the supervisor fails its inputs that have not ended.
+    func markCancelled() { locked { cancelledFlag = true } }
+
+    func outcome(_ index: Int) -> PoolOutcome? { locked { index < outcomes.count ? outcomes[index] : nil } }
+
+    /// The index of the `position`th input to complete.
+    func completed(at position: Int) -> Int? { locked { position < completedOrder.count ? completedOrder[position] : nil } }
+
+    private func satisfied(_ goal: PoolWaitGoal) -> Bool {
+        switch goal {
+        case .item(let index): index < outcomes.count && outcomes[index] != nil
+        case .count(let n): completedOrder.count >= n
+        }
+    }
+
+    /// Stores outcomes (the first one for an input wins), wakes the waiters they satisfy, then runs the
+    /// callbacks and reports progress.
+    func deliver(_ batch: [(Int, PoolOutcome)]) {
+        var stored: [(Int, PoolOutcome)] = []
+        var ready: [CheckedContinuation<Bool, Never>] = []
+        var streams: [AsyncStream<Int>.Continuation] = []
+        var allDone = false
+        let done: Int = locked {
+            for (index, outcome) in batch where index < outcomes.count && outcomes[index] == nil {
+                outcomes[index] = outcome
+                completedOrder.append(index)
+                stored.append((index, outcome))
+            }
+            for (id, waiter) in waiters where satisfied(waiter.goal) {
+                ready.append(waiter.continuation)
+                waiters[id] = nil
+            }
+            pthread_cond_broadcast(condition)
+            streams = progressStreams
+            allDone = sealed && completedOrder.count == outcomes.count
+            if allDone { progressStreams = [] }
+            return completedOrder.count
+        }
+        guard !stored.isEmpty else { return }
+        for continuation in ready { continuation.resume(returning: true) }
+        if let onOutcome { for (index, outcome) in stored { onOutcome(index, outcome) } }
+        for stream in streams {
+            stream.yield(done)
+            if allDone { stream.finish() }
+        }
+    }
+
+    /// Marks whether more inputs may still be added (an imap that has not read all its inputs).
+    func setSealed(_ value: Bool) {
+        let finishing: [AsyncStream<Int>.Continuation] = locked {
+            sealed = value
+            guard value, completedOrder.count == outcomes.count else { return [] }
+            defer { progressStreams = [] }
+            return progressStreams
+        }
+        for stream in finishing { stream.finish() }
+    }
+
+    /// A sequence of completed counts: the present one, then one per batch of outcomes, until all ended.
+    func makeProgressStream() -> AsyncStream<Int> {
+        let (stream, continuation) = AsyncStream.makeStream(of: Int.self, bufferingPolicy: .bufferingNewest(64))
+        let (done, finished): (Int, Bool) = locked {
+            let finished = sealed && completedOrder.count == outcomes.count
+            if !finished { progressStreams.append(continuation) }
+            return (completedOrder.count, finished)
+        }
+        continuation.yield(done)
+        if finished { continuation.finish() }
+        return stream
+    }
+
+    /// Blocks until `goal` holds or `deadline` passes; returns whether it holds.
+    func wait(for goal: PoolWaitGoal, until deadline: Deadline) -> Bool {
+        locked {
+            while !satisfied(goal) {
+                if var time = deadline.timespec {
+                    if pthread_cond_timedwait(condition, mutex, &time) == ETIMEDOUT { return satisfied(goal) }
+                } else {
+                    pthread_cond_wait(condition, mutex)
+                }
+            }
+            return true
+        }
+    }
+
+    /// Blocks until `goal` holds, the deadline passes, or the completed count moves past `seen`;
+    /// returns the completed count.
+    func waitForProgress(beyond seen: Int, until deadline: Deadline) -> Int {
+        locked {
+            while completedOrder.count <= seen && completedOrder.count < outcomes.count {
+                if var time = deadline.timespec {
+                    if pthread_cond_timedwait(condition, mutex, &time) == ETIMEDOUT { break }
+                } else {
+                    pthread_cond_wait(condition, mutex)
+                }
+            }
+            return completedOrder.count
+        }
+    }
+
+    /// Waits for `goal` without holding a thread; throws `CancellationError` when the awaiting task is
+    /// cancelled (after calling `onCancel`).
+    func wait(for goal: PoolWaitGoal, onCancel: @escaping @Sendable () -> Void) async throws {
+        let id: UInt64 = locked {
+            nextWaiter += 1
+            return nextWaiter
+        }
+        let reached = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+                let now: Bool? = locked {
+                    if satisfied(goal) { return true }
+                    if Task.isCancelled { return false }
+                    waiters[id] = (goal, continuation)
+                    return nil
+                }
+                if let now { continuation.resume(returning: now) }
+            }
+        } onCancel: {
+            let waiter = self.locked { self.waiters.removeValue(forKey: id) }
+            waiter?.continuation.resume(returning: false)
+        }
+        if !reached {
+            onCancel()
+            throw CancellationError()
+        }
+    }
+}

@@ -1,0 +1,520 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMultiprocessing
+import Logging
+import Synchronization
+
+/// The thread behind one pool (CPython has three: task, result and worker handlers; one suffices here).
+///
+/// It owns the workers. It sends them chunks of inputs (several in flight per worker, many frames per
+/// write, never blocking on a full socket), reads their replies (each input is answered before the next
+/// starts), watches their pidfds, kills a worker whose input ran past its deadline or whose call was
+/// cancelled, and replaces workers that died or retired. When a worker dies, the first input it had not
+/// answered is the one it was running: that input fails with the worker's pid and signal, and the
+/// inputs queued behind it go to other workers.
+final class PoolSupervisor: @unchecked Sendable {
+    struct Configuration: Sendable {
+        var workers: Int
+        var context: ProcessContext
+        var maxTasksPerChild: Int?
+        var maxMemoryPerChild: Int?
+        var settings: ChildSettings
+        var logger: Logger
+    }
+
+    enum Phase { case running, closed, terminating }
+
+    private struct Shared {
+        var incoming: [PoolItem] = []
+        var cancelled: [PoolCall] = []
+        var phase = Phase.running
+        var sleeping = false
+        var woken = false
+        var finished = false
+        var workerPids: [Int32] = []
+
+        /// Whether the caller must write to the wake pipe (once per sleep).
+        mutating func wakeIfSleeping() -> Bool {
+            guard sleeping, !woken else { return false }
+            woken = true
+            return true
+        }
+    }
+
+    let configuration: Configuration
+    private let shared = Mutex(Shared())
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
+    /// Signalled once the thread has ended (every worker reaped).
+    private let finishedCall: PoolCall
+
+    // The supervisor thread's own state.
+    private var slots: [WorkerSlot] = []
+    private var pending: [PoolItem] = []
+    private var pendingHead = 0
+    private var nextID: UInt64 = 1
+    private var workerCount = 0
+    /// A running estimate of one input's time in a worker, to decide how many to send ahead.
+    private var serviceNanoseconds: UInt64 = 1_000_000
+
+    init(_ configuration: Configuration) throws {
+        guard configuration.workers >= 1 else {
+            throw MultiprocessingError(.invalidArgument, "a pool needs at least one worker, not \(configuration.workers)")
+        }
+        if let limit = configuration.maxTasksPerChild, limit < 1 {
+            throw MultiprocessingError(.invalidArgument, "maxTasksPerChild must be at least 1, not \(limit)")
+        }
+        if let limit = configuration.maxMemoryPerChild, limit < 1 {
+            throw MultiprocessingError(.invalidArgument, "maxMemoryPerChild must be at least 1 byte, not \(limit)")
+        }
+        if currentProcess().daemon {
+            throw MultiprocessingError(.invalidState, "daemonic processes are not allowed to have children")
+        }
+        self.configuration = configuration
+        (wakeRead, wakeWrite) = try Syscall.pipe()
+        finishedCall = PoolCall(taskName: [], task: [], kind: 0, chunkSize: 1, timeout: nil, taskDescription: "")
+        _ = finishedCall.reserve(1)
+        PoolExit.install()
+        do {
+            for _ in 0..<configuration.workers { slots.append(try startWorker()) }
+        } catch {
+            for slot in slots { slot.abandon() }
+            Syscall.close(wakeRead)
+            Syscall.close(wakeWrite)
+            throw error
+        }
+        publishPids()
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        let started = pthread_create(&thread, nil, { context in
+            let supervisor = Unmanaged<PoolSupervisor>.fromOpaque(context!).takeRetainedValue()
+            mp_set_thread_name("mp-pool")
+            supervisor.serve()
+            return nil
+        }, context)
+        guard started == 0 else {
+            Unmanaged<PoolSupervisor>.fromOpaque(context).release()
+            for slot in slots { slot.abandon() }
+            throw MultiprocessingError.system("pthread_create", errno: started)
+        }
+        pthread_detach(thread)
+    }
+
+    deinit {
+        Syscall.close(wakeRead)
+        Syscall.close(wakeWrite)
+    }
+
+    // MARK: Called by the pool's users
+
+    var phase: Phase { shared.withLock { $0.phase } }
+    var workerPids: [Int32] { shared.withLock { $0.workerPids } }
+
+    /// Queues items; throws once the pool is closed.
+    func submit(_ items: [PoolItem]) throws {
+        let wake: Bool = try shared.withLock { state in
+            guard state.phase == .running else {
+                throw MultiprocessingError(.invalidState, state.phase == .closed ? "pool is closed" : "pool was terminated")
+            }
+            state.incoming.append(contentsOf: items)
+            return state.wakeIfSleeping()
+        }
+        if wake { wakeUp() }
+    }
+
+    /// Fails the call's inputs that have not ended; a worker running one of them is killed and replaced.
+    func cancel(_ call: PoolCall) {
+        call.markCancelled()
+        let wake = shared.withLock { state in
+            state.cancelled.append(call)
+            return state.wakeIfSleeping()
+        }
+        if wake { wakeUp() }
+    }
+
+    /// No more submissions; workers end once every queued input has its outcome.
+    func close() {
+        let wake = shared.withLock { state in
+            if state.phase == .running { state.phase = .closed }
+            return state.wakeIfSleeping()
+        }
+        if wake { wakeUp() }
+    }
+
+    /// Kills the workers now; inputs without an outcome fail.
+    func terminate() {
+        let wake = shared.withLock { state in
+            state.phase = .terminating
+            return state.wakeIfSleeping()
+        }
+        if wake { wakeUp() }
+    }
+
+    /// Waits until every worker has ended (after ``close()`` or ``terminate()``).
+    func join(until deadline: Deadline) -> Bool {
+        finishedCall.wait(for: .item(0), until: deadline)
+    }
+
+    func join() async throws {
+        try await finishedCall.wait(for: .item(0), onCancel: {})
+    }
+
+    private func wakeUp() {
+        var byte: UInt8 = 1
+        _ = withUnsafeBytes(of: &byte) { try? Syscall.writeAll(wakeWrite, $0) }
+    }
+
+    private func publishPids() {
+        let pids = slots.map(\.pid)
+        shared.withLock { $0.workerPids = pids }
+    }
+
+    // MARK: The supervisor thread
+
+    private func serve() {
+        var phase = Phase.running
+        var entries: [pollfd] = []
+        while true {
+            phase = absorb()
+            if phase == .terminating {
+                terminateAll()
+                break
+            }
+            dispatch()
+            flushAll()
+            if phase == .closed && pendingCount == 0 {
+                for slot in slots where slot.inflightCount == 0 { slot.closeChannel() }
+                if slots.isEmpty { break }
+            }
+            if phase == .running || pendingCount > 0 { replaceWorkers() }
+
+            entries.removeAll(keepingCapacity: true)
+            entries.append(pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0))
+            for slot in slots {
+                var events = Int16(0)
+                if !slot.channelEnded { events |= Int16(POLLIN) }
+                if slot.hasOutput { events |= Int16(POLLOUT) }
+                entries.append(pollfd(fd: events == 0 ? -1 : slot.fd, events: events, revents: 0))
+                entries.append(pollfd(fd: slot.sentinel, events: Int16(POLLIN), revents: 0))
+            }
+            let deadline = nearestDeadline()
+            let mayWait = shared.withLock { state in
+                if !state.incoming.isEmpty || !state.cancelled.isEmpty || state.phase != phase { return false }
+                state.sleeping = true
+                return true
+            }
+            _ = try? Syscall.pollEntries(&entries, until: mayWait ? deadline : .now)
+            shared.withLock { state in
+                state.sleeping = false
+                state.woken = false
+            }
+            if entries[0].revents != 0 {
+                var drain = [UInt8](repeating: 0, count: 64)
+                _ = drain.withUnsafeMutableBytes { try? Syscall.readSome(wakeRead, $0) }
+            }
+            let watched = slots
+            var ended: [WorkerSlot] = []
+            for (position, slot) in watched.enumerated() {
+                let io = entries[1 + 2 * position].revents
+                let exit = entries[2 + 2 * position].revents
+                if io & Int16(POLLIN | POLLHUP | POLLERR) != 0 { readReplies(slot) }
+                if io & Int16(POLLOUT) != 0 { slot.flush() }
+                if exit != 0 { ended.append(slot) }
+            }
+            for slot in ended { workerEnded(slot) }
+            enforceDeadlines()
+        }
+        for item in pending[pendingHead...] { fail(item, MultiprocessingError(.closed, "the pool was terminated before this input ran")) }
+        pending.removeAll()
+        pendingHead = 0
+        shared.withLock {
+            $0.finished = true
+            $0.workerPids = []
+        }
+        finishedCall.deliver([(0, .output([]))])
+    }
+
+    private var pendingCount: Int { pending.count - pendingHead }
+
+    /// Moves submitted items to the queue and applies cancellations; returns the phase.
+    private func absorb() -> Phase {
+        let (incoming, cancelled, phase) = shared.withLock { state in
+            defer {
+                state.incoming.removeAll(keepingCapacity: true)
+                state.cancelled.removeAll()
+            }
+            return (state.incoming, state.cancelled, state.phase)
+        }
+        if pendingHead > 4096 && pendingHead * 2 > pending.count {
+            pending.removeFirst(pendingHead)
+            pendingHead = 0
+        }
+        pending.append(contentsOf: incoming)
+        for call in cancelled {
+            for slot in slots where slot.runningItem?.call === call && slot.killReason == nil {
+                slot.killReason = .cancelled
+                slot.kill()
+            }
+            let cancelledError = CancellationError()
+            var kept: [PoolItem] = []
+            for item in pending[pendingHead...] {
+                if item.call === call { fail(item, cancelledError) } else { kept.append(item) }
+            }
+            pending = kept
+            pendingHead = 0
+        }
+        return phase
+    }
+
+    /// Sends queued inputs to workers with room, one chunk per worker per round so the load spreads.
+    private func dispatch() {
+        guard pendingCount > 0 else { return }
+        var progressed = true
+        while progressed && pendingCount > 0 {
+            progressed = false
+            for slot in slots where slot.acceptsWork {
+                guard pendingCount > 0 else { break }
+                let call = pending[pendingHead].call
+                if call.isCancelled {
+                    fail(pending[pendingHead], CancellationError())
+                    pendingHead += 1
+                    progressed = true
+                    continue
+                }
+                let window = sendAhead(call)
+                var room = window - slot.inflightCount
+                if let limit = configuration.maxTasksPerChild { room = min(room, limit - slot.sentTotal) }
+                guard room > 0 else { continue }
+                var end = pendingHead
+                let limit = min(pendingCount, call.chunkSize, room)
+                while end - pendingHead < limit && pending[end].call === call { end += 1 }
+                let chunk = pending[pendingHead..<end]
+                pendingHead = end
+                do {
+                    try slot.send(chunk, firstID: nextID)
+                    nextID &+= UInt64(chunk.count)
+                } catch {
+                    for item in chunk { fail(item, error) }
+                }
+                progressed = true
+            }
+        }
+    }
+
+    /// How many inputs of `call` a worker may hold: two chunks, and for short inputs enough to cover
+    /// a round trip to the parent.
+    private func sendAhead(_ call: PoolCall) -> Int {
+        let chunks = 2 * call.chunkSize
+        if call.timeoutNanoseconds != nil { return max(chunks, 1) }
+        if serviceNanoseconds < 50_000 { return max(chunks, 256) }
+        if serviceNanoseconds < 500_000 { return max(chunks, 16) }
+        return chunks
+    }
+
+    private func flushAll() {
+        for slot in slots where slot.hasOutput { slot.flush() }
+    }
+
+    private func readReplies(_ slot: WorkerSlot) {
+        var batches: [ObjectIdentifier: (PoolCall, [(Int, PoolOutcome)])] = [:]
+        let busySince = slot.busySince
+        while true {
+            let frame: [UInt8]?
+            do { frame = try slot.channel.receiveBytesIfReady(maxLength: nil) } catch {
+                slot.channelEnded = true
+                break
+            }
+            guard let frame else { break }
+            var reader = PoolFrameReader(frame)
+            guard let kind = try? reader.byte(), let flags = try? reader.byte(), let id = try? reader.integer(UInt64.self),
+                let item = slot.answered(id)
+            else {
+                configuration.logger.error("pool worker \(slot.pid) sent a reply that does not follow the protocol; killing it")
+                slot.kill()
+                slot.channelEnded = true
+                break
+            }
+            let payload = reader.rest()
+            let outcome: PoolOutcome = kind == PoolWire.output ? .output(payload) : .failure(Self.remoteError(payload))
+            batches[ObjectIdentifier(item.call), default: (item.call, [])].1.append((item.index, outcome))
+            if flags & PoolWire.retiring != 0 {
+                slot.retiring = true
+                configuration.logger.info("pool worker \(slot.pid) passed its memory cap of \(configuration.maxMemoryPerChild ?? 0) bytes; replacing it")
+            }
+        }
+        if !batches.isEmpty {
+            let served = batches.values.reduce(0) { $0 + $1.1.count }
+            let now = Deadline.monotonicNow()
+            let elapsed = min((now > busySince ? now - busySince : 0) / UInt64(max(served, 1)), 1_000_000_000)
+            serviceNanoseconds = (serviceNanoseconds * 7 + elapsed) / 8
+        }
+        for (call, batch) in batches.values { call.deliver(batch) }
+    }
+
+    /// The error an input's reply carries: the thrown error itself when its type is Codable and known
+    /// here, otherwise ``MultiprocessingError/Code/remote`` with its type name and description.
+    static func remoteError(_ payload: [UInt8]) -> any Error {
+        guard let report = try? BinaryDecoder().decode(FailureReport.self, from: payload) else {
+            return MultiprocessingError(.transport, "a worker's error could not be decoded")
+        }
+        let failure = report.failure
+        if let error = failure.error { return error }
+        return MultiprocessingError(.remote, "\(report.typeName): \(report.message)")
+    }
+
+    private func workerEnded(_ slot: WorkerSlot) {
+        let code = slot.process.exitCode ?? -1
+        if !slot.channelEnded { readReplies(slot) }
+        let rest = slot.takeInflight()
+        var requeue = rest
+        if let running = rest.first {
+            switch slot.killReason {
+            case .timedOut:
+                requeue.removeFirst()
+                let limit = running.call.timeout ?? .zero
+                fail(running, MultiprocessingError(
+                    .timedOut, "input \(running.index) of \(running.call.taskDescription) ran past its timeout of \(limit); worker \(slot.pid) was killed and replaced"
+                ).with(pid: slot.pid, timeout: limit))
+            case .cancelled:
+                requeue.removeFirst()
+                fail(running, CancellationError())
+            case nil:
+                if !(code == 0 && slot.retiring) {
+                    requeue.removeFirst()
+                    fail(running, died(slot, code: code, running: running))
+                }
+            }
+        }
+        if !requeue.isEmpty {
+            pending.replaceSubrange(pendingHead..<pendingHead, with: requeue)
+        }
+        if slot.killReason == nil && !(code == 0 && (slot.retiring || slot.channelClosedByPool)) {
+            configuration.logger.warning("\(died(slot, code: code, running: rest.first).message)")
+        } else if slot.retiring || slot.channelClosedByPool {
+            configuration.logger.debug("pool worker \(slot.pid) ended after \(slot.sentTotal) inputs")
+        }
+        slot.release()
+        slots.removeAll { $0 === slot }
+        publishPids()
+    }
+
+    private func died(_ slot: WorkerSlot, code: Int32, running: PoolItem?) -> MultiprocessingError {
+        var message = "pool worker \(slot.pid) "
+        message += code < 0 ? "was killed by \(Signal(rawValue: -code).name)" : "exited with code \(code)"
+        if let running { message += " while running input \(running.index) of \(running.call.taskDescription)" }
+        if let limit = slot.process.exceededLimit { message += " (\(limit))" }
+        return MultiprocessingError(.childFailed, message).with(pid: slot.pid, signal: code < 0 ? -code : nil)
+    }
+
+    /// Starts workers until the pool has its number again (not while the program exits).
+    private func replaceWorkers() {
+        guard !PoolExit.exiting.load(ordering: .relaxed) else { return }
+        var changed = false
+        while slots.count < configuration.workers {
+            do {
+                slots.append(try startWorker())
+                changed = true
+            } catch {
+                configuration.logger.error("pool could not start a worker: \(error)")
+                break
+            }
+        }
+        // A worker that reached maxTasksPerChild, or passed its memory cap, ends once it has answered.
+        for slot in slots where !slot.channelClosedByPool && slot.inflightCount == 0 {
+            if slot.retiring { slot.closeChannel() }
+            if let limit = configuration.maxTasksPerChild, slot.sentTotal >= limit { slot.closeChannel() }
+        }
+        if changed { publishPids() }
+    }
+
+    private func nearestDeadline() -> Deadline {
+        var nearest: UInt64?
+        for slot in slots where slot.killReason == nil {
+            guard let running = slot.runningItem, let limit = running.call.timeoutNanoseconds else { continue }
+            let end = slot.busySince &+ limit
+            nearest = min(nearest ?? end, end)
+        }
+        return Deadline(nanoseconds: nearest)
+    }
+
+    private func enforceDeadlines() {
+        let now = Deadline.monotonicNow()
+        for slot in slots where slot.killReason == nil {
+            guard let running = slot.runningItem, let limit = running.call.timeoutNanoseconds else { continue }
+            if now >= slot.busySince &+ limit {
+                slot.killReason = .timedOut
+                slot.kill()
+                configuration.logger.warning("pool worker \(slot.pid) ran input \(running.index) of \(running.call.taskDescription) past its timeout; killing it")
+            }
+        }
+    }
+
+    private func terminateAll() {
+        for slot in slots { slot.kill() }
+        let error = MultiprocessingError(.closed, "the pool was terminated before this input finished")
+        for slot in slots {
+            _ = try? slot.process.join(timeout: .seconds(10))
+            for item in slot.takeInflight() { fail(item, error) }
+            slot.release()
+        }
+        slots.removeAll()
+        for item in pending[pendingHead...] { fail(item, error) }
+        pending.removeAll()
+        pendingHead = 0
+    }
+
+    private func fail(_ item: PoolItem, _ error: any Error) {
+        item.call.deliver([(item.index, .failure(error))])
+    }
+
+    private func startWorker() throws -> WorkerSlot {
+        workerCount += 1
+        let (mine, theirs) = try Syscall.socketPair()
+        let channel: Connection
+        let workerEnd: Connection
+        do {
+            channel = try Connection(adopting: mine)
+        } catch {
+            Syscall.close(mine)
+            Syscall.close(theirs)
+            throw error
+        }
+        do { workerEnd = try Connection(adopting: theirs) } catch {
+            Syscall.close(theirs)
+            throw error
+        }
+        defer { workerEnd.close() }
+        let name = "PoolWorker-\(workerCount)"
+        let context = configuration.context
+        let process: ChildProcess
+        if context.startMethod == .fork {
+            // A forked worker inherits the pool's other descriptors; it closes them so that each
+            // worker sees its own channel end when the pool closes it.
+            let inherited = slots.map(\.fd) + [mine, wakeRead, wakeWrite]
+            process = ChildProcess(
+                PoolWorker(channel: workerEnd, memoryCap: configuration.maxMemoryPerChild, inherited: inherited),
+                name: name, daemon: true, context: context)
+        } else {
+            process = ChildProcess(
+                PoolAsyncWorker(channel: workerEnd, memoryCap: configuration.maxMemoryPerChild),
+                name: name, daemon: true, context: context)
+        }
+        try process.setSettings(configuration.settings)
+        try process.start()
+        return try WorkerSlot(process: process, channel: channel)
+    }
+}
+
+/// Marks the program's exit, so that pools stop replacing the workers the exit ends.
+enum PoolExit {
+    static let exiting = Atomic<Bool>(false)
+    private static let installed = Atomic<Bool>(false)
+
+    static func install() {
+        guard installed.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
+        // Handlers run in reverse order: this one runs before the one that ends daemon children.
+        ExitHooks.install()
+        atexit { PoolExit.exiting.store(true, ordering: .relaxed) }
+    }
+}

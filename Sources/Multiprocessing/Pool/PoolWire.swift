@@ -1,0 +1,106 @@
+/// The frames a pool and its workers exchange, packed by hand: a job frame carries one chunk of inputs
+/// for one task value, a reply frame one input's outcome. Both ride in the package's connection framing
+/// (a 4-byte big-endian length), so a worker reads them with ``Connection/recvBytes(maxLength:timeout:)-7rggb``.
+///
+/// Job: `kind u8 | first id u64 | name length u32 | name | task length u32 | task | count u32 | (length u32 | input)*`.
+/// Reply: `kind u8 | flags u8 | id u64 | payload` (the encoded output, or an encoded ``FailureReport``).
+enum PoolWire {
+    /// Job kinds: how the worker runs the task.
+    static let syncJob: UInt8 = 1
+    static let asyncJob: UInt8 = 2
+    /// Reply kinds.
+    static let output: UInt8 = 0
+    static let failure: UInt8 = 1
+    /// Reply flag: the worker ends after this reply (its memory passed the pool's cap).
+    static let retiring: UInt8 = 1
+
+    /// Appends one job frame, with its connection header, to `buffer`.
+    static func appendJob(
+        to buffer: inout [UInt8], kind: UInt8, firstID: UInt64, name: [UInt8], task: [UInt8], inputs: ArraySlice<PoolItem>
+    ) throws {
+        var size = 1 + 8 + 4 + name.count + 4 + task.count + 4
+        for item in inputs { size += 4 + item.input.count }
+        guard size <= Int(Int32.max) else {
+            throw MultiprocessingError(.invalidArgument, "a chunk of \(size) bytes is too large to send to a worker")
+        }
+        buffer.reserveCapacity(buffer.count + 4 + size)
+        appendBigEndian(UInt32(size), to: &buffer)
+        buffer.append(kind)
+        append(firstID, to: &buffer)
+        append(UInt32(name.count), to: &buffer)
+        buffer.append(contentsOf: name)
+        append(UInt32(task.count), to: &buffer)
+        buffer.append(contentsOf: task)
+        append(UInt32(inputs.count), to: &buffer)
+        for item in inputs {
+            append(UInt32(item.input.count), to: &buffer)
+            buffer.append(contentsOf: item.input)
+        }
+    }
+
+    /// One reply frame's bytes (without the connection header, which the worker's connection adds).
+    static func reply(kind: UInt8, flags: UInt8, id: UInt64, payload: [UInt8]) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(10 + payload.count)
+        bytes.append(kind)
+        bytes.append(flags)
+        append(id, to: &bytes)
+        bytes.append(contentsOf: payload)
+        return bytes
+    }
+
+    static func append<I: FixedWidthInteger>(_ value: I, to buffer: inout [UInt8]) {
+        withUnsafeBytes(of: value.littleEndian) { buffer.append(contentsOf: $0) }
+    }
+
+    static func appendBigEndian(_ value: UInt32, to buffer: inout [UInt8]) {
+        withUnsafeBytes(of: value.bigEndian) { buffer.append(contentsOf: $0) }
+    }
+}
+
+/// Reads the fields of a frame in order; any read past the end is a protocol violation.
+struct PoolFrameReader {
+    let bytes: [UInt8]
+    var offset = 0
+
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    mutating func byte() throws -> UInt8 {
+        guard offset < bytes.count else { throw Self.truncated }
+        defer { offset += 1 }
+        return bytes[offset]
+    }
+
+    mutating func integer<I: FixedWidthInteger>(_: I.Type) throws -> I {
+        let size = MemoryLayout<I>.size
+        guard bytes.count - offset >= size else { throw Self.truncated }
+        var value = I.zero
+        withUnsafeMutableBytes(of: &value) { target in
+            bytes.withUnsafeBytes { source in
+                target.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[offset..<offset + size]))
+            }
+        }
+        offset += size
+        return I(littleEndian: value)
+    }
+
+    /// A length-prefixed run of bytes.
+    mutating func counted() throws -> [UInt8] {
+        let count = Int(try integer(UInt32.self))
+        return try take(count)
+    }
+
+    mutating func take(_ count: Int) throws -> [UInt8] {
+        guard count >= 0, bytes.count - offset >= count else { throw Self.truncated }
+        defer { offset += count }
+        return Array(bytes[offset..<offset + count])
+    }
+
+    /// Everything not read yet.
+    mutating func rest() -> [UInt8] {
+        defer { offset = bytes.count }
+        return Array(bytes[offset...])
+    }
+
+    static let truncated = MultiprocessingError(.protocolViolation, "a pool frame ended early")
+}

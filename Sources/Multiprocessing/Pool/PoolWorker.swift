@@ -1,0 +1,185 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A pool worker under the fork start method: runs ``PoolTask`` jobs read from `channel` until the pool
+/// closes its end. (Fork workers cannot run async work; see ``AsyncProcessTask``.)
+struct PoolWorker: ProcessTask {
+    let channel: Connection
+    /// The resident memory in bytes after which the worker ends (after answering its task).
+    let memoryCap: Int?
+    /// The pool's descriptors this forked worker inherited (the other workers' channels, the wake pipe).
+    let inherited: [Int32]
+
+    func run() throws {
+        for fd in inherited { Syscall.close(fd) }
+        var session = PoolWorkerSession(channel: channel, memoryCap: memoryCap)
+        while let job = session.nextJob() {
+            for index in 0..<job.inputs.count {
+                let outcome: PoolWorkerSession.Outcome
+                switch job.runner {
+                case .sync(let run): outcome = run(job.inputs[index])
+                case .async: outcome = PoolWorkerSession.refusal("async work cannot run in a worker started by fork")
+                case .broken(let outcomeForAll): outcome = outcomeForAll
+                }
+                guard session.reply(outcome, id: job.firstID &+ UInt64(index)) else { return }
+            }
+        }
+    }
+}
+
+/// A pool worker under spawn and forkserver: runs ``PoolTask`` and ``AsyncPoolTask`` jobs read from
+/// `channel` until the pool closes its end.
+struct PoolAsyncWorker: AsyncProcessTask {
+    let channel: Connection
+    let memoryCap: Int?
+
+    func run() async throws {
+        var session = PoolWorkerSession(channel: channel, memoryCap: memoryCap)
+        while let job = session.nextJob() {
+            for index in 0..<job.inputs.count {
+                let outcome: PoolWorkerSession.Outcome
+                switch job.runner {
+                case .sync(let run): outcome = run(job.inputs[index])
+                case .async(let run): outcome = await run(job.inputs[index])
+                case .broken(let outcomeForAll): outcome = outcomeForAll
+                }
+                guard session.reply(outcome, id: job.firstID &+ UInt64(index)) else { return }
+            }
+        }
+    }
+}
+
+/// What both kinds of worker share: reading jobs, keeping the last task decoded, answering each input
+/// before the next one starts (so that the pool knows which input a dead worker was running), and
+/// watching the worker's resident memory.
+struct PoolWorkerSession {
+    typealias Outcome = (kind: UInt8, payload: [UInt8])
+
+    enum Runner {
+        case sync(([UInt8]) -> Outcome)
+        case async(([UInt8]) async -> Outcome)
+        /// The task could not be decoded: every input gets this outcome.
+        case broken(Outcome)
+    }
+
+    struct Job {
+        let firstID: UInt64
+        let runner: Runner
+        let inputs: [[UInt8]]
+    }
+
+    let channel: Connection
+    let memoryCap: Int?
+    private var cachedKey: (name: [UInt8], task: [UInt8])?
+    private var cachedRunner: Runner?
+
+    init(channel: Connection, memoryCap: Int?) {
+        self.channel = channel
+        self.memoryCap = memoryCap
+        channel.decodingBudget = .unlimited
+        // Ctrl-C reaches the whole foreground process group: the parent decides what happens to the pool.
+        signal(SIGINT, SIG_IGN)
+    }
+
+    /// The next job, or nil once the pool closed the channel (or sent something unreadable).
+    mutating func nextJob() -> Job? {
+        guard let frame = try? channel.recvBytes() else { return nil }
+        var reader = PoolFrameReader(frame)
+        do {
+            _ = try reader.byte()  // the job's kind: the task's type says how to run it
+            let firstID = try reader.integer(UInt64.self)
+            let name = try reader.counted()
+            let task = try reader.counted()
+            let count = Int(try reader.integer(UInt32.self))
+            var inputs: [[UInt8]] = []
+            inputs.reserveCapacity(count)
+            for _ in 0..<count { inputs.append(try reader.counted()) }
+            return Job(firstID: firstID, runner: runner(name: name, task: task), inputs: inputs)
+        } catch {
+            return nil
+        }
+    }
+
+    /// Sends one input's outcome; false when the worker should end (the pool is gone, or memory passed the cap).
+    func reply(_ outcome: Outcome, id: UInt64) -> Bool {
+        let retiring = memoryCap.map { Self.residentBytes() > $0 } ?? false
+        let frame = PoolWire.reply(kind: outcome.kind, flags: retiring ? PoolWire.retiring : 0, id: id, payload: outcome.payload)
+        guard (try? channel.sendBytes(frame)) != nil else { return false }
+        return !retiring
+    }
+
+    private mutating func runner(name: [UInt8], task: [UInt8]) -> Runner {
+        if let cachedKey, let cachedRunner, cachedKey.name == name, cachedKey.task == task { return cachedRunner }
+        let made: Runner
+        do {
+            let typeName = String(decoding: name, as: UTF8.self)
+            guard let type = TaskEnvelope.resolveType(named: typeName) else {
+                throw MultiprocessingError(.transport, "no pool task type named \(typeName) in the worker's program")
+            }
+            if let type = type as? any PoolTask.Type {
+                made = try Self.syncRunner(type, task)
+            } else if let type = type as? any AsyncPoolTask.Type {
+                made = try Self.asyncRunner(type, task)
+            } else {
+                throw MultiprocessingError(.transport, "\(type) is not a PoolTask or AsyncPoolTask")
+            }
+        } catch {
+            made = .broken(Self.failure(error))
+        }
+        cachedKey = (name, task)
+        cachedRunner = made
+        return made
+    }
+
+    private static func syncRunner<T: PoolTask>(_: T.Type, _ bytes: [UInt8]) throws -> Runner {
+        var decoder = BinaryDecoder()
+        decoder.memoryBudget = .unlimited
+        let task = try decoder.decode(T.self, from: bytes)
+        let encoder = BinaryEncoder()
+        return .sync { [decoder] input in
+            do {
+                let value = try decoder.decode(T.Input.self, from: input)
+                let output = try task.run(value)
+                return (PoolWire.output, try encoder.encode(output))
+            } catch {
+                return failure(error)
+            }
+        }
+    }
+
+    private static func asyncRunner<T: AsyncPoolTask>(_: T.Type, _ bytes: [UInt8]) throws -> Runner {
+        var decoder = BinaryDecoder()
+        decoder.memoryBudget = .unlimited
+        let task = try decoder.decode(T.self, from: bytes)
+        let encoder = BinaryEncoder()
+        return .async { [decoder] input in
+            do {
+                let value = try decoder.decode(T.Input.self, from: input)
+                let output = try await task.run(value)
+                return (PoolWire.output, try encoder.encode(output))
+            } catch {
+                return failure(error)
+            }
+        }
+    }
+
+    static func failure(_ error: any Error) -> Outcome {
+        (PoolWire.failure, (try? BinaryEncoder().encode(FailureReport(error))) ?? [])
+    }
+
+    static func refusal(_ message: String) -> Outcome {
+        failure(MultiprocessingError(.unsupported, message))
+    }
+
+    /// This process's resident set in bytes, from /proc/self/statm (0 when it cannot be read).
+    static func residentBytes() -> Int {
+        guard let fd = try? Syscall.open("/proc/self/statm", O_RDONLY | O_CLOEXEC) else { return 0 }
+        defer { Syscall.close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 128)
+        let count = (try? buffer.withUnsafeMutableBytes { try Syscall.readSome(fd, $0) }) ?? 0
+        let fields = String(decoding: buffer[0..<count], as: UTF8.self).split(separator: " ")
+        guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+}

@@ -1,0 +1,322 @@
+import Logging
+
+/// A pool of worker processes that run ``PoolTask`` work: Python's `multiprocessing.Pool`, made so that
+/// it never hangs.
+///
+/// ```swift
+/// struct Square: PoolTask {
+///     func run(_ input: Int) throws -> Int { input * input }
+/// }
+/// let pool = try ProcessPool(workers: 4)
+/// let squares = try pool.map(Square(), 1...100)
+/// pool.close()
+/// try pool.join(timeout: .seconds(10))
+/// ```
+///
+/// What Python's pool does not:
+/// - A worker that dies (SIGKILL, a segfault, `fatalError`, a resource limit) fails only the input it was
+///   running, with an error naming its pid and signal; inputs queued behind it go to other workers, and a
+///   new worker takes its place.
+/// - A per-input `timeout` kills and replaces a worker whose input runs too long; that input fails with
+///   ``MultiprocessingError/Code/timedOut``.
+/// - `maxTasksPerChild` and `maxMemoryPerChild` recycle workers; deaths and recycles go to a `Logger`.
+/// - Cancelling an awaiting Swift task cancels its work (killing the worker that runs it).
+/// - Inputs are read lazily by ``imap(_:_:chunkSize:timeout:window:)`` (backpressure).
+///
+/// Workers are daemons: they die with the program, and ignore SIGINT so that Ctrl-C reaches only the
+/// parent. A pool that is never closed does not hold up the program's exit. Dropping the pool
+/// terminates it (Python's `__del__`).
+///
+/// Python's `starmap` has no separate form: a task's `Input` is any `Codable` value, so several
+/// arguments travel as one struct (Swift tuples are not `Codable`).
+public final class ProcessPool: @unchecked Sendable {
+    let supervisor: PoolSupervisor
+    /// The start method of the workers.
+    public let context: ProcessContext
+    /// How many workers the pool keeps.
+    public let workerCount: Int
+
+    /// Starts a pool.
+    ///
+    /// - Parameters:
+    ///   - workers: how many worker processes; by default ``cpuCount()``.
+    ///   - context: their start method. Spawn and forkserver workers run ``PoolTask`` and
+    ///     ``AsyncPoolTask`` work; fork workers run ``PoolTask`` work only.
+    ///   - maxTasksPerChild: a worker ends and is replaced after this many inputs (Python's
+    ///     `maxtasksperchild`); nil keeps workers for the pool's life.
+    ///   - maxMemoryPerChild: a worker whose resident memory passes this many bytes after an input ends
+    ///     and is replaced (the input's result is kept).
+    ///   - workerSettings: each worker's ``ChildSettings``, such as ``ResourceLimits``. A worker that a
+    ///     limit kills fails the input it ran, with the limit named in the error.
+    ///   - logger: where worker deaths, timeouts and recycles are reported; by default ``diagnostics``.
+    /// - Throws: ``MultiprocessingError/Code/invalidArgument`` for a count below 1,
+    ///   ``MultiprocessingError/Code/invalidState`` in a daemon process, and the errors of
+    ///   ``ChildProcess/start()`` when a worker cannot start.
+    public init(
+        workers: Int? = nil, context: ProcessContext = .default, maxTasksPerChild: Int? = nil,
+        maxMemoryPerChild: Int? = nil, workerSettings: ChildSettings = ChildSettings(), logger: Logger? = nil
+    ) throws {
+        let count = workers ?? cpuCount()
+        self.context = context
+        workerCount = count
+        supervisor = try PoolSupervisor(
+            PoolSupervisor.Configuration(
+                workers: count, context: context, maxTasksPerChild: maxTasksPerChild, maxMemoryPerChild: maxMemoryPerChild,
+                settings: workerSettings, logger: logger ?? diagnostics))
+    }
+
+    deinit { supervisor.terminate() }
+
+    /// The process ids of the workers now running.
+    public var workerIdentifiers: [ProcessIdentifier] { supervisor.workerPids.map(ProcessIdentifier.init(rawValue:)) }
+
+    // MARK: One input
+
+    /// Runs `task` on `input` in a worker and waits for the output (Python's `apply`).
+    /// - Parameter timeout: the longest the input may run in its worker; past it the worker is killed and
+    ///   replaced. Nil: no limit.
+    /// - Throws: the errors of ``PoolResult/get(timeout:)``, and those of ``submit(_:_:timeout:onSuccess:onFailure:)``.
+    public func apply<T: PoolTask>(_ task: T, _ input: T.Input, timeout: Duration? = nil) throws -> T.Output {
+        try submit(task, input, timeout: timeout).get()
+    }
+
+    /// Runs `task` on `input` in a worker and awaits the output; cancelling the awaiting task kills
+    /// the worker if it has started the input.
+    /// - Throws: the errors of ``PoolResult/value``, and those of ``submit(_:_:timeout:onSuccess:onFailure:)``.
+    public func apply<T: PoolTask>(_ task: T, _ input: T.Input, timeout: Duration? = nil) async throws -> T.Output {
+        try await submit(task, input, timeout: timeout).value
+    }
+
+    /// Runs an async task on `input` in a worker and awaits the output.
+    /// - Throws: ``MultiprocessingError/Code/unsupported`` under the fork start method, and the errors of
+    ///   ``PoolResult/value``.
+    public func apply<T: AsyncPoolTask>(_ task: T, _ input: T.Input, timeout: Duration? = nil) async throws -> T.Output {
+        try await submit(task, input, timeout: timeout).value
+    }
+
+    /// Hands `input` to a worker and returns at once (Python's `apply_async`).
+    ///
+    /// - Parameters:
+    ///   - timeout: the longest the input may run in its worker.
+    ///   - onSuccess: called with the output when it arrives, on the pool's thread (keep it short).
+    ///   - onFailure: called with the error when the input fails, on the pool's thread.
+    /// - Throws: ``MultiprocessingError/Code/invalidState`` once the pool is closed or terminated;
+    ///   ``MultiprocessingError/Code/invalidArgument`` when the task's type cannot be found by a worker
+    ///   (private, or declared in a function); ``MultiprocessingError/Code/transport`` when the task
+    ///   value cannot be encoded. An input that cannot be encoded fails its result, not this call.
+    public func submit<T: PoolTask>(
+        _ task: T, _ input: T.Input, timeout: Duration? = nil,
+        onSuccess: (@Sendable (T.Output) -> Void)? = nil, onFailure: (@Sendable (any Error) -> Void)? = nil
+    ) throws -> PoolResult<T.Output> {
+        try single(task, kind: PoolWire.syncJob, input, T.Output.self, timeout: timeout, onSuccess: onSuccess, onFailure: onFailure)
+    }
+
+    /// Hands `input` to a worker that runs an async task, and returns at once.
+    /// - Throws: ``MultiprocessingError/Code/unsupported`` under the fork start method, and the errors of
+    ///   ``submit(_:_:timeout:onSuccess:onFailure:)``.
+    public func submit<T: AsyncPoolTask>(
+        _ task: T, _ input: T.Input, timeout: Duration? = nil,
+        onSuccess: (@Sendable (T.Output) -> Void)? = nil, onFailure: (@Sendable (any Error) -> Void)? = nil
+    ) throws -> PoolResult<T.Output> {
+        try single(task, kind: PoolWire.asyncJob, input, T.Output.self, timeout: timeout, onSuccess: onSuccess, onFailure: onFailure)
+    }
+
+    // MARK: Many inputs
+
+    /// Runs `task` on every input and returns the outputs in input order (Python's `map`).
+    ///
+    /// - Parameters:
+    ///   - chunkSize: inputs sent to a worker at a time; by default about a quarter of an even share.
+    ///   - timeout: the longest each input may run in its worker.
+    ///   - progress: called on this thread with (inputs ended, inputs) as they end.
+    /// - Throws: the first failed input's error (in input order; see ``PoolResult/get(timeout:)``), after
+    ///   every input has ended; and the errors of ``submit(_:_:timeout:onSuccess:onFailure:)``.
+    ///   ``mapResults(_:_:chunkSize:timeout:)`` gives every input's outcome instead.
+    public func map<T: PoolTask, S: Sequence<T.Input>>(
+        _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil, progress: ((Int, Int) -> Void)? = nil
+    ) throws -> [T.Output] {
+        let result = try submitMap(task, inputs, chunkSize: chunkSize, timeout: timeout)
+        if let progress {
+            var seen = -1
+            let total = result.call.count
+            while seen < total {
+                let done = result.call.waitForProgress(beyond: seen, until: .never)
+                if done != seen { progress(done, total) }
+                seen = done
+            }
+        }
+        return try result.get()
+    }
+
+    /// Runs `task` on every input and awaits the outputs in input order; cancelling the awaiting task
+    /// cancels the inputs not ended.
+    /// - Throws: the errors of ``map(_:_:chunkSize:timeout:progress:)``, and `CancellationError`.
+    public func map<T: PoolTask, S: Sequence<T.Input>>(
+        _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil
+    ) async throws -> [T.Output] {
+        try await submitMap(task, inputs, chunkSize: chunkSize, timeout: timeout).value
+    }
+
+    /// Runs an async task on every input and awaits the outputs in input order.
+    /// - Throws: ``MultiprocessingError/Code/unsupported`` under fork, and the errors of
+    ///   ``map(_:_:chunkSize:timeout:progress:)``.
+    public func map<T: AsyncPoolTask, S: Sequence<T.Input>>(
+        _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil
+    ) async throws -> [T.Output] {
+        let call = try makeCall(task, kind: PoolWire.asyncJob, chunkSize: chunkSize, count: nil, timeout: timeout)
+        return try await mapResult(call, inputs, T.Output.self).value
+    }
+
+    /// Runs `task` on every input and returns each input's outcome, in input order: a failed input
+    /// (thrown error, dead worker, timeout) does not hide the others' outputs.
+    /// - Throws: the errors of ``submit(_:_:timeout:onSuccess:onFailure:)``.
+    public func mapResults<T: PoolTask, S: Sequence<T.Input>>(
+        _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil
+    ) throws -> [Result<T.Output, any Error>] {
+        let result = try submitMap(task, inputs, chunkSize: chunkSize, timeout: timeout)
+        result.wait()
+        return (0..<result.call.count).map { index in Result { try result.call.value(index, as: T.Output.self) } }
+    }
+
+    /// Hands every input to the workers and returns at once (Python's `map_async`); the result's value
+    /// is the outputs in input order, and its ``PoolResult/progress`` counts ended inputs.
+    /// - Throws: the errors of ``submit(_:_:timeout:onSuccess:onFailure:)``.
+    public func submitMap<T: PoolTask, S: Sequence<T.Input>>(
+        _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil
+    ) throws -> PoolResult<[T.Output]> {
+        let inputs = Array(inputs)
+        let call = try makeCall(task, kind: PoolWire.syncJob, chunkSize: chunkSize, count: inputs.count, timeout: timeout)
+        return try mapResult(call, inputs, T.Output.self)
+    }
+
+    /// The outputs in input order as they arrive, reading `inputs` lazily (Python's `imap`): at most
+    /// `window` inputs are in the pool at a time, so an endless sequence works.
+    ///
+    /// Iterate it with `for` (blocking), with `for try await` (without holding a thread), or call
+    /// ``PoolResults/next(timeout:)``. A failed input throws its error from the iteration at its place.
+    /// - Parameter window: inputs handed out ahead of the consumer; by default 4 chunks per worker.
+    /// - Throws: the errors of ``submit(_:_:timeout:onSuccess:onFailure:)``.
+    public func imap<T: PoolTask, S: Sequence<T.Input>>(
+        _ task: T, _ inputs: S, chunkSize: Int = 1, timeout: Duration? = nil, window: Int? = nil
+    ) throws -> PoolResults<T.Output> where S: Sendable {
+        let call = try makeCall(task, kind: PoolWire.syncJob, chunkSize: chunkSize, count: nil, timeout: timeout)
+        return PoolResults(call: call, supervisor: supervisor, inputs: inputs, ordered: true, window: window ?? 4 * workerCount * max(1, chunkSize))
+    }
+
+    /// The outputs in the order they end, reading `inputs` lazily (Python's `imap_unordered`).
+    /// - Throws: the errors of ``imap(_:_:chunkSize:timeout:window:)``.
+    public func imapUnordered<T: PoolTask, S: Sequence<T.Input>>(
+        _ task: T, _ inputs: S, chunkSize: Int = 1, timeout: Duration? = nil, window: Int? = nil
+    ) throws -> PoolResults<T.Output> where S: Sendable {
+        let call = try makeCall(task, kind: PoolWire.syncJob, chunkSize: chunkSize, count: nil, timeout: timeout)
+        return PoolResults(call: call, supervisor: supervisor, inputs: inputs, ordered: false, window: window ?? 4 * workerCount * max(1, chunkSize))
+    }
+
+    // MARK: Lifecycle
+
+    /// Accepts no more work; the workers end once every input handed in has ended (Python's `close`).
+    public func close() { supervisor.close() }
+
+    /// Kills the workers now (SIGKILL); inputs that have not ended fail with
+    /// ``MultiprocessingError/Code/closed`` (Python's `terminate`).
+    public func terminate() { supervisor.terminate() }
+
+    /// Waits until every worker has ended, at most `timeout`; returns whether they have (Python's `join`).
+    /// - Throws: ``MultiprocessingError/Code/invalidState`` before ``close()`` or ``terminate()``, as Python's
+    ///   `ValueError`.
+    @discardableResult
+    public func join(timeout: Duration? = nil) throws -> Bool {
+        guard supervisor.phase != .running else { throw MultiprocessingError(.invalidState, "pool is still running; close() or terminate() it first") }
+        return supervisor.join(until: .after(timeout))
+    }
+
+    /// Awaits the end of every worker without holding a thread.
+    /// - Throws: ``MultiprocessingError/Code/invalidState`` before ``close()`` or ``terminate()``, and
+    ///   `CancellationError`.
+    public func join() async throws {
+        guard supervisor.phase != .running else { throw MultiprocessingError(.invalidState, "pool is still running; close() or terminate() it first") }
+        try await supervisor.join()
+    }
+
+    // MARK: Internals
+
+    func makeCall<T: Codable & Sendable>(_ task: T, kind: UInt8, chunkSize: Int?, count: Int?, timeout: Duration?) throws -> PoolCall {
+        if kind == PoolWire.asyncJob && context.startMethod == .fork {
+            throw MultiprocessingError(.unsupported, "async pool work needs spawn or forkserver workers; fork workers run synchronous code only")
+        }
+        if let chunkSize, chunkSize < 1 {
+            throw MultiprocessingError(.invalidArgument, "chunkSize must be at least 1, not \(chunkSize)")
+        }
+        if let timeout, timeout <= .zero {
+            throw MultiprocessingError(.invalidArgument, "timeout must be positive, not \(timeout)")
+        }
+        let name = try TaskEnvelope.typeName(of: T.self)
+        let encoded: [UInt8]
+        do { encoded = try BinaryEncoder().encode(task) } catch {
+            throw MultiprocessingError(.transport, "the task \(T.self) could not be encoded: \(error)")
+        }
+        var size = chunkSize ?? 1
+        if chunkSize == nil, let count, count > 0 {
+            // Python's default: inputs split in four chunks per worker.
+            let share = count / (4 * workerCount)
+            size = max(1, share + (count % (4 * workerCount) == 0 ? 0 : 1))
+        }
+        return PoolCall(
+            taskName: Array(name.utf8), task: encoded, kind: kind, chunkSize: size, timeout: timeout, taskDescription: "\(T.self)")
+    }
+
+    private func single<T: Codable & Sendable, Input: Encodable, Output: Decodable & Sendable>(
+        _ task: T, kind: UInt8, _ input: Input, _: Output.Type, timeout: Duration?,
+        onSuccess: (@Sendable (Output) -> Void)?, onFailure: (@Sendable (any Error) -> Void)?
+    ) throws -> PoolResult<Output> {
+        let call = try makeCall(task, kind: kind, chunkSize: 1, count: 1, timeout: timeout)
+        if onSuccess != nil || onFailure != nil {
+            call.onOutcome = { [call] index, _ in
+                do {
+                    let value = try call.value(index, as: Output.self)
+                    onSuccess?(value)
+                } catch {
+                    onFailure?(error)
+                }
+            }
+        }
+        try PoolFeeder.feed(call, [input], into: supervisor)
+        return PoolResult(call: call, supervisor: supervisor, goal: .item(0)) { call in try call.value(0, as: Output.self) }
+    }
+
+    private func mapResult<S: Sequence, Output: Decodable & Sendable>(_ call: PoolCall, _ inputs: S, _: Output.Type) throws -> PoolResult<[Output]>
+    where S.Element: Encodable {
+        let inputs = Array(inputs)
+        try PoolFeeder.feed(call, inputs, into: supervisor)
+        let count = inputs.count
+        return PoolResult(call: call, supervisor: supervisor, goal: .count(count)) { call in
+            try (0..<count).map { try call.value($0, as: Output.self) }
+        }
+    }
+}
+
+/// Encodes inputs and hands them to the supervisor; an input that cannot be encoded fails alone.
+enum PoolFeeder {
+    static func feed<S: Sequence>(_ call: PoolCall, _ inputs: S, into supervisor: PoolSupervisor) throws where S.Element: Encodable {
+        let encoder = BinaryEncoder()
+        try feed(call, encoded: inputs.map { input in Result { try encoder.encode(input) } }, into: supervisor)
+    }
+
+    static func feed(_ call: PoolCall, encoded inputs: [Result<[UInt8], any Error>], into supervisor: PoolSupervisor) throws {
+        let first = call.reserve(inputs.count)
+        var items: [PoolItem] = []
+        items.reserveCapacity(inputs.count)
+        var failed: [(Int, PoolOutcome)] = []
+        for (offset, input) in inputs.enumerated() {
+            switch input {
+            case .success(let bytes):
+                items.append(PoolItem(call: call, index: first + offset, input: bytes))
+            case .failure(let error):
+                failed.append((first + offset, .failure(MultiprocessingError(
+                    .transport, "input \(first + offset) of \(call.taskDescription) could not be encoded: \(error)"))))
+            }
+        }
+        if !failed.isEmpty { call.deliver(failed) }
+        if !items.isEmpty { try supervisor.submit(items) }
+    }
+}
