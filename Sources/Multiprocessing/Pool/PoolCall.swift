@@ -47,7 +47,7 @@ final class PoolCall: @unchecked Sendable {
     private var nextWaiter: UInt64 = 0
     private var cancelledFlag = false
 
-    /// Called on the supervisor's thread for each outcome (Python's callbacks), after it is stored.
+    /// Called on the supervisor's thread for each outcome (Python's callbacks), before it is published.
     var onOutcome: (@Sendable (Int, PoolOutcome) -> Void)?
     /// Receive the completed count after each batch of outcomes (guarded by `mutex`).
     private var progressStreams: [AsyncStream<Int>.Continuation] = []
@@ -119,7 +119,13 @@ final class PoolCall: @unchecked Sendable {
     /// Stores outcomes (the first one for an input wins), wakes the waiters they satisfy, then runs the
     /// callbacks and reports progress.
     func deliver(_ batch: [(Int, PoolOutcome)]) {
-        var stored: [(Int, PoolOutcome)] = []
+        // Callbacks run before the outcomes are published, as Python's do: a caller that saw the result
+        // ready sees the callback's effects.
+        if let onOutcome {
+            let fresh: [(Int, PoolOutcome)] = locked { batch.filter { $0.0 < outcomes.count && outcomes[$0.0] == nil } }
+            for (index, outcome) in fresh { onOutcome(index, outcome) }
+        }
+        var stored = 0
         var ready: [CheckedContinuation<Bool, Never>] = []
         var streams: [AsyncStream<Int>.Continuation] = []
         var allDone = false
@@ -127,7 +133,7 @@ final class PoolCall: @unchecked Sendable {
             for (index, outcome) in batch where index < outcomes.count && outcomes[index] == nil {
                 outcomes[index] = outcome
                 completedOrder.append(index)
-                stored.append((index, outcome))
+                stored += 1
             }
             for (id, waiter) in waiters where satisfied(waiter.goal) {
                 ready.append(waiter.continuation)
@@ -139,9 +145,8 @@ final class PoolCall: @unchecked Sendable {
             if allDone { progressStreams = [] }
             return completedOrder.count
         }
-        guard !stored.isEmpty else { return }
+        guard stored > 0 else { return }
         for continuation in ready { continuation.resume(returning: true) }
-        if let onOutcome { for (index, outcome) in stored { onOutcome(index, outcome) } }
         for stream in streams {
             stream.yield(done)
             if allDone { stream.finish() }

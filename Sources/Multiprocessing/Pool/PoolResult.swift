@@ -87,6 +87,11 @@ extension PoolCall {
         guard let outcome = outcome(index) else {
             throw MultiprocessingError(.invalidState, "input \(index) has not ended")
         }
+        return try value(of: outcome, index, as: Output.self)
+    }
+
+    /// The decoded output in `outcome` (of input `index`), or the error it holds.
+    func value<Output: Decodable>(of outcome: PoolOutcome, _ index: Int, as _: Output.Type) throws -> Output {
         switch outcome {
         case .failure(let error): throw error
         case .output(let bytes):

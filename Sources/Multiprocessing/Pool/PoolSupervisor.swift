@@ -75,7 +75,7 @@ final class PoolSupervisor: @unchecked Sendable {
         (wakeRead, wakeWrite) = try Syscall.pipe()
         finishedCall = PoolCall(taskName: [], task: [], kind: 0, chunkSize: 1, timeout: nil, taskDescription: "")
         _ = finishedCall.reserve(1)
-        PoolExit.install()
+        ExitHooks.install()
         do {
             for _ in 0..<configuration.workers { slots.append(try startWorker()) }
         } catch {
@@ -181,13 +181,13 @@ final class PoolSupervisor: @unchecked Sendable {
                 terminateAll()
                 break
             }
+            if phase == .running || pendingCount > 0 { replaceWorkers() }
             dispatch()
             flushAll()
             if phase == .closed && pendingCount == 0 {
                 for slot in slots where slot.inflightCount == 0 { slot.closeChannel() }
                 if slots.isEmpty { break }
             }
-            if phase == .running || pendingCount > 0 { replaceWorkers() }
 
             entries.removeAll(keepingCapacity: true)
             entries.append(pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0))
@@ -403,13 +403,13 @@ final class PoolSupervisor: @unchecked Sendable {
         var message = "pool worker \(slot.pid) "
         message += code < 0 ? "was killed by \(Signal(rawValue: -code).name)" : "exited with code \(code)"
         if let running { message += " while running input \(running.index) of \(running.call.taskDescription)" }
-        if let limit = slot.process.exceededLimit { message += " (\(limit))" }
+        if let limit = slot.process.exceededLimit { message += " (it exceeded its \(limit) limit)" }
         return MultiprocessingError(.childFailed, message).with(pid: slot.pid, signal: code < 0 ? -code : nil)
     }
 
     /// Starts workers until the pool has its number again (not while the program exits).
     private func replaceWorkers() {
-        guard !PoolExit.exiting.load(ordering: .relaxed) else { return }
+        guard !ExitHooks.exiting.load(ordering: .relaxed) else { return }
         var changed = false
         while slots.count < configuration.workers {
             do {
@@ -503,18 +503,5 @@ final class PoolSupervisor: @unchecked Sendable {
         try process.setSettings(configuration.settings)
         try process.start()
         return try WorkerSlot(process: process, channel: channel)
-    }
-}
-
-/// Marks the program's exit, so that pools stop replacing the workers the exit ends.
-enum PoolExit {
-    static let exiting = Atomic<Bool>(false)
-    private static let installed = Atomic<Bool>(false)
-
-    static func install() {
-        guard installed.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
-        // Handlers run in reverse order: this one runs before the one that ends daemon children.
-        ExitHooks.install()
-        atexit { PoolExit.exiting.store(true, ordering: .relaxed) }
     }
 }

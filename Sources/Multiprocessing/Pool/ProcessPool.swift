@@ -271,9 +271,9 @@ public final class ProcessPool: @unchecked Sendable {
     ) throws -> PoolResult<Output> {
         let call = try makeCall(task, kind: kind, chunkSize: 1, count: 1, timeout: timeout)
         if onSuccess != nil || onFailure != nil {
-            call.onOutcome = { [call] index, _ in
+            call.onOutcome = { [unowned call] index, outcome in
                 do {
-                    let value = try call.value(index, as: Output.self)
+                    let value = try call.value(of: outcome, index, as: Output.self)
                     onSuccess?(value)
                 } catch {
                     onFailure?(error)

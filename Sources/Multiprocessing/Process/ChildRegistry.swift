@@ -49,8 +49,12 @@ enum ExitHooks {
         atexit { ExitHooks.run() }
     }
 
+    /// Set once the program has begun to exit: whoever keeps children running (a pool) stops replacing them.
+    static let exiting = Atomic<Bool>(false)
+
     /// Terminates daemon children, then joins every child (Python's `_exit_function`).
     static func run() {
+        exiting.store(true, ordering: .relaxed)
         let children = ChildRegistry.all
         for child in children where child.daemon { try? child.terminate() }
         for child in children { _ = try? child.join() }
