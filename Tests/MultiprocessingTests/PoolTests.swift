@@ -341,6 +341,35 @@ struct PoolTests {
     }
 }
 
+@Suite("Process pool executor", .ownThread)
+struct PoolExecutorTests {
+    @Test("run, submit, map and async work; a crash fails one submission and later ones work; shutdown ends the workers")
+    func executor() async throws {
+        let executor = try ProcessPoolExecutor(maxWorkers: 2, workerSettings: ChildSettings(standardError: .null))
+        try await withTimeLimit(.seconds(30)) {
+            #expect(try await executor.run(Square(), 12) == 144)
+            let futures = try (1...20).map { try executor.submit(Square(), $0) }
+            var sum = 0
+            for future in futures { sum += try await future.value }
+            #expect(sum == 2870)
+            #expect(try await executor.run(AsyncNap(), 3) == 3)
+            do {
+                _ = try await executor.run(Misbehave(), Deed(value: 1, misdeed: .killSelf))
+                Issue.record("a killed worker must fail its submission")
+            } catch let error as MultiprocessingError {
+                #expect(error.code == .childFailed && error.signal == .kill)
+            }
+            #expect(try await executor.map(Square(), [1, 2, 3]) == [1, 4, 9])
+            var streamed: [Int] = []
+            for try await square in try executor.results(Square(), [4, 5]) { streamed.append(square) }
+            #expect(streamed == [16, 25])
+            try await executor.shutdown()
+        }
+        #expect(executor.pool.workerIdentifiers.isEmpty)
+        #expect(throws: MultiprocessingError.self) { try executor.submit(Square(), 1) }
+    }
+}
+
 /// Returns its input, whose encoding may fail.
 struct PickyEcho: PoolTask {
     func run(_ input: Picky) throws -> Picky { input }

@@ -36,6 +36,8 @@ final class PoolCall: @unchecked Sendable {
     let timeout: Duration?
     /// The task's type, for messages.
     let taskDescription: String
+    /// Thrown errors stay as the worker's report (``PoolThrownReport``) instead of being decoded here.
+    let keepsThrownReports: Bool
 
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
@@ -54,7 +56,11 @@ final class PoolCall: @unchecked Sendable {
     /// No more inputs will be added (an imap whose inputs ran out, or any other call once made).
     private var sealed = true
 
-    init(taskName: [UInt8], task: [UInt8], kind: UInt8, chunkSize: Int, timeout: Duration?, taskDescription: String) {
+    init(
+        taskName: [UInt8], task: [UInt8], kind: UInt8, chunkSize: Int, timeout: Duration?, taskDescription: String,
+        keepsThrownReports: Bool = false
+    ) {
+        self.keepsThrownReports = keepsThrownReports
         self.taskName = taskName
         self.task = task
         self.kind = kind

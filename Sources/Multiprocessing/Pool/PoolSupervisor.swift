@@ -336,7 +336,14 @@ final class PoolSupervisor: @unchecked Sendable {
                 break
             }
             let payload = reader.rest()
-            let outcome: PoolOutcome = kind == PoolWire.output ? .output(payload) : .failure(Self.remoteError(payload))
+            let outcome: PoolOutcome
+            if kind == PoolWire.output {
+                outcome = .output(payload)
+            } else if item.call.keepsThrownReports, let report = try? BinaryDecoder().decode(FailureReport.self, from: payload) {
+                outcome = .failure(PoolThrownReport(report: report))
+            } else {
+                outcome = .failure(Self.remoteError(payload))
+            }
             batches[ObjectIdentifier(item.call), default: (item.call, [])].1.append((item.index, outcome))
             if flags & PoolWire.retiring != 0 {
                 slot.retiring = true
