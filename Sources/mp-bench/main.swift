@@ -37,6 +37,7 @@ let workloads = processWorkloads + connectionWorkloads + synchronizationWorkload
     + asyncWorkloads + codecWorkloads
     + pickleWorkloads
     + queueWorkloads
+    + poolWorkloads
 var failures = 0
 for workload in workloads where filter.map({ workload.name.contains($0) }) ?? true {
     do {

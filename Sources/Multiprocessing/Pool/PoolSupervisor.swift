@@ -373,22 +373,23 @@ final class PoolSupervisor: @unchecked Sendable {
     private func workerEnded(_ slot: WorkerSlot) {
         let code = slot.process.exitCode ?? -1
         if !slot.channelEnded { readReplies(slot) }
-        let rest = slot.takeInflight()
+        let (rest, runningIndex) = slot.takeInflightSplit()
         var requeue = rest
-        if let running = rest.first {
+        if let runningIndex {
+            let running = rest[runningIndex]
             switch slot.killReason {
             case .timedOut:
-                requeue.removeFirst()
+                requeue.remove(at: runningIndex)
                 let limit = running.call.timeout ?? .zero
                 fail(running, MultiprocessingError(
                     .timedOut, "input \(running.index) of \(running.call.taskDescription) ran past its timeout of \(limit); worker \(slot.pid) was killed and replaced"
                 ).with(pid: slot.pid, timeout: limit))
             case .cancelled:
-                requeue.removeFirst()
+                requeue.remove(at: runningIndex)
                 fail(running, CancellationError())
             case nil:
                 if !(code == 0 && slot.retiring) {
-                    requeue.removeFirst()
+                    requeue.remove(at: runningIndex)
                     fail(running, died(slot, code: code, running: running))
                 }
             }
@@ -397,7 +398,7 @@ final class PoolSupervisor: @unchecked Sendable {
             pending.replaceSubrange(pendingHead..<pendingHead, with: requeue)
         }
         if slot.killReason == nil && !(code == 0 && (slot.retiring || slot.channelClosedByPool)) {
-            configuration.logger.warning("\(died(slot, code: code, running: rest.first).message)")
+            configuration.logger.warning("\(died(slot, code: code, running: runningIndex.map { rest[$0] }).message)")
         } else if slot.retiring || slot.channelClosedByPool {
             configuration.logger.debug("pool worker \(slot.pid) ended after \(slot.sentTotal) inputs")
         }
@@ -492,6 +493,7 @@ final class PoolSupervisor: @unchecked Sendable {
             throw error
         }
         defer { workerEnd.close() }
+        let started = try RawSharedValue<UInt64>(0)
         let name = "PoolWorker-\(workerCount)"
         let context = configuration.context
         let process: ChildProcess
@@ -500,15 +502,15 @@ final class PoolSupervisor: @unchecked Sendable {
             // worker sees its own channel end when the pool closes it.
             let inherited = slots.map(\.fd) + [mine, wakeRead, wakeWrite]
             process = ChildProcess(
-                PoolWorker(channel: workerEnd, memoryCap: configuration.maxMemoryPerChild, inherited: inherited),
+                PoolWorker(channel: workerEnd, memoryCap: configuration.maxMemoryPerChild, started: started, inherited: inherited),
                 name: name, daemon: true, context: context)
         } else {
             process = ChildProcess(
-                PoolAsyncWorker(channel: workerEnd, memoryCap: configuration.maxMemoryPerChild),
+                PoolAsyncWorker(channel: workerEnd, memoryCap: configuration.maxMemoryPerChild, started: started),
                 name: name, daemon: true, context: context)
         }
         try process.setSettings(configuration.settings)
         try process.start()
-        return try WorkerSlot(process: process, channel: channel)
+        return try WorkerSlot(process: process, channel: channel, started: started)
     }
 }

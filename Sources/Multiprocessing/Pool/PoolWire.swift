@@ -4,10 +4,13 @@
 ///
 /// Job: `kind u8 | first id u64 | name length u32 | name | task length u32 | task | count u32 | (length u32 | input)*`.
 /// Reply: `kind u8 | flags u8 | id u64 | payload` (the encoded output, or an encoded ``FailureReport``).
+/// A worker writes several replies at once, each with its connection header.
 enum PoolWire {
     /// Job kinds: how the worker runs the task.
     static let syncJob: UInt8 = 1
     static let asyncJob: UInt8 = 2
+    /// Job flag: answer each input as soon as it ends (its call has a per-input timeout).
+    static let answerAtOnce: UInt8 = 0x80
     /// Reply kinds.
     static let output: UInt8 = 0
     static let failure: UInt8 = 1

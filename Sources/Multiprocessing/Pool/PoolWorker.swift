@@ -8,21 +8,24 @@ struct PoolWorker: ProcessTask {
     let channel: Connection
     /// The resident memory in bytes after which the worker ends (after answering its task).
     let memoryCap: Int?
+    /// Where the worker records the id of the input it starts (read by the pool when the worker dies).
+    let started: RawSharedValue<UInt64>
     /// The pool's descriptors this forked worker inherited (the other workers' channels, the wake pipe).
     let inherited: [Int32]
 
     func run() throws {
         for fd in inherited { Syscall.close(fd) }
-        var session = PoolWorkerSession(channel: channel, memoryCap: memoryCap)
+        var session = PoolWorkerSession(channel: channel, memoryCap: memoryCap, started: started)
         while let job = session.nextJob() {
             for index in 0..<job.inputs.count {
+                session.begin(job.firstID &+ UInt64(index))
                 let outcome: PoolWorkerSession.Outcome
                 switch job.runner {
                 case .sync(let run): outcome = run(job.inputs[index])
                 case .async: outcome = PoolWorkerSession.refusal("async work cannot run in a worker started by fork")
                 case .broken(let outcomeForAll): outcome = outcomeForAll
                 }
-                guard session.reply(outcome, id: job.firstID &+ UInt64(index)) else { return }
+                guard session.reply(outcome, id: job.firstID &+ UInt64(index), atOnce: job.answersAtOnce) else { return }
             }
         }
     }
@@ -33,26 +36,33 @@ struct PoolWorker: ProcessTask {
 struct PoolAsyncWorker: AsyncProcessTask {
     let channel: Connection
     let memoryCap: Int?
+    let started: RawSharedValue<UInt64>
 
     func run() async throws {
-        var session = PoolWorkerSession(channel: channel, memoryCap: memoryCap)
+        var session = PoolWorkerSession(channel: channel, memoryCap: memoryCap, started: started)
         while let job = session.nextJob() {
             for index in 0..<job.inputs.count {
+                session.begin(job.firstID &+ UInt64(index))
                 let outcome: PoolWorkerSession.Outcome
                 switch job.runner {
                 case .sync(let run): outcome = run(job.inputs[index])
                 case .async(let run): outcome = await run(job.inputs[index])
                 case .broken(let outcomeForAll): outcome = outcomeForAll
                 }
-                guard session.reply(outcome, id: job.firstID &+ UInt64(index)) else { return }
+                guard session.reply(outcome, id: job.firstID &+ UInt64(index), atOnce: job.answersAtOnce) else { return }
             }
         }
     }
 }
 
-/// What both kinds of worker share: reading jobs, keeping the last task decoded, answering each input
-/// before the next one starts (so that the pool knows which input a dead worker was running), and
-/// watching the worker's resident memory.
+/// What both kinds of worker share: reading jobs, keeping the last task decoded, recording which input
+/// runs (so that the pool knows which input a dead worker was running), answering, and watching the
+/// worker's resident memory.
+///
+/// Replies are batched: they are written when the worker would wait for its next job, when 2 ms passed
+/// since the first unsent one, or when 256 KiB are waiting; a job with a per-input timeout is answered
+/// input by input, so that the pool knows when each input started. If the worker dies, the inputs it
+/// answered but had not sent yet run again elsewhere; only the one it was running fails.
 struct PoolWorkerSession {
     typealias Outcome = (kind: UInt8, payload: [UInt8])
 
@@ -67,27 +77,40 @@ struct PoolWorkerSession {
         let firstID: UInt64
         let runner: Runner
         let inputs: [[UInt8]]
+        let answersAtOnce: Bool
     }
 
     let channel: Connection
     let memoryCap: Int?
+    let started: RawSharedValue<UInt64>
     private var cachedKey: (name: [UInt8], task: [UInt8])?
     private var cachedRunner: Runner?
+    private var outbox: [UInt8] = []
+    private var outboxSince: UInt64 = 0
+    private var nextFrame: [UInt8]?
 
-    init(channel: Connection, memoryCap: Int?) {
+    init(channel: Connection, memoryCap: Int?, started: RawSharedValue<UInt64>) {
         self.channel = channel
         self.memoryCap = memoryCap
+        self.started = started
         channel.decodingBudget = .unlimited
         // Ctrl-C reaches the whole foreground process group: the parent decides what happens to the pool.
         signal(SIGINT, SIG_IGN)
     }
 
-    /// The next job, or nil once the pool closed the channel (or sent something unreadable).
+    /// The next job, or nil once the pool closed the channel (or sent something unreadable). Unsent
+    /// replies go out first unless the next job is already here.
     mutating func nextJob() -> Job? {
-        guard let frame = try? channel.recvBytes() else { return nil }
+        if nextFrame == nil, !outbox.isEmpty {
+            nextFrame = try? channel.receiveBytesIfReady(maxLength: nil)
+            if nextFrame == nil { guard flush() else { return nil } }
+        }
+        let received = nextFrame ?? (try? channel.recvBytes())
+        nextFrame = nil
+        guard let frame = received else { return nil }
         var reader = PoolFrameReader(frame)
         do {
-            _ = try reader.byte()  // the job's kind: the task's type says how to run it
+            let kind = try reader.byte()
             let firstID = try reader.integer(UInt64.self)
             let name = try reader.counted()
             let task = try reader.counted()
@@ -95,18 +118,36 @@ struct PoolWorkerSession {
             var inputs: [[UInt8]] = []
             inputs.reserveCapacity(count)
             for _ in 0..<count { inputs.append(try reader.counted()) }
-            return Job(firstID: firstID, runner: runner(name: name, task: task), inputs: inputs)
+            return Job(
+                firstID: firstID, runner: runner(name: name, task: task), inputs: inputs,
+                answersAtOnce: kind & PoolWire.answerAtOnce != 0)
         } catch {
             return nil
         }
     }
 
-    /// Sends one input's outcome; false when the worker should end (the pool is gone, or memory passed the cap).
-    func reply(_ outcome: Outcome, id: UInt64) -> Bool {
+    /// Records that input `id` starts.
+    func begin(_ id: UInt64) { started.store(id) }
+
+    /// Queues one input's outcome and sends the queue when due; false when the worker should end (the
+    /// pool is gone, or memory passed the cap).
+    mutating func reply(_ outcome: Outcome, id: UInt64, atOnce: Bool) -> Bool {
         let retiring = memoryCap.map { Self.residentBytes() > $0 } ?? false
         let frame = PoolWire.reply(kind: outcome.kind, flags: retiring ? PoolWire.retiring : 0, id: id, payload: outcome.payload)
-        guard (try? channel.sendBytes(frame)) != nil else { return false }
+        if outbox.isEmpty { outboxSince = Deadline.monotonicNow() }
+        PoolWire.appendBigEndian(UInt32(frame.count), to: &outbox)
+        outbox.append(contentsOf: frame)
+        if atOnce || retiring || outbox.count >= 256 * 1024 || Deadline.monotonicNow() &- outboxSince >= 2_000_000 {
+            guard flush() else { return false }
+        }
         return !retiring
+    }
+
+    /// Writes the queued replies; false when the pool is gone.
+    private mutating func flush() -> Bool {
+        defer { outbox.removeAll(keepingCapacity: true) }
+        guard let fd = try? channel.fileno else { return false }
+        return (try? outbox.withUnsafeBytes { try Syscall.writeAll(fd, $0) }) != nil
     }
 
     private mutating func runner(name: [UInt8], task: [UInt8]) -> Runner {

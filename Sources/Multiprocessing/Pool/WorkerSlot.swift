@@ -13,6 +13,8 @@ final class WorkerSlot {
     let fd: Int32
     let sentinel: Int32
     let pid: Int32
+    /// The id of the input the worker started last (written by the worker).
+    let started: RawSharedValue<UInt64>
 
     private var inflight: [(id: UInt64, item: PoolItem)] = []
     private var inflightHead = 0
@@ -29,8 +31,9 @@ final class WorkerSlot {
     var channelEnded = false
     private(set) var channelClosedByPool = false
 
-    init(process: ChildProcess, channel: Connection) throws {
+    init(process: ChildProcess, channel: Connection, started: RawSharedValue<UInt64>) throws {
         self.process = process
+        self.started = started
         self.channel = channel
         fd = try channel.fileno
         sentinel = try process.sentinel
@@ -46,7 +49,7 @@ final class WorkerSlot {
     func send(_ chunk: ArraySlice<PoolItem>, firstID: UInt64) throws {
         let call = chunk.first!.call
         try PoolWire.appendJob(
-            to: &output, kind: call.kind, firstID: firstID, name: call.taskName, task: call.task, inputs: chunk)
+            to: &output, kind: call.kind | (call.timeoutNanoseconds == nil ? 0 : PoolWire.answerAtOnce), firstID: firstID, name: call.taskName, task: call.task, inputs: chunk)
         if inflightCount == 0 { busySince = Deadline.monotonicNow() }
         var id = firstID
         for item in chunk {
@@ -90,10 +93,19 @@ final class WorkerSlot {
 
     /// The unanswered inputs, in order; the slot forgets them.
     func takeInflight() -> [PoolItem] {
-        let items = inflight[inflightHead...].map(\.item)
+        takeInflightSplit().all
+    }
+
+    /// The unanswered inputs of a worker that ended, in order, and the one it was running (by the id
+    /// it recorded) if that one is among them.
+    func takeInflightSplit() -> (all: [PoolItem], running: Int?) {
+        let entries = inflight[inflightHead...]
+        let startedID = started.load()
+        let running = entries.firstIndex { $0.id == startedID }.map { $0 - inflightHead }
+        let items = entries.map(\.item)
         inflight.removeAll()
         inflightHead = 0
-        return items
+        return (items, running)
     }
 
     /// Closes the pool's end: the worker reads end of file and ends.
