@@ -61,6 +61,8 @@ public struct MultiprocessingError: Error, Sendable, CustomStringConvertible, Eq
         public static let refused = Code("refused")
         /// The queue was shut down (Python's `queue.ShutDown`, CPython 3.13).
         public static let shutDown = Code("shutDown")
+        /// A worker rank of an MPI pool ended or became unreachable with tasks in flight.
+        public static let rankLost = Code("rankLost")
     }
 
     /// What kind of failure this is.

@@ -1,0 +1,205 @@
+import CMPI
+import Multiprocessing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The messages between rank 0 and the worker ranks, by MPI tag.
+///
+/// - `task` (rank 0 to a worker): `[job u64][first u32][count u32][name length u32][task type name]`
+///   then the batch body, the core's binary encoding of the task value and the inputs. A worker hands
+///   the body to its local child as it arrived, without decoding it.
+/// - `result` (a worker to rank 0): `[job u64][first u32][count u32][host length u32][host]`, then per
+///   input one outcome `[kind u8][length u64][bytes]` (``OutcomeKind``).
+/// - `settings` (rank 0 to every worker, first): ``WorkerSettings`` encoded.
+/// - `stop` (rank 0 to every worker, last): empty.
+enum Tag {
+    static let task: Int32 = 1
+    static let result: Int32 = 2
+    static let settings: Int32 = 3
+    static let stop: Int32 = 4
+}
+
+/// How one input's call ended, as the first byte of its outcome.
+enum OutcomeKind: UInt8 {
+    /// The bytes are the output, encoded.
+    case value = 0
+    /// The bytes are a ``ThrownError``.
+    case thrown = 1
+    /// The local child died running the input: the bytes are a ``CrashFacts``.
+    case crashed = 2
+    /// The call ran past the pool's task timeout and its child was killed: a ``CrashFacts``.
+    case timedOut = 3
+}
+
+/// What every worker rank applies to the local children that run its tasks.
+struct WorkerSettings: Codable, Sendable {
+    var taskTimeout: Duration?
+    var limits: ResourceLimits
+}
+
+/// An error a task threw, as it crosses to rank 0: its type and words, and the value itself when it is
+/// `Codable` and its type can be found by name.
+struct ThrownError: Codable, Sendable {
+    var typeName: String
+    var message: String
+    var valueType: String?
+    var value: [UInt8]?
+
+    init(_ error: any Error) {
+        typeName = String(reflecting: type(of: error))
+        message = String(describing: error)
+        if let encodable = error as? any Encodable, let name = _mangledTypeName(type(of: error)), !name.contains("$"),
+            let bytes = try? BinaryEncoder().encode(encodable)
+        {
+            valueType = name
+            value = bytes
+        }
+    }
+
+    /// The error as the caller sees it: the thrown value when it decodes here, else a remote error
+    /// naming where it was thrown.
+    func error(rank: Int32, host: String, index: Int) -> any Error {
+        if let valueType, let value, let type = _typeByName(valueType) as? any (Error & Decodable).Type,
+            let decoded = try? decodeError(type, from: value)
+        {
+            return decoded
+        }
+        return MultiprocessingError(.remote, "input \(index) on rank \(rank) (host \(host)) threw \(typeName): \(message)")
+    }
+}
+
+private func decodeError<E: Error & Decodable>(_ type: E.Type, from bytes: [UInt8]) throws -> any Error {
+    try BinaryDecoder().decode(E.self, from: bytes)
+}
+
+/// How a local child ended while it ran an input.
+struct CrashFacts: Codable, Sendable {
+    var pid: Int32?
+    var signal: Int32?
+    var exitCode: Int32?
+    var message: String
+}
+
+/// Appends fixed-size little-endian integers and byte runs to a message.
+struct MessageWriter {
+    var bytes: [UInt8] = []
+
+    mutating func append<I: FixedWidthInteger>(_ value: I) {
+        withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
+    }
+
+    mutating func append(string: String) {
+        let utf8 = Array(string.utf8)
+        append(UInt32(utf8.count))
+        bytes.append(contentsOf: utf8)
+    }
+}
+
+/// Reads what ``MessageWriter`` wrote, refusing to read past the end.
+struct MessageReader {
+    let bytes: [UInt8]
+    var offset = 0
+
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    mutating func read<I: FixedWidthInteger>(_ type: I.Type) throws -> I {
+        let size = MemoryLayout<I>.size
+        guard bytes.count - offset >= size else { throw truncated() }
+        var value: I = 0
+        withUnsafeMutableBytes(of: &value) { target in
+            bytes.withUnsafeBytes { target.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<offset + size])) }
+        }
+        offset += size
+        return I(littleEndian: value)
+    }
+
+    mutating func read(count: Int) throws -> ArraySlice<UInt8> {
+        guard count >= 0, bytes.count - offset >= count else { throw truncated() }
+        defer { offset += count }
+        return bytes[offset..<offset + count]
+    }
+
+    mutating func readString() throws -> String {
+        let count = Int(try read(UInt32.self))
+        return String(decoding: try read(count: count), as: UTF8.self)
+    }
+
+    private func truncated() -> MultiprocessingError {
+        MultiprocessingError(.protocolViolation, "an MPI pool message ended early (\(bytes.count) bytes)")
+    }
+}
+
+/// Non-blocking point-to-point messaging over one communicator, used only on the MPI thread.
+///
+/// Sends never block (a rank that sends a large message while its peer sends one too would otherwise
+/// deadlock in a rendezvous): each send's bytes stay alive here until MPI reports it complete.
+final class Mailbox {
+    let communicator: Communicator
+    private var pending: [(request: MPI_Request?, bytes: [UInt8])] = []
+
+    init(_ communicator: Communicator) { self.communicator = communicator }
+
+    var hasPendingSends: Bool { !pending.isEmpty }
+
+    func send(_ bytes: [UInt8], to rank: Int32, tag: Int32) throws {
+        var request: MPI_Request?
+        // An array held here and never mutated keeps its storage where it is until the send completes.
+        let result = bytes.withUnsafeBytes { buffer in
+            MPI_Isend(buffer.baseAddress, Int32(buffer.count), cmpi_byte(), rank, tag, communicator.raw, &request)
+        }
+        try check(result, "MPI_Isend to rank \(rank)")
+        pending.append((request, bytes))
+    }
+
+    /// Completes the sends MPI has finished; true when one did.
+    @discardableResult
+    func progress() throws -> Bool {
+        var index = 0
+        var any = false
+        while index < pending.count {
+            var done: Int32 = 0
+            try check(MPI_Test(&pending[index].request, &done, cmpi_status_ignore()), "MPI_Test")
+            if done != 0 {
+                pending.remove(at: index)
+                any = true
+            } else {
+                index += 1
+            }
+        }
+        return any
+    }
+
+    /// Receives one message that has arrived from `source` (any rank by default), or nil.
+    func receive(from source: Int32 = MPI_ANY_SOURCE) throws -> (source: Int32, tag: Int32, bytes: [UInt8])? {
+        var flag: Int32 = 0
+        var status = MPI_Status()
+        try check(MPI_Iprobe(source, MPI_ANY_TAG, communicator.raw, &flag, &status), "MPI_Iprobe")
+        guard flag != 0 else { return nil }
+        var count: Int32 = 0
+        try check(MPI_Get_count(&status, cmpi_byte(), &count), "MPI_Get_count")
+        let sender = status.MPI_SOURCE
+        let tag = status.MPI_TAG
+        let bytes = try [UInt8](unsafeUninitializedCapacity: Int(count)) { buffer, initialised in
+            try check(
+                MPI_Recv(buffer.baseAddress, count, cmpi_byte(), sender, tag, communicator.raw, cmpi_status_ignore()),
+                "MPI_Recv from rank \(sender)")
+            initialised = Int(count)
+        }
+        return (sender, tag, bytes)
+    }
+}
+
+/// Sleeps a little longer each idle round (from 20 us up to 500 us), so that a waiting rank leaves the
+/// cores to the ranks and children doing work instead of spinning in MPI's progress engine.
+struct Backoff {
+    private var nanoseconds = 0
+
+    mutating func reset() { nanoseconds = 0 }
+
+    mutating func pause() {
+        nanoseconds = nanoseconds == 0 ? 20_000 : min(nanoseconds * 2, 500_000)
+        var time = timespec(tv_sec: 0, tv_nsec: nanoseconds)
+        nanosleep(&time, nil)
+    }
+}

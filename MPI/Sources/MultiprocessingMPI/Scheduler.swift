@@ -1,0 +1,177 @@
+import CMPI
+import Multiprocessing
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Rank 0's side: callers queue batches (already encoded on their own thread), and the MPI thread
+/// sends them to the worker ranks, a few in flight per rank, and delivers the results to their jobs.
+final class Scheduler: @unchecked Sendable {
+    struct Batch {
+        var job: UInt64
+        var first: Int
+        var count: Int
+        var message: [UInt8]
+    }
+
+    private struct State {
+        var queue: [Batch] = []
+        var head = 0
+        var jobs: [UInt64: any JobSink] = [:]
+        var remaining: [UInt64: Int] = [:]
+        var nextJob: UInt64 = 1
+        var closing = false
+        var broken: MultiprocessingError?
+    }
+
+    private let state = Mutex(State())
+    private let wakeup = Gate()
+    /// Opens when the loop has stopped the workers and ended.
+    let stopped = Gate()
+    let workers: [Int32]
+    /// Batches a worker rank holds at once: one running, one waiting, so it never idles between them.
+    private let window = 2
+
+    init(workers: [Int32]) { self.workers = workers }
+
+    /// Queues the batches of a new job; `make` builds them given the job's number.
+    func submit(_ sink: any JobSink, count: Int, batches make: (UInt64) throws -> [Batch]) throws {
+        let job = try state.withLock { state -> UInt64 in
+            if let broken = state.broken { throw broken }
+            guard !state.closing else { throw MultiprocessingError(.invalidState, "the MPI pool is shut down") }
+            defer { state.nextJob += 1 }
+            return state.nextJob
+        }
+        let batches = try make(job)
+        try state.withLock { state in
+            if let broken = state.broken { throw broken }
+            guard count > 0 else { return }
+            state.jobs[job] = sink
+            state.remaining[job] = count
+            state.queue.append(contentsOf: batches)
+        }
+        wakeup.open()
+    }
+
+    /// Asks the loop to finish the queued work, stop the workers and end.
+    func close() {
+        state.withLock { $0.closing = true }
+        wakeup.open()
+    }
+
+    /// The loop, on the MPI thread, until closed.
+    func run(_ mailbox: Mailbox, settings: WorkerSettings) {
+        var inFlight: [Int32: [(job: UInt64, first: Int, count: Int)]] = [:]
+        var lost: Set<Int32> = []
+        var backoff = Backoff()
+        do {
+            let encoded = try BinaryEncoder().encode(settings)
+            for rank in workers { try mailbox.send(encoded, to: rank, tag: Tag.settings) }
+            while true {
+                var worked = false
+                // Send: fill every live rank's window.
+                for rank in workers where !lost.contains(rank) && inFlight[rank, default: []].count < window {
+                    guard let batch = state.withLock({ state -> Batch? in
+                        guard state.head < state.queue.count else { return nil }
+                        defer {
+                            state.head += 1
+                            if state.head > 1024, state.head * 2 > state.queue.count {
+                                state.queue.removeFirst(state.head)
+                                state.head = 0
+                            }
+                        }
+                        return state.queue[state.head]
+                    }) else { break }
+                    do {
+                        try mailbox.send(batch.message, to: rank, tag: Tag.task)
+                        inFlight[rank, default: []].append((batch.job, batch.first, batch.count))
+                    } catch {
+                        lost.insert(rank)
+                        fail(batch.job, first: batch.first, count: batch.count, lostRank(rank, error))
+                        for held in inFlight.removeValue(forKey: rank) ?? [] { fail(held.job, first: held.first, count: held.count, lostRank(rank, error)) }
+                    }
+                    worked = true
+                }
+                // Receive: deliver every result that has arrived.
+                while let (source, tag, bytes) = try mailbox.receive() {
+                    worked = true
+                    guard tag == Tag.result else {
+                        throw MultiprocessingError(.protocolViolation, "rank \(source) sent a message with the unexpected tag \(tag)")
+                    }
+                    var reader = MessageReader(bytes)
+                    let job = try reader.read(UInt64.self)
+                    let first = Int(try reader.read(UInt32.self))
+                    let count = Int(try reader.read(UInt32.self))
+                    let host = try reader.readString()
+                    if let index = inFlight[source]?.firstIndex(where: { $0.job == job && $0.first == first }) {
+                        inFlight[source]?.remove(at: index)
+                    }
+                    guard let sink = state.withLock({ $0.jobs[job] }) else { continue }
+                    do {
+                        try sink.deliver(first: first, reader: &reader, count: count, rank: source, host: host)
+                    } catch {
+                        sink.fail(first: first, count: count, with: error)
+                    }
+                    finish(job, count)
+                }
+                if try mailbox.progress() { worked = true }
+                // Every rank lost: nothing queued can run.
+                if lost.count == workers.count {
+                    throw MultiprocessingError(.rankLost, "every worker rank of the MPI pool is lost")
+                }
+                let idle = inFlight.values.allSatisfy(\.isEmpty)
+                let (closing, queued) = state.withLock { ($0.closing, $0.head < $0.queue.count) }
+                if closing && idle && !queued { break }
+                if worked {
+                    backoff.reset()
+                } else if idle && !queued {
+                    wakeup.wait(timeout: .milliseconds(50))
+                } else {
+                    backoff.pause()
+                }
+            }
+            for rank in workers where !lost.contains(rank) { try mailbox.send([], to: rank, tag: Tag.stop) }
+            var rounds = 0
+            while mailbox.hasPendingSends && rounds < 20_000 {
+                try mailbox.progress()
+                backoff.pause()
+                rounds += 1
+            }
+        } catch {
+            // MPI reported an error it let the job survive: fail everything outstanding, refuse new work.
+            let broken = (error as? MultiprocessingError) ?? MultiprocessingError(.system, "the MPI pool failed: \(error)")
+            let jobs = state.withLock { state -> [any JobSink] in
+                state.broken = broken
+                state.queue.removeAll()
+                state.head = 0
+                defer { state.jobs.removeAll() }
+                return Array(state.jobs.values)
+            }
+            for sink in jobs { sink.failRemaining(with: broken) }
+        }
+        stopped.open()
+    }
+
+    private func lostRank(_ rank: Int32, _ error: any Error) -> MultiprocessingError {
+        MultiprocessingError(.rankLost, "worker rank \(rank) was lost with this input in flight: \(error)")
+    }
+
+    private func fail(_ job: UInt64, first: Int, count: Int, _ error: any Error) {
+        guard let sink = state.withLock({ $0.jobs[job] }) else { return }
+        sink.fail(first: first, count: count, with: error)
+        finish(job, count)
+    }
+
+    private func finish(_ job: UInt64, _ count: Int) {
+        state.withLock { state in
+            let left = state.remaining[job, default: 0] - count
+            if left <= 0 {
+                state.jobs[job] = nil
+                state.remaining[job] = nil
+            } else {
+                state.remaining[job] = left
+            }
+        }
+    }
+}

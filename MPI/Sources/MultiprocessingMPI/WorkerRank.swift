@@ -1,0 +1,136 @@
+import CMPI
+import Multiprocessing
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A worker rank: receives batches from rank 0 on the MPI thread, runs them on a runner thread through a
+/// ``LocalRunner`` (one local child at a time), and sends each batch's outcomes back.
+final class WorkerRank: @unchecked Sendable {
+    private struct Queues {
+        var inbox: [[UInt8]] = []
+        var outbox: [[UInt8]] = []
+        var busy = false
+        var stopping = false
+    }
+    private let queues = Mutex(Queues())
+    private let work = Gate()
+    private let host = MPIEnvironment.hostName
+
+    /// Serves rank `master` of `communicator` until it says stop. Runs on the MPI thread.
+    static func serve(_ communicator: Communicator, master: Int32) throws {
+        try WorkerRank().serve(Mailbox(communicator), master: master)
+    }
+
+    private func serve(_ mailbox: Mailbox, master: Int32) throws {
+        var settings: WorkerSettings?
+        var backoff = Backoff()
+        var runnerDone: Gate?
+        while true {
+            var worked = false
+            while let (_, tag, bytes) = try mailbox.receive(from: master) {
+                worked = true
+                switch tag {
+                case Tag.settings:
+                    let decoded = try BinaryDecoder().decode(WorkerSettings.self, from: bytes)
+                    settings = decoded
+                    if runnerDone == nil { runnerDone = startRunner(LocalRunner(settings: decoded)) }
+                case Tag.task:
+                    if runnerDone == nil { runnerDone = startRunner(LocalRunner(settings: settings ?? WorkerSettings(limits: ResourceLimits()))) }
+                    queues.withLock { $0.inbox.append(bytes) }
+                    work.open()
+                case Tag.stop:
+                    queues.withLock { $0.stopping = true }
+                    work.open()
+                default:
+                    throw MultiprocessingError(.protocolViolation, "rank 0 sent a message with the unknown tag \(tag)")
+                }
+            }
+            while let result = queues.withLock({ $0.outbox.isEmpty ? nil : $0.outbox.removeFirst() }) {
+                try mailbox.send(result, to: master, tag: Tag.result)
+                worked = true
+            }
+            if try mailbox.progress() { worked = true }
+            let finished = queues.withLock { $0.stopping && $0.inbox.isEmpty && $0.outbox.isEmpty && !$0.busy }
+            if finished && !mailbox.hasPendingSends { break }
+            if worked { backoff.reset() } else { backoff.pause() }
+        }
+        runnerDone?.wait(timeout: .seconds(30))
+    }
+
+    /// Starts the runner thread; the gate opens when it has stopped its child and ended.
+    private func startRunner(_ runner: LocalRunner) -> Gate {
+        let done = Gate()
+        let context = Unmanaged.passRetained(RunnerContext(rank: self, runner: runner, done: done))
+        var thread = pthread_t()
+        let created = pthread_create(&thread, nil, { raw in
+            let context = Unmanaged<RunnerContext>.fromOpaque(raw!).takeRetainedValue()
+            context.rank.runLoop(context.runner)
+            context.done.open()
+            return nil
+        }, context.toOpaque())
+        if created != 0 {
+            // Without a second thread, the batches run on this one as they arrive (slower, still correct).
+            context.release()
+            fatalError("cannot start a worker rank's runner thread: pthread_create failed with \(created)")
+        }
+        pthread_detach(thread)
+        return done
+    }
+
+    private final class RunnerContext {
+        let rank: WorkerRank
+        let runner: LocalRunner
+        let done: Gate
+        init(rank: WorkerRank, runner: LocalRunner, done: Gate) {
+            self.rank = rank
+            self.runner = runner
+            self.done = done
+        }
+    }
+
+    private func runLoop(_ runner: LocalRunner) {
+        while true {
+            let next = queues.withLock { queues -> (batch: [UInt8]?, stop: Bool) in
+                if queues.inbox.isEmpty { return (nil, queues.stopping) }
+                queues.busy = true
+                return (queues.inbox.removeFirst(), false)
+            }
+            if next.stop { break }
+            guard let batch = next.batch else {
+                work.wait(timeout: .milliseconds(100))
+                continue
+            }
+            let result = run(batch, runner)
+            queues.withLock {
+                $0.outbox.append(result)
+                $0.busy = false
+            }
+        }
+        runner.close()
+    }
+
+    /// Runs one task message and builds its result message.
+    private func run(_ message: [UInt8], _ runner: LocalRunner) -> [UInt8] {
+        var reader = MessageReader(message)
+        var result = MessageWriter()
+        guard let job = try? reader.read(UInt64.self), let first = try? reader.read(UInt32.self),
+            let count = try? reader.read(UInt32.self), let name = try? reader.readString()
+        else {
+            // Rank 0 never sends this; without a job number there is nobody to answer.
+            return []
+        }
+        let outcomes = runner.run(message: message, bodyOffset: reader.offset, count: Int(count), typeName: name)
+        result.append(job)
+        result.append(first)
+        result.append(count)
+        result.append(string: host)
+        for (kind, bytes) in outcomes {
+            result.append(kind.rawValue)
+            result.append(UInt64(bytes.count))
+            result.bytes.append(contentsOf: bytes)
+        }
+        return result.bytes
+    }
+}

@@ -1,0 +1,173 @@
+// The programs the MPI tests launch with mpirun: each mode runs a pool job on rank 0 and prints what the
+// test checks ("OK ..." lines, or "FAIL ..." with the reason, and exit status 1).
+import Multiprocessing
+import MultiprocessingMPI
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Square: PoolTask {
+    func run(_ input: Int) throws -> Int { input * input }
+}
+
+/// Crashes its local worker with SIGSEGV on one input.
+struct CrashOn: PoolTask {
+    let bad: Int
+    func run(_ input: Int) throws -> Int {
+        if input == bad { kill(getpid(), SIGSEGV) }
+        return input + 1
+    }
+}
+
+struct Refused: Error, Codable, Equatable {
+    let input: Int
+}
+
+/// Throws a Codable error on one input.
+struct ThrowOn: PoolTask {
+    let bad: Int
+    func run(_ input: Int) throws -> Int {
+        if input == bad { throw Refused(input: input) }
+        return input
+    }
+}
+
+/// Kills the worker rank that runs it (its local worker's parent) on one input.
+struct KillRankOn: PoolTask {
+    let bad: Int
+    func run(_ input: Int) throws -> Int {
+        if input == bad { kill(getppid(), SIGKILL) }
+        return input
+    }
+}
+
+/// Never ends on one input.
+struct HangOn: PoolTask {
+    let bad: Int
+    func run(_ input: Int) throws -> Int {
+        if input == bad { while true { var time = timespec(tv_sec: 1, tv_nsec: 0); nanosleep(&time, nil) } }
+        return input
+    }
+}
+
+/// The name of the host that ran the input.
+struct HostName: PoolTask {
+    func run(_ input: Int) throws -> String {
+        var name = [CChar](repeating: 0, count: 256)
+        gethostname(&name, name.count - 1)
+        return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+/// The sum of the bytes, to check a large input arrived whole.
+struct ByteSum: PoolTask {
+    func run(_ input: [UInt8]) throws -> Int { input.reduce(0) { $0 + Int($1) } }
+}
+
+struct AsyncDouble: AsyncPoolTask {
+    func run(_ input: Int) async throws -> Int {
+        await Task.yield()
+        return input * 2
+    }
+}
+
+/// The async map of an async task, and an awaited future.
+func asyncMap(_ pool: MPIPool) async throws -> [Int] {
+    let doubled: [Int] = try await pool.map(AsyncDouble(), 0..<100, chunkSize: 7, progress: nil)
+    let squared = try await pool.submit(Square(), 9).value
+    expect(squared == 81, "awaited future")
+    return doubled
+}
+
+func fail(_ text: String) -> Never {
+    print("FAIL \(text)")
+    exit(1)
+}
+
+func expect(_ condition: Bool, _ text: @autoclosure () -> String) {
+    if !condition { fail(text()) }
+}
+
+let mode = CommandLine.arguments.dropFirst().first ?? ""
+let limit: Duration = .seconds(60)
+
+do {
+    switch mode {
+    case "map":
+        let pool = try MPIPool()
+        let count = Int(CommandLine.arguments.dropFirst(2).first ?? "1000") ?? 1000
+        let results = try pool.map(Square(), 0..<count, timeout: limit)
+        expect(results == (0..<count).map { $0 * $0 }, "map results differ")
+        let async = try await asyncMap(pool)
+        expect(async == (0..<100).map { $0 * 2 }, "async map results differ")
+        let future = try pool.submit(Square(), 12)
+        expect(try future.get(timeout: limit) == 144, "submit")
+        expect(try pool.apply(Square(), 7, timeout: limit) == 49, "apply")
+        let ordered = try pool.imap(Square(), 0..<50, chunkSize: 3).map { try $0.get() }
+        expect(ordered == (0..<50).map { $0 * $0 }, "imap order")
+        let unordered = try pool.imapUnordered(Square(), 0..<50, chunkSize: 2).map { try $0.get() }
+        expect(unordered.sorted() == (0..<50).map { $0 * $0 }, "imapUnordered set")
+        let big = [UInt8](repeating: 3, count: 1 << 20)
+        let sums = try pool.map(ByteSum(), Array(repeating: big, count: 8), chunkSize: 1, timeout: limit)
+        expect(sums == Array(repeating: 3 << 20, count: 8), "1 MiB inputs")
+        print("OK map \(count) workers \(pool.workerCount)")
+        try pool.shutdown()
+    case "crash":
+        let pool = try MPIPool()
+        let results = Array(try pool.imap(CrashOn(bad: 150), 0..<300, chunkSize: 10))
+        for (index, result) in results.enumerated() where index != 150 {
+            expect((try? result.get()) == index + 1, "input \(index) gave \(result)")
+        }
+        guard case .failure(let error as MultiprocessingError) = results[150] else { fail("input 150 gave \(results[150])") }
+        expect(error.code == .childFailed, "code \(error.code)")
+        expect(error.signal == .segmentationViolation, "signal \(String(describing: error.signal))")
+        expect(error.message.contains("rank ") && error.message.contains("host "), "message \(error.message)")
+        print("OK crash \(error)")
+        // The ranks keep serving after the crash; a thrown error comes back as itself.
+        do {
+            _ = try pool.map(ThrowOn(bad: 3), 0..<10, timeout: limit)
+            fail("the thrown error was lost")
+        } catch let refused as Refused {
+            expect(refused == Refused(input: 3), "thrown \(refused)")
+        }
+        expect(try pool.map(Square(), 0..<20, timeout: limit) == (0..<20).map { $0 * $0 }, "after the crash")
+        print("OK thrown")
+        try pool.shutdown()
+    case "timeout":
+        let pool = try MPIPool(taskTimeout: .seconds(1))
+        let results = Array(try pool.imap(HangOn(bad: 4), 0..<12, chunkSize: 3))
+        guard case .failure(let error as MultiprocessingError) = results[4] else { fail("input 4 gave \(results[4])") }
+        expect(error.code == .timedOut, "code \(error.code)")
+        for (index, result) in results.enumerated() where index != 4 {
+            expect((try? result.get()) == index, "input \(index) gave \(result)")
+        }
+        print("OK timeout \(error)")
+        try pool.shutdown()
+    case "killrank":
+        let pool = try MPIPool()
+        print("STARTED")
+        _ = try pool.map(KillRankOn(bad: 5), 0..<40, chunkSize: 1, timeout: limit)
+        print("UNEXPECTED completion")
+        try pool.shutdown()
+    case "spawn":
+        let workers = Int(CommandLine.arguments.dropFirst(2).first ?? "2") ?? 2
+        let pool = try MPIPool(spawningWorkers: workers)
+        let results = try pool.map(Square(), 0..<500, timeout: limit)
+        expect(results == (0..<500).map { $0 * $0 }, "spawned map results differ")
+        let crashed = Array(try pool.imap(CrashOn(bad: 7), 0..<20))
+        guard case .failure(let error as MultiprocessingError) = crashed[7], error.code == .childFailed else { fail("crash in spawned worker: \(crashed[7])") }
+        print("OK spawn \(pool.workerCount)")
+        try pool.shutdown()
+    case "hosts":
+        let pool = try MPIPool()
+        let hosts = try pool.map(HostName(), 0..<200, chunkSize: 5, timeout: limit)
+        let squares = try pool.map(Square(), 0..<200, timeout: limit)
+        expect(squares == (0..<200).map { $0 * $0 }, "results across hosts differ")
+        print("OK hosts \(Set(hosts).sorted().joined(separator: ","))")
+        try pool.shutdown()
+    default:
+        fail("unknown mode \(mode)")
+    }
+} catch {
+    fail("\(error)")
+}
