@@ -40,7 +40,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MultiprocessingMPITests",
-            dependencies: ["mpi-test-jobs"],
+            dependencies: ["mpi-test-jobs", "MultiprocessingMPI"],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
     ]
