@@ -10,31 +10,46 @@ import Glibc
 // encoded jobs once that exists.
 
 /// The local child: it reads batches from the rank (a header frame `[skip u32][count u32][type name]`,
-/// then the batch body as rank 0 encoded it), runs every input from `skip` on, and sends one outcome
-/// frame (`[kind u8]` + bytes) per input as soon as it has it.
+/// then the batch body as rank 0 encoded it) and runs every input from `skip` on.
+///
+/// Each input's outcome (`[kind u8][length u64][bytes]`, the result message's own format) is appended to
+/// `log`, memory shared with the rank, and the count of bytes written is updated after each: when the
+/// child dies in the middle of a batch, the rank still finds every outcome finished before the crash,
+/// and the input after them is the one that crashed. The channel carries only a `done` frame per batch,
+/// a `flush` frame when the log is full (the rank copies it out and answers), and any outcome too large
+/// for the log.
 struct LocalTaskWorker: AsyncProcessTask {
     let channel: Connection
+    let log: SharedMemory
+
+    static let done: UInt8 = 0xF1
+    static let flush: UInt8 = 0xF0
+    /// The log's first bytes hold the count of outcome bytes after them.
+    static let logHeader = 64
 
     func run() async throws {
+        var writer = LogWriter(log: log, channel: channel)
         while true {
             guard let (header, body) = try receive() else { return }
             var reader = MessageReader(header)
             let skip = Int(try reader.read(UInt32.self))
             let count = Int(try reader.read(UInt32.self))
             let name = String(decoding: reader.bytes[reader.offset...], as: UTF8.self)
+            try writer.reset()
             do {
                 let type = _typeByName(name)
                 if let type = type as? any PoolTask.Type {
-                    try runBatch(type, body: body, skip: skip)
+                    try runBatch(type, body: body, skip: skip, &writer)
                 } else if let type = type as? any AsyncPoolTask.Type {
-                    try await runAsyncBatch(type, body: body, skip: skip)
+                    try await runAsyncBatch(type, body: body, skip: skip, &writer)
                 } else {
-                    throw MultiprocessingError(.transport, "no pool task type named \(name) in this program")
+                    throw BatchFailure(error: MultiprocessingError(.transport, "no pool task type named \(name) in this program"))
                 }
             } catch let error as BatchFailure {
                 // The body could not be decoded: every input of it fails the same way.
-                for _ in skip..<count { try send(Self.thrown(error.error)) }
+                for _ in skip..<count { try writer.append(Self.thrown(error.error)) }
             }
+            try send([Self.done])
         }
     }
 
@@ -57,35 +72,77 @@ struct LocalTaskWorker: AsyncProcessTask {
         do { return try BinaryDecoder().decode(type, from: body) } catch { throw BatchFailure(error: error) }
     }
 
-    private func runBatch<T: PoolTask>(_ type: T.Type, body: [UInt8], skip: Int) throws {
+    private func runBatch<T: PoolTask>(_ type: T.Type, body: [UInt8], skip: Int, _ writer: inout LogWriter) throws {
         let batch = try decode(BatchBody<T, T.Input>.self, body)
         for input in batch.inputs.dropFirst(skip) {
             let frame: [UInt8]
             do { frame = try Self.value(batch.task.run(input)) } catch { frame = Self.thrown(error) }
-            try channel.sendBytes(frame)
+            try writer.append(frame)
         }
     }
 
-    private func runAsyncBatch<T: AsyncPoolTask>(_ type: T.Type, body: [UInt8], skip: Int) async throws {
+    private func runAsyncBatch<T: AsyncPoolTask>(_ type: T.Type, body: [UInt8], skip: Int, _ writer: inout LogWriter) async throws {
         let batch = try decode(BatchBody<T, T.Input>.self, body)
         for input in batch.inputs.dropFirst(skip) {
             let frame: [UInt8]
             do { frame = try Self.value(await batch.task.run(input)) } catch { frame = Self.thrown(error) }
-            try send(frame)
+            try writer.append(frame)
         }
     }
 
-    private static func value<Output: Encodable>(_ output: Output) throws -> [UInt8] {
-        var frame: [UInt8] = [OutcomeKind.value.rawValue]
-        try BinaryEncoder().encode(output, appendingTo: &frame)
+    /// An outcome: `[kind u8][length u64]` then the bytes.
+    private static func outcome(_ kind: OutcomeKind, _ body: (inout [UInt8]) throws -> Void) rethrows -> [UInt8] {
+        var frame = [UInt8](repeating: 0, count: 9)
+        frame[0] = kind.rawValue
+        try body(&frame)
+        withUnsafeBytes(of: UInt64(frame.count - 9).littleEndian) { frame.replaceSubrange(1..<9, with: $0) }
         return frame
     }
 
+    private static func value<Output: Encodable>(_ output: Output) throws -> [UInt8] {
+        try outcome(.value) { try BinaryEncoder().encode(output, appendingTo: &$0) }
+    }
+
     private static func thrown(_ error: any Error) -> [UInt8] {
-        var frame: [UInt8] = [OutcomeKind.thrown.rawValue]
         // A ThrownError is strings and bytes: encoding it cannot fail.
-        try? BinaryEncoder().encode(ThrownError(error), appendingTo: &frame)
-        return frame
+        outcome(.thrown) { try? BinaryEncoder().encode(ThrownError(error), appendingTo: &$0) }
+    }
+}
+
+/// Appends outcomes to the shared log, flushing through the rank when it is full.
+struct LogWriter {
+    let log: SharedMemory
+    let channel: Connection
+    private var used = 0
+
+    init(log: SharedMemory, channel: Connection) {
+        self.log = log
+        self.channel = channel
+    }
+
+    mutating func reset() throws {
+        used = 0
+        try log.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(0), toByteOffset: 0, as: UInt64.self) }
+    }
+
+    mutating func append(_ frame: [UInt8]) throws {
+        let capacity = log.size - LocalTaskWorker.logHeader
+        if used + frame.count > capacity {
+            // Full: the rank copies what is there, then the log starts again.
+            try channel.sendBytes([LocalTaskWorker.flush])
+            _ = try channel.recvBytes()
+            try reset()
+        }
+        if frame.count > capacity {
+            try channel.sendBytes(frame)
+            return
+        }
+        let start = used
+        try log.withUnsafeMutableBytes { memory in
+            frame.withUnsafeBytes { memory.baseAddress!.advanced(by: LocalTaskWorker.logHeader + start).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            memory.storeBytes(of: UInt64(start + frame.count), toByteOffset: 0, as: UInt64.self)
+        }
+        used += frame.count
     }
 }
 
@@ -101,22 +158,25 @@ final class LocalRunner {
     private let settings: WorkerSettings
     private var child: ChildProcess?
     private var channel: Connection?
+    private var log: SharedMemory?
+    /// The size of the outcome log shared with each local child.
+    static let logSize = 4 << 20
 
     init(settings: WorkerSettings) { self.settings = settings }
 
     /// Runs the batch in `message` (a task message as rank 0 sent it) whose body starts at `bodyOffset`.
-    func run(message: [UInt8], bodyOffset: Int, count: Int, typeName: String) -> [(OutcomeKind, [UInt8])] {
-        var outcomes: [(OutcomeKind, [UInt8])] = []
-        outcomes.reserveCapacity(count)
+    /// Returns the outcomes, `[kind u8][length u64][bytes]` each, one per input, concatenated.
+    func run(message: [UInt8], bodyOffset: Int, count: Int, typeName: String) -> [UInt8] {
+        var outcomes: [UInt8] = []
+        var finished = 0
         var freshChildFailures = 0
-        while outcomes.count < count {
-            let next = outcomes.count
+        while finished < count {
             let channel: Connection
             let fresh: Bool
             do {
                 (channel, fresh) = try ensureChild()
                 var header = MessageWriter()
-                header.append(UInt32(next))
+                header.append(UInt32(finished))
                 header.append(UInt32(count))
                 header.bytes.append(contentsOf: typeName.utf8)
                 try channel.sendBytes(header.bytes)
@@ -126,29 +186,95 @@ final class LocalRunner {
                 // the input rather than looping.
                 let facts = retire(killing: true)
                 freshChildFailures += 1
-                if freshChildFailures >= 2 { outcomes.append(crash(.crashed, facts, error)) }
+                if freshChildFailures >= 2 {
+                    append(crash(.crashed, facts), to: &outcomes)
+                    finished += 1
+                }
                 continue
             }
             if fresh { freshChildFailures = 0 }
-            while outcomes.count < count {
+            var lastCommitted = 0
+            var lastProgress = ContinuousClock.now
+            batch: while true {
                 do {
-                    let frame = try channel.recvBytes(timeout: settings.taskTimeout)
-                    guard let first = frame.first, let kind = OutcomeKind(rawValue: first) else {
-                        throw MultiprocessingError(.protocolViolation, "a local worker sent an empty or unknown outcome")
+                    // Wake now and then to see whether the running input has passed the task timeout.
+                    let frame: [UInt8]
+                    do {
+                        frame = try channel.recvBytes(timeout: settings.taskTimeout.map { min($0, .milliseconds(100)) })
+                    } catch let error as MultiprocessingError where error.code == .timedOut {
+                        let committed = committedBytes()
+                        if committed != lastCommitted {
+                            lastCommitted = committed
+                            lastProgress = .now
+                        } else if let limit = settings.taskTimeout, ContinuousClock.now - lastProgress >= limit {
+                            finished += takeLog(into: &outcomes)
+                            let facts = retire(killing: true)
+                            append(crash(.timedOut, facts), to: &outcomes)
+                            finished += 1
+                            break batch
+                        }
+                        continue
                     }
-                    outcomes.append((kind, Array(frame.dropFirst())))
-                } catch let error as MultiprocessingError where error.code == .timedOut {
-                    let facts = retire(killing: true)
-                    outcomes.append(crash(.timedOut, facts, error))
-                    break
+                    switch frame.first {
+                    case LocalTaskWorker.done?:
+                        finished += takeLog(into: &outcomes)
+                        break batch
+                    case LocalTaskWorker.flush?:
+                        finished += takeLog(into: &outcomes)
+                        lastCommitted = 0
+                        try channel.sendBytes([1])
+                    default:
+                        guard frame.count >= 9, OutcomeKind(rawValue: frame[0]) != nil else {
+                            throw MultiprocessingError(.protocolViolation, "a local worker sent an unknown frame")
+                        }
+                        outcomes.append(contentsOf: frame)
+                        finished += 1
+                    }
                 } catch {
-                    let facts = retire(killing: false)
-                    outcomes.append(crash(.crashed, facts, error))
-                    break
+                    // The child died (or broke the protocol): what it logged stands, the next input crashed.
+                    finished += takeLog(into: &outcomes)
+                    let facts = retire(killing: true)
+                    if finished < count {
+                        append(crash(.crashed, facts), to: &outcomes)
+                        finished += 1
+                    }
+                    break batch
                 }
             }
         }
         return outcomes
+    }
+
+    /// The number of outcome bytes in the log.
+    private func committedBytes() -> Int {
+        guard let log else { return 0 }
+        return (try? log.withUnsafeMutableBytes { Int($0.load(fromByteOffset: 0, as: UInt64.self)) }) ?? 0
+    }
+
+    /// Copies the log's outcomes to `outcomes` and returns how many there were.
+    private func takeLog(into outcomes: inout [UInt8]) -> Int {
+        guard let log else { return 0 }
+        return (try? log.withUnsafeMutableBytes { memory -> Int in
+            let committed = min(Int(memory.load(fromByteOffset: 0, as: UInt64.self)), memory.count - LocalTaskWorker.logHeader)
+            let region = UnsafeRawBufferPointer(rebasing: memory[LocalTaskWorker.logHeader..<LocalTaskWorker.logHeader + committed])
+            var offset = 0
+            var taken = 0
+            while committed - offset >= 9 {
+                let length = Int(region.loadUnaligned(fromByteOffset: offset + 1, as: UInt64.self).littleEndian)
+                guard length >= 0, length <= committed - offset - 9 else { break }
+                offset += 9 + length
+                taken += 1
+            }
+            outcomes.append(contentsOf: UnsafeRawBufferPointer(rebasing: region[0..<offset]))
+            memory.storeBytes(of: UInt64(0), toByteOffset: 0, as: UInt64.self)
+            return taken
+        }) ?? 0
+    }
+
+    private func append(_ outcome: (OutcomeKind, [UInt8]), to outcomes: inout [UInt8]) {
+        outcomes.append(outcome.0.rawValue)
+        withUnsafeBytes(of: UInt64(outcome.1.count).littleEndian) { outcomes.append(contentsOf: $0) }
+        outcomes.append(contentsOf: outcome.1)
     }
 
     /// Stops the child, if one runs: it ends when its channel closes.
@@ -159,23 +285,38 @@ final class LocalRunner {
         try? child.close()
         self.child = nil
         self.channel = nil
+        log?.close()
+        log = nil
     }
 
     private func ensureChild() throws -> (Connection, Bool) {
         if let channel { return (channel, false) }
         let (mine, theirs) = try makePipe()
-        let child = ChildProcess(LocalTaskWorker(channel: theirs), name: "mpi-task-runner", daemon: true)
+        let log: SharedMemory
+        do {
+            log = try SharedMemory(size: Self.logSize)
+        } catch {
+            mine.close()
+            theirs.close()
+            throw error
+        }
+        let child = ChildProcess(LocalTaskWorker(channel: theirs, log: log), name: "mpi-task-runner", daemon: true)
         do {
             try child.setSettings(ChildSettings(limits: settings.limits))
             try child.start()
         } catch {
             mine.close()
             theirs.close()
+            try? log.unlink()
+            log.close()
             throw error
         }
+        // The child has the memory through its descriptor: the name can go now.
+        try? log.unlink()
         theirs.close()
         self.child = child
         self.channel = mine
+        self.log = log
         return (mine, true)
     }
 
@@ -186,6 +327,8 @@ final class LocalRunner {
             channel = nil
             try? child?.close()
             child = nil
+            log?.close()
+            log = nil
         }
         guard let child else { return CrashFacts(pid: nil, signal: nil, exitCode: nil, message: "no local worker") }
         if killing { try? child.kill() }
@@ -199,7 +342,7 @@ final class LocalRunner {
             message: failure?.description ?? "exited with code \(child.exitCode.map(String.init) ?? "unknown")")
     }
 
-    private func crash(_ kind: OutcomeKind, _ facts: CrashFacts, _ error: any Error) -> (OutcomeKind, [UInt8]) {
+    private func crash(_ kind: OutcomeKind, _ facts: CrashFacts) -> (OutcomeKind, [UInt8]) {
         var facts = facts
         if kind == .timedOut { facts.message = "ran past the task timeout and was killed" }
         return (kind, (try? BinaryEncoder().encode(facts)) ?? [])

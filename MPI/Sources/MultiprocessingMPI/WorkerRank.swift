@@ -126,11 +126,7 @@ final class WorkerRank: @unchecked Sendable {
         result.append(first)
         result.append(count)
         result.append(string: host)
-        for (kind, bytes) in outcomes {
-            result.append(kind.rawValue)
-            result.append(UInt64(bytes.count))
-            result.bytes.append(contentsOf: bytes)
-        }
+        result.bytes.append(contentsOf: outcomes)
         return result.bytes
     }
 }
