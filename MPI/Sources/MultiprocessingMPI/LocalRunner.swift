@@ -74,20 +74,48 @@ struct LocalTaskWorker: AsyncProcessTask {
 
     private func runBatch<T: PoolTask>(_ type: T.Type, body: [UInt8], skip: Int, _ writer: inout LogWriter) throws {
         let batch = try decode(BatchBody<T, T.Input>.self, body)
+        var outputs: [T.Output]? = []
+        outputs?.reserveCapacity(batch.inputs.count - skip)
         for input in batch.inputs.dropFirst(skip) {
             let frame: [UInt8]
-            do { frame = try Self.value(batch.task.run(input)) } catch { frame = Self.thrown(error) }
+            do {
+                let output = try batch.task.run(input)
+                frame = try Self.value(output)
+                outputs?.append(output)
+            } catch {
+                frame = Self.thrown(error)
+                outputs = nil
+            }
             try writer.append(frame)
         }
+        try Self.appendValues(outputs, &writer)
     }
 
     private func runAsyncBatch<T: AsyncPoolTask>(_ type: T.Type, body: [UInt8], skip: Int, _ writer: inout LogWriter) async throws {
         let batch = try decode(BatchBody<T, T.Input>.self, body)
+        var outputs: [T.Output]? = []
         for input in batch.inputs.dropFirst(skip) {
             let frame: [UInt8]
-            do { frame = try Self.value(await batch.task.run(input)) } catch { frame = Self.thrown(error) }
+            do {
+                let output = try await batch.task.run(input)
+                frame = try Self.value(output)
+                outputs?.append(output)
+            } catch {
+                frame = Self.thrown(error)
+                outputs = nil
+            }
             try writer.append(frame)
         }
+        try Self.appendValues(outputs, &writer)
+    }
+
+    /// After a batch whose inputs all succeeded, adds their outputs again as one array: the rank then
+    /// sends that alone and rank 0 decodes once. Only when the per-input outcomes are all still in the
+    /// log (no flush) and the array fits.
+    private static func appendValues<Output: Encodable>(_ outputs: [Output]?, _ writer: inout LogWriter) throws {
+        guard let outputs, outputs.count > 1, !writer.flushed else { return }
+        let frame = try outcome(.values) { try BinaryEncoder().encode(outputs, appendingTo: &$0) }
+        writer.appendIfRoom(frame)
     }
 
     /// An outcome: `[kind u8][length u64]` then the bytes.
@@ -114,6 +142,8 @@ struct LogWriter {
     let log: SharedMemory
     let channel: Connection
     private var used = 0
+    /// Whether the log was flushed since the batch began.
+    private(set) var flushed = false
 
     init(log: SharedMemory, channel: Connection) {
         self.log = log
@@ -122,6 +152,7 @@ struct LogWriter {
 
     mutating func reset() throws {
         used = 0
+        flushed = false
         try log.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(0), toByteOffset: 0, as: UInt64.self) }
     }
 
@@ -132,11 +163,22 @@ struct LogWriter {
             try channel.sendBytes([LocalTaskWorker.flush])
             _ = try channel.recvBytes()
             try reset()
+            flushed = true
         }
         if frame.count > capacity {
             try channel.sendBytes(frame)
             return
         }
+        try write(frame)
+    }
+
+    /// Appends `frame` when it fits in what is left of the log.
+    mutating func appendIfRoom(_ frame: [UInt8]) {
+        guard used + frame.count <= log.size - LocalTaskWorker.logHeader else { return }
+        try? write(frame)
+    }
+
+    private mutating func write(_ frame: [UInt8]) throws {
         let start = used
         try log.withUnsafeMutableBytes { memory in
             frame.withUnsafeBytes { memory.baseAddress!.advanced(by: LocalTaskWorker.logHeader + start).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
@@ -259,13 +301,19 @@ final class LocalRunner {
             let region = UnsafeRawBufferPointer(rebasing: memory[LocalTaskWorker.logHeader..<LocalTaskWorker.logHeader + committed])
             var offset = 0
             var taken = 0
+            var values: Range<Int>?
             while committed - offset >= 9 {
                 let length = Int(region.loadUnaligned(fromByteOffset: offset + 1, as: UInt64.self).littleEndian)
                 guard length >= 0, length <= committed - offset - 9 else { break }
+                if region[offset] == OutcomeKind.values.rawValue {
+                    values = offset..<offset + 9 + length
+                } else {
+                    taken += 1
+                }
                 offset += 9 + length
-                taken += 1
             }
-            outcomes.append(contentsOf: UnsafeRawBufferPointer(rebasing: region[0..<offset]))
+            // The outputs as one array stand for the per-input outcomes before them.
+            outcomes.append(contentsOf: UnsafeRawBufferPointer(rebasing: region[values ?? 0..<offset]))
             memory.storeBytes(of: UInt64(0), toByteOffset: 0, as: UInt64.self)
             return taken
         }) ?? 0

@@ -16,7 +16,13 @@ protocol JobSink: AnyObject, Sendable {
 final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
     private var mutex = pthread_mutex_t()
     private var condition = pthread_cond_t()
-    private var results: [Result<Output, any Error>?]
+    /// The outputs of whole batches that succeeded, by their first input's index (kept as arrays: a
+    /// job's storage must cost little per input, since it runs as unspecialised generic code).
+    private var segments: [Int: [Output]] = [:]
+    /// Outcomes stored one by one (failures, and batches with failures).
+    private var singles: [Int: Result<Output, any Error>] = [:]
+    /// For each input, the first index of its segment, -1 for a single, or nil while pending.
+    private var location: [Int?]
     /// Indexes in the order their results arrived (for imapUnordered).
     private var arrivals: [Int] = []
     private var finished = 0
@@ -25,7 +31,7 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
     private let progress: (@Sendable (Int, Int) -> Void)?
 
     init(count: Int, progress: (@Sendable (Int, Int) -> Void)?) {
-        results = Array(repeating: nil, count: count)
+        location = Array(repeating: nil, count: count)
         self.progress = progress
         pthread_mutex_init(&mutex, nil)
         var attributes = pthread_condattr_t()
@@ -40,17 +46,36 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
         pthread_mutex_destroy(&mutex)
     }
 
-    var count: Int { results.count }
+    var count: Int { location.count }
 
     func deliver(first: Int, reader: inout MessageReader, count: Int, rank: Int32, host: String) throws {
         var batch: [Result<Output, any Error>] = []
-        batch.reserveCapacity(count)
-        for offset in 0..<count {
+        var done = 0
+        while done < count {
             let kind = try reader.read(UInt8.self)
             let length = try reader.read(UInt64.self)
             guard length <= UInt64(Int.max) else { throw MultiprocessingError(.protocolViolation, "an outcome's length is too large") }
             let bytes = Array(try reader.read(count: Int(length)))
-            batch.append(Self.outcome(kind, bytes, index: first + offset, rank: rank, host: host))
+            if kind == OutcomeKind.values.rawValue {
+                let values: [Output]
+                do {
+                    values = try BinaryDecoder().decode([Output].self, from: bytes)
+                } catch {
+                    throw MultiprocessingError(.transport, "the outputs of inputs from \(first + done) from rank \(rank) (host \(host)) could not be decoded: \(error)")
+                }
+                guard values.count <= count - done, batch.isEmpty else {
+                    throw MultiprocessingError(.protocolViolation, "rank \(rank) sent outputs in an unexpected place")
+                }
+                if done == 0 && values.count == count {
+                    storeSegment(first: first, values)
+                    return
+                }
+                batch.append(contentsOf: values.map { .success($0) })
+                done += values.count
+            } else {
+                batch.append(Self.outcome(kind, bytes, index: first + done, rank: rank, host: host))
+                done += 1
+            }
         }
         store(first: first, batch)
     }
@@ -61,7 +86,7 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
 
     func failRemaining(with error: any Error) {
         pthread_mutex_lock(&mutex)
-        let missing = results.indices.filter { results[$0] == nil }
+        let missing = location.indices.filter { location[$0] == nil }
         pthread_mutex_unlock(&mutex)
         for index in missing { store(first: index, [.failure(error)]) }
     }
@@ -79,6 +104,8 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
                 return .failure(MultiprocessingError(.transport, "the error thrown by input \(index) on rank \(rank) (host \(host)) could not be decoded"))
             }
             return .failure(thrown.error(rank: rank, host: host, index: index))
+        case .values:
+            return .failure(MultiprocessingError(.protocolViolation, "rank \(rank) sent outputs in an unexpected place"))
         case .crashed, .timedOut:
             let facts = (try? BinaryDecoder().decode(CrashFacts.self, from: bytes))
                 ?? CrashFacts(pid: nil, signal: nil, exitCode: nil, message: "ended abnormally")
@@ -96,18 +123,39 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
 
     private func store(first: Int, _ batch: [Result<Output, any Error>]) {
         pthread_mutex_lock(&mutex)
-        for (offset, result) in batch.enumerated() where first + offset < results.count && results[first + offset] == nil {
-            results[first + offset] = result
+        for (offset, result) in batch.enumerated() where first + offset < location.count && location[first + offset] == nil {
+            singles[first + offset] = result
+            location[first + offset] = -1
             arrivals.append(first + offset)
             finished += 1
         }
+        notify()
+    }
+
+    private func storeSegment(first: Int, _ values: [Output]) {
+        pthread_mutex_lock(&mutex)
+        guard first + values.count <= location.count, location[first..<first + values.count].allSatisfy({ $0 == nil }) else {
+            pthread_mutex_unlock(&mutex)
+            return
+        }
+        segments[first] = values
+        for index in first..<first + values.count {
+            location[index] = first
+            arrivals.append(index)
+        }
+        finished += values.count
+        notify()
+    }
+
+    /// Wakes the waiters and reports progress; called with the mutex held, releases it.
+    private func notify() {
         let done = finished
         let resumed = waiters.values
         waiters.removeAll()
         pthread_cond_broadcast(&condition)
         pthread_mutex_unlock(&mutex)
         for waiter in resumed { waiter.resume() }
-        progress?(done, results.count)
+        progress?(done, location.count)
     }
 
     // MARK: Waiting
@@ -170,10 +218,31 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
 
     // Conditions and takers, called with the job's mutex held.
 
-    var isComplete: Bool { finished == results.count }
-    func hasResult(_ index: Int) -> Bool { results[index] != nil }
-    func result(_ index: Int) -> Result<Output, any Error> { results[index]! }
+    var isComplete: Bool { finished == location.count }
+    func hasResult(_ index: Int) -> Bool { location[index] != nil }
+    func result(_ index: Int) -> Result<Output, any Error> {
+        switch location[index]! {
+        case -1: return singles[index]!
+        case let first: return .success(segments[first]![index - first])
+        }
+    }
     func hasArrival(_ position: Int) -> Bool { arrivals.count > position }
-    func arrival(_ position: Int) -> Result<Output, any Error> { results[arrivals[position]]! }
-    func all() -> [Result<Output, any Error>] { results.map { $0! } }
+    func arrival(_ position: Int) -> Result<Output, any Error> { result(arrivals[position]) }
+
+    /// Every output in input order, or the first failure in input order.
+    func outputs() throws -> [Output] {
+        var outputs: [Output] = []
+        outputs.reserveCapacity(location.count)
+        var index = 0
+        while index < location.count {
+            if let segment = segments[index], location[index] == index {
+                outputs.append(contentsOf: segment)
+                index += segment.count
+            } else {
+                outputs.append(try result(index).get())
+                index += 1
+            }
+        }
+        return outputs
+    }
 }

@@ -20,7 +20,7 @@ extension MPIPool {
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: MPIProgress? = nil
     ) throws -> [T.Output] {
         let job = try start(task, Array(inputs), chunkSize: chunkSize, progress: progress, as: T.Output.self)
-        return try job.wait(timeout: timeout, until: { $0.isComplete }, take: { try $0.all().map { try $0.get() } })
+        return try job.wait(timeout: timeout, until: { $0.isComplete }, take: { try $0.outputs() })
     }
 
     /// ``map(_:_:chunkSize:timeout:progress:)`` for an ``AsyncPoolTask``.
@@ -29,7 +29,7 @@ extension MPIPool {
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: MPIProgress? = nil
     ) throws -> [T.Output] {
         let job = try start(task, Array(inputs), chunkSize: chunkSize, progress: progress, as: T.Output.self)
-        return try job.wait(timeout: timeout, until: { $0.isComplete }, take: { try $0.all().map { try $0.get() } })
+        return try job.wait(timeout: timeout, until: { $0.isComplete }, take: { try $0.outputs() })
     }
 
     /// ``map(_:_:chunkSize:timeout:progress:)`` waiting on the Swift concurrency runtime; cancellation
@@ -39,7 +39,7 @@ extension MPIPool {
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, progress: MPIProgress? = nil
     ) async throws -> [T.Output] {
         let job = try start(task, Array(inputs), chunkSize: chunkSize, progress: progress, as: T.Output.self)
-        return try await job.wait(until: { $0.isComplete }, take: { try $0.all().map { try $0.get() } })
+        return try await job.wait(until: { $0.isComplete }, take: { try $0.outputs() })
     }
 
     /// The async ``map(_:_:chunkSize:timeout:progress:)`` for an ``AsyncPoolTask``.
@@ -48,7 +48,7 @@ extension MPIPool {
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, progress: MPIProgress? = nil
     ) async throws -> [T.Output] {
         let job = try start(task, Array(inputs), chunkSize: chunkSize, progress: progress, as: T.Output.self)
-        return try await job.wait(until: { $0.isComplete }, take: { try $0.all().map { try $0.get() } })
+        return try await job.wait(until: { $0.isComplete }, take: { try $0.outputs() })
     }
 
     /// Runs `task` on every input and gives each input's result in input order as it is ready (Python's

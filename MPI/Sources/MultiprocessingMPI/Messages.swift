@@ -30,6 +30,9 @@ enum OutcomeKind: UInt8 {
     case crashed = 2
     /// The call ran past the pool's task timeout and its child was killed: a ``CrashFacts``.
     case timedOut = 3
+    /// The bytes are the encoded array of the outputs of this and the following inputs, all of which
+    /// succeeded: one decode for a whole batch instead of one per input.
+    case values = 4
 }
 
 /// What every worker rank applies to the local children that run its tasks.
@@ -190,16 +193,21 @@ final class Mailbox {
     }
 }
 
-/// Sleeps a little longer each idle round (from 20 us up to 500 us), so that a waiting rank leaves the
-/// cores to the ranks and children doing work instead of spinning in MPI's progress engine.
+/// Waits a little longer each idle round (from 20 us up to 250 us), so that a waiting rank leaves the
+/// cores to the ranks and children doing work instead of spinning in MPI's progress engine. A wait on a
+/// gate ends early when another thread of this process opens it (new work to send).
 struct Backoff {
     private var nanoseconds = 0
 
     mutating func reset() { nanoseconds = 0 }
 
-    mutating func pause() {
-        nanoseconds = nanoseconds == 0 ? 20_000 : min(nanoseconds * 2, 500_000)
-        var time = timespec(tv_sec: 0, tv_nsec: nanoseconds)
-        nanosleep(&time, nil)
+    mutating func pause(on gate: Gate? = nil) {
+        nanoseconds = nanoseconds == 0 ? 20_000 : min(nanoseconds * 2, 250_000)
+        if let gate {
+            gate.wait(timeout: .nanoseconds(nanoseconds))
+        } else {
+            var time = timespec(tv_sec: 0, tv_nsec: nanoseconds)
+            nanosleep(&time, nil)
+        }
     }
 }

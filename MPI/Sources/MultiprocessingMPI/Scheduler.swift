@@ -62,7 +62,7 @@ final class Scheduler: @unchecked Sendable {
 
     /// The loop, on the MPI thread, until closed.
     func run(_ mailbox: Mailbox, settings: WorkerSettings) {
-        var inFlight: [Int32: [(job: UInt64, first: Int, count: Int)]] = [:]
+        var inFlight: InFlight = [:]
         var lost: Set<Int32> = []
         var backoff = Backoff()
         do {
@@ -71,28 +71,7 @@ final class Scheduler: @unchecked Sendable {
             while true {
                 var worked = false
                 // Send: fill every live rank's window.
-                for rank in workers where !lost.contains(rank) && inFlight[rank, default: []].count < window {
-                    guard let batch = state.withLock({ state -> Batch? in
-                        guard state.head < state.queue.count else { return nil }
-                        defer {
-                            state.head += 1
-                            if state.head > 1024, state.head * 2 > state.queue.count {
-                                state.queue.removeFirst(state.head)
-                                state.head = 0
-                            }
-                        }
-                        return state.queue[state.head]
-                    }) else { break }
-                    do {
-                        try mailbox.send(batch.message, to: rank, tag: Tag.task)
-                        inFlight[rank, default: []].append((batch.job, batch.first, batch.count))
-                    } catch {
-                        lost.insert(rank)
-                        fail(batch.job, first: batch.first, count: batch.count, lostRank(rank, error))
-                        for held in inFlight.removeValue(forKey: rank) ?? [] { fail(held.job, first: held.first, count: held.count, lostRank(rank, error)) }
-                    }
-                    worked = true
-                }
+                if fill(mailbox, &inFlight, &lost) { worked = true }
                 // Receive: deliver every result that has arrived.
                 while let (source, tag, bytes) = try mailbox.receive() {
                     worked = true
@@ -107,6 +86,8 @@ final class Scheduler: @unchecked Sendable {
                     if let index = inFlight[source]?.firstIndex(where: { $0.job == job && $0.first == first }) {
                         inFlight[source]?.remove(at: index)
                     }
+                    // Keep the rank busy before spending time on its results.
+                    fill(mailbox, &inFlight, &lost)
                     guard let sink = state.withLock({ $0.jobs[job] }) else { continue }
                     do {
                         try sink.deliver(first: first, reader: &reader, count: count, rank: source, host: host)
@@ -128,7 +109,7 @@ final class Scheduler: @unchecked Sendable {
                 } else if idle && !queued {
                     wakeup.wait(timeout: .milliseconds(50))
                 } else {
-                    backoff.pause()
+                    backoff.pause(on: wakeup)
                 }
             }
             for rank in workers where !lost.contains(rank) { try mailbox.send([], to: rank, tag: Tag.stop) }
@@ -151,6 +132,37 @@ final class Scheduler: @unchecked Sendable {
             for sink in jobs { sink.failRemaining(with: broken) }
         }
         stopped.open()
+    }
+
+    typealias InFlight = [Int32: [(job: UInt64, first: Int, count: Int)]]
+
+    /// Sends queued batches to every live rank with room in its window; true when it sent one.
+    @discardableResult
+    private func fill(_ mailbox: Mailbox, _ inFlight: inout InFlight, _ lost: inout Set<Int32>) -> Bool {
+        var sent = false
+                for rank in workers where !lost.contains(rank) && inFlight[rank, default: []].count < window {
+                    guard let batch = state.withLock({ state -> Batch? in
+                        guard state.head < state.queue.count else { return nil }
+                        defer {
+                            state.head += 1
+                            if state.head > 1024, state.head * 2 > state.queue.count {
+                                state.queue.removeFirst(state.head)
+                                state.head = 0
+                            }
+                        }
+                        return state.queue[state.head]
+                    }) else { break }
+                    do {
+                        try mailbox.send(batch.message, to: rank, tag: Tag.task)
+                        inFlight[rank, default: []].append((batch.job, batch.first, batch.count))
+                    } catch {
+                        lost.insert(rank)
+                        fail(batch.job, first: batch.first, count: batch.count, lostRank(rank, error))
+                        for held in inFlight.removeValue(forKey: rank) ?? [] { fail(held.job, first: held.first, count: held.count, lostRank(rank, error)) }
+                    }
+                    sent = true
+                }
+        return sent
     }
 
     private func lostRank(_ rank: Int32, _ error: any Error) -> MultiprocessingError {

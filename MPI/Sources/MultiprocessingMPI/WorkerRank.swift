@@ -16,6 +16,8 @@ final class WorkerRank: @unchecked Sendable {
     }
     private let queues = Mutex(Queues())
     private let work = Gate()
+    /// Opened by the runner when a result is ready to send.
+    private let resultReady = Gate()
     private let host = MPIEnvironment.hostName
 
     /// Serves rank `master` of `communicator` until it says stop. Runs on the MPI thread.
@@ -54,7 +56,7 @@ final class WorkerRank: @unchecked Sendable {
             if try mailbox.progress() { worked = true }
             let finished = queues.withLock { $0.stopping && $0.inbox.isEmpty && $0.outbox.isEmpty && !$0.busy }
             if finished && !mailbox.hasPendingSends { break }
-            if worked { backoff.reset() } else { backoff.pause() }
+            if worked { backoff.reset() } else { backoff.pause(on: resultReady) }
         }
         runnerDone?.wait(timeout: .seconds(30))
     }
@@ -107,6 +109,7 @@ final class WorkerRank: @unchecked Sendable {
                 $0.outbox.append(result)
                 $0.busy = false
             }
+            resultReady.open()
         }
         runner.close()
     }
