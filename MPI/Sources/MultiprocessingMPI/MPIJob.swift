@@ -63,8 +63,8 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
                 } catch {
                     throw MultiprocessingError(.transport, "the outputs of inputs from \(first + done) from rank \(rank) (host \(host)) could not be decoded: \(error)")
                 }
-                guard values.count <= count - done, batch.isEmpty else {
-                    throw MultiprocessingError(.protocolViolation, "rank \(rank) sent outputs in an unexpected place")
+                guard values.count <= count - done else {
+                    throw MultiprocessingError(.protocolViolation, "rank \(rank) sent more outputs than inputs")
                 }
                 if done == 0 && values.count == count {
                     storeSegment(first: first, values)
