@@ -9,8 +9,9 @@ import Glibc
 // new child. This runner is the package's own, to be replaced by the local pool's entry point for
 // encoded jobs once that exists.
 
-/// The local child: it reads batches from the rank (a header frame `[skip u32][count u32][type name]`,
-/// then the batch body as rank 0 encoded it) and runs every input from `skip` on.
+/// The local child: it reads batches from the rank (a header frame `[skip u32][count u32][body length
+/// u64][in inbox u8][type name]`; the batch body as rank 0 encoded it is in `inbox`, memory shared with
+/// the rank, or when larger than that follows as a second frame) and runs every input from `skip` on.
 ///
 /// Each input's outcome (`[kind u8][length u64][bytes]`, the result message's own format) is appended to
 /// `log`, memory shared with the rank, and the count of bytes written is updated after each: when the
@@ -21,6 +22,7 @@ import Glibc
 struct LocalTaskWorker: AsyncProcessTask {
     let channel: Connection
     let log: SharedMemory
+    let inbox: SharedMemory
 
     static let done: UInt8 = 0xF1
     static let flush: UInt8 = 0xF0
@@ -30,10 +32,18 @@ struct LocalTaskWorker: AsyncProcessTask {
     func run() async throws {
         var writer = LogWriter(log: log, channel: channel)
         while true {
-            guard let (header, body) = try receive() else { return }
+            guard let header = try receive() else { return }
             var reader = MessageReader(header)
             let skip = Int(try reader.read(UInt32.self))
             let count = Int(try reader.read(UInt32.self))
+            let length = Int(try reader.read(UInt64.self))
+            let body: [UInt8]
+            if try reader.read(UInt8.self) == 1 {
+                guard length <= inbox.size else { throw MultiprocessingError(.protocolViolation, "a batch longer than the inbox") }
+                body = try inbox.withUnsafeMutableBytes { Array(UnsafeRawBufferPointer(rebasing: $0[0..<length])) }
+            } else {
+                body = try receiveBody()
+            }
             let name = String(decoding: reader.bytes[reader.offset...], as: UTF8.self)
             try writer.reset()
             do {
@@ -55,16 +65,17 @@ struct LocalTaskWorker: AsyncProcessTask {
 
     private struct BatchFailure: Error { let error: any Error }
 
-    /// The next batch's header and body, or nil when the rank closed the channel. Blocking reads: the
-    /// child does nothing else meanwhile.
-    private func receive() throws -> ([UInt8], [UInt8])? {
+    /// The next batch's header, or nil when the rank closed the channel. Blocking reads: the child does
+    /// nothing else meanwhile.
+    private func receive() throws -> [UInt8]? {
         do {
-            let header = try channel.recvBytes()
-            return (header, try channel.recvBytes())
+            return try channel.recvBytes()
         } catch let error as MultiprocessingError where error.code == .endOfFile {
             return nil
         }
     }
+
+    private func receiveBody() throws -> [UInt8] { try channel.recvBytes() }
 
     private func send(_ frame: [UInt8]) throws { try channel.sendBytes(frame) }
 
@@ -201,8 +212,11 @@ final class LocalRunner {
     private var child: ChildProcess?
     private var channel: Connection?
     private var log: SharedMemory?
+    private var inbox: SharedMemory?
     /// The size of the outcome log shared with each local child.
     static let logSize = 4 << 20
+    /// The size of the memory that carries batches to each local child (pages are used only as touched).
+    static let inboxSize = 16 << 20
 
     init(settings: WorkerSettings) { self.settings = settings }
 
@@ -217,12 +231,21 @@ final class LocalRunner {
             let fresh: Bool
             do {
                 (channel, fresh) = try ensureChild()
+                let length = message.count - bodyOffset
+                let viaInbox = try inbox.map { inbox in
+                    try length <= inbox.size && inbox.withUnsafeMutableBytes { memory in
+                        message.withUnsafeBytes { memory.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[bodyOffset...])) }
+                        return true
+                    }
+                } ?? false
                 var header = MessageWriter()
                 header.append(UInt32(finished))
                 header.append(UInt32(count))
+                header.append(UInt64(length))
+                header.append(UInt8(viaInbox ? 1 : 0))
                 header.bytes.append(contentsOf: typeName.utf8)
                 try channel.sendBytes(header.bytes)
-                try channel.sendBytes(message, offset: bodyOffset)
+                if !viaInbox { try channel.sendBytes(message, offset: bodyOffset) }
             } catch {
                 // A child that died while idle: start another; one that cannot even take a batch fails
                 // the input rather than looping.
@@ -335,36 +358,50 @@ final class LocalRunner {
         self.channel = nil
         log?.close()
         log = nil
+        inbox?.close()
+        inbox = nil
     }
 
     private func ensureChild() throws -> (Connection, Bool) {
         if let channel { return (channel, false) }
         let (mine, theirs) = try makePipe()
         let log: SharedMemory
+        let inbox: SharedMemory
         do {
             log = try SharedMemory(size: Self.logSize)
+            do {
+                inbox = try SharedMemory(size: Self.inboxSize)
+            } catch {
+                try? log.unlink()
+                log.close()
+                throw error
+            }
         } catch {
             mine.close()
             theirs.close()
             throw error
         }
-        let child = ChildProcess(LocalTaskWorker(channel: theirs, log: log), name: "mpi-task-runner", daemon: true)
+        let child = ChildProcess(LocalTaskWorker(channel: theirs, log: log, inbox: inbox), name: "mpi-task-runner", daemon: true)
         do {
             try child.setSettings(ChildSettings(limits: settings.limits))
             try child.start()
         } catch {
             mine.close()
             theirs.close()
-            try? log.unlink()
-            log.close()
+            for block in [log, inbox] {
+                try? block.unlink()
+                block.close()
+            }
             throw error
         }
-        // The child has the memory through its descriptor: the name can go now.
+        // The child has the memory through its descriptors: the names can go now.
         try? log.unlink()
+        try? inbox.unlink()
         theirs.close()
         self.child = child
         self.channel = mine
         self.log = log
+        self.inbox = inbox
         return (mine, true)
     }
 
@@ -377,6 +414,8 @@ final class LocalRunner {
             child = nil
             log?.close()
             log = nil
+            inbox?.close()
+            inbox = nil
         }
         guard let child else { return CrashFacts(pid: nil, signal: nil, exitCode: nil, message: "no local worker") }
         if killing { try? child.kill() }
