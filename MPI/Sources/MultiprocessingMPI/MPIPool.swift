@@ -21,10 +21,13 @@ import Glibc
 /// (or ``MultiprocessingError/Code/timedOut``) naming the rank, host, pid and signal; the rank starts a
 /// new child and goes on. (Under mpi4py such a task ends the whole job.)
 ///
-/// A worker rank that dies as a whole is another matter: Open MPI 4.1 has no fault tolerance, so
-/// `mpirun` ends every rank of the job, rank 0 included, and exits with a failure status; the caller
-/// does not hang. Where the MPI library instead returns an error, the tasks that rank held fail with
-/// ``MultiprocessingError/Code/rankLost`` and the other ranks go on.
+/// A worker rank that dies as a whole (its host lost, or killed) is another matter. By default Open
+/// MPI's `mpirun` then ends every rank of the job, rank 0 included, and exits with a failure status:
+/// the caller does not hang, but it does not go on either. Under `mpirun --enable-recovery` the job
+/// outlives the rank: each worker rank sends rank 0 a heartbeat every second, and a rank silent for 5
+/// seconds with inputs in flight is taken for lost; those inputs fail with
+/// ``MultiprocessingError/Code/rankLost``, the other ranks take the rest, and ``shutdown(timeout:)``
+/// still works. The same holds where the MPI library returns an error for a send to the rank.
 ///
 /// All MPI calls run on one dedicated thread. MPI starts once per process: one pool per process, and
 /// call ``shutdown(timeout:)`` before the program ends (mpirun counts a rank that ends without

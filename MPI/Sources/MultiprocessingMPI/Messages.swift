@@ -13,11 +13,18 @@ import Glibc
 ///   input one outcome `[kind u8][length u64][bytes]` (``OutcomeKind``).
 /// - `settings` (rank 0 to every worker, first): ``WorkerSettings`` encoded.
 /// - `stop` (rank 0 to every worker, last): empty.
+/// - `heartbeat` (a worker to rank 0, every ``heartbeatInterval``): empty. A rank silent for
+///   ``silenceLimit`` with work in flight is taken for lost (only an MPI library that lets the job go on
+///   after a rank died, such as Open MPI's `mpirun --enable-recovery`, leaves rank 0 running to notice).
 enum Tag {
     static let task: Int32 = 1
     static let result: Int32 = 2
     static let settings: Int32 = 3
     static let stop: Int32 = 4
+    static let heartbeat: Int32 = 5
+
+    static let heartbeatInterval: Duration = .seconds(1)
+    static let silenceLimit: Duration = .seconds(5)
 }
 
 /// How one input's call ended, as the first byte of its outcome.

@@ -64,6 +64,7 @@ final class Scheduler: @unchecked Sendable {
     func run(_ mailbox: Mailbox, settings: WorkerSettings) {
         var inFlight: InFlight = [:]
         var lost: Set<Int32> = []
+        var lastHeard = [Int32: ContinuousClock.Instant](uniqueKeysWithValues: workers.map { ($0, .now) })
         var backoff = Backoff()
         do {
             let encoded = try BinaryEncoder().encode(settings)
@@ -75,6 +76,8 @@ final class Scheduler: @unchecked Sendable {
                 // Receive: deliver every result that has arrived.
                 while let (source, tag, bytes) = try mailbox.receive() {
                     worked = true
+                    lastHeard[source] = .now
+                    if tag == Tag.heartbeat { continue }
                     guard tag == Tag.result else {
                         throw MultiprocessingError(.protocolViolation, "rank \(source) sent a message with the unexpected tag \(tag)")
                     }
@@ -97,6 +100,16 @@ final class Scheduler: @unchecked Sendable {
                     finish(job, count)
                 }
                 if try mailbox.progress() { worked = true }
+                // A rank silent too long with work in flight is lost: its batches fail, the others go on.
+                let now = ContinuousClock.now
+                for rank in workers where !lost.contains(rank) && !(inFlight[rank]?.isEmpty ?? true) {
+                    if let heard = lastHeard[rank], now - heard > Tag.silenceLimit {
+                        lost.insert(rank)
+                        let error = MultiprocessingError(
+                            .rankLost, "worker rank \(rank) was lost with this input in flight: silent for \(now - heard)")
+                        for held in inFlight.removeValue(forKey: rank) ?? [] { fail(held.job, first: held.first, count: held.count, error) }
+                    }
+                }
                 // Every rank lost: nothing queued can run.
                 if lost.count == workers.count {
                     throw MultiprocessingError(.rankLost, "every worker rank of the MPI pool is lost")

@@ -29,8 +29,13 @@ final class WorkerRank: @unchecked Sendable {
         var settings: WorkerSettings?
         var backoff = Backoff()
         var runnerDone: Gate?
+        var lastBeat = ContinuousClock.now
         while true {
             var worked = false
+            if ContinuousClock.now - lastBeat >= Tag.heartbeatInterval {
+                try mailbox.send([], to: master, tag: Tag.heartbeat)
+                lastBeat = .now
+            }
             while let (_, tag, bytes) = try mailbox.receive(from: master) {
                 worked = true
                 switch tag {

@@ -149,6 +149,23 @@ do {
         _ = try pool.map(KillRankOn(bad: 5), 0..<40, chunkSize: 1, timeout: limit)
         print("UNEXPECTED completion")
         try pool.shutdown()
+    case "killrank-recover":
+        // Under `mpirun --enable-recovery` the job outlives a dead rank: its inputs fail, the rest run.
+        let pool = try MPIPool()
+        let results = Array(try pool.imap(KillRankOn(bad: 5), 0..<40, chunkSize: 1))
+        var lost = 0
+        for (index, result) in results.enumerated() {
+            switch result {
+            case .success(let value): expect(value == index, "input \(index) gave \(value)")
+            case .failure(let error as MultiprocessingError) where error.code == .rankLost: lost += 1
+            case .failure(let error): fail("input \(index) failed with \(error)")
+            }
+        }
+        expect(lost >= 1 && lost <= 3, "\(lost) inputs lost")
+        expect(try pool.map(Square(), 0..<50, timeout: limit) == (0..<50).map { $0 * $0 }, "after the rank was lost")
+        print("OK recovered \(lost) lost")
+        try pool.shutdown(timeout: .seconds(20))
+        print("OK shut down")
     case "spawn":
         let workers = Int(CommandLine.arguments.dropFirst(2).first ?? "2") ?? 2
         let pool = try MPIPool(spawningWorkers: workers)

@@ -81,6 +81,15 @@ struct MPIJobTests {
         #expect(ContinuousClock.now - started < .seconds(50))
     }
 
+    @Test("under mpirun --enable-recovery a killed worker rank fails only its inputs with rankLost; the pool goes on and shuts down")
+    func killedRankFailsItsInputs() throws {
+        let outcome = try runBounded(
+            ["mpirun", "--enable-recovery", "-n", "3", jobsProgram, "killrank-recover"], seconds: 60, environment: mpirunEnvironment)
+        #expect(outcome.status == 0, "\(outcome.output)")
+        #expect(outcome.output.contains("OK recovered"), "\(outcome.output)")
+        #expect(outcome.output.contains("OK shut down"), "\(outcome.output)")
+    }
+
     @Test("a single process spawns its workers (MPI_Comm_spawn) and maps across them, a crash failing alone")
     func spawnMode() throws {
         let outcome = try runBounded([jobsProgram, "spawn", "3"], seconds: 90, environment: mpirunEnvironment)
