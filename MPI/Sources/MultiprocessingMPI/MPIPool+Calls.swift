@@ -125,6 +125,7 @@ public struct MPIFuture<Output: Codable & Sendable>: Sendable {
 /// ``MPIPool/imapUnordered(_:_:chunkSize:progress:)``, one per input, as a blocking `Sequence` and as
 /// an `AsyncSequence`. A failed input is a `.failure` and does not stop the others.
 public final class MPIResults<Output: Codable & Sendable>: Sequence, AsyncSequence, Sendable {
+    /// One input's output, or the error it failed with.
     public typealias Element = Result<Output, any Error>
 
     let job: MPIJob<Output>

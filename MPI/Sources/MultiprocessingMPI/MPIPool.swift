@@ -49,21 +49,24 @@ public final class MPIPool: Sendable {
     ///     with ``MultiprocessingError/Code/timedOut``; nil for no limit.
     ///   - limits: resource limits for the local children that run the tasks.
     /// - Throws: ``MultiprocessingError/Code/invalidState`` when the job has a single rank (run it with
-    ///   `mpirun -n N`, N >= 2, or use ``init(spawningWorkers:taskTimeout:limits:)``) or MPI was already
-    ///   finalised in this process; ``MultiprocessingError/Code/system`` when MPI fails to start.
+    ///   `mpirun -n N`, N >= 2, or use ``init(spawningWorkers:taskTimeout:limits:)``; MPI is finalised,
+    ///   so no other pool can start in this process) or MPI was already finalised in this process; ``MultiprocessingError/Code/system`` when MPI fails to start.
     public convenience init(taskTimeout: Duration? = nil, limits: ResourceLimits = ResourceLimits()) throws {
         let size = try MPIThread.shared.run { () throws -> Int32 in
             try MPIEnvironment.initialise()
             if let parent = MPIEnvironment.parent() { Self.serveAndExit(parent, master: 0) }
             let world = Communicator.world
             if world.rank != 0 { Self.serveAndExit(world, master: 0) }
-            return world.size
+            let size = world.size
+            // Refused below: finalise, or mpirun reports the rank as ended abnormally.
+            if size < 2 { MPIEnvironment.finalise() }
+            return size
         }
         guard size >= 2 else {
             throw MultiprocessingError(
                 .invalidState, "the MPI job has a single rank: run it with mpirun -n N (N >= 2), or spawn workers")
         }
-        self.init(Scheduler(workers: Array(1..<size)), communicator: .world, intercommunicator: nil,
+        try self.init(Scheduler(workers: Array(1..<size)), communicator: .world, intercommunicator: nil,
                   settings: WorkerSettings(taskTimeout: taskTimeout, limits: limits))
     }
 
@@ -87,14 +90,14 @@ public final class MPIPool: Sendable {
             if let parent = MPIEnvironment.parent() { Self.serveAndExit(parent, master: 0) }
             return try Self.spawn(count)
         }
-        self.init(Scheduler(workers: Array(0..<Int32(count))), communicator: inter, intercommunicator: inter,
+        try self.init(Scheduler(workers: Array(0..<Int32(count))), communicator: inter, intercommunicator: inter,
                   settings: WorkerSettings(taskTimeout: taskTimeout, limits: limits))
     }
 
-    private init(_ scheduler: Scheduler, communicator: Communicator, intercommunicator: Communicator?, settings: WorkerSettings) {
+    private init(_ scheduler: Scheduler, communicator: Communicator, intercommunicator: Communicator?, settings: WorkerSettings) throws {
         self.scheduler = scheduler
         self.intercommunicator = intercommunicator
-        MPIThread.shared.post { scheduler.run(Mailbox(communicator), settings: settings) }
+        try MPIThread.shared.post { scheduler.run(Mailbox(communicator), settings: settings) }
     }
 
     /// Serves rank `master` of `communicator` and ends the process. Runs on the MPI thread.

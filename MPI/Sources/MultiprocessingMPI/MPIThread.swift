@@ -21,10 +21,11 @@ final class MPIThread: @unchecked Sendable {
     private let wakeup = Gate()
 
     /// Runs `body` on the MPI thread and waits for its result.
+    /// - Throws: what `body` throws; ``MultiprocessingError/Code/system`` when the thread cannot start.
     func run<R: Sendable>(_ body: @escaping @Sendable () throws -> R) throws -> R {
         let slot = Mutex<Result<R, any Error>?>(nil)
         let done = Gate()
-        post {
+        try post {
             let result = Result { try body() }
             slot.withLock { $0 = result }
             done.open()
@@ -34,17 +35,19 @@ final class MPIThread: @unchecked Sendable {
     }
 
     /// Runs `body` on the MPI thread after the work posted before it, without waiting.
-    func post(_ body: @escaping @Sendable () -> Void) {
-        let start = queue.withLock { queue -> Bool in
+    /// - Throws: ``MultiprocessingError/Code/system`` when the thread cannot start.
+    func post(_ body: @escaping @Sendable () -> Void) throws {
+        try queue.withLock { queue in
+            if !queue.started {
+                try startThread()
+                queue.started = true
+            }
             queue.jobs.append(body)
-            defer { queue.started = true }
-            return !queue.started
         }
-        if start { startThread() }
         wakeup.open()
     }
 
-    private func startThread() {
+    private func startThread() throws {
         let box = Unmanaged.passRetained(self)
         var thread = pthread_t()
         let created = pthread_create(&thread, nil, { context in
@@ -54,7 +57,7 @@ final class MPIThread: @unchecked Sendable {
         }, box.toOpaque())
         guard created == 0 else {
             box.release()
-            fatalError("cannot start the MPI thread: pthread_create failed with \(created)")
+            throw MultiprocessingError(.system, "cannot start the MPI thread", errno: created)
         }
         pthread_detach(thread)
     }

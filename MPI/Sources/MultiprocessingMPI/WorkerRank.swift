@@ -42,9 +42,9 @@ final class WorkerRank: @unchecked Sendable {
                 case Tag.settings:
                     let decoded = try BinaryDecoder().decode(WorkerSettings.self, from: bytes)
                     settings = decoded
-                    if runnerDone == nil { runnerDone = startRunner(LocalRunner(settings: decoded)) }
+                    if runnerDone == nil { runnerDone = try startRunner(LocalRunner(settings: decoded)) }
                 case Tag.task:
-                    if runnerDone == nil { runnerDone = startRunner(LocalRunner(settings: settings ?? WorkerSettings(limits: ResourceLimits()))) }
+                    if runnerDone == nil { runnerDone = try startRunner(LocalRunner(settings: settings ?? WorkerSettings(limits: ResourceLimits()))) }
                     queues.withLock { $0.inbox.append(bytes) }
                     work.open()
                 case Tag.stop:
@@ -67,7 +67,7 @@ final class WorkerRank: @unchecked Sendable {
     }
 
     /// Starts the runner thread; the gate opens when it has stopped its child and ended.
-    private func startRunner(_ runner: LocalRunner) -> Gate {
+    private func startRunner(_ runner: LocalRunner) throws -> Gate {
         let done = Gate()
         let context = Unmanaged.passRetained(RunnerContext(rank: self, runner: runner, done: done))
         var thread = pthread_t()
@@ -78,9 +78,8 @@ final class WorkerRank: @unchecked Sendable {
             return nil
         }, context.toOpaque())
         if created != 0 {
-            // Without a second thread, the batches run on this one as they arrive (slower, still correct).
             context.release()
-            fatalError("cannot start a worker rank's runner thread: pthread_create failed with \(created)")
+            throw MultiprocessingError(.system, "cannot start a worker rank's runner thread", errno: created)
         }
         pthread_detach(thread)
         return done

@@ -79,6 +79,21 @@ func asyncMap(_ pool: MPIPool) async throws -> [Int] {
     return doubled
 }
 
+private struct Hidden: PoolTask {
+    func run(_ input: Int) throws -> Int { input }
+}
+
+func expectCode(_ code: MultiprocessingError.Code, _ body: () throws -> Void) {
+    do {
+        try body()
+        fail("no error, expected \(code)")
+    } catch let error as MultiprocessingError {
+        expect(error.code == code, "expected \(code), got \(error)")
+    } catch {
+        fail("expected \(code), got \(error)")
+    }
+}
+
 func fail(_ text: String) -> Never {
     print("FAIL \(text)")
     exit(1)
@@ -110,6 +125,12 @@ do {
         let big = [UInt8](repeating: 3, count: 1 << 20)
         let sums = try pool.map(ByteSum(), Array(repeating: big, count: 8), chunkSize: 1, timeout: limit)
         expect(sums == Array(repeating: 3 << 20, count: 8), "1 MiB inputs")
+        // Bad input: a typed error, and the pool still serves.
+        expectCode(.invalidArgument) { _ = try pool.map(Square(), 0..<4, chunkSize: 0) }
+        expectCode(.invalidArgument) { _ = try pool.map(Hidden(), 0..<4) }
+        expectCode(.invalidArgument) { _ = try MPIPool(spawningWorkers: 0) }
+        expectCode(.timedOut) { _ = try pool.map(HangOn(bad: 0), [0], timeout: .milliseconds(300)) }
+        expect(try pool.map(Square(), [], timeout: limit).isEmpty, "an empty map")
         print("OK map \(count) workers \(pool.workerCount)")
         try pool.shutdown()
     case "crash":
@@ -166,6 +187,9 @@ do {
         print("OK recovered \(lost) lost")
         try pool.shutdown(timeout: .seconds(20))
         print("OK shut down")
+    case "single":
+        expectCode(.invalidState) { _ = try MPIPool() }
+        print("OK single")
     case "spawn":
         let workers = Int(CommandLine.arguments.dropFirst(2).first ?? "2") ?? 2
         let pool = try MPIPool(spawningWorkers: workers)

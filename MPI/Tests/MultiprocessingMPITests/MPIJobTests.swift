@@ -47,12 +47,19 @@ func mpirun(ranks: Int, _ arguments: [String], seconds: Int = 90) throws -> JobO
 
 @Suite("MPI pool jobs", .serialized)
 struct MPIJobTests {
-    @Test("a 1,000-task map over 3 ranks gives exact results; async, submit, apply, imap and 1 MiB inputs too")
+    @Test("a 1,000-task map over 3 ranks gives exact results; async, submit, apply, imap, 1 MiB inputs and bad input too")
     func mapOverThreeRanks() throws {
         let outcome = try mpirun(ranks: 3, ["map", "1000"])
         #expect(outcome.status == 0, "\(outcome.output)")
         #expect(outcome.output.contains("OK map 1000 workers 2"), "\(outcome.output)")
         #expect(!outcome.output.contains("FAIL"), "\(outcome.output)")
+    }
+
+    @Test("a pool in a single-rank job is refused with invalidState, not a hang")
+    func singleRank() throws {
+        let outcome = try mpirun(ranks: 1, ["single"], seconds: 60)
+        #expect(outcome.status == 0, "\(outcome.output)")
+        #expect(outcome.output.contains("OK single"), "\(outcome.output)")
     }
 
     @Test("a task that segfaults fails alone, with rank, host and signal; the ranks go on serving")
