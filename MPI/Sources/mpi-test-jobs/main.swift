@@ -50,6 +50,15 @@ struct HangOn: PoolTask {
     }
 }
 
+/// Sleeps for the input's number of seconds.
+struct SleepFor: PoolTask {
+    func run(_ input: Int) throws -> Int {
+        var time = timespec(tv_sec: input, tv_nsec: 0)
+        nanosleep(&time, nil)
+        return input
+    }
+}
+
 /// The name of the host that ran the input.
 struct HostName: PoolTask {
     func run(_ input: Int) throws -> String {
@@ -129,7 +138,7 @@ do {
         expectCode(.invalidArgument) { _ = try pool.map(Square(), 0..<4, chunkSize: 0) }
         expectCode(.invalidArgument) { _ = try pool.map(Hidden(), 0..<4) }
         expectCode(.invalidArgument) { _ = try MPIPool(spawningWorkers: 0) }
-        expectCode(.timedOut) { _ = try pool.map(HangOn(bad: 0), [0], timeout: .milliseconds(300)) }
+        expectCode(.timedOut) { _ = try pool.map(SleepFor(), [1], timeout: .milliseconds(200)) }
         expect(try pool.map(Square(), [], timeout: limit).isEmpty, "an empty map")
         print("OK map \(count) workers \(pool.workerCount)")
         try pool.shutdown()
