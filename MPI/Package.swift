@@ -25,18 +25,24 @@ let package = Package(
         .executableTarget(
             name: "mp-mpi-demo",
             dependencies: ["MultiprocessingMPI"],
-            swiftSettings: [.swiftLanguageMode(.v6)]
+            swiftSettings: [.swiftLanguageMode(.v6)],
+            // A static Swift runtime (MPI itself stays a shared library): each local worker starts faster.
+            linkerSettings: [.unsafeFlags(["-static-stdlib"])]
         ),
         .executableTarget(
             name: "mp-mpi-bench",
             dependencies: ["MultiprocessingMPI"],
-            swiftSettings: [.swiftLanguageMode(.v6)]
+            swiftSettings: [.swiftLanguageMode(.v6)],
+            // A static Swift runtime (MPI itself stays a shared library): each local worker starts faster.
+            linkerSettings: [.unsafeFlags(["-static-stdlib"])]
         ),
         // The programs the tests launch with mpirun (MPI starts once per process, so never in the test process).
         .executableTarget(
             name: "mpi-test-jobs",
             dependencies: ["MultiprocessingMPI"],
-            swiftSettings: [.swiftLanguageMode(.v6)]
+            swiftSettings: [.swiftLanguageMode(.v6)],
+            // A static Swift runtime (MPI itself stays a shared library): each local worker starts faster.
+            linkerSettings: [.unsafeFlags(["-static-stdlib"])]
         ),
         .testTarget(
             name: "MultiprocessingMPITests",
