@@ -148,14 +148,20 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
     }
 
     /// Wakes the waiters and reports progress; called with the mutex held, releases it.
+    /// Progress is reported before the waiters wake, so a caller whose wait ended has seen every report.
     private func notify() {
         let done = finished
+        let total = location.count
+        if let progress {
+            pthread_mutex_unlock(&mutex)
+            progress(done, total)
+            pthread_mutex_lock(&mutex)
+        }
         let resumed = waiters.values
         waiters.removeAll()
         pthread_cond_broadcast(&condition)
         pthread_mutex_unlock(&mutex)
         for waiter in resumed { waiter.resume() }
-        progress?(done, location.count)
     }
 
     // MARK: Waiting

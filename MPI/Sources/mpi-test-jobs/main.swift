@@ -2,6 +2,7 @@
 // test checks ("OK ..." lines, or "FAIL ..." with the reason, and exit status 1).
 import Multiprocessing
 import MultiprocessingMPI
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -134,6 +135,13 @@ do {
         let big = [UInt8](repeating: 3, count: 1 << 20)
         let sums = try pool.map(ByteSum(), Array(repeating: big, count: 8), chunkSize: 1, timeout: limit)
         expect(sums == Array(repeating: 3 << 20, count: 8), "1 MiB inputs")
+        // Progress: one report per batch, the last one complete, all before map returns.
+        let reports = Mutex<[Int]>([])
+        _ = try pool.map(Square(), 0..<100, chunkSize: 10, timeout: limit) { finished, total in
+            reports.withLock { $0.append(total == 100 ? finished : -1) }
+        }
+        let seen = reports.withLock { $0 }
+        expect(seen.count == 10 && seen.max() == 100 && !seen.contains(-1), "progress reports \(seen)")
         // Bad input: a typed error, and the pool still serves.
         expectCode(.invalidArgument) { _ = try pool.map(Square(), 0..<4, chunkSize: 0) }
         expectCode(.invalidArgument) { _ = try pool.map(Hidden(), 0..<4) }
