@@ -177,8 +177,8 @@ public final class MPIPool: Sendable {
         let name = try Self.typeName(of: Task.self)
         let size = chunkSize ?? max(1, (inputs.count + workerCount * 4 - 1) / (workerCount * 4))
         let job = MPIJob<Output>(count: inputs.count, progress: progress)
-        try scheduler.submit(job, count: inputs.count) { number in
-            try stride(from: 0, to: inputs.count, by: size).map { first in
+        try scheduler.submit(job, count: inputs.count) { number, enqueue in
+            for first in stride(from: 0, to: inputs.count, by: size) {
                 let count = min(size, inputs.count - first)
                 var message = MessageWriter()
                 message.append(number)
@@ -190,7 +190,7 @@ public final class MPIPool: Sendable {
                 } catch {
                     throw MultiprocessingError(.transport, "the task or an input of \(first)..<\(first + count) could not be encoded: \(error)")
                 }
-                return Scheduler.Batch(job: number, first: first, count: count, message: message.bytes)
+                enqueue(Scheduler.Batch(job: number, first: first, count: count, message: message.bytes))
             }
         }
         return job

@@ -35,23 +35,33 @@ final class Scheduler: @unchecked Sendable {
 
     init(workers: [Int32]) { self.workers = workers }
 
-    /// Queues the batches of a new job; `make` builds them given the job's number.
-    func submit(_ sink: any JobSink, count: Int, batches make: (UInt64) throws -> [Batch]) throws {
+    /// Starts a new job of `count` inputs: `make` builds its batches given the job's number and queues
+    /// each as soon as it is built, so the first travel while the caller encodes the rest.
+    func submit(_ sink: any JobSink, count: Int, batches make: (UInt64, (Batch) -> Void) throws -> Void) throws {
         let job = try state.withLock { state -> UInt64 in
             if let broken = state.broken { throw broken }
             guard !state.closing else { throw MultiprocessingError(.invalidState, "the MPI pool is shut down") }
             defer { state.nextJob += 1 }
+            if count > 0 {
+                state.jobs[state.nextJob] = sink
+                state.remaining[state.nextJob] = count
+            }
             return state.nextJob
         }
-        let batches = try make(job)
-        try state.withLock { state in
-            if let broken = state.broken { throw broken }
-            guard count > 0 else { return }
-            state.jobs[job] = sink
-            state.remaining[job] = count
-            state.queue.append(contentsOf: batches)
+        var queued = 0
+        do {
+            try make(job) { batch in
+                queued += batch.count
+                state.withLock { state in
+                    state.queue.append(batch)
+                }
+                wakeup.open()
+            }
+        } catch {
+            // The inputs not queued will never come back: the job ends with the queued ones.
+            finish(job, count - queued)
+            throw error
         }
-        wakeup.open()
     }
 
     /// Asks the loop to finish the queued work, stop the workers and end.
