@@ -40,9 +40,7 @@ let package = Package(
         .executableTarget(
             name: "mpi-test-jobs",
             dependencies: ["MultiprocessingMPI"],
-            swiftSettings: [.swiftLanguageMode(.v6)],
-            // A static Swift runtime (MPI itself stays a shared library): each local worker starts faster.
-            linkerSettings: [.unsafeFlags(["-static-stdlib"])]
+            swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .testTarget(
             name: "MultiprocessingMPITests",
