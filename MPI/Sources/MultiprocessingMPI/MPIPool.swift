@@ -29,9 +29,9 @@ import Glibc
 /// ``MultiprocessingError/Code/rankLost``, the other ranks take the rest, and ``shutdown(timeout:)``
 /// still works. The same holds where the MPI library returns an error for a send to the rank.
 ///
-/// All MPI calls run on one dedicated thread. MPI starts once per process: one pool per process, and
-/// call ``shutdown(timeout:)`` before the program ends (mpirun counts a rank that ends without
-/// finalising MPI as failed).
+/// All MPI calls run on one dedicated thread. MPI starts once per process: one pool per process. Call
+/// ``shutdown(timeout:)`` when done; a program that ends by returning from its main code or calling
+/// `exit` without it gets it run then (mpirun counts a rank that ends without finalising MPI as failed).
 public final class MPIPool: Sendable {
     private let scheduler: Scheduler
     private let intercommunicator: Communicator?
@@ -98,7 +98,19 @@ public final class MPIPool: Sendable {
         self.scheduler = scheduler
         self.intercommunicator = intercommunicator
         try MPIThread.shared.post { scheduler.run(Mailbox(communicator), settings: settings) }
+        Self.openPool.withLock { pool in
+            pool = self
+            if !Self.exitHookInstalled {
+                Self.exitHookInstalled = true
+                atexit { try? MPIPool.openPool.withLock { $0 }?.shutdown(timeout: .seconds(60)) }
+            }
+        }
     }
+
+    /// The pool not yet shut down, which the program's exit shuts down (finishing its work, stopping
+    /// the workers, finalising MPI) when the caller did not.
+    private static let openPool = Mutex<MPIPool?>(nil)
+    nonisolated(unsafe) private static var exitHookInstalled = false
 
     /// Serves rank `master` of `communicator` and ends the process. Runs on the MPI thread.
     private static func serveAndExit(_ communicator: Communicator, master: Int32) -> Never {
@@ -151,6 +163,7 @@ public final class MPIPool: Sendable {
             return !done
         }
         guard first else { return }
+        Self.openPool.withLock { if $0 === self { $0 = nil } }
         scheduler.close()
         guard scheduler.stopped.wait(timeout: timeout) else {
             throw MultiprocessingError(.timedOut, "the MPI pool did not finish its work and stop its workers in time")

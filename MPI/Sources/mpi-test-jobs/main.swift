@@ -204,6 +204,11 @@ do {
         print("OK recovered \(lost) lost")
         try pool.shutdown(timeout: .seconds(20))
         print("OK shut down")
+    case "noshutdown":
+        // The program ends without shutdown(): the exit hook stops the workers and finalises MPI.
+        let pool = try MPIPool()
+        expect(try pool.map(Square(), 0..<100, timeout: limit) == (0..<100).map { $0 * $0 }, "map")
+        print("OK noshutdown")
     case "single":
         expectCode(.invalidState) { _ = try MPIPool() }
         print("OK single")

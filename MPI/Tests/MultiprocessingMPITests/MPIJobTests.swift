@@ -55,6 +55,13 @@ struct MPIJobTests {
         #expect(!outcome.output.contains("FAIL"), "\(outcome.output)")
     }
 
+    @Test("a program that ends without shutdown() still stops its workers and finalises MPI: the job succeeds")
+    func exitWithoutShutdown() throws {
+        let outcome = try mpirun(ranks: 3, ["noshutdown"], seconds: 60)
+        #expect(outcome.status == 0, "\(outcome.output)")
+        #expect(outcome.output.contains("OK noshutdown"), "\(outcome.output)")
+    }
+
     @Test("a pool in a single-rank job is refused with invalidState, not a hang")
     func singleRank() throws {
         let outcome = try mpirun(ranks: 1, ["single"], seconds: 60)
