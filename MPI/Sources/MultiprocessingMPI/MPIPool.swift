@@ -203,6 +203,11 @@ public final class MPIPool: Sendable {
                 } catch {
                     throw MultiprocessingError(.transport, "the task or an input of \(first)..<\(first + count) could not be encoded: \(error)")
                 }
+                guard message.bytes.count <= Mailbox.sizeLimit else {
+                    throw MultiprocessingError(
+                        .invalidArgument,
+                        "inputs \(first)..<\(first + count) encode to \(message.bytes.count) bytes, past MPI's limit of \(Mailbox.sizeLimit) for one message: use a smaller chunk size")
+                }
                 enqueue(Scheduler.Batch(job: number, first: first, count: count, message: message.bytes))
             }
         }

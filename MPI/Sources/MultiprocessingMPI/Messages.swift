@@ -152,7 +152,13 @@ final class Mailbox {
 
     var hasPendingSends: Bool { !pending.isEmpty }
 
+    /// The largest message MPI's `int` counts allow.
+    static let sizeLimit = Int(Int32.max)
+
     func send(_ bytes: [UInt8], to rank: Int32, tag: Int32) throws {
+        guard bytes.count <= Self.sizeLimit else {
+            throw MultiprocessingError(.invalidArgument, "a message of \(bytes.count) bytes is past MPI's limit of \(Self.sizeLimit)")
+        }
         var request: MPI_Request?
         // An array held here and never mutated keeps its storage where it is until the send completes.
         let result = bytes.withUnsafeBytes { buffer in

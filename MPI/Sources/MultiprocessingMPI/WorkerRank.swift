@@ -133,6 +133,18 @@ final class WorkerRank: @unchecked Sendable {
         result.append(first)
         result.append(count)
         result.append(string: host)
+        guard result.bytes.count + outcomes.count <= Mailbox.sizeLimit else {
+            // Too large for one MPI message: every input of the batch fails, saying why.
+            let error = MultiprocessingError(
+                .transport, "the outputs of inputs \(first)..<\(first + count) take \(outcomes.count) bytes, past MPI's limit of \(Mailbox.sizeLimit) for one message: use a smaller chunk size")
+            let thrown = (try? BinaryEncoder().encode(ThrownError(error))) ?? []
+            for _ in 0..<count {
+                result.append(OutcomeKind.thrown.rawValue)
+                result.append(UInt64(thrown.count))
+                result.bytes.append(contentsOf: thrown)
+            }
+            return result.bytes
+        }
         result.bytes.append(contentsOf: outcomes)
         return result.bytes
     }
