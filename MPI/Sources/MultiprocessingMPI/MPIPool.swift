@@ -47,7 +47,9 @@ public final class MPIPool: Sendable {
     /// - Parameters:
     ///   - taskTimeout: how long one input may run before its local child is killed and the input fails
     ///     with ``MultiprocessingError/Code/timedOut``; nil for no limit.
-    ///   - limits: resource limits for the local children that run the tasks.
+    ///   - limits: resource limits for the local children that run the tasks. A child runs many inputs,
+    ///     so its CPU time adds up over them: the input running when a limit strikes fails (with the
+    ///     signal), and a new child takes the rest.
     /// - Throws: ``MultiprocessingError/Code/invalidState`` when the job has a single rank (run it with
     ///   `mpirun -n N`, N >= 2, or use ``init(spawningWorkers:taskTimeout:limits:)``; MPI is finalised,
     ///   so no other pool can start in this process) or MPI was already finalised in this process; ``MultiprocessingError/Code/system`` when MPI fails to start.

@@ -60,6 +60,25 @@ struct SleepFor: PoolTask {
     }
 }
 
+/// On one input spins until its CPU-time limit ends its local worker; on another kills its worker with
+/// SIGKILL; otherwise returns the input.
+struct BurnOrDie: PoolTask {
+    let burn: Int
+    let die: Int
+    func run(_ input: Int) throws -> Int {
+        if input == die { kill(getpid(), SIGKILL) }
+        if input == burn {
+            // An endless loop whose result may be printed, so an optimizer can neither drop nor end it.
+            var x: UInt64 = 1
+            while true {
+                for _ in 0..<1_000_000 { x = x &* 6364136223846793005 &+ 1442695040888963407 }
+                if x == 0 { print("x reached 0") }
+            }
+        }
+        return input
+    }
+}
+
 /// The name of the host that ran the input.
 struct HostName: PoolTask {
     func run(_ input: Int) throws -> String {
@@ -204,6 +223,20 @@ do {
         print("OK recovered \(lost) lost")
         try pool.shutdown(timeout: .seconds(20))
         print("OK shut down")
+    case "limits":
+        // A task past its CPU-time limit, and one killed, each fail alone with their signal.
+        let pool = try MPIPool(limits: ResourceLimits(cpuSeconds: 1))
+        let results = Array(try pool.imap(BurnOrDie(burn: 3, die: 11), 0..<16, chunkSize: 4))
+        guard case .failure(let burned as MultiprocessingError) = results[3], burned.code == .childFailed,
+            burned.signal == .cpuTimeLimitExceeded || burned.signal == .kill
+        else { fail("input 3 gave \(results[3])") }
+        guard case .failure(let killed as MultiprocessingError) = results[11], killed.code == .childFailed, killed.signal == .kill
+        else { fail("input 11 gave \(results[11])") }
+        for (index, result) in results.enumerated() where index != 3 && index != 11 {
+            expect((try? result.get()) == index, "input \(index) gave \(result)")
+        }
+        print("OK limits \(burned.signal!) \(killed.signal!)")
+        try pool.shutdown()
     case "noshutdown":
         // The program ends without shutdown(): the exit hook stops the workers and finalises MPI.
         let pool = try MPIPool()

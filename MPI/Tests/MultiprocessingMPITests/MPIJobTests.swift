@@ -78,6 +78,13 @@ struct MPIJobTests {
         #expect(outcome.output.contains("OK thrown"), "\(outcome.output)")
     }
 
+    @Test("a task past its CPU-time limit and a task killed with SIGKILL each fail alone with their signal")
+    func limitsAndKills() throws {
+        let outcome = try mpirun(ranks: 3, ["limits"])
+        #expect(outcome.status == 0, "\(outcome.output)")
+        #expect(outcome.output.contains("OK limits"), "\(outcome.output)")
+    }
+
     @Test("a task past the task timeout is killed and fails alone with timedOut")
     func taskTimeout() throws {
         let outcome = try mpirun(ranks: 3, ["timeout"])
