@@ -146,7 +146,7 @@ struct MessageReader {
 /// deadlock in a rendezvous): each send's bytes stay alive here until MPI reports it complete.
 final class Mailbox {
     let communicator: Communicator
-    private var pending: [(request: MPI_Request?, bytes: [UInt8])] = []
+    private var pending: [(request: MPI_Request?, rank: Int32, bytes: [UInt8])] = []
 
     init(_ communicator: Communicator) { self.communicator = communicator }
 
@@ -165,7 +165,18 @@ final class Mailbox {
             MPI_Isend(buffer.baseAddress, Int32(buffer.count), cmpi_byte(), rank, tag, communicator.raw, &request)
         }
         try check(result, "MPI_Isend to rank \(rank)")
-        pending.append((request, bytes))
+        pending.append((request, rank, bytes))
+    }
+
+    /// Drops the unfinished sends to `rank`, a rank taken for lost, so they hold nothing up.
+    func cancelSends(to rank: Int32) {
+        pending.removeAll { entry in
+            guard entry.rank == rank else { return false }
+            var request = entry.request
+            MPI_Cancel(&request)
+            MPI_Request_free(&request)
+            return true
+        }
     }
 
     /// Completes the sends MPI has finished; true when one did.

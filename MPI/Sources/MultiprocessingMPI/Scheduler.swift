@@ -118,6 +118,7 @@ final class Scheduler: @unchecked Sendable {
                         let error = MultiprocessingError(
                             .rankLost, "worker rank \(rank) was lost with this input in flight: silent for \(now - heard)")
                         for held in inFlight.removeValue(forKey: rank) ?? [] { fail(held.job, first: held.first, count: held.count, error) }
+                        mailbox.cancelSends(to: rank)
                     }
                 }
                 // Every rank lost: nothing queued can run.
@@ -163,28 +164,29 @@ final class Scheduler: @unchecked Sendable {
     @discardableResult
     private func fill(_ mailbox: Mailbox, _ inFlight: inout InFlight, _ lost: inout Set<Int32>) -> Bool {
         var sent = false
-                for rank in workers where !lost.contains(rank) && inFlight[rank, default: []].count < window {
-                    guard let batch = state.withLock({ state -> Batch? in
-                        guard state.head < state.queue.count else { return nil }
-                        defer {
-                            state.head += 1
-                            if state.head > 1024, state.head * 2 > state.queue.count {
-                                state.queue.removeFirst(state.head)
-                                state.head = 0
-                            }
-                        }
-                        return state.queue[state.head]
-                    }) else { break }
-                    do {
-                        try mailbox.send(batch.message, to: rank, tag: Tag.task)
-                        inFlight[rank, default: []].append((batch.job, batch.first, batch.count))
-                    } catch {
-                        lost.insert(rank)
-                        fail(batch.job, first: batch.first, count: batch.count, lostRank(rank, error))
-                        for held in inFlight.removeValue(forKey: rank) ?? [] { fail(held.job, first: held.first, count: held.count, lostRank(rank, error)) }
+        for rank in workers where !lost.contains(rank) && inFlight[rank, default: []].count < window {
+            guard let batch = state.withLock({ state -> Batch? in
+                guard state.head < state.queue.count else { return nil }
+                defer {
+                    state.head += 1
+                    if state.head > 1024, state.head * 2 > state.queue.count {
+                        state.queue.removeFirst(state.head)
+                        state.head = 0
                     }
-                    sent = true
                 }
+                return state.queue[state.head]
+            }) else { break }
+            do {
+                try mailbox.send(batch.message, to: rank, tag: Tag.task)
+                inFlight[rank, default: []].append((batch.job, batch.first, batch.count))
+            } catch {
+                lost.insert(rank)
+                fail(batch.job, first: batch.first, count: batch.count, lostRank(rank, error))
+                for held in inFlight.removeValue(forKey: rank) ?? [] { fail(held.job, first: held.first, count: held.count, lostRank(rank, error)) }
+                mailbox.cancelSends(to: rank)
+            }
+            sent = true
+        }
         return sent
     }
 
