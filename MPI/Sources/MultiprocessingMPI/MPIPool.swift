@@ -27,7 +27,11 @@ import Glibc
 /// outlives the rank: each worker rank sends rank 0 a heartbeat every second, and a rank silent for 5
 /// seconds with inputs in flight is taken for lost; those inputs fail with
 /// ``MultiprocessingError/Code/rankLost``, the other ranks take the rest, and ``shutdown(timeout:)``
-/// still works. The same holds where the MPI library returns an error for a send to the rank.
+/// still works (every rank then ends without `MPI_Finalize`, which would wait for the dead rank). The
+/// same holds where the MPI library returns an error for a send to the rank. Use the
+/// TCP transport then (`--mca btl self,tcp`), as between hosts: when a rank on the same host dies, Open
+/// MPI's shared-memory transport can stall rank 0's progress engine for good (seen about once in ten
+/// runs), and nothing above MPI can end that wait.
 ///
 /// All MPI calls run on one dedicated thread. MPI starts once per process: one pool per process. Call
 /// ``shutdown(timeout:)`` when done; a program that ends by returning from its main code or calling
@@ -118,7 +122,7 @@ public final class MPIPool: Sendable {
     private static func serveAndExit(_ communicator: Communicator, master: Int32) -> Never {
         var status: Int32 = 0
         do {
-            try WorkerRank.serve(communicator, master: master)
+            if try !WorkerRank.serve(communicator, master: master) { exit(0) }
         } catch {
             writeError("MPI worker rank failed: \(error)\n")
             status = 1
@@ -170,6 +174,7 @@ public final class MPIPool: Sendable {
         guard scheduler.stopped.wait(timeout: timeout) else {
             throw MultiprocessingError(.timedOut, "the MPI pool did not finish its work and stop its workers in time")
         }
+        if scheduler.lostAny { return }
         let inter = intercommunicator
         try MPIThread.shared.run {
             if let inter {

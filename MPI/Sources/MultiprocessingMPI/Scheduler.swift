@@ -23,6 +23,7 @@ final class Scheduler: @unchecked Sendable {
         var nextJob: UInt64 = 1
         var closing = false
         var broken: MultiprocessingError?
+        var lostAny = false
     }
 
     private let state = Mutex(State())
@@ -63,6 +64,9 @@ final class Scheduler: @unchecked Sendable {
             throw error
         }
     }
+
+    /// Whether a worker rank was lost: then MPI is not finalised (its finalisation can wait for good).
+    var lostAny: Bool { state.withLock { $0.lostAny } }
 
     /// Asks the loop to finish the queued work, stop the workers and end.
     func close() {
@@ -136,7 +140,10 @@ final class Scheduler: @unchecked Sendable {
                     backoff.pause(on: wakeup)
                 }
             }
-            for rank in workers where !lost.contains(rank) { try mailbox.send([], to: rank, tag: Tag.stop) }
+            // After a loss, MPI_Finalize can wait for good on the dead rank: every rank ends without it.
+            let skipFinalize: [UInt8] = lost.isEmpty ? [] : [1]
+            if !lost.isEmpty { state.withLock { $0.lostAny = true } }
+            for rank in workers where !lost.contains(rank) { try mailbox.send(skipFinalize, to: rank, tag: Tag.stop) }
             var rounds = 0
             while mailbox.hasPendingSends && rounds < 20_000 {
                 try mailbox.progress()

@@ -21,9 +21,14 @@ final class WorkerRank: @unchecked Sendable {
     private let host = MPIEnvironment.hostName
 
     /// Serves rank `master` of `communicator` until it says stop. Runs on the MPI thread.
-    static func serve(_ communicator: Communicator, master: Int32) throws {
-        try WorkerRank().serve(Mailbox(communicator), master: master)
+    /// Returns false when rank 0 said a rank was lost, so MPI must not be finalised.
+    static func serve(_ communicator: Communicator, master: Int32) throws -> Bool {
+        let rank = WorkerRank()
+        try rank.serve(Mailbox(communicator), master: master)
+        return rank.finalise
     }
+
+    private var finalise = true
 
     private func serve(_ mailbox: Mailbox, master: Int32) throws {
         var settings: WorkerSettings?
@@ -48,6 +53,7 @@ final class WorkerRank: @unchecked Sendable {
                     queues.withLock { $0.inbox.append(bytes) }
                     work.open()
                 case Tag.stop:
+                    finalise = bytes.first != 1
                     queues.withLock { $0.stopping = true }
                     work.open()
                 default:

@@ -102,10 +102,13 @@ struct MPIJobTests {
         #expect(ContinuousClock.now - started < .seconds(50))
     }
 
-    @Test("under mpirun --enable-recovery a killed worker rank fails only its inputs with rankLost; the pool goes on and shuts down")
+    @Test("under mpirun --enable-recovery (TCP transport) a killed worker rank fails only its inputs with rankLost; the pool goes on and shuts down")
     func killedRankFailsItsInputs() throws {
+        // The TCP transport: with shared memory, Open MPI's progress engine can stall for good in the
+        // rank polling a peer that died.
         let outcome = try runBounded(
-            ["mpirun", "--enable-recovery", "-n", "3", jobsProgram, "killrank-recover"], seconds: 60, environment: mpirunEnvironment)
+            ["mpirun", "--enable-recovery", "--mca", "btl", "self,tcp", "-n", "3", jobsProgram, "killrank-recover"], seconds: 60,
+            environment: mpirunEnvironment)
         #expect(outcome.status == 0, "\(outcome.output)")
         #expect(outcome.output.contains("OK recovered"), "\(outcome.output)")
         #expect(outcome.output.contains("OK shut down"), "\(outcome.output)")
