@@ -27,7 +27,8 @@ import Glibc
 /// outlives the rank: each worker rank sends rank 0 a heartbeat every second, and a rank silent for 5
 /// seconds with inputs in flight is taken for lost; those inputs fail with
 /// ``MultiprocessingError/Code/rankLost``, the other ranks take the rest, and ``shutdown(timeout:)``
-/// still works (every rank then ends without `MPI_Finalize`, which would wait for the dead rank). The
+/// still works (every rank then ends without `MPI_Finalize`, which would wait for the dead rank); and
+/// when rank 0 itself dies, each worker rank that has heard nothing from it for 10 seconds ends. The
 /// same holds where the MPI library returns an error for a send to the rank. Use the
 /// TCP transport then (`--mca btl self,tcp`), as between hosts: when a rank on the same host dies, Open
 /// MPI's shared-memory transport can stall rank 0's progress engine for good (seen about once in ten
@@ -56,7 +57,8 @@ public final class MPIPool: Sendable {
     ///     signal), and a new child takes the rest.
     /// - Throws: ``MultiprocessingError/Code/invalidState`` when the job has a single rank (run it with
     ///   `mpirun -n N`, N >= 2, or use ``init(spawningWorkers:taskTimeout:limits:)``; MPI is finalised,
-    ///   so no other pool can start in this process) or MPI was already finalised in this process; ``MultiprocessingError/Code/system`` when MPI fails to start.
+    ///   so no other pool can start in this process) or MPI was already finalised in this process;
+    ///   ``MultiprocessingError/Code/system`` when MPI fails to start.
     public convenience init(taskTimeout: Duration? = nil, limits: ResourceLimits = ResourceLimits()) throws {
         let size = try MPIThread.shared.run { () throws -> Int32 in
             try MPIEnvironment.initialise()

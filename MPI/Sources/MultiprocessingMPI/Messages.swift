@@ -13,9 +13,10 @@ import Glibc
 ///   input one outcome `[kind u8][length u64][bytes]` (``OutcomeKind``).
 /// - `settings` (rank 0 to every worker, first): ``WorkerSettings`` encoded.
 /// - `stop` (rank 0 to every worker, last): empty.
-/// - `heartbeat` (a worker to rank 0, every ``heartbeatInterval``): empty. A rank silent for
-///   ``silenceLimit`` with work in flight is taken for lost (only an MPI library that lets the job go on
-///   after a rank died, such as Open MPI's `mpirun --enable-recovery`, leaves rank 0 running to notice).
+/// - `heartbeat` (each way, every ``heartbeatInterval``): empty. A worker rank silent for
+///   ``silenceLimit`` with work in flight is taken for lost; a worker rank that hears nothing from rank 0
+///   for ``masterSilenceLimit`` ends (only an MPI library that lets the job go on after a rank died,
+///   such as Open MPI's `mpirun --enable-recovery`, leaves the others running to notice).
 enum Tag {
     static let task: Int32 = 1
     static let result: Int32 = 2
@@ -25,6 +26,7 @@ enum Tag {
 
     static let heartbeatInterval: Duration = .seconds(1)
     static let silenceLimit: Duration = .seconds(5)
+    static let masterSilenceLimit: Duration = .seconds(10)
 }
 
 /// How one input's call ended, as the first byte of its outcome.

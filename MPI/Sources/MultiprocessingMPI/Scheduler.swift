@@ -83,8 +83,19 @@ final class Scheduler: @unchecked Sendable {
         do {
             let encoded = try BinaryEncoder().encode(settings)
             for rank in workers { try mailbox.send(encoded, to: rank, tag: Tag.settings) }
+            var lastBeat = ContinuousClock.now
             while true {
                 var worked = false
+                if ContinuousClock.now - lastBeat >= Tag.heartbeatInterval {
+                    lastBeat = .now
+                    for rank in workers where !lost.contains(rank) {
+                        do {
+                            try mailbox.send([], to: rank, tag: Tag.heartbeat)
+                        } catch {
+                            lose(rank, lostRank(rank, error), mailbox, &inFlight, &lost)
+                        }
+                    }
+                }
                 // Send: fill every live rank's window.
                 if fill(mailbox, &inFlight, &lost) { worked = true }
                 // Receive: deliver every result that has arrived.
@@ -118,11 +129,9 @@ final class Scheduler: @unchecked Sendable {
                 let now = ContinuousClock.now
                 for rank in workers where !lost.contains(rank) && !(inFlight[rank]?.isEmpty ?? true) {
                     if let heard = lastHeard[rank], now - heard > Tag.silenceLimit {
-                        lost.insert(rank)
                         let error = MultiprocessingError(
                             .rankLost, "worker rank \(rank) was lost with this input in flight: silent for \(now - heard)")
-                        for held in inFlight.removeValue(forKey: rank) ?? [] { fail(held.job, first: held.first, count: held.count, error) }
-                        mailbox.cancelSends(to: rank)
+                        lose(rank, error, mailbox, &inFlight, &lost)
                     }
                 }
                 // Every rank lost: nothing queued can run.
@@ -187,14 +196,20 @@ final class Scheduler: @unchecked Sendable {
                 try mailbox.send(batch.message, to: rank, tag: Tag.task)
                 inFlight[rank, default: []].append((batch.job, batch.first, batch.count))
             } catch {
-                lost.insert(rank)
                 fail(batch.job, first: batch.first, count: batch.count, lostRank(rank, error))
-                for held in inFlight.removeValue(forKey: rank) ?? [] { fail(held.job, first: held.first, count: held.count, lostRank(rank, error)) }
-                mailbox.cancelSends(to: rank)
+                lose(rank, lostRank(rank, error), mailbox, &inFlight, &lost)
             }
             sent = true
         }
         return sent
+    }
+
+    /// Takes `rank` for lost: its batches fail with `error`, its unfinished sends are dropped, and it
+    /// gets no more work.
+    private func lose(_ rank: Int32, _ error: MultiprocessingError, _ mailbox: Mailbox, _ inFlight: inout InFlight, _ lost: inout Set<Int32>) {
+        lost.insert(rank)
+        for held in inFlight.removeValue(forKey: rank) ?? [] { fail(held.job, first: held.first, count: held.count, error) }
+        mailbox.cancelSends(to: rank)
     }
 
     private func lostRank(_ rank: Int32, _ error: any Error) -> MultiprocessingError {

@@ -35,6 +35,7 @@ final class WorkerRank: @unchecked Sendable {
         var backoff = Backoff()
         var runnerDone: Gate?
         var lastBeat = ContinuousClock.now
+        var lastHeard = ContinuousClock.now
         while true {
             var worked = false
             if ContinuousClock.now - lastBeat >= Tag.heartbeatInterval {
@@ -43,7 +44,10 @@ final class WorkerRank: @unchecked Sendable {
             }
             while let (_, tag, bytes) = try mailbox.receive(from: master) {
                 worked = true
+                lastHeard = .now
                 switch tag {
+                case Tag.heartbeat:
+                    break
                 case Tag.settings:
                     let decoded = try BinaryDecoder().decode(WorkerSettings.self, from: bytes)
                     settings = decoded
@@ -65,6 +69,17 @@ final class WorkerRank: @unchecked Sendable {
                 worked = true
             }
             if try mailbox.progress() { worked = true }
+            if ContinuousClock.now - lastHeard > Tag.masterSilenceLimit {
+                // Rank 0 is gone and the job goes on without it: end rather than serve nobody forever.
+                writeError("MPI worker rank: nothing from rank 0 for \(Tag.masterSilenceLimit), ending\n")
+                finalise = false
+                queues.withLock {
+                    $0.inbox.removeAll()
+                    $0.stopping = true
+                }
+                work.open()
+                break
+            }
             let finished = queues.withLock { $0.stopping && $0.inbox.isEmpty && $0.outbox.isEmpty && !$0.busy }
             if finished && !mailbox.hasPendingSends { break }
             if worked { backoff.reset() } else { backoff.pause(on: resultReady) }

@@ -242,6 +242,16 @@ do {
         let pool = try MPIPool()
         expect(try pool.map(Square(), 0..<100, timeout: limit) == (0..<100).map { $0 * $0 }, "map")
         print("OK noshutdown")
+    case "killmaster":
+        // Rank 0 dies with inputs in flight; under `mpirun --enable-recovery` the worker ranks then end
+        // on their own instead of serving nobody forever.
+        let pool = try MPIPool()
+        _ = try pool.submit(SleepFor(), 2)
+        _ = try pool.submit(SleepFor(), 2)
+        print("STARTED")
+        var time = timespec(tv_sec: 0, tv_nsec: 300_000_000)
+        nanosleep(&time, nil)
+        kill(getpid(), SIGKILL)
     case "single":
         expectCode(.invalidState) { _ = try MPIPool() }
         print("OK single")

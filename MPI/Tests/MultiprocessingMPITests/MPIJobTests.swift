@@ -114,6 +114,17 @@ struct MPIJobTests {
         #expect(outcome.output.contains("OK shut down"), "\(outcome.output)")
     }
 
+    @Test("under mpirun --enable-recovery the worker ranks end by themselves when rank 0 dies: the job ends, no orphans")
+    func deadMasterEndsWorkers() throws {
+        let started = ContinuousClock.now
+        let outcome = try runBounded(
+            ["mpirun", "--enable-recovery", "--mca", "btl", "self,tcp", "-n", "3", jobsProgram, "killmaster"], seconds: 60,
+            environment: mpirunEnvironment)
+        #expect(outcome.output.contains("STARTED"), "\(outcome.output)")
+        #expect(outcome.status != 124 && outcome.status != 137, "status \(outcome.status): \(outcome.output)")
+        #expect(ContinuousClock.now - started < .seconds(45))
+    }
+
     @Test("a single process spawns its workers (MPI_Comm_spawn) and maps across them, a crash failing alone")
     func spawnMode() throws {
         let outcome = try runBounded([jobsProgram, "spawn", "3"], seconds: 90, environment: mpirunEnvironment)
