@@ -222,7 +222,9 @@ final class LocalRunner {
 
     /// Runs the batch in `message` (a task message as rank 0 sent it) whose body starts at `bodyOffset`.
     /// Returns the outcomes, `[kind u8][length u64][bytes]` each, one per input, concatenated.
-    func run(message: [UInt8], bodyOffset: Int, count: Int, typeName: String) -> [UInt8] {
+    /// `timeout` limits each input's run; nil: the pool's ``WorkerSettings/taskTimeout``.
+    func run(message: [UInt8], bodyOffset: Int, count: Int, typeName: String, timeout: Duration?) -> [UInt8] {
+        let taskTimeout = timeout ?? settings.taskTimeout
         var outcomes: [UInt8] = []
         var finished = 0
         var freshChildFailures = 0
@@ -265,13 +267,13 @@ final class LocalRunner {
                     // Wake now and then to see whether the running input has passed the task timeout.
                     let frame: [UInt8]
                     do {
-                        frame = try channel.recvBytes(timeout: settings.taskTimeout.map { min($0, .milliseconds(100)) })
+                        frame = try channel.recvBytes(timeout: taskTimeout.map { min($0, .milliseconds(100)) })
                     } catch let error as MultiprocessingError where error.code == .timedOut {
                         let committed = committedBytes()
                         if committed != lastCommitted {
                             lastCommitted = committed
                             lastProgress = .now
-                        } else if let limit = settings.taskTimeout, ContinuousClock.now - lastProgress >= limit {
+                        } else if let limit = taskTimeout, ContinuousClock.now - lastProgress >= limit {
                             finished += takeLog(into: &outcomes)
                             let facts = retire(killing: true)
                             append(crash(.timedOut, facts), to: &outcomes)

@@ -7,20 +7,25 @@ public typealias MPIProgress = @Sendable (_ finished: Int, _ total: Int) -> Void
 
 extension MPIPool {
     /// Runs `task` on every input across the worker ranks and returns the outputs in input order
-    /// (Python's `Pool.map`). Inputs travel in batches of `chunkSize` (by default a quarter of an even
-    /// share per worker).
+    /// (Python's `Pool.map`), waiting until every input has ended. Inputs travel in batches of
+    /// `chunkSize` (by default a quarter of an even share per worker).
+    ///
+    /// - Parameters:
+    ///   - timeout: the longest each input may run in its local worker, as for the local pool; past it
+    ///     the worker is killed and the input fails. Nil: the pool's `taskTimeout`.
+    ///   - progress: called on the MPI thread with (inputs ended, inputs) as batches end.
     /// - Throws: the first failed input's error, in input order: the task's own error when it is
     ///   `Codable` and known here, else ``MultiprocessingError/Code/remote``;
-    ///   ``MultiprocessingError/Code/childFailed`` for a crash; ``MultiprocessingError/Code/timedOut``
-    ///   when an input ran past the task timeout or the results were not all ready within `timeout`;
-    ///   ``MultiprocessingError/Code/transport``, ``MultiprocessingError/Code/invalidArgument``,
-    ///   ``MultiprocessingError/Code/invalidState`` after ``shutdown(timeout:)``, or
-    ///   ``MultiprocessingError/Code/rankLost``.
+    ///   ``MultiprocessingError/Code/childFailed`` for a crash or a broken limit;
+    ///   ``MultiprocessingError/Code/timedOut`` past `timeout`; ``MultiprocessingError/Code/rankLost``;
+    ///   ``MultiprocessingError/Code/transport``, ``MultiprocessingError/Code/invalidArgument``, or
+    ///   ``MultiprocessingError/Code/invalidState`` after ``shutdown(timeout:)``.
+    ///   ``mapResults(_:_:chunkSize:timeout:)`` gives every input's outcome instead.
     public func map<T: PoolTask>(
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: MPIProgress? = nil
     ) throws -> [T.Output] {
-        let job = try start(task, Array(inputs), chunkSize: chunkSize, progress: progress, as: T.Output.self)
-        return try job.wait(timeout: timeout, until: { $0.isComplete }, take: { try $0.outputs() })
+        let job = try start(task, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self)
+        return try job.wait(timeout: nil, until: { $0.isComplete }, take: { try $0.outputs() })
     }
 
     /// ``map(_:_:chunkSize:timeout:progress:)`` for an ``AsyncPoolTask``.
@@ -28,72 +33,85 @@ extension MPIPool {
     public func map<T: AsyncPoolTask>(
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: MPIProgress? = nil
     ) throws -> [T.Output] {
-        let job = try start(task, Array(inputs), chunkSize: chunkSize, progress: progress, as: T.Output.self)
-        return try job.wait(timeout: timeout, until: { $0.isComplete }, take: { try $0.outputs() })
+        let job = try start(task, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self)
+        return try job.wait(timeout: nil, until: { $0.isComplete }, take: { try $0.outputs() })
     }
 
     /// ``map(_:_:chunkSize:timeout:progress:)`` waiting on the Swift concurrency runtime; cancellation
     /// ends the wait with `CancellationError` (the inputs already sent still run).
     /// - Throws: as ``map(_:_:chunkSize:timeout:progress:)``, or `CancellationError`.
     public func map<T: PoolTask>(
-        _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, progress: MPIProgress? = nil
+        _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, timeout: Duration? = nil
     ) async throws -> [T.Output] {
-        let job = try start(task, Array(inputs), chunkSize: chunkSize, progress: progress, as: T.Output.self)
+        let job = try start(task, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: nil, as: T.Output.self)
         return try await job.wait(until: { $0.isComplete }, take: { try $0.outputs() })
     }
 
     /// The async ``map(_:_:chunkSize:timeout:progress:)`` for an ``AsyncPoolTask``.
     /// - Throws: as ``map(_:_:chunkSize:timeout:progress:)``, or `CancellationError`.
     public func map<T: AsyncPoolTask>(
-        _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, progress: MPIProgress? = nil
+        _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, timeout: Duration? = nil
     ) async throws -> [T.Output] {
-        let job = try start(task, Array(inputs), chunkSize: chunkSize, progress: progress, as: T.Output.self)
+        let job = try start(task, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: nil, as: T.Output.self)
         return try await job.wait(until: { $0.isComplete }, take: { try $0.outputs() })
+    }
+
+    /// ``map(_:_:chunkSize:timeout:progress:)`` giving every input's outcome, in input order, instead of
+    /// throwing the first failure.
+    /// - Throws: the errors of starting the work only (see ``submit(_:_:timeout:)``).
+    public func mapResults<T: PoolTask>(
+        _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, timeout: Duration? = nil
+    ) throws -> [Result<T.Output, any Error>] {
+        let job = try start(task, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: nil, as: T.Output.self)
+        return try job.wait(timeout: nil, until: { $0.isComplete }, take: { job in (0..<job.count).map { job.result($0) } })
     }
 
     /// Runs `task` on every input and gives each input's result in input order as it is ready (Python's
     /// `Pool.imap`): a failed input is a `.failure` in its place and the others go on.
-    /// - Throws: ``MultiprocessingError/Code/transport`` when an input cannot be encoded;
-    ///   ``MultiprocessingError/Code/invalidArgument`` or ``MultiprocessingError/Code/invalidState``.
+    /// - Parameter timeout: the longest each input may run in its local worker.
+    /// - Throws: the errors of starting the work (see ``submit(_:_:timeout:)``).
     public func imap<T: PoolTask>(
-        _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int = 1, progress: MPIProgress? = nil
+        _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int = 1, timeout: Duration? = nil, progress: MPIProgress? = nil
     ) throws -> MPIResults<T.Output> {
-        MPIResults(try start(task, Array(inputs), chunkSize: chunkSize, progress: progress, as: T.Output.self), ordered: true)
+        MPIResults(try start(task, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self), ordered: true)
     }
 
-    /// ``imap(_:_:chunkSize:progress:)`` with results in the order they finish (Python's
+    /// ``imap(_:_:chunkSize:timeout:progress:)`` with results in the order they finish (Python's
     /// `Pool.imap_unordered`).
-    /// - Throws: as ``imap(_:_:chunkSize:progress:)``.
+    /// - Throws: as ``imap(_:_:chunkSize:timeout:progress:)``.
     public func imapUnordered<T: PoolTask>(
-        _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int = 1, progress: MPIProgress? = nil
+        _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int = 1, timeout: Duration? = nil, progress: MPIProgress? = nil
     ) throws -> MPIResults<T.Output> {
-        MPIResults(try start(task, Array(inputs), chunkSize: chunkSize, progress: progress, as: T.Output.self), ordered: false)
+        MPIResults(try start(task, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self), ordered: false)
     }
 
-    /// Runs `task` on one input on some worker rank and returns its output (Python's `Pool.apply`).
+    /// Runs `task` on one input on some worker rank and waits for its output (Python's `Pool.apply`).
+    /// - Parameter timeout: the longest the input may run in its local worker.
     /// - Throws: as ``map(_:_:chunkSize:timeout:progress:)``.
     public func apply<T: PoolTask>(_ task: T, _ input: T.Input, timeout: Duration? = nil) throws -> T.Output {
-        try submit(task, input).get(timeout: timeout)
+        try submit(task, input, timeout: timeout).get()
     }
 
     /// ``apply(_:_:timeout:)`` waiting on the Swift concurrency runtime.
     /// - Throws: as ``map(_:_:chunkSize:timeout:progress:)``, or `CancellationError`.
-    public func apply<T: PoolTask>(_ task: T, _ input: T.Input) async throws -> T.Output {
-        try await submit(task, input).value
+    public func apply<T: PoolTask>(_ task: T, _ input: T.Input, timeout: Duration? = nil) async throws -> T.Output {
+        try await submit(task, input, timeout: timeout).value
     }
 
     /// Starts `task` on one input and returns at once with a handle to its result (Python's
     /// `Executor.submit` and `Pool.apply_async`).
+    /// - Parameter timeout: the longest the input may run in its local worker.
     /// - Throws: ``MultiprocessingError/Code/transport`` when the task or input cannot be encoded;
-    ///   ``MultiprocessingError/Code/invalidArgument`` or ``MultiprocessingError/Code/invalidState``.
-    public func submit<T: PoolTask>(_ task: T, _ input: T.Input) throws -> MPIFuture<T.Output> {
-        MPIFuture(try start(task, [input], chunkSize: 1, progress: nil, as: T.Output.self))
+    ///   ``MultiprocessingError/Code/invalidArgument`` for a task type another process cannot find;
+    ///   ``MultiprocessingError/Code/invalidState`` after ``shutdown(timeout:)``.
+    public func submit<T: PoolTask>(_ task: T, _ input: T.Input, timeout: Duration? = nil) throws -> MPIFuture<T.Output> {
+        MPIFuture(try start(task, [input], chunkSize: 1, timeout: timeout, progress: nil, as: T.Output.self))
     }
 
-    /// ``submit(_:_:)`` for an ``AsyncPoolTask``.
-    /// - Throws: as ``submit(_:_:)``.
-    public func submit<T: AsyncPoolTask>(_ task: T, _ input: T.Input) throws -> MPIFuture<T.Output> {
-        MPIFuture(try start(task, [input], chunkSize: 1, progress: nil, as: T.Output.self))
+    /// ``submit(_:_:timeout:)`` for an ``AsyncPoolTask``.
+    /// - Throws: as ``submit(_:_:timeout:)``.
+    public func submit<T: AsyncPoolTask>(_ task: T, _ input: T.Input, timeout: Duration? = nil) throws -> MPIFuture<T.Output> {
+        MPIFuture(try start(task, [input], chunkSize: 1, timeout: timeout, progress: nil, as: T.Output.self))
     }
 }
 
@@ -121,8 +139,8 @@ public struct MPIFuture<Output: Codable & Sendable>: Sendable {
     }
 }
 
-/// The results of ``MPIPool/imap(_:_:chunkSize:progress:)`` and
-/// ``MPIPool/imapUnordered(_:_:chunkSize:progress:)``, one per input, as a blocking `Sequence` and as
+/// The results of ``MPIPool/imap(_:_:chunkSize:timeout:progress:)`` and
+/// ``MPIPool/imapUnordered(_:_:chunkSize:timeout:progress:)``, one per input, as a blocking `Sequence` and as
 /// an `AsyncSequence`. A failed input is a `.failure` and does not stop the others.
 public final class MPIResults<Output: Codable & Sendable>: Sequence, AsyncSequence, Sendable {
     /// One input's output, or the error it failed with.

@@ -6,9 +6,10 @@ import Glibc
 #endif
 
 /// A pool of worker processes across machines, over MPI: Python's `mpi4py.futures.MPIPoolExecutor`
-/// with the local pool's calls (``map(_:_:chunkSize:timeout:progress:)``, ``imap(_:_:chunkSize:progress:)``,
-/// ``imapUnordered(_:_:chunkSize:progress:)``, ``apply(_:_:timeout:)``, ``submit(_:_:)``, and their
-/// `async` forms). Tasks are ``PoolTask`` and ``AsyncPoolTask`` values, as for the local pool.
+/// with the local pool's calls (``map(_:_:chunkSize:timeout:progress:)``, ``mapResults(_:_:chunkSize:timeout:)``,
+/// ``imap(_:_:chunkSize:timeout:progress:)``, ``imapUnordered(_:_:chunkSize:timeout:progress:)``,
+/// ``apply(_:_:timeout:)``, ``submit(_:_:timeout:)``, and their `async` forms; `timeout` is, as there,
+/// the longest one input may run). Tasks are ``PoolTask`` and ``AsyncPoolTask`` values, as for the local pool.
 ///
 /// Run the program under `mpirun -n N` and create the pool with ``init(taskTimeout:limits:)``: rank 0
 /// gets the pool and runs the caller's code, ranks 1 to N-1 serve tasks inside that initialiser and exit
@@ -191,7 +192,7 @@ public final class MPIPool: Sendable {
 
     /// Encodes `inputs` in batches of `chunkSize` and queues them as one job.
     func start<Task: Codable, Input: Codable, Output: Decodable & Sendable>(
-        _ task: Task, _ inputs: [Input], chunkSize: Int?, progress: (@Sendable (Int, Int) -> Void)?, as: Output.Type
+        _ task: Task, _ inputs: [Input], chunkSize: Int?, timeout: Duration?, progress: (@Sendable (Int, Int) -> Void)?, as: Output.Type
     ) throws -> MPIJob<Output> {
         if let chunkSize, chunkSize < 1 {
             throw MultiprocessingError(.invalidArgument, "the chunk size must be at least 1, not \(chunkSize)")
@@ -206,6 +207,7 @@ public final class MPIPool: Sendable {
                 message.append(number)
                 message.append(UInt32(first))
                 message.append(UInt32(count))
+                message.append(UInt64(timeout.map { max(1, Self.nanoseconds($0)) } ?? 0))
                 message.append(string: name)
                 do {
                     try BinaryEncoder().encode(BatchBody(task: task, inputs: Array(inputs[first..<first + count])), appendingTo: &message.bytes)
@@ -221,6 +223,12 @@ public final class MPIPool: Sendable {
             }
         }
         return job
+    }
+
+    static func nanoseconds(_ duration: Duration) -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        guard seconds >= 0 else { return 0 }
+        return UInt64(clamping: seconds) &* 1_000_000_000 &+ UInt64(attoseconds / 1_000_000_000)
     }
 
     private static func typeName(of type: Any.Type) throws -> String {

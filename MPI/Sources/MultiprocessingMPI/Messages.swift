@@ -6,7 +6,8 @@ import Glibc
 
 /// The messages between rank 0 and the worker ranks, by MPI tag.
 ///
-/// - `task` (rank 0 to a worker): `[job u64][first u32][count u32][name length u32][task type name]`
+/// - `task` (rank 0 to a worker): `[job u64][first u32][count u32][input timeout ns u64, 0: the pool's]`
+///   `[name length u32][task type name]`
 ///   then the batch body, the core's binary encoding of the task value and the inputs. A worker hands
 ///   the body to its local child as it arrived, without decoding it.
 /// - `result` (a worker to rank 0): `[job u64][first u32][count u32][host length u32][host]`, then per

@@ -144,12 +144,15 @@ final class WorkerRank: @unchecked Sendable {
         var reader = MessageReader(message)
         var result = MessageWriter()
         guard let job = try? reader.read(UInt64.self), let first = try? reader.read(UInt32.self),
-            let count = try? reader.read(UInt32.self), let name = try? reader.readString()
+            let count = try? reader.read(UInt32.self), let timeout = try? reader.read(UInt64.self),
+            let name = try? reader.readString()
         else {
             // Rank 0 never sends this; without a job number there is nobody to answer.
             return []
         }
-        let outcomes = runner.run(message: message, bodyOffset: reader.offset, count: Int(count), typeName: name)
+        let outcomes = runner.run(
+            message: message, bodyOffset: reader.offset, count: Int(count), typeName: name,
+            timeout: timeout == 0 ? nil : .nanoseconds(Int64(clamping: timeout)))
         result.append(job)
         result.append(first)
         result.append(count)

@@ -102,7 +102,7 @@ struct AsyncDouble: AsyncPoolTask {
 
 /// The async map of an async task, and an awaited future.
 func asyncMap(_ pool: MPIPool) async throws -> [Int] {
-    let doubled: [Int] = try await pool.map(AsyncDouble(), 0..<100, chunkSize: 7, progress: nil)
+    let doubled: [Int] = try await pool.map(AsyncDouble(), 0..<100, chunkSize: 7)
     let squared = try await pool.submit(Square(), 9).value
     expect(squared == 81, "awaited future")
     return doubled
@@ -161,6 +161,11 @@ do {
         }
         let seen = reports.withLock { $0 }
         expect(seen.count == 10 && seen.max() == 100 && !seen.contains(-1), "progress reports \(seen)")
+        // A per-call timeout: the input past it fails alone with timedOut, as for the local pool.
+        let timed = try pool.mapResults(SleepFor(), [0, 30, 0], chunkSize: 1, timeout: .milliseconds(500))
+        guard case .failure(let late as MultiprocessingError) = timed[1], late.code == .timedOut,
+            (try? timed[0].get()) == 0, (try? timed[2].get()) == 0
+        else { fail("per-call timeout: \(timed)") }
         // Bad input: a typed error, and the pool still serves.
         expectCode(.invalidArgument) { _ = try pool.map(Square(), 0..<4, chunkSize: 0) }
         expectCode(.invalidArgument) { _ = try pool.map(Hidden(), 0..<4) }
@@ -188,6 +193,10 @@ do {
             expect(refused == Refused(input: 3), "thrown \(refused)")
         }
         expect(try pool.map(Square(), 0..<20, timeout: limit) == (0..<20).map { $0 * $0 }, "after the crash")
+        let outcomes = try pool.mapResults(CrashOn(bad: 3), 0..<10, chunkSize: 5)
+        expect(outcomes.indices.allSatisfy { index in
+            index == 3 ? (try? outcomes[index].get()) == nil : (try? outcomes[index].get()) == index + 1
+        }, "mapResults \(outcomes)")
         print("OK thrown")
         try pool.shutdown()
     case "timeout":
