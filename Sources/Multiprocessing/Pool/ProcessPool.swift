@@ -131,21 +131,25 @@ public final class ProcessPool: @unchecked Sendable {
     ///   - progress: called on this thread with (inputs ended, inputs) as they end.
     /// - Throws: the first failed input's error (in input order; see ``PoolResult/get(timeout:)``), after
     ///   every input has ended; and the errors of ``submit(_:_:timeout:onSuccess:onFailure:)``.
-    ///   ``mapResults(_:_:chunkSize:timeout:)`` gives every input's outcome instead.
+    ///   ``mapResults(_:_:chunkSize:timeout:progress:)`` gives every input's outcome instead.
     public func map<T: PoolTask, S: Sequence<T.Input>>(
         _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil, progress: ((Int, Int) -> Void)? = nil
     ) throws -> [T.Output] {
         let result = try submitMap(task, inputs, chunkSize: chunkSize, timeout: timeout)
-        if let progress {
-            var seen = -1
-            let total = result.call.count
-            while seen < total {
-                let done = result.call.waitForProgress(beyond: seen, until: .never)
-                if done != seen { progress(done, total) }
-                seen = done
-            }
-        }
+        Self.report(result.call, to: progress)
         return try result.get()
+    }
+
+    /// Calls `progress` with (ended, total) each time more inputs of `call` ended, until all have.
+    private static func report(_ call: PoolCall, to progress: ((Int, Int) -> Void)?) {
+        guard let progress else { return }
+        var seen = -1
+        let total = call.count
+        while seen < total {
+            let done = call.waitForProgress(beyond: seen, until: .never)
+            if done != seen { progress(done, total) }
+            seen = done
+        }
     }
 
     /// Runs `task` on every input and awaits the outputs in input order; cancelling the awaiting task
@@ -168,12 +172,14 @@ public final class ProcessPool: @unchecked Sendable {
     }
 
     /// Runs `task` on every input and returns each input's outcome, in input order: a failed input
-    /// (thrown error, dead worker, timeout) does not hide the others' outputs.
+    /// (thrown error, dead worker, timeout) does not hide the others' outputs. `progress` is called on
+    /// this thread with (inputs ended, inputs) as they end.
     /// - Throws: the errors of ``submit(_:_:timeout:onSuccess:onFailure:)``.
     public func mapResults<T: PoolTask, S: Sequence<T.Input>>(
-        _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil
+        _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil, progress: ((Int, Int) -> Void)? = nil
     ) throws -> [Result<T.Output, any Error>] {
         let result = try submitMap(task, inputs, chunkSize: chunkSize, timeout: timeout)
+        Self.report(result.call, to: progress)
         result.wait()
         return (0..<result.call.count).map { index in Result { try result.call.value(index, as: T.Output.self) } }
     }
