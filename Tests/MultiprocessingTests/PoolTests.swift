@@ -326,6 +326,34 @@ struct PoolTests {
         #expect(try pool.join(timeout: .seconds(10)))
     }
 
+    @Test("a closure pool runs a capturing closure in fork workers, and refuses other start methods")
+    func closurePool() throws {
+        let offset = Int(getpid() % 1000)
+        let pool = try ClosurePool(workers: 2, workerSettings: ChildSettings(standardError: .null)) { (x: Int) -> Int in
+            if x == 13 { kill(getpid(), SIGKILL) }
+            return x + offset
+        }
+        let outcomes = try pool.mapResults(0..<40, chunkSize: 1)
+        for (index, outcome) in outcomes.enumerated() where index != 13 {
+            #expect((try? outcome.get()) == index + offset)
+        }
+        if case .failure(let error as MultiprocessingError) = outcomes[13] {
+            #expect(error.code == .childFailed && error.signal == .kill)
+        } else {
+            Issue.record("input 13 should fail")
+        }
+        #expect(try pool.submit(2).get(timeout: .seconds(30)) == 2 + offset)
+        pool.close()
+        #expect(try pool.join(timeout: .seconds(10)))
+        do {
+            _ = try ClosurePool(workers: 1, context: ProcessContext(.spawn)) { (x: Int) in x }
+            Issue.record("a closure pool must refuse spawn")
+        } catch let error as MultiprocessingError {
+            #expect(error.code == .invalidArgument)
+            #expect(error.message.contains("fork"))
+        }
+    }
+
     @Test("fork workers refuse async work")
     func forkRefusesAsync() throws {
         let pool = try ProcessPool(workers: 1, context: ProcessContext(.fork))

@@ -8,11 +8,11 @@ import Synchronization
 /// The thread behind one pool (CPython has three: task, result and worker handlers; one suffices here).
 ///
 /// It owns the workers. It sends them chunks of inputs (several in flight per worker, many frames per
-/// write, never blocking on a full socket), reads their replies (each input is answered before the next
-/// starts), watches their pidfds, kills a worker whose input ran past its deadline or whose call was
-/// cancelled, and replaces workers that died or retired. When a worker dies, the first input it had not
-/// answered is the one it was running: that input fails with the worker's pid and signal, and the
-/// inputs queued behind it go to other workers.
+/// write, never blocking on a full socket), reads their batched replies, watches their pidfds, kills a
+/// worker whose input ran past its deadline or whose call was cancelled, and replaces workers that died
+/// or retired. When a worker dies, the input it recorded as started (in shared memory) is the one it was
+/// running: that input fails with the worker's pid and signal, and its other unanswered inputs go to
+/// other workers.
 final class PoolSupervisor: @unchecked Sendable {
     struct Configuration: Sendable {
         var workers: Int
@@ -21,6 +21,8 @@ final class PoolSupervisor: @unchecked Sendable {
         var maxMemoryPerChild: Int?
         var settings: ChildSettings
         var logger: Logger
+        /// A closure pool's work (fork only).
+        var closure: PoolClosure? = nil
     }
 
     enum Phase { case running, closed, terminating }
@@ -501,9 +503,9 @@ final class PoolSupervisor: @unchecked Sendable {
             // A forked worker inherits the pool's other descriptors; it closes them so that each
             // worker sees its own channel end when the pool closes it.
             let inherited = slots.map(\.fd) + [mine, wakeRead, wakeWrite]
-            process = ChildProcess(
-                PoolWorker(channel: workerEnd, memoryCap: configuration.maxMemoryPerChild, started: started, inherited: inherited),
-                name: name, daemon: true, context: context)
+            var worker = PoolWorker(channel: workerEnd, memoryCap: configuration.maxMemoryPerChild, started: started, inherited: inherited)
+            worker.closure = configuration.closure
+            process = ChildProcess(worker, name: name, daemon: true, context: context)
         } else {
             process = ChildProcess(
                 PoolAsyncWorker(channel: workerEnd, memoryCap: configuration.maxMemoryPerChild, started: started),

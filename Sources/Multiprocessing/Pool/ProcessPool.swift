@@ -52,9 +52,18 @@ public final class ProcessPool: @unchecked Sendable {
     /// - Throws: ``MultiprocessingError/Code/invalidArgument`` for a count below 1,
     ///   ``MultiprocessingError/Code/invalidState`` in a daemon process, and the errors of
     ///   ``ChildProcess/start()`` when a worker cannot start.
-    public init(
+    public convenience init(
         workers: Int? = nil, context: ProcessContext = .default, maxTasksPerChild: Int? = nil,
         maxMemoryPerChild: Int? = nil, workerSettings: ChildSettings = ChildSettings(), logger: Logger? = nil
+    ) throws {
+        try self.init(
+            workers: workers, context: context, maxTasksPerChild: maxTasksPerChild, maxMemoryPerChild: maxMemoryPerChild,
+            workerSettings: workerSettings, logger: logger, closure: nil)
+    }
+
+    init(
+        workers: Int?, context: ProcessContext, maxTasksPerChild: Int?, maxMemoryPerChild: Int?, workerSettings: ChildSettings,
+        logger: Logger?, closure: PoolClosure?
     ) throws {
         let count = workers ?? cpuCount()
         self.context = context
@@ -62,7 +71,7 @@ public final class ProcessPool: @unchecked Sendable {
         supervisor = try PoolSupervisor(
             PoolSupervisor.Configuration(
                 workers: count, context: context, maxTasksPerChild: maxTasksPerChild, maxMemoryPerChild: maxMemoryPerChild,
-                settings: workerSettings, logger: logger ?? diagnostics))
+                settings: workerSettings, logger: logger ?? diagnostics, closure: closure))
     }
 
     deinit { supervisor.terminate() }
