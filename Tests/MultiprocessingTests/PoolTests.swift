@@ -354,6 +354,19 @@ struct PoolTests {
         }
     }
 
+    @Test("workers ignore SIGINT, so Ctrl-C reaches only the parent")
+    func workersIgnoreInterrupt() throws {
+        let pool = try ProcessPool(workers: 1)
+        let before = try pool.submit(WorkerPid(), 0).get(timeout: .seconds(30))
+        #expect(kill(before, SIGINT) == 0)
+        // The reply to a later input proves the worker read and answered after the signal arrived.
+        let after = try pool.submit(WorkerPid(), 1).get(timeout: .seconds(30))
+        #expect(after == before)
+        #expect(pool.workerIdentifiers == [ProcessIdentifier(rawValue: before)])
+        pool.close()
+        #expect(try pool.join(timeout: .seconds(10)))
+    }
+
     @Test("fork workers refuse async work")
     func forkRefusesAsync() throws {
         let pool = try ProcessPool(workers: 1, context: ProcessContext(.fork))
