@@ -319,7 +319,8 @@ final class PoolSupervisor: @unchecked Sendable {
     }
 
     private func readReplies(_ slot: WorkerSlot) {
-        var batches: [ObjectIdentifier: (PoolCall, [(Int, PoolOutcome)])] = [:]
+        // Replies come in runs of one call: each run is delivered at once.
+        var batches: [(PoolCall, [(Int, PoolOutcome)])] = []
         let busySince = slot.busySince
         while true {
             let frame: [UInt8]?
@@ -346,19 +347,23 @@ final class PoolSupervisor: @unchecked Sendable {
             } else {
                 outcome = .failure(Self.remoteError(payload))
             }
-            batches[ObjectIdentifier(item.call), default: (item.call, [])].1.append((item.index, outcome))
+            if let last = batches.indices.last, batches[last].0 === item.call {
+                batches[last].1.append((item.index, outcome))
+            } else {
+                batches.append((item.call, [(item.index, outcome)]))
+            }
             if flags & PoolWire.retiring != 0 {
                 slot.retiring = true
                 configuration.logger.info("pool worker \(slot.pid) passed its memory cap of \(configuration.maxMemoryPerChild ?? 0) bytes; replacing it")
             }
         }
         if !batches.isEmpty {
-            let served = batches.values.reduce(0) { $0 + $1.1.count }
+            let served = batches.reduce(0) { $0 + $1.1.count }
             let now = Deadline.monotonicNow()
             let elapsed = min((now > busySince ? now - busySince : 0) / UInt64(max(served, 1)), 1_000_000_000)
             serviceNanoseconds = (serviceNanoseconds * 7 + elapsed) / 8
         }
-        for (call, batch) in batches.values { call.deliver(batch) }
+        for (call, batch) in batches { call.deliver(batch) }
     }
 
     /// The error an input's reply carries: the thrown error itself when its type is Codable and known

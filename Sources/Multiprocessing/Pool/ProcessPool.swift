@@ -312,9 +312,16 @@ public final class ProcessPool: @unchecked Sendable {
 
 /// Encodes inputs and hands them to the supervisor; an input that cannot be encoded fails alone.
 enum PoolFeeder {
+    /// Inputs are encoded and handed over in slices, so that workers start while later inputs are encoded.
     static func feed<S: Sequence>(_ call: PoolCall, _ inputs: S, into supervisor: PoolSupervisor) throws where S.Element: Encodable {
         let encoder = BinaryEncoder()
-        try feed(call, encoded: inputs.map { input in Result { try encoder.encode(input) } }, into: supervisor)
+        let values = Array(inputs)
+        var start = 0
+        repeat {
+            let end = min(values.count, start + 4096)
+            try feed(call, encoded: values[start..<end].map { input in Result { try encoder.encode(input) } }, into: supervisor)
+            start = end
+        } while start < values.count
     }
 
     static func feed(_ call: PoolCall, encoded inputs: [Result<[UInt8], any Error>], into supervisor: PoolSupervisor) throws {
