@@ -113,6 +113,7 @@ func runTour() throws {
     try runSharedMemoryTour()
     try runPythonPickleTour()
     try runQueueTour()
+    try runPoolTour()
 }
 
 func monotonicSeconds() -> Double {

@@ -23,8 +23,10 @@ struct FoundationNamesTests {
             ProcessQueue<Int>.self, ProcessSimpleQueue<Int>.self, ProcessJoinableQueue<Int>.self,
             Signal.self, TerminationStatus.self, ProcessIdentifier.self, ResourceLimits.self, LimitExceeded.self,
             ChildInput.self, ChildOutput.self, ChildSettings.self,
+            ProcessPool.self, ProcessPoolExecutor.self, ClosurePool<Int, Int>.self, PoolResult<Int>.self, PoolResults<Int>.self,
+            (any PoolTask).self, (any AsyncPoolTask).self,
         ]
-        #expect(types.count == 45)
+        #expect(types.count == 52)
         let (a, b) = try makePipe()
         try b.send("hello")
         #expect(try wait([a], timeout: .seconds(5)).count == 1)

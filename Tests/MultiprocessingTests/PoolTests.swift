@@ -326,6 +326,47 @@ struct PoolTests {
         #expect(try pool.join(timeout: .seconds(10)))
     }
 
+    @Test("a closure pool runs a capturing closure in fork workers, and refuses other start methods")
+    func closurePool() throws {
+        let offset = Int(getpid() % 1000)
+        let pool = try ClosurePool(workers: 2, workerSettings: ChildSettings(standardError: .null)) { (x: Int) -> Int in
+            if x == 13 { kill(getpid(), SIGKILL) }
+            return x + offset
+        }
+        let outcomes = try pool.mapResults(0..<40, chunkSize: 1)
+        for (index, outcome) in outcomes.enumerated() where index != 13 {
+            #expect((try? outcome.get()) == index + offset)
+        }
+        if case .failure(let error as MultiprocessingError) = outcomes[13] {
+            #expect(error.code == .childFailed && error.signal == .kill)
+        } else {
+            Issue.record("input 13 should fail")
+        }
+        #expect(try pool.submit(2).get(timeout: .seconds(30)) == 2 + offset)
+        pool.close()
+        #expect(try pool.join(timeout: .seconds(10)))
+        do {
+            _ = try ClosurePool(workers: 1, context: ProcessContext(.spawn)) { (x: Int) in x }
+            Issue.record("a closure pool must refuse spawn")
+        } catch let error as MultiprocessingError {
+            #expect(error.code == .invalidArgument)
+            #expect(error.message.contains("fork"))
+        }
+    }
+
+    @Test("workers ignore SIGINT, so Ctrl-C reaches only the parent")
+    func workersIgnoreInterrupt() throws {
+        let pool = try ProcessPool(workers: 1)
+        let before = try pool.submit(WorkerPid(), 0).get(timeout: .seconds(30))
+        #expect(kill(before, SIGINT) == 0)
+        // The reply to a later input proves the worker read and answered after the signal arrived.
+        let after = try pool.submit(WorkerPid(), 1).get(timeout: .seconds(30))
+        #expect(after == before)
+        #expect(pool.workerIdentifiers == [ProcessIdentifier(rawValue: before)])
+        pool.close()
+        #expect(try pool.join(timeout: .seconds(10)))
+    }
+
     @Test("fork workers refuse async work")
     func forkRefusesAsync() throws {
         let pool = try ProcessPool(workers: 1, context: ProcessContext(.fork))

@@ -8,11 +8,11 @@ import Synchronization
 /// The thread behind one pool (CPython has three: task, result and worker handlers; one suffices here).
 ///
 /// It owns the workers. It sends them chunks of inputs (several in flight per worker, many frames per
-/// write, never blocking on a full socket), reads their replies (each input is answered before the next
-/// starts), watches their pidfds, kills a worker whose input ran past its deadline or whose call was
-/// cancelled, and replaces workers that died or retired. When a worker dies, the first input it had not
-/// answered is the one it was running: that input fails with the worker's pid and signal, and the
-/// inputs queued behind it go to other workers.
+/// write, never blocking on a full socket), reads their batched replies, watches their pidfds, kills a
+/// worker whose input ran past its deadline or whose call was cancelled, and replaces workers that died
+/// or retired. When a worker dies, the input it recorded as started (in shared memory) is the one it was
+/// running: that input fails with the worker's pid and signal, and its other unanswered inputs go to
+/// other workers.
 final class PoolSupervisor: @unchecked Sendable {
     struct Configuration: Sendable {
         var workers: Int
@@ -21,6 +21,8 @@ final class PoolSupervisor: @unchecked Sendable {
         var maxMemoryPerChild: Int?
         var settings: ChildSettings
         var logger: Logger
+        /// A closure pool's work (fork only).
+        var closure: PoolClosure? = nil
     }
 
     enum Phase { case running, closed, terminating }
@@ -317,7 +319,8 @@ final class PoolSupervisor: @unchecked Sendable {
     }
 
     private func readReplies(_ slot: WorkerSlot) {
-        var batches: [ObjectIdentifier: (PoolCall, [(Int, PoolOutcome)])] = [:]
+        // Replies come in runs of one call: each run is delivered at once.
+        var batches: [(PoolCall, [(Int, PoolOutcome)])] = []
         let busySince = slot.busySince
         while true {
             let frame: [UInt8]?
@@ -344,19 +347,23 @@ final class PoolSupervisor: @unchecked Sendable {
             } else {
                 outcome = .failure(Self.remoteError(payload))
             }
-            batches[ObjectIdentifier(item.call), default: (item.call, [])].1.append((item.index, outcome))
+            if let last = batches.indices.last, batches[last].0 === item.call {
+                batches[last].1.append((item.index, outcome))
+            } else {
+                batches.append((item.call, [(item.index, outcome)]))
+            }
             if flags & PoolWire.retiring != 0 {
                 slot.retiring = true
                 configuration.logger.info("pool worker \(slot.pid) passed its memory cap of \(configuration.maxMemoryPerChild ?? 0) bytes; replacing it")
             }
         }
         if !batches.isEmpty {
-            let served = batches.values.reduce(0) { $0 + $1.1.count }
+            let served = batches.reduce(0) { $0 + $1.1.count }
             let now = Deadline.monotonicNow()
             let elapsed = min((now > busySince ? now - busySince : 0) / UInt64(max(served, 1)), 1_000_000_000)
             serviceNanoseconds = (serviceNanoseconds * 7 + elapsed) / 8
         }
-        for (call, batch) in batches.values { call.deliver(batch) }
+        for (call, batch) in batches { call.deliver(batch) }
     }
 
     /// The error an input's reply carries: the thrown error itself when its type is Codable and known
@@ -501,9 +508,9 @@ final class PoolSupervisor: @unchecked Sendable {
             // A forked worker inherits the pool's other descriptors; it closes them so that each
             // worker sees its own channel end when the pool closes it.
             let inherited = slots.map(\.fd) + [mine, wakeRead, wakeWrite]
-            process = ChildProcess(
-                PoolWorker(channel: workerEnd, memoryCap: configuration.maxMemoryPerChild, started: started, inherited: inherited),
-                name: name, daemon: true, context: context)
+            var worker = PoolWorker(channel: workerEnd, memoryCap: configuration.maxMemoryPerChild, started: started, inherited: inherited)
+            worker.closure = configuration.closure
+            process = ChildProcess(worker, name: name, daemon: true, context: context)
         } else {
             process = ChildProcess(
                 PoolAsyncWorker(channel: workerEnd, memoryCap: configuration.maxMemoryPerChild, started: started),

@@ -12,10 +12,14 @@ struct PoolWorker: ProcessTask {
     let started: RawSharedValue<UInt64>
     /// The pool's descriptors this forked worker inherited (the other workers' channels, the wake pipe).
     let inherited: [Int32]
+    /// The work of a ``ClosurePool``: it reaches the worker in the forked memory, never encoded.
+    var closure: PoolClosure? = nil
+
+    private enum CodingKeys: String, CodingKey { case channel, memoryCap, started, inherited }
 
     func run() throws {
         for fd in inherited { Syscall.close(fd) }
-        var session = PoolWorkerSession(channel: channel, memoryCap: memoryCap, started: started)
+        var session = PoolWorkerSession(channel: channel, memoryCap: memoryCap, started: started, closure: closure)
         while let job = session.nextJob() {
             for index in 0..<job.inputs.count {
                 session.begin(job.firstID &+ UInt64(index))
@@ -89,7 +93,10 @@ struct PoolWorkerSession {
     private var outboxSince: UInt64 = 0
     private var nextFrame: [UInt8]?
 
-    init(channel: Connection, memoryCap: Int?, started: RawSharedValue<UInt64>) {
+    private let closure: PoolClosure?
+
+    init(channel: Connection, memoryCap: Int?, started: RawSharedValue<UInt64>, closure: PoolClosure? = nil) {
+        self.closure = closure
         self.channel = channel
         self.memoryCap = memoryCap
         self.started = started
@@ -153,6 +160,11 @@ struct PoolWorkerSession {
     private mutating func runner(name: [UInt8], task: [UInt8]) -> Runner {
         if let cachedKey, let cachedRunner, cachedKey.name == name, cachedKey.task == task { return cachedRunner }
         let made: Runner
+        if name.isEmpty {
+            // A closure pool's job: the closure came with the fork.
+            guard let closure else { return .broken(Self.refusal("this worker has no closure to run")) }
+            return .sync(closure.run)
+        }
         do {
             let typeName = String(decoding: name, as: UTF8.self)
             guard let type = TaskEnvelope.resolveType(named: typeName) else {
@@ -222,5 +234,23 @@ struct PoolWorkerSession {
         let fields = String(decoding: buffer[0..<count], as: UTF8.self).split(separator: " ")
         guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
         return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+}
+
+/// A closure pool's work in a worker: encoded input in, outcome out.
+final class PoolClosure: Sendable {
+    let run: @Sendable ([UInt8]) -> PoolWorkerSession.Outcome
+
+    init<Input: Decodable & Sendable, Output: Encodable & Sendable>(_ body: @escaping @Sendable (Input) throws -> Output) {
+        run = { bytes in
+            do {
+                var decoder = BinaryDecoder()
+                decoder.memoryBudget = .unlimited
+                let output = try body(try decoder.decode(Input.self, from: bytes))
+                return (PoolWire.output, try BinaryEncoder().encode(output))
+            } catch {
+                return PoolWorkerSession.failure(error)
+            }
+        }
     }
 }

@@ -52,9 +52,18 @@ public final class ProcessPool: @unchecked Sendable {
     /// - Throws: ``MultiprocessingError/Code/invalidArgument`` for a count below 1,
     ///   ``MultiprocessingError/Code/invalidState`` in a daemon process, and the errors of
     ///   ``ChildProcess/start()`` when a worker cannot start.
-    public init(
+    public convenience init(
         workers: Int? = nil, context: ProcessContext = .default, maxTasksPerChild: Int? = nil,
         maxMemoryPerChild: Int? = nil, workerSettings: ChildSettings = ChildSettings(), logger: Logger? = nil
+    ) throws {
+        try self.init(
+            workers: workers, context: context, maxTasksPerChild: maxTasksPerChild, maxMemoryPerChild: maxMemoryPerChild,
+            workerSettings: workerSettings, logger: logger, closure: nil)
+    }
+
+    init(
+        workers: Int?, context: ProcessContext, maxTasksPerChild: Int?, maxMemoryPerChild: Int?, workerSettings: ChildSettings,
+        logger: Logger?, closure: PoolClosure?
     ) throws {
         let count = workers ?? cpuCount()
         self.context = context
@@ -62,7 +71,7 @@ public final class ProcessPool: @unchecked Sendable {
         supervisor = try PoolSupervisor(
             PoolSupervisor.Configuration(
                 workers: count, context: context, maxTasksPerChild: maxTasksPerChild, maxMemoryPerChild: maxMemoryPerChild,
-                settings: workerSettings, logger: logger ?? diagnostics))
+                settings: workerSettings, logger: logger ?? diagnostics, closure: closure))
     }
 
     deinit { supervisor.terminate() }
@@ -131,21 +140,25 @@ public final class ProcessPool: @unchecked Sendable {
     ///   - progress: called on this thread with (inputs ended, inputs) as they end.
     /// - Throws: the first failed input's error (in input order; see ``PoolResult/get(timeout:)``), after
     ///   every input has ended; and the errors of ``submit(_:_:timeout:onSuccess:onFailure:)``.
-    ///   ``mapResults(_:_:chunkSize:timeout:)`` gives every input's outcome instead.
+    ///   ``mapResults(_:_:chunkSize:timeout:progress:)`` gives every input's outcome instead.
     public func map<T: PoolTask, S: Sequence<T.Input>>(
         _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil, progress: ((Int, Int) -> Void)? = nil
     ) throws -> [T.Output] {
         let result = try submitMap(task, inputs, chunkSize: chunkSize, timeout: timeout)
-        if let progress {
-            var seen = -1
-            let total = result.call.count
-            while seen < total {
-                let done = result.call.waitForProgress(beyond: seen, until: .never)
-                if done != seen { progress(done, total) }
-                seen = done
-            }
-        }
+        Self.report(result.call, to: progress)
         return try result.get()
+    }
+
+    /// Calls `progress` with (ended, total) each time more inputs of `call` ended, until all have.
+    private static func report(_ call: PoolCall, to progress: ((Int, Int) -> Void)?) {
+        guard let progress else { return }
+        var seen = -1
+        let total = call.count
+        while seen < total {
+            let done = call.waitForProgress(beyond: seen, until: .never)
+            if done != seen { progress(done, total) }
+            seen = done
+        }
     }
 
     /// Runs `task` on every input and awaits the outputs in input order; cancelling the awaiting task
@@ -168,12 +181,14 @@ public final class ProcessPool: @unchecked Sendable {
     }
 
     /// Runs `task` on every input and returns each input's outcome, in input order: a failed input
-    /// (thrown error, dead worker, timeout) does not hide the others' outputs.
+    /// (thrown error, dead worker, timeout) does not hide the others' outputs. `progress` is called on
+    /// this thread with (inputs ended, inputs) as they end.
     /// - Throws: the errors of ``submit(_:_:timeout:onSuccess:onFailure:)``.
     public func mapResults<T: PoolTask, S: Sequence<T.Input>>(
-        _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil
+        _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil, progress: ((Int, Int) -> Void)? = nil
     ) throws -> [Result<T.Output, any Error>] {
         let result = try submitMap(task, inputs, chunkSize: chunkSize, timeout: timeout)
+        Self.report(result.call, to: progress)
         result.wait()
         return (0..<result.call.count).map { index in Result { try result.call.value(index, as: T.Output.self) } }
     }
@@ -297,9 +312,16 @@ public final class ProcessPool: @unchecked Sendable {
 
 /// Encodes inputs and hands them to the supervisor; an input that cannot be encoded fails alone.
 enum PoolFeeder {
+    /// Inputs are encoded and handed over in slices, so that workers start while later inputs are encoded.
     static func feed<S: Sequence>(_ call: PoolCall, _ inputs: S, into supervisor: PoolSupervisor) throws where S.Element: Encodable {
         let encoder = BinaryEncoder()
-        try feed(call, encoded: inputs.map { input in Result { try encoder.encode(input) } }, into: supervisor)
+        let values = Array(inputs)
+        var start = 0
+        repeat {
+            let end = min(values.count, start + 4096)
+            try feed(call, encoded: values[start..<end].map { input in Result { try encoder.encode(input) } }, into: supervisor)
+            start = end
+        } while start < values.count
     }
 
     static func feed(_ call: PoolCall, encoded inputs: [Result<[UInt8], any Error>], into supervisor: PoolSupervisor) throws {
