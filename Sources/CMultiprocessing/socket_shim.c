@@ -249,3 +249,13 @@ int mp_local_port(int sock) {
     errno = EAFNOSUPPORT;
     return -1;
 }
+
+int mp_tcp_keepalive(int fd, int idle_seconds, int interval_seconds, int probes, int user_timeout_ms) {
+    int on = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on) < 0) return -1;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_seconds, sizeof idle_seconds) < 0) return -1;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_seconds, sizeof interval_seconds) < 0) return -1;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes) < 0) return -1;
+    unsigned int timeout = (unsigned int)user_timeout_ms;
+    return setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &timeout, sizeof timeout);
+}

@@ -63,6 +63,9 @@ public struct MultiprocessingError: Error, Sendable, CustomStringConvertible, Eq
         public static let shutDown = Code("shutDown")
         /// A worker rank of an MPI pool ended or became unreachable with tasks in flight.
         public static let rankLost = Code("rankLost")
+        /// A manager cannot be reached: its process died or shut down, or the network to it dropped.
+        /// Every call pending on it and every later call fail with this until it can be reached again.
+        public static let managerUnavailable = Code("managerUnavailable")
     }
 
     /// What kind of failure this is.

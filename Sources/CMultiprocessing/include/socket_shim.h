@@ -48,4 +48,9 @@ int mp_accept(int sock, char *host, size_t host_length, int *port);
 /// The local port of a bound socket, or -1 with errno.
 int mp_local_port(int sock);
 
+/// Turns on TCP keepalive on a connected socket: the first probe after `idle_seconds` without traffic,
+/// then every `interval_seconds`, the connection failing after `probes` unanswered ones; and data left
+/// unacknowledged for `user_timeout_ms` fails it too (TCP_USER_TIMEOUT). 0, or -1 with errno.
+int mp_tcp_keepalive(int fd, int idle_seconds, int interval_seconds, int probes, int user_timeout_ms);
+
 #endif

@@ -810,7 +810,11 @@ struct BinaryValueDecoder: Decoder {
 
     var codingPath: [any CodingKey] { context._withUnsafeGuaranteedRef { $0.codingPath(to: position) } }
 
-    var userInfo: [CodingUserInfoKey: Any] { context._withUnsafeGuaranteedRef { $0.userInfo as [CodingUserInfoKey: Any] } }
+    /// The decoder's user info, with the process's ``ManagerActorSystem`` under `actorSystemKey` unless the
+    /// caller put another there, so that references to shared objects decode wherever they arrive.
+    var userInfo: [CodingUserInfoKey: Any] {
+        context._withUnsafeGuaranteedRef { ManagerActorSystem.addingSystem(to: $0.userInfo as [CodingUserInfoKey: Any]) }
+    }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
         try context._withUnsafeGuaranteedRef { try $0.keyedContainer(Key.self, at: position, stamp: stamp) }

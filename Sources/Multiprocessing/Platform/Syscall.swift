@@ -44,6 +44,13 @@ enum Syscall {
         try retrying("dup") { fcntl(fd, F_DUPFD_CLOEXEC, 0) }
     }
 
+    /// Makes a dead TCP peer or a dropped network show as an error on `fd` within seconds: keepalive
+    /// probes after `idle` seconds of silence, and unacknowledged data failing after `userTimeout`.
+    static func setKeepAlive(_ fd: Int32, idle: Int32, interval: Int32, probes: Int32, userTimeout: Duration) throws {
+        let milliseconds = Int32(clamping: userTimeout.components.seconds * 1000 + userTimeout.components.attoseconds / 1_000_000_000_000_000)
+        try retrying("setsockopt(SO_KEEPALIVE)") { mp_tcp_keepalive(fd, idle, interval, probes, milliseconds) }
+    }
+
     /// Waits until one of `fds` is readable (or hung up), or `deadline` passes.
     /// Returns the indexes of the ready descriptors (empty on timeout). Signals do not cut the wait short.
     static func pollReadable(_ fds: [Int32], until deadline: Deadline) throws -> [Int] {

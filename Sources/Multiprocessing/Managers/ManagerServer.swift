@@ -1,0 +1,215 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Distributed
+import Synchronization
+
+/// A manager's server: hosts shared objects and serves calls to them from other processes, on a Unix
+/// or TCP address guarded by an authkey (the serving half of Python's `BaseManager`).
+///
+/// ``SharedObjectManager/init(address:authkey:context:timeout:)`` runs one in a child process; run one
+/// in the current process with ``run()`` to offer objects on the network:
+///
+/// ```swift
+/// let server = try ManagerServer(address: .tcp(host: "0.0.0.0", port: 50000), authkey: key)
+/// try await server.run()   // until a client calls shutdown, or server.shutdown()
+/// ```
+///
+/// Each connected process is served concurrently: every request runs in a task of its own, and the
+/// objects (actors) order the calls to each of them. When a client's connection ends, its calls still
+/// running are cancelled (a queue `get` it waited in takes nothing) and objects let go of what it held
+/// (a ``SharedLock`` it held is released).
+public final class ManagerServer: @unchecked Sendable {
+    /// Where clients connect (for TCP port 0, the port that was picked).
+    public let address: ConnectionAddress
+    private let listener: Listener
+    private let system = ManagerActorSystem.shared
+    private let state = Mutex(State())
+
+    private struct State {
+        var nextCaller: UInt64 = 1
+        var clients: [UInt64: ServedClient] = [:]
+        var stopped = false
+    }
+
+    /// Listens on `address` (a fresh Unix socket address when nil).
+    ///
+    /// - Parameters:
+    ///   - address: where to listen; nil picks a fresh Unix socket address.
+    ///   - authkey: the key clients must prove they know (CPython's HMAC handshake); nil uses this
+    ///     process's ``CurrentProcess/authkey``, which child processes inherit.
+    /// - Throws: ``MultiprocessingError/Code/system`` when the address cannot be bound;
+    ///   ``MultiprocessingError/Code/invalidArgument`` for a malformed address.
+    public init(address: ConnectionAddress? = nil, authkey: [UInt8]? = nil) throws {
+        listener = try Listener(address: address, authkey: authkey ?? currentProcess().authkey, handshakeTimeout: .seconds(10))
+        self.address = listener.address
+        system.beginServing(self.address)
+        system.remember(key: authkey ?? currentProcess().authkey, for: self.address)
+    }
+
+    deinit { shutdown() }
+
+    /// Serves clients until ``shutdown()`` or a client's ``SharedObjectManager/shutdown(timeout:)``.
+    ///
+    /// - Throws: ``MultiprocessingError/Code/system`` when accepting fails for a reason other than one
+    ///   client's failure.
+    public func run() async throws {
+        defer { shutdown() }
+        for try await connection in listener.connections {
+            try serve(connection)
+        }
+    }
+
+    /// Stops serving: closes the listener and every client's connection (their pending and later calls
+    /// fail with ``MultiprocessingError/Code/managerUnavailable``) and lets the hosted objects go.
+    /// Calling it twice is harmless.
+    public func shutdown() {
+        let clients = state.withLock { state -> [ServedClient] in
+            if state.stopped { return [] }
+            state.stopped = true
+            defer { state.clients = [:] }
+            return Array(state.clients.values)
+        }
+        listener.close()
+        for client in clients { client.close() }
+        system.endServing(address)
+    }
+
+    private func serve(_ connection: Connection) throws {
+        // The accepted connection reads: it may hold bytes of the first request, read during the handshake.
+        let reader = connection
+        let writer = try Connection(adopting: try Syscall.duplicate(try connection.fileno), readable: false, writable: true)
+        let client = state.withLock { state -> ServedClient? in
+            guard !state.stopped else { return nil }
+            defer { state.nextCaller += 1 }
+            let client = ServedClient(caller: state.nextCaller, writer: writer)
+            state.clients[client.caller] = client
+            return client
+        }
+        guard let client else { return reader.close() }
+        if case .tcp = address, let fd = try? connection.fileno {
+            try? Syscall.setKeepAlive(fd, idle: 2, interval: 1, probes: 2, userTimeout: .seconds(5))
+        }
+        Task.detached { [self] in
+            await readRequests(from: reader, for: client)
+            reader.close()
+            await dropClient(client)
+        }
+    }
+
+    private func readRequests(from reader: Connection, for client: ServedClient) async {
+        while true {
+            guard let request = try? await reader.recv(ManagerRequest.self) else { return }
+            switch request.kind {
+            case .shutdown:
+                client.reply(ManagerReply(id: request.id))
+                shutdown()
+                return
+            case .ping:
+                client.reply(ManagerReply(id: request.id))
+            case .create, .call:
+                client.track(request.id) { [self] in await handle(request, from: client) }
+            }
+        }
+    }
+
+    private func dropClient(_ client: ServedClient) async {
+        let known = state.withLock { $0.clients.removeValue(forKey: client.caller) != nil }
+        client.close()
+        guard known else { return }
+        for object in system.hostedObjects(of: address) {
+            if let aware = object as? any CallerAwareObject { await Self.tell(aware, callerLeft: client.caller) }
+        }
+    }
+
+    private static func tell<Object: CallerAwareObject>(_ object: Object, callerLeft caller: UInt64) async {
+        await object.whenLocal { await $0.callerLeft(caller) }
+    }
+
+    private func handle(_ request: ManagerRequest, from client: ServedClient) async {
+        switch request.kind {
+        case .create:
+            do {
+                guard let type = _typeByName(request.target) as? any SharedObject.Type else {
+                    throw MultiprocessingError(
+                        .notFound, "the manager's program has no shared object type named \(request.target) (declare it at file scope)")
+                }
+                let id = ManagerActorSystem.$hostingAddress.withValue(address) { type.init(actorSystem: system).id }
+                client.reply(ManagerReply(id: request.id, value: try ManagerCoding.encode(id)))
+            } catch {
+                client.reply(ManagerReply(id: request.id, failure: RemoteFailure(error)))
+            }
+        case .call:
+            let id = SharedObjectID(manager: address, number: request.object)
+            guard let object = system.hostedObject(id) else {
+                return client.reply(ManagerReply(id: request.id, failure: RemoteFailure(code: .notFound, "the manager hosts no object \(id)")))
+            }
+            var decoder = ManagerInvocationDecoder(request)
+            let handler = ManagerResultHandler(reply: { client.reply($0) }, id: request.id)
+            do {
+                try await ManagerActorSystem.$currentCaller.withValue(client.caller) {
+                    try await system.executeDistributedTarget(
+                        on: object, target: RemoteCallTarget(request.target), invocationDecoder: &decoder, handler: handler)
+                }
+            } catch {
+                client.reply(ManagerReply(id: request.id, failure: RemoteFailure(error)))
+            }
+        case .shutdown, .ping:
+            return
+        }
+    }
+}
+
+/// One connected process, as the server sees it.
+private final class ServedClient: @unchecked Sendable {
+    let caller: UInt64
+    private let writer: Mutex<Connection>
+    private let running = Mutex<(tasks: [UInt64: Task<Void, Never>], closed: Bool)>(([:], false))
+
+    init(caller: UInt64, writer: Connection) {
+        self.caller = caller
+        self.writer = Mutex(writer)
+    }
+
+    /// Sends a reply; a client that has gone is noticed by the reading side.
+    func reply(_ reply: ManagerReply) {
+        writer.withLock { connection in
+            do {
+                try connection.send(reply)
+            } catch let error as MultiprocessingError where error.code == .transport {
+                // The reply could not be encoded: fail that call only.
+                try? connection.send(ManagerReply(id: reply.id, failure: RemoteFailure(error)))
+            } catch {
+                return
+            }
+        }
+    }
+
+    /// Runs a request in a task of its own, cancelled if the client leaves first.
+    func track(_ id: UInt64, _ body: @escaping @Sendable () async -> Void) {
+        running.withLock { running in
+            guard !running.closed else { return }
+            running.tasks[id] = Task { [self] in
+                await body()
+                _ = forget(id)
+            }
+        }
+    }
+
+    private func forget(_ id: UInt64) -> Task<Void, Never>? {
+        running.withLock { $0.tasks.removeValue(forKey: id) }
+    }
+
+    /// Cancels the calls still running and closes the connection.
+    func close() {
+        let tasks = running.withLock { running -> [Task<Void, Never>] in
+            running.closed = true
+            defer { running.tasks = [:] }
+            return Array(running.tasks.values)
+        }
+        for task in tasks { task.cancel() }
+        writer.withLock { connection in
+            if let fd = try? connection.fileno { shutdown(fd, Int32(SHUT_RDWR)) }
+        }
+    }
+}
