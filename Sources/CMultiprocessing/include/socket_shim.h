@@ -53,4 +53,8 @@ int mp_local_port(int sock);
 /// unacknowledged for `user_timeout_ms` fails it too (TCP_USER_TIMEOUT). 0, or -1 with errno.
 int mp_tcp_keepalive(int fd, int idle_seconds, int interval_seconds, int probes, int user_timeout_ms);
 
+/// Moves the calling thread into the network namespace at `path` (for example /var/run/netns/NAME):
+/// sockets it creates afterwards live there. 0, or -1 with errno.
+int mp_enter_network_namespace(const char *path);
+
 #endif

@@ -51,6 +51,12 @@ enum Syscall {
         try retrying("setsockopt(SO_KEEPALIVE)") { mp_tcp_keepalive(fd, idle, interval, probes, milliseconds) }
     }
 
+    /// Moves the calling thread into the network namespace at `path` (`/var/run/netns/NAME`): the
+    /// sockets it creates afterwards live there.
+    static func enterNetworkNamespace(_ path: String) throws {
+        try retrying("setns(\(path))") { mp_enter_network_namespace(path) }
+    }
+
     /// Waits until one of `fds` is readable (or hung up), or `deadline` passes.
     /// Returns the indexes of the ready descriptors (empty on timeout). Signals do not cut the wait short.
     static func pollReadable(_ fds: [Int32], until deadline: Deadline) throws -> [Int] {
