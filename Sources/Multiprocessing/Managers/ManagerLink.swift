@@ -39,7 +39,7 @@ final class ManagerLink: @unchecked Sendable {
             throw MultiprocessingError(.managerUnavailable, "cannot reach the manager at \(address): \(error)", errno: error.errno)
         }
         if case .tcp = address {
-            try Syscall.setKeepAlive(try connection.fileno, idle: 2, interval: 1, probes: 2, userTimeout: .seconds(5))
+            try Syscall.setKeepAlive(try connection.fileno, idle: 1, interval: 1, probes: 2, userTimeout: .seconds(4))
         }
         // The connection that did the handshake reads, in case it holds bytes that came after it.
         reader = connection

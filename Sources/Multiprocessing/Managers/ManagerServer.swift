@@ -88,7 +88,7 @@ public final class ManagerServer: @unchecked Sendable {
         }
         guard let client else { return reader.close() }
         if case .tcp = address, let fd = try? connection.fileno {
-            try? Syscall.setKeepAlive(fd, idle: 2, interval: 1, probes: 2, userTimeout: .seconds(5))
+            try? Syscall.setKeepAlive(fd, idle: 1, interval: 1, probes: 2, userTimeout: .seconds(4))
         }
         Task.detached { [self] in
             await readRequests(from: reader, for: client)
