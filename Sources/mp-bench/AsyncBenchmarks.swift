@@ -9,9 +9,9 @@ import Glibc
 // connections); an ASYNC line gives the awaited and blocking Swift figures and their ratio.
 
 /// Runs `body` on Swift's concurrency runtime and waits for its result.
-private final class ResultBox<T>: @unchecked Sendable { var result: Result<T, any Error>? }
+final class ResultBox<T>: @unchecked Sendable { var result: Result<T, any Error>? }
 
-private func runAwaited<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+func runAwaited<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
     let box = ResultBox<T>()
     let done = DispatchSemaphore(value: 0)
     Task {

@@ -38,6 +38,7 @@ let workloads = processWorkloads + connectionWorkloads + synchronizationWorkload
     + pickleWorkloads
     + queueWorkloads
     + poolWorkloads
+    + managerWorkloads
 var failures = 0
 for workload in workloads where filter.map({ workload.name.contains($0) }) ?? true {
     do {

@@ -142,13 +142,13 @@ public final class ManagerActorSystem: DistributedActorSystem, @unchecked Sendab
                 if state.links[lost.address] === lost { state.links[lost.address] = nil }
             }
         }
-        return state.withLock { state in
-            if let raced = state.links[address], !raced.isLost {
-                return raced  // another task connected meanwhile; ours closes as it goes
-            }
+        let chosen = state.withLock { state -> ManagerLink in
+            if let raced = state.links[address], !raced.isLost { return raced }  // another task connected meanwhile
             state.links[address] = link
             return link
         }
+        if chosen !== link { link.lose("another connection to the same manager was made at the same time") }
+        return chosen
     }
 
     /// Remembers the key of the manager at `address`, for links made later.

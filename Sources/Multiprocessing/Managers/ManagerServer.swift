@@ -15,7 +15,8 @@ import Synchronization
 /// try await server.run()   // until a client calls shutdown, or server.shutdown()
 /// ```
 ///
-/// Each connected process is served concurrently: every request runs in a task of its own, and the
+/// Each connected process is served concurrently: a thread per connection reads its requests (as in
+/// Python's manager; the link type documents the measured reason), every request runs in a task of its own, and the
 /// objects (actors) order the calls to each of them. When a client's connection ends, its calls still
 /// running are cancelled (a queue `get` it waited in takes nothing) and objects let go of what it held
 /// (a ``SharedLock`` it held is released).
@@ -91,15 +92,15 @@ public final class ManagerServer: @unchecked Sendable {
             try? Syscall.setKeepAlive(fd, idle: 1, interval: 1, probes: 2, userTimeout: .seconds(4))
         }
         Task.detached { [self] in
-            await readRequests(from: reader, for: client)
+            _ = try? await withBlockingThread { self.readRequests(from: reader, for: client) }
             reader.close()
             await dropClient(client)
         }
     }
 
-    private func readRequests(from reader: Connection, for client: ServedClient) async {
+    private func readRequests(from reader: Connection, for client: ServedClient) {
         while true {
-            guard let request = try? await reader.recv(ManagerRequest.self) else { return }
+            guard let request = try? reader.recv(ManagerRequest.self) else { return }
             switch request.kind {
             case .shutdown:
                 client.reply(ManagerReply(id: request.id))
