@@ -17,6 +17,7 @@ do {
         try runSeedExamples(pace: pace)
         try runQueueExamples()
         try runTour()
+        try await runManagerTour()
     } else {
         print("usage: mp-demo [--fast] | mp-demo serve-echo --address HOST:PORT --authkey KEY")
         exit(2)

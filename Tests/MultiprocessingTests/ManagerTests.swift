@@ -365,15 +365,17 @@ extension ManagerTests {
     func wrongAuthkey() async throws {
         let manager = try SharedObjectManager(address: .tcp(host: "127.0.0.1", port: 0), authkey: Array("right".utf8))
         defer { try? manager.process?.kill() }
+        let box = try await manager.makeBox("x")
         do {
+            // Even with a connection to this manager open already.
             _ = try await SharedObjectManager.connect(to: manager.address, authkey: Array("wrong".utf8))
             Issue.record("connected with a wrong key")
         } catch let error as MultiprocessingError {
             #expect(error.code == .authenticationFailed)
         }
+        #expect(try await box.get() == "x")  // the wrong key changed nothing
         let remote = try await SharedObjectManager.connect(to: manager.address, authkey: Array("right".utf8))
-        let box = try await remote.makeBox("x")
-        #expect(try await box.get() == "x")
+        #expect(try await remote.makeBox(1).get() == 1)
         try await remote.shutdown()
         #expect(try await manager.process?.join(timeout: .seconds(10)) == true)
         #expect(manager.process?.exitCode == 0)

@@ -79,6 +79,13 @@ public struct SharedObjectManager: Sendable, Codable {
     /// - Throws: ``MultiprocessingError/Code/authenticationFailed`` for a wrong key;
     ///   ``MultiprocessingError/Code/managerUnavailable`` when nothing answers at `address`.
     public static func connect(to address: ConnectionAddress, authkey: [UInt8]) async throws -> SharedObjectManager {
+        // A handshake of its own, so that a wrong key fails here even while this process already has a
+        // connection to that manager; the key is remembered only once proved.
+        do {
+            try Connection(connectingTo: address, authkey: authkey, timeout: ManagerActorSystem.connectTimeout).close()
+        } catch let error as MultiprocessingError where error.code != .authenticationFailed {
+            throw MultiprocessingError(.managerUnavailable, "cannot reach the manager at \(address): \(error)", errno: error.errno)
+        }
         ManagerActorSystem.shared.remember(key: authkey, for: address)
         let manager = SharedObjectManager(address: address, authkey: authkey)
         try await manager.ping()
