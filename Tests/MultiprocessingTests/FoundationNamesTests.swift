@@ -25,8 +25,12 @@ struct FoundationNamesTests {
             ChildInput.self, ChildOutput.self, ChildSettings.self,
             ProcessPool.self, ProcessPoolExecutor.self, ClosurePool<Int, Int>.self, PoolResult<Int>.self, PoolResults<Int>.self,
             (any PoolTask).self, (any AsyncPoolTask).self,
+            SharedObjectManager.self, ManagerServer.self, (any SharedObject).self, ManagerActorSystem.self, SharedObjectID.self,
+            SharedDictionary<String, Int>.self, SharedList<Int>.self, SharedNamespace.self, SharedQueue<Int>.self,
+            SharedLock.self, SharedEvent.self, SharedBox<Int>.self,
+            ManagerInvocationEncoder.self, ManagerInvocationDecoder.self, ManagerResultHandler.self,
         ]
-        #expect(types.count == 52)
+        #expect(types.count == 67)
         let (a, b) = try makePipe()
         try b.send("hello")
         #expect(try wait([a], timeout: .seconds(5)).count == 1)
