@@ -30,7 +30,12 @@ struct NamespacedCaller: AsyncProcessTask {
         let manager = try await SharedObjectManager.connect(to: address, authkey: authkey)
         let counter = try await manager.make(TestCounter.self)
         let gate = try await manager.makeEvent()
-        try await report.send("counted \(try await counter.add(2) + counter.add(3))")
+        // A reference that comes back inside a result names the manager as this process reached it.
+        let inbox = try await manager.makeQueue(of: Int.self)
+        let boxes = try await manager.makeDictionary(["inbox": inbox])
+        guard let sameInbox = try await boxes.value(forKey: "inbox") else { return }
+        try await sameInbox.put(5)
+        try await report.send("counted \(try await counter.add(2) + counter.add(3) + inbox.get(timeout: .seconds(5)))")
         do {
             _ = try await counter.addAfterRelease(gate)
             try await report.send("returned")
@@ -81,14 +86,19 @@ struct ManagerNetworkTests {
 
         let key = Array("netns".utf8)
         let (managerReport, managerSender) = try makePipe(duplex: false)
-        let manager = ChildProcess(NamespacedManager(namespace: managerSide, host: "10.213.0.1", authkey: key, report: managerSender))
+        // The manager listens on every interface of its namespace, and is reached by its veth address.
+        let manager = ChildProcess(NamespacedManager(namespace: managerSide, host: "0.0.0.0", authkey: key, report: managerSender))
         try manager.start()
         managerSender.close()
         defer {
             try? manager.kill()
             _ = try? manager.join(timeout: .seconds(5))
         }
-        let address = try await managerReport.recv(ConnectionAddress.self, timeout: .seconds(20))
+        guard case .tcp(_, let port) = try await managerReport.recv(ConnectionAddress.self, timeout: .seconds(20)) else {
+            Issue.record("the manager did not report a TCP address")
+            return
+        }
+        let address = ConnectionAddress.tcp(host: "10.213.0.1", port: port)
 
         let (callerReport, callerSender) = try makePipe(duplex: false)
         let caller = ChildProcess(NamespacedCaller(namespace: callerSide, address: address, authkey: key, report: callerSender))
@@ -98,7 +108,7 @@ struct ManagerNetworkTests {
             try? caller.kill()
             _ = try? caller.join(timeout: .seconds(5))
         }
-        #expect(try await callerReport.recv(String.self, timeout: .seconds(20)) == "counted 7")
+        #expect(try await callerReport.recv(String.self, timeout: .seconds(20)) == "counted 12")
         // This process cannot reach the manager: it is in neither namespace.
         await #expect(throws: MultiprocessingError.self) {
             _ = try await SharedObjectManager.connect(to: address, authkey: key).ping()

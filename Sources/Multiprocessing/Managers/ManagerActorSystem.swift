@@ -101,7 +101,7 @@ public final class ManagerActorSystem: DistributedActorSystem, @unchecked Sendab
         returning: Res.Type
     ) async throws -> Res where Act: DistributedActor, Act.ID == SharedObjectID, Err: Error, Res: Codable {
         let reply = try await send(call: actor.id, target: target, invocation: invocation)
-        return try ManagerCoding.decode(Res.self, from: reply.value)
+        return try SharedObjectID.$replyingManager.withValue(actor.id.manager) { try ManagerCoding.decode(Res.self, from: reply.value) }
     }
 
     /// Calls a method that returns nothing, of an object hosted elsewhere. Errors as for

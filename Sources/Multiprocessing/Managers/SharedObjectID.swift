@@ -20,4 +20,36 @@ public struct SharedObjectID: Hashable, Sendable, Codable, CustomStringConvertib
 
     /// The address an object made outside any manager gets: it cannot be reached from elsewhere.
     static let unserved = ConnectionAddress.unix("")
+
+    /// The manager address a reply being decoded came from (see ``init(from:)``).
+    @TaskLocal static var replyingManager: ConnectionAddress?
+
+    private enum CodingKeys: String, CodingKey { case manager, number }
+
+    /// Decodes an ID. A manager listening on every interface (`0.0.0.0`, `::`) names itself by that
+    /// address, which means nothing on another host: in a reply from a manager, such an ID takes the host
+    /// that this process reached the manager by.
+    ///
+    /// - Throws: the decoder's errors.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        number = try container.decode(UInt64.self, forKey: .number)
+        let manager = try container.decode(ConnectionAddress.self, forKey: .manager)
+        if case .tcp(let host, let port) = manager, ["0.0.0.0", "::", ""].contains(host),
+            case .tcp(let reached, port) = Self.replyingManager
+        {
+            self.manager = .tcp(host: reached, port: port)
+        } else {
+            self.manager = manager
+        }
+    }
+
+    /// Encodes the manager's address and the number.
+    ///
+    /// - Throws: the encoder's errors.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(manager, forKey: .manager)
+        try container.encode(number, forKey: .number)
+    }
 }

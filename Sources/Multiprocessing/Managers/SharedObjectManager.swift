@@ -109,7 +109,7 @@ public struct SharedObjectManager: Sendable, Codable {
     public func make<Object: SharedObject>(_ type: Object.Type) async throws -> Object {
         let name = try TaskEnvelope.typeName(of: Object.self)
         let reply = try await ManagerActorSystem.shared.request(ManagerRequest(id: 0, kind: .create, target: name), to: address)
-        let id = try ManagerCoding.decode(SharedObjectID.self, from: reply.value)
+        let id = try SharedObjectID.$replyingManager.withValue(address) { try ManagerCoding.decode(SharedObjectID.self, from: reply.value) }
         return try Object.resolve(id: id, using: .shared)
     }
 
