@@ -422,3 +422,23 @@ extension ManagerTests {
         #expect(gone)
     }
 }
+
+extension ManagerTests {
+    @Test("start awaits the manager; an address in use is the typed error the manager met")
+    func startAwaitedAndAddressInUse() async throws {
+        let first = try await SharedObjectManager.start(address: .tcp(host: "127.0.0.1", port: 0))
+        defer { try? first.process?.kill() }
+        let box = try await first.makeBox(1)
+        #expect(try await box.add(2) == 3)
+        do {
+            let second = try await SharedObjectManager.start(address: first.address)
+            try? second.process?.kill()
+            Issue.record("a second manager listened on \(first.address)")
+        } catch let error as MultiprocessingError {
+            #expect(error.code == .system)
+            #expect(error.errno == EADDRINUSE)
+        }
+        try await first.shutdown()
+        #expect(first.process?.exitCode == 0)
+    }
+}

@@ -27,7 +27,8 @@ public struct SharedObjectManager: Sendable, Codable {
     public let process: ChildProcess?
 
     /// Starts a manager in a child process and waits until it listens (Python's `Manager()` /
-    /// `BaseManager.start()`).
+    /// `BaseManager.start()`); ``start(address:authkey:context:timeout:)`` is the same without holding a
+    /// thread while it waits.
     ///
     /// - Parameters:
     ///   - address: where the manager listens; nil picks a fresh Unix socket address.
@@ -35,36 +36,62 @@ public struct SharedObjectManager: Sendable, Codable {
     ///     which children inherit.
     ///   - context: the start method of the manager's process.
     ///   - timeout: how long the manager may take to start listening.
-    /// - Throws: ``MultiprocessingError/Code/childFailed`` when the manager's process ended before it
-    ///   listened (for example because the address is in use: its message says why);
-    ///   ``MultiprocessingError/Code/timedOut``; the errors of ``ChildProcess/start()``.
+    /// - Throws: the error the manager met when it tried to listen (``MultiprocessingError/Code/system``
+    ///   for an address in use); ``MultiprocessingError/Code/childFailed`` when its process ended before it
+    ///   listened; ``MultiprocessingError/Code/timedOut``; the errors of ``ChildProcess/start()``.
     public init(address: ConnectionAddress? = nil, authkey: [UInt8]? = nil, context: ProcessContext = .default,
                 timeout: Duration = .seconds(30)) throws {
         let key = authkey ?? currentProcess().authkey
+        let (child, report) = try Self.launch(address: address, authkey: key, context: context)
+        let started = try Self.started(child, Result { try report.recv(ManagerStarted.self, timeout: timeout) })
+        self.init(address: started, authkey: key, process: child)
+    }
+
+    /// Starts a manager in a child process as ``init(address:authkey:context:timeout:)`` does, awaiting its
+    /// report on the event loop. Cancellation ends the wait with `CancellationError` and kills the manager.
+    ///
+    /// - Throws: the errors of ``init(address:authkey:context:timeout:)``; `CancellationError`.
+    public static func start(address: ConnectionAddress? = nil, authkey: [UInt8]? = nil, context: ProcessContext = .default,
+                             timeout: Duration = .seconds(30)) async throws -> SharedObjectManager {
+        let key = authkey ?? currentProcess().authkey
+        let (child, report) = try launch(address: address, authkey: key, context: context)
+        let outcome: Result<ManagerStarted, any Error>
+        do { outcome = .success(try await report.recv(ManagerStarted.self, timeout: timeout)) } catch { outcome = .failure(error) }
+        return SharedObjectManager(address: try started(child, outcome), authkey: key, process: child)
+    }
+
+    /// Starts the manager's process; returns it and the connection its report arrives on.
+    private static func launch(address: ConnectionAddress?, authkey: [UInt8], context: ProcessContext) throws -> (ChildProcess, Connection) {
         let (report, reportSender) = try makePipe(duplex: false)
-        let child = ChildProcess(ManagerServerTask(address: address, authkey: key, report: reportSender),
+        let child = ChildProcess(ManagerServerTask(address: address, authkey: authkey, report: reportSender),
                                  name: "SharedObjectManager", daemon: true, context: context)
         try child.start()
         reportSender.close()
-        let started: ManagerStarted
-        do {
-            started = try report.recv(ManagerStarted.self, timeout: timeout)
-        } catch let error as MultiprocessingError where error.code == .endOfFile {
+        return (child, report)
+    }
+
+    /// The address the manager listens on, from its report; or the error, once its process is ended.
+    private static func started(_ child: ChildProcess, _ report: Result<ManagerStarted, any Error>) throws -> ConnectionAddress {
+        switch report {
+        case .success(let started):
+            guard let failure = started.failure else { return started.address }
+            _ = try? child.join(timeout: .seconds(5))
+            throw failure
+        case .failure(let error as MultiprocessingError) where error.code == .endOfFile:
             _ = try? child.join(timeout: .seconds(5))
             throw MultiprocessingError(.childFailed, "the manager's process ended before it listened (exit code \(child.exitCode.map(String.init) ?? "unknown"))")
-        } catch {
+        case .failure(let error):
             try? child.kill()
             _ = try? child.join(timeout: .seconds(5))
             throw error
         }
-        if let failure = started.failure {
-            _ = try? child.join(timeout: .seconds(5))
-            throw failure
-        }
-        self.address = started.address
-        self.authkey = key
-        self.process = child
-        ManagerActorSystem.shared.remember(key: key, for: self.address)
+    }
+
+    private init(address: ConnectionAddress, authkey: [UInt8], process: ChildProcess) {
+        self.address = address
+        self.authkey = authkey
+        self.process = process
+        ManagerActorSystem.shared.remember(key: authkey, for: address)
     }
 
     private init(address: ConnectionAddress, authkey: [UInt8]) {
