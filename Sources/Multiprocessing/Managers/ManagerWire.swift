@@ -36,12 +36,15 @@ struct RemoteFailure: Codable, Sendable {
     var typeName: String
     var encoded: [UInt8]?
     var text: String
+    var carried: CarriedError?
 
     init(_ error: any Error) {
         typeName = String(reflecting: type(of: error))
         text = String(describing: error)
         encoded = nil
-        if let codable = error as? any Codable & Error, let name = _mangledTypeName(type(of: codable)), !name.contains("$"),
+        if let error = error as? MultiprocessingError {
+            carried = CarriedError(error)
+        } else if let codable = error as? any Codable & Error, let name = _mangledTypeName(type(of: codable)), !name.contains("$"),
             let bytes = try? ManagerCoding.encode(codable)
         {
             typeName = name
@@ -55,6 +58,7 @@ struct RemoteFailure: Codable, Sendable {
 
     /// The error to throw in the caller.
     var error: any Error {
+        if let carried { return carried.error }
         if let encoded, let type = _typeByName(typeName) as? any (Decodable & Error).Type,
             let error = try? ManagerCoding.decode(type, from: encoded)
         {

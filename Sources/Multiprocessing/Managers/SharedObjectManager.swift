@@ -188,7 +188,14 @@ extension SharedObject {
 /// What a manager's process reports once it listens, or why it could not.
 struct ManagerStarted: Codable, Sendable {
     var address: ConnectionAddress
-    var failure: MultiprocessingError?
+    var carriedFailure: CarriedError?
+
+    init(address: ConnectionAddress, failure: MultiprocessingError?) {
+        self.address = address
+        carriedFailure = failure.map(CarriedError.init)
+    }
+
+    var failure: MultiprocessingError? { carriedFailure?.error }
 }
 
 /// The work of a manager's process: listen, report the address, serve until shutdown.
