@@ -380,10 +380,7 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     func receiveBytes(maxLength: Int?, deadline: Deadline) throws -> [UInt8] {
         try checkReadable()
         while true {
-            if let bytes = try takeFrame(maxLength: maxLength, { payload in
-                dropFrameDescriptors()
-                return Array(payload)
-            }) { return bytes }
+            if let bytes = try takeBytes(maxLength: maxLength) { return bytes }
             if let length = largeFrameLength() {
                 return try [UInt8](unsafeUninitializedCapacity: length) { storage, count in
                     try receiveLargeFrame(into: UnsafeMutableRawPointer(storage.baseAddress!), deadline: deadline)
@@ -399,11 +396,16 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     func receiveBytesIfReady(maxLength: Int?) throws -> [UInt8]? {
         try checkReadable()
         while true {
-            if let bytes = try takeFrame(maxLength: maxLength, { payload in
-                dropFrameDescriptors()
-                return Array(payload)
-            }) { return bytes }
+            if let bytes = try takeBytes(maxLength: maxLength) { return bytes }
             guard try fill(deadline: .now, blocking: false) else { return nil }
+        }
+    }
+
+    /// The first buffered message's bytes (its descriptors closed), or nil when none is whole yet.
+    private func takeBytes(maxLength: Int?) throws -> [UInt8]? {
+        try takeFrame(maxLength: maxLength) { payload in
+            dropFrameDescriptors()
+            return Array(payload)
         }
     }
 
