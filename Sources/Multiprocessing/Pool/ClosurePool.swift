@@ -41,7 +41,9 @@ public final class ClosurePool<Input: Codable & Sendable, Output: Codable & Send
     private func makeCall(chunkSize: Int?, count: Int, timeout: Duration?) throws -> PoolCall {
         if let chunkSize, chunkSize < 1 { throw MultiprocessingError(.invalidArgument, "chunkSize must be at least 1, not \(chunkSize)") }
         let share = max(1, (count + 4 * pool.workerCount - 1) / (4 * pool.workerCount))
-        return PoolCall(taskName: [], task: [], kind: PoolWire.syncJob, chunkSize: chunkSize ?? share, timeout: timeout, taskDescription: "closure")
+        return PoolCall(
+            taskName: [], task: [], kind: PoolWire.syncJob, chunkSize: chunkSize ?? share, timeout: timeout, taskDescription: "closure",
+            batches: pool.supervisor.batchesAllowed)
     }
 
     /// Hands `input` to a worker and returns at once.
@@ -54,19 +56,38 @@ public final class ClosurePool<Input: Codable & Sendable, Output: Codable & Send
 
     /// Runs the closure on every input and returns each input's outcome, in input order.
     /// - Throws: ``MultiprocessingError/Code/invalidState`` once the pool is closed or terminated.
+    @inlinable
     public func mapResults<S: Sequence<Input>>(_ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil) throws -> [Result<Output, any Error>] {
-        let inputs = Array(inputs)
-        let call = try makeCall(chunkSize: chunkSize, count: inputs.count, timeout: timeout)
-        try PoolFeeder.feed(call, inputs, into: pool.supervisor)
-        _ = call.wait(for: .count(inputs.count), until: .never)
-        return (0..<inputs.count).map { index in Result { try call.value(index, as: Output.self) } }
+        // (Inlined so that the inputs are copied by code specialized for their type.)
+        try mapResults(inputArray: Array(inputs), chunkSize: chunkSize, timeout: timeout)
     }
 
     /// Runs the closure on every input and returns the outputs in input order.
     /// - Throws: the first failed input's error (see ``PoolResult/get(timeout:)``), and
     ///   ``MultiprocessingError/Code/invalidState`` once the pool is closed or terminated.
+    @inlinable
     public func map<S: Sequence<Input>>(_ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil) throws -> [Output] {
-        try mapResults(inputs, chunkSize: chunkSize, timeout: timeout).map { try $0.get() }
+        try map(inputArray: Array(inputs), chunkSize: chunkSize, timeout: timeout)
+    }
+
+    @usableFromInline
+    func mapResults(inputArray inputs: [Input], chunkSize: Int?, timeout: Duration?) throws -> [Result<Output, any Error>] {
+        let call = try run(inputs, chunkSize: chunkSize, timeout: timeout)
+        return (0..<call.count).map { index in Result { try call.value(index, as: Output.self) } }
+    }
+
+    @usableFromInline
+    func map(inputArray inputs: [Input], chunkSize: Int?, timeout: Duration?) throws -> [Output] {
+        let call = try run(inputs, chunkSize: chunkSize, timeout: timeout)
+        return try call.values(call.count, as: Output.self)
+    }
+
+    /// Hands the inputs to the workers and waits until each has ended.
+    private func run(_ inputs: [Input], chunkSize: Int?, timeout: Duration?) throws -> PoolCall {
+        let call = try makeCall(chunkSize: chunkSize, count: inputs.count, timeout: timeout)
+        try PoolFeeder.feed(call, inputs, into: pool.supervisor)
+        _ = call.wait(for: .count(inputs.count), until: .never)
+        return call
     }
 
     /// Accepts no more work (see ``ProcessPool/close()``).

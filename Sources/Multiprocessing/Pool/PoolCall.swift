@@ -2,17 +2,30 @@
 import Glibc
 #endif
 
-/// How one input ended: the encoded output, or the error that the caller will see.
+/// How one input ended: the encoded output, its place among a batch's outputs, or the error that the
+/// caller will see.
 enum PoolOutcome: @unchecked Sendable {
     case output([UInt8])
+    /// The output is among those of the batch whose first input has this index (see ``PoolCall/batch(at:)``).
+    case batched(first: Int)
     case failure(any Error)
 }
 
-/// One input on its way through the pool.
+/// One input on its way through the pool, or a batch: several consecutive inputs of a map encoded as
+/// one array, sent in one job and answered by one reply when all of them succeed.
 struct PoolItem: @unchecked Sendable {
     let call: PoolCall
+    /// The input's index in its call (a batch's first).
     let index: Int
+    /// The input's encoding, or a batch's: its inputs as one array.
     let input: [UInt8]
+    /// How many inputs: 1, or a batch's count.
+    var count = 1
+    /// A batch's inputs encoded one by one, for when they must travel singly after all (the worker
+    /// running the batch died, or answered only some of its inputs); nil for a single input.
+    var singles: (@Sendable () -> [Result<[UInt8], any Error>])? = nil
+
+    var isBatch: Bool { singles != nil }
 }
 
 /// What a waiter waits for.
@@ -38,12 +51,18 @@ final class PoolCall: @unchecked Sendable {
     let taskDescription: String
     /// Thrown errors stay as the worker's report (``PoolThrownReport``) instead of being decoded here.
     let keepsThrownReports: Bool
+    /// Inputs are encoded and sent a chunk at a time as one array (a batch), answered as one array when
+    /// all of them succeed. Not for calls with a per-input timeout, nor in pools that recycle workers by
+    /// count or memory: those need each input answered on its own.
+    let batches: Bool
 
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
 
     // Guarded by `mutex`.
     private var outcomes: [PoolOutcome?] = []
+    /// The outputs of batches, by the index of their first input.
+    private var batchOutputs: [Int: PoolBatchOutputs] = [:]
     private(set) var completedOrder: [Int] = []
     private var waiters: [UInt64: (goal: PoolWaitGoal, continuation: CheckedContinuation<Bool, Never>)] = [:]
     private var nextWaiter: UInt64 = 0
@@ -58,9 +77,10 @@ final class PoolCall: @unchecked Sendable {
 
     init(
         taskName: [UInt8], task: [UInt8], kind: UInt8, chunkSize: Int, timeout: Duration?, taskDescription: String,
-        keepsThrownReports: Bool = false
+        keepsThrownReports: Bool = false, batches: Bool = false
     ) {
         self.keepsThrownReports = keepsThrownReports
+        self.batches = batches && chunkSize > 1 && timeout == nil
         self.taskName = taskName
         self.task = task
         self.kind = kind
@@ -131,16 +151,51 @@ final class PoolCall: @unchecked Sendable {
             let fresh: [(Int, PoolOutcome)] = locked { batch.filter { $0.0 < outcomes.count && outcomes[$0.0] == nil } }
             for (index, outcome) in fresh { onOutcome(index, outcome) }
         }
-        var stored = 0
+        publish {
+            for (index, outcome) in batch { Self.store(outcome, at: index, in: &outcomes, order: &completedOrder) }
+        }
+    }
+
+    /// Stores the outputs of a batch, as ``deliver(_:)`` does.
+    func deliver(_ outputs: PoolBatchOutputs) {
+        let first = outputs.firstIndex
+        locked { batchOutputs[first] = outputs }
+        if onOutcome != nil {
+            deliver((0..<outputs.count).map { (first + $0, .batched(first: first)) })
+            return
+        }
+        publish {
+            Self.store(.batched(first: first), at: first..<first + outputs.count, in: &outcomes, order: &completedOrder)
+        }
+    }
+
+    /// The outputs of the batch whose first input is `first`.
+    func batch(at first: Int) -> PoolBatchOutputs? { locked { batchOutputs[first] } }
+
+    /// Stores an outcome unless the input has one (the first one wins); called under the lock.
+    private static func store(_ outcome: PoolOutcome, at index: Int, in outcomes: inout [PoolOutcome?], order: inout [Int]) {
+        guard index < outcomes.count, outcomes[index] == nil else { return }
+        outcomes[index] = outcome
+        order.append(index)
+    }
+
+    /// Stores one outcome for a run of inputs (a batch's), as ``store(_:at:in:order:)``; one access to
+    /// the arrays for the whole run.
+    private static func store(_ outcome: PoolOutcome, at indices: Range<Int>, in outcomes: inout [PoolOutcome?], order: inout [Int]) {
+        order.reserveCapacity(outcomes.count)
+        for index in indices { store(outcome, at: index, in: &outcomes, order: &order) }
+    }
+
+    /// Runs `body` (which stores outcomes) under the lock, then wakes the waiters it satisfied and
+    /// reports progress.
+    private func publish(_ body: () -> Void) {
         var ready: [CheckedContinuation<Bool, Never>] = []
         var streams: [AsyncStream<Int>.Continuation] = []
         var allDone = false
-        let done: Int = locked {
-            for (index, outcome) in batch where index < outcomes.count && outcomes[index] == nil {
-                outcomes[index] = outcome
-                completedOrder.append(index)
-                stored += 1
-            }
+        let (before, done): (Int, Int) = locked {
+            let before = completedOrder.count
+            body()
+            guard completedOrder.count > before else { return (before, before) }
             for (id, waiter) in waiters where satisfied(waiter.goal) {
                 ready.append(waiter.continuation)
                 waiters[id] = nil
@@ -149,15 +204,18 @@ final class PoolCall: @unchecked Sendable {
             streams = progressStreams
             allDone = sealed && completedOrder.count == outcomes.count
             if allDone { progressStreams = [] }
-            return completedOrder.count
+            return (before, completedOrder.count)
         }
-        guard stored > 0 else { return }
+        guard done > before else { return }
         for continuation in ready { continuation.resume(returning: true) }
         for stream in streams {
             stream.yield(done)
             if allDone { stream.finish() }
         }
     }
+
+    /// Every outcome so far (nil for inputs not ended) and the batches' outputs.
+    var snapshot: (outcomes: [PoolOutcome?], batches: [Int: PoolBatchOutputs]) { locked { (outcomes, batchOutputs) } }
 
     /// Marks whether more inputs may still be added (an imap that has not read all its inputs).
     func setSealed(_ value: Bool) {

@@ -92,8 +92,17 @@ extension PoolCall {
 
     /// The decoded output in `outcome` (of input `index`), or the error it holds.
     func value<Output: Decodable>(of outcome: PoolOutcome, _ index: Int, as _: Output.Type) throws -> Output {
+        try value(of: outcome, index, as: Output.self, batch: batch(at:))
+    }
+
+    private func value<Output: Decodable>(
+        of outcome: PoolOutcome, _ index: Int, as _: Output.Type, batch: (Int) -> PoolBatchOutputs?
+    ) throws -> Output {
         switch outcome {
         case .failure(let error): throw error
+        case .batched(let first):
+            guard let outputs = batch(first) else { throw MultiprocessingError(.invalidState, "input \(index) has no batch") }
+            return try outputs.values(as: Output.self, task: taskDescription)[index - first].get()
         case .output(let bytes):
             do {
                 var decoder = BinaryDecoder()
@@ -103,5 +112,28 @@ extension PoolCall {
                 throw MultiprocessingError(.transport, "the output of input \(index) of \(taskDescription) could not be decoded: \(error)")
             }
         }
+    }
+
+    /// The decoded outputs of inputs `0..<count` in order, or the first error among them; a batch's
+    /// outputs are decoded together, straight into the result.
+    func values<Output: Decodable>(_ count: Int, as _: Output.Type) throws -> [Output] {
+        let (outcomes, batches) = snapshot
+        var values: [Output] = []
+        values.reserveCapacity(count)
+        var index = 0
+        while index < min(count, outcomes.count) {
+            guard let outcome = outcomes[index] else { break }
+            if case .batched(let first) = outcome, first == index, let outputs = batches[first], index + outputs.count <= count,
+                outcomes[index..<index + outputs.count].allSatisfy({ if case .batched(first)? = $0 { true } else { false } }),
+                let all = outputs.encoded.decodeAll(as: Output.self) {
+                values.append(contentsOf: all)
+                index += outputs.count
+                continue
+            }
+            values.append(try value(of: outcome, index, as: Output.self, batch: { batches[$0] }))
+            index += 1
+        }
+        guard index == count else { throw MultiprocessingError(.invalidState, "input \(index) has not ended") }
+        return values
     }
 }

@@ -111,6 +111,9 @@ final class PoolSupervisor: @unchecked Sendable {
     // MARK: Called by the pool's users
 
     var phase: Phase { shared.withLock { $0.phase } }
+    /// Whether calls may send their inputs in batches: not when workers are recycled by count or
+    /// memory, which is checked input by input.
+    var batchesAllowed: Bool { configuration.maxTasksPerChild == nil && configuration.maxMemoryPerChild == nil }
     var workerPids: [Int32] { shared.withLock { $0.workerPids } }
 
     /// Queues items; throws once the pool is closed.
@@ -288,14 +291,17 @@ final class PoolSupervisor: @unchecked Sendable {
                 var room = window - slot.inflightCount
                 if let limit = configuration.maxTasksPerChild { room = min(room, limit - slot.sentTotal) }
                 guard room > 0 else { continue }
-                var end = pendingHead
-                let limit = min(pendingCount, call.chunkSize, room)
-                while end - pendingHead < limit && pending[end].call === call { end += 1 }
+                // A batch goes alone; single inputs of one call go together, up to a chunk.
+                var end = pendingHead + 1
+                if !pending[pendingHead].isBatch {
+                    let limit = min(pendingCount, call.chunkSize, room)
+                    while end - pendingHead < limit && pending[end].call === call && !pending[end].isBatch { end += 1 }
+                }
                 let chunk = pending[pendingHead..<end]
                 pendingHead = end
                 do {
                     try slot.send(chunk, firstID: nextID)
-                    nextID &+= UInt64(chunk.count)
+                    nextID &+= UInt64(chunk.reduce(0) { $0 + $1.count })
                 } catch {
                     for item in chunk { fail(item, error) }
                 }
@@ -318,9 +324,16 @@ final class PoolSupervisor: @unchecked Sendable {
         for slot in slots where slot.hasOutput { slot.flush() }
     }
 
+    /// What one reply answers: one input, or a whole batch.
+    private enum Answer {
+        case one(PoolCall, Int, PoolOutcome)
+        case batch(PoolCall, PoolBatchOutputs)
+    }
+
     private func readReplies(_ slot: WorkerSlot) {
-        // Replies come in runs of one call: each run is delivered at once.
-        var batches: [(PoolCall, [(Int, PoolOutcome)])] = []
+        // Replies come in runs of one call: each run is delivered at once (a batch's outputs alone).
+        var runs: [(call: PoolCall, outcomes: [(Int, PoolOutcome)], outputs: PoolBatchOutputs?)] = []
+        var served = 0
         let busySince = slot.busySince
         while true {
             let frame: [UInt8]?
@@ -329,41 +342,59 @@ final class PoolSupervisor: @unchecked Sendable {
                 break
             }
             guard let frame else { break }
-            var reader = PoolFrameReader(frame)
-            guard let kind = try? reader.byte(), let flags = try? reader.byte(), let id = try? reader.integer(UInt64.self),
-                let item = slot.answered(id)
-            else {
+            guard let (answer, flags) = answer(slot, frame) else {
                 configuration.logger.error("pool worker \(slot.pid) sent a reply that does not follow the protocol; killing it")
                 slot.kill()
                 slot.channelEnded = true
                 break
             }
-            let payload = reader.rest()
-            let outcome: PoolOutcome
-            if kind == PoolWire.output {
-                outcome = .output(payload)
-            } else if item.call.keepsThrownReports, let report = try? BinaryDecoder().decode(FailureReport.self, from: payload) {
-                outcome = .failure(PoolThrownReport(report: report))
-            } else {
-                outcome = .failure(Self.remoteError(payload))
-            }
-            if let last = batches.indices.last, batches[last].0 === item.call {
-                batches[last].1.append((item.index, outcome))
-            } else {
-                batches.append((item.call, [(item.index, outcome)]))
+            switch answer {
+            case .one(let call, let index, let outcome):
+                served += 1
+                if let last = runs.indices.last, runs[last].call === call, runs[last].outputs == nil {
+                    runs[last].outcomes.append((index, outcome))
+                } else {
+                    runs.append((call, [(index, outcome)], nil))
+                }
+            case .batch(let call, let outputs):
+                served += outputs.count
+                runs.append((call, [], outputs))
             }
             if flags & PoolWire.retiring != 0 {
                 slot.retiring = true
                 configuration.logger.info("pool worker \(slot.pid) passed its memory cap of \(configuration.maxMemoryPerChild ?? 0) bytes; replacing it")
             }
         }
-        if !batches.isEmpty {
-            let served = batches.reduce(0) { $0 + $1.1.count }
+        if served > 0 {
             let now = Deadline.monotonicNow()
-            let elapsed = min((now > busySince ? now - busySince : 0) / UInt64(max(served, 1)), 1_000_000_000)
+            let elapsed = min((now > busySince ? now - busySince : 0) / UInt64(served), 1_000_000_000)
             serviceNanoseconds = (serviceNanoseconds * 7 + elapsed) / 8
         }
-        for (call, batch) in batches { call.deliver(batch) }
+        for run in runs {
+            if let outputs = run.outputs { run.call.deliver(outputs) } else { run.call.deliver(run.outcomes) }
+        }
+    }
+
+    /// What a reply answers, and its flags; nil when it does not answer what the worker was sent.
+    private func answer(_ slot: WorkerSlot, _ frame: [UInt8]) -> (Answer, flags: UInt8)? {
+        var reader = PoolFrameReader(frame)
+        guard let kind = try? reader.byte(), let flags = try? reader.byte(), let id = try? reader.integer(UInt64.self) else { return nil }
+        if kind == PoolWire.outputs {
+            guard let item = slot.answeredBatch(id) else { return nil }
+            let outputs = PoolEncodedBatch(bytes: frame, range: reader.offset..<frame.count, count: item.count)
+            return (.batch(item.call, PoolBatchOutputs(outputs, firstIndex: item.index)), flags)
+        }
+        guard let (item, offset) = slot.answered(id) else { return nil }
+        let payload = reader.rest()
+        let outcome: PoolOutcome
+        if kind == PoolWire.output {
+            outcome = .output(payload)
+        } else if item.call.keepsThrownReports, let report = try? BinaryDecoder().decode(FailureReport.self, from: payload) {
+            outcome = .failure(PoolThrownReport(report: report))
+        } else {
+            outcome = .failure(Self.remoteError(payload))
+        }
+        return (.one(item.call, item.index + offset, outcome), flags)
     }
 
     /// The error an input's reply carries: the thrown error itself when its type is Codable and known
@@ -380,32 +411,40 @@ final class PoolSupervisor: @unchecked Sendable {
     private func workerEnded(_ slot: WorkerSlot) {
         let code = slot.process.exitCode ?? -1
         if !slot.channelEnded { readReplies(slot) }
-        let (rest, runningIndex) = slot.takeInflightSplit()
-        var requeue = rest
-        if let runningIndex {
-            let running = rest[runningIndex]
-            switch slot.killReason {
-            case .timedOut:
-                requeue.remove(at: runningIndex)
-                let limit = running.call.timeout ?? .zero
-                fail(running, MultiprocessingError(
-                    .timedOut, "input \(running.index) of \(running.call.taskDescription) ran past its timeout of \(limit); worker \(slot.pid) was killed and replaced"
-                ).with(pid: slot.pid, timeout: limit))
-            case .cancelled:
-                requeue.remove(at: runningIndex)
-                fail(running, CancellationError())
-            case nil:
-                if !(code == 0 && slot.retiring) {
-                    requeue.remove(at: runningIndex)
-                    fail(running, died(slot, code: code, running: running))
+        let startedID = slot.started.load()
+        var requeue: [PoolItem] = []
+        var running: (call: PoolCall, index: Int)?
+        for (id, item, unanswered) in slot.takeInflight() {
+            // The input the worker recorded as started is the one it was running.
+            var failed: Int?
+            if startedID &- id < UInt64(item.count), unanswered.contains(Int(startedID &- id)) {
+                let offset = Int(startedID &- id)
+                let index = item.index + offset
+                running = (item.call, index)
+                switch slot.killReason {
+                case .timedOut:
+                    failed = offset
+                    let limit = item.call.timeout ?? .zero
+                    fail(item.call, index, MultiprocessingError(
+                        .timedOut, "input \(index) of \(item.call.taskDescription) ran past its timeout of \(limit); worker \(slot.pid) was killed and replaced"
+                    ).with(pid: slot.pid, timeout: limit))
+                case .cancelled:
+                    failed = offset
+                    fail(item.call, index, CancellationError())
+                case nil:
+                    if !(code == 0 && slot.retiring) {
+                        failed = offset
+                        fail(item.call, index, died(slot, code: code, running: running))
+                    }
                 }
             }
+            requeue += remaining(item, unanswered, except: failed)
         }
         if !requeue.isEmpty {
             pending.replaceSubrange(pendingHead..<pendingHead, with: requeue)
         }
         if slot.killReason == nil && !(code == 0 && (slot.retiring || slot.channelClosedByPool)) {
-            configuration.logger.warning("\(died(slot, code: code, running: runningIndex.map { rest[$0] }).message)")
+            configuration.logger.warning("\(died(slot, code: code, running: running).message)")
         } else if slot.retiring || slot.channelClosedByPool {
             configuration.logger.debug("pool worker \(slot.pid) ended after \(slot.sentTotal) inputs")
         }
@@ -414,7 +453,28 @@ final class PoolSupervisor: @unchecked Sendable {
         publishPids()
     }
 
-    private func died(_ slot: WorkerSlot, code: Int32, running: PoolItem?) -> MultiprocessingError {
+    /// The inputs of `item` in `range` but `skipped`, to send again: the item itself when that is all
+    /// of it, otherwise (part of a batch) each input encoded on its own.
+    private func remaining(_ item: PoolItem, _ range: Range<Int>, except skipped: Int?) -> [PoolItem] {
+        if skipped == nil && range == 0..<item.count { return [item] }
+        guard let singles = item.singles else { return [] }
+        let offsets = range.filter { $0 != skipped }
+        if item.call.isCancelled {
+            for offset in offsets { fail(item.call, item.index + offset, CancellationError()) }
+            return []
+        }
+        let encoded = singles()
+        var items: [PoolItem] = []
+        for offset in offsets {
+            switch encoded[offset] {
+            case .success(let bytes): items.append(PoolItem(call: item.call, index: item.index + offset, input: bytes))
+            case .failure(let error): fail(item.call, item.index + offset, PoolFeeder.unencodable(item.call, item.index + offset, error))
+            }
+        }
+        return items
+    }
+
+    private func died(_ slot: WorkerSlot, code: Int32, running: (call: PoolCall, index: Int)?) -> MultiprocessingError {
         var message = "pool worker \(slot.pid) "
         message += code < 0 ? "was killed by \(Signal(rawValue: -code).name)" : "exited with code \(code)"
         if let running { message += " while running input \(running.index) of \(running.call.taskDescription)" }
@@ -470,7 +530,7 @@ final class PoolSupervisor: @unchecked Sendable {
         let error = MultiprocessingError(.closed, "the pool was terminated before this input finished")
         for slot in slots {
             _ = try? slot.process.join(timeout: .seconds(10))
-            for item in slot.takeInflight() { fail(item, error) }
+            for (_, item, _) in slot.takeInflight() { fail(item, error) }
             slot.release()
         }
         slots.removeAll()
@@ -479,8 +539,13 @@ final class PoolSupervisor: @unchecked Sendable {
         pendingHead = 0
     }
 
+    /// Fails every input of `item` that has no outcome yet.
     private func fail(_ item: PoolItem, _ error: any Error) {
-        item.call.deliver([(item.index, .failure(error))])
+        item.call.deliver((0..<item.count).map { (item.index + $0, .failure(error)) })
+    }
+
+    private func fail(_ call: PoolCall, _ index: Int, _ error: any Error) {
+        call.deliver([(index, .failure(error))])
     }
 
     private func startWorker() throws -> WorkerSlot {

@@ -53,7 +53,8 @@ extension ProcessPool {
         case .failure(let error)?:
             if error is CancellationError { throw error }
             return .failed(code: MultiprocessingError.Code.remote.rawValue, message: "\(error)", pid: nil, signal: nil)
-        case nil:
+        case nil, .batched?:
+            // (A single input is never part of a batch.)
             return .failed(code: MultiprocessingError.Code.invalidState.rawValue, message: "the job has no outcome", pid: nil, signal: nil)
         }
     }

@@ -1,9 +1,13 @@
 /// The frames a pool and its workers exchange, packed by hand: a job frame carries one chunk of inputs
-/// for one task value, a reply frame one input's outcome. Both ride in the package's connection framing
-/// (a 4-byte big-endian length), so a worker reads them with ``Connection/recvBytes(maxLength:timeout:)-7rggb``.
+/// for one task value, a reply frame one input's outcome (or a whole batch's outputs). Both ride in the
+/// package's connection framing (a 4-byte big-endian length), so a worker reads them with
+/// ``Connection/recvBytes(maxLength:timeout:)-7rggb``.
 ///
-/// Job: `kind u8 | first id u64 | name length u32 | name | task length u32 | task | count u32 | (length u32 | input)*`.
-/// Reply: `kind u8 | flags u8 | id u64 | payload` (the encoded output, or an encoded ``FailureReport``).
+/// Job: `kind u8 | first id u64 | name length u32 | name | task length u32 | task | count u32 | (length u32 | input)*`;
+/// a batch job (kind flag ``batched``) has one `length u32 | inputs` after its count: all its inputs
+/// encoded as one array.
+/// Reply: `kind u8 | flags u8 | id u64 | payload` (the encoded output, an encoded ``FailureReport``, or for
+/// ``outputs`` the encoded array of a batch's outputs, answering every input of the batch at once).
 /// A worker writes several replies at once, each with its connection header.
 enum PoolWire {
     /// Job kinds: how the worker runs the task.
@@ -11,9 +15,15 @@ enum PoolWire {
     static let asyncJob: UInt8 = 2
     /// Job flag: answer each input as soon as it ends (its call has a per-input timeout).
     static let answerAtOnce: UInt8 = 0x80
+    /// Job flag: the inputs travel as one encoded array (a batch).
+    static let batched: UInt8 = 0x40
     /// Reply kinds.
     static let output: UInt8 = 0
     static let failure: UInt8 = 1
+    /// Reply kind: the outputs of every input of a batch, as one encoded array.
+    static let outputs: UInt8 = 2
+    /// The largest payload of a batch's reply: its frame's length must fit the connection's 4-byte header.
+    static let largestBatchReply = Int(Int32.max) - 64
     /// Reply flag: the worker ends after this reply (its memory passed the pool's cap).
     static let retiring: UInt8 = 1
 
@@ -23,33 +33,32 @@ enum PoolWire {
     ) throws {
         var size = 1 + 8 + 4 + name.count + 4 + task.count + 4
         for item in inputs { size += 4 + item.input.count }
+        let batch = inputs.count == 1 && inputs.first!.isBatch
         guard size <= Int(Int32.max) else {
             throw MultiprocessingError(.invalidArgument, "a chunk of \(size) bytes is too large to send to a worker")
         }
         buffer.reserveCapacity(buffer.count + 4 + size)
         appendBigEndian(UInt32(size), to: &buffer)
-        buffer.append(kind)
+        buffer.append(batch ? kind | batched : kind)
         append(firstID, to: &buffer)
         append(UInt32(name.count), to: &buffer)
         buffer.append(contentsOf: name)
         append(UInt32(task.count), to: &buffer)
         buffer.append(contentsOf: task)
-        append(UInt32(inputs.count), to: &buffer)
+        append(UInt32(batch ? inputs.first!.count : inputs.count), to: &buffer)
         for item in inputs {
             append(UInt32(item.input.count), to: &buffer)
             buffer.append(contentsOf: item.input)
         }
     }
 
-    /// One reply frame's bytes (without the connection header, which the worker's connection adds).
-    static func reply(kind: UInt8, flags: UInt8, id: UInt64, payload: [UInt8]) -> [UInt8] {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(10 + payload.count)
-        bytes.append(kind)
-        bytes.append(flags)
-        append(id, to: &bytes)
-        bytes.append(contentsOf: payload)
-        return bytes
+    /// Appends one reply frame, with its connection header, to `buffer`.
+    static func appendReply(to buffer: inout [UInt8], kind: UInt8, flags: UInt8, id: UInt64, payload: [UInt8]) {
+        appendBigEndian(UInt32(10 + payload.count), to: &buffer)
+        buffer.append(kind)
+        buffer.append(flags)
+        append(id, to: &buffer)
+        buffer.append(contentsOf: payload)
     }
 
     static func append<I: FixedWidthInteger>(_ value: I, to buffer: inout [UInt8]) {
@@ -91,6 +100,14 @@ struct PoolFrameReader {
     mutating func counted() throws -> [UInt8] {
         let count = Int(try integer(UInt32.self))
         return try take(count)
+    }
+
+    /// Where a length-prefixed run of bytes lies in the frame (read in place instead of copied).
+    mutating func countedRange() throws -> Range<Int> {
+        let count = Int(try integer(UInt32.self))
+        guard bytes.count - offset >= count else { throw Self.truncated }
+        defer { offset += count }
+        return offset..<offset + count
     }
 
     mutating func take(_ count: Int) throws -> [UInt8] {

@@ -21,12 +21,23 @@ struct PoolWorker: ProcessTask {
         for fd in inherited { Syscall.close(fd) }
         var session = PoolWorkerSession(channel: channel, memoryCap: memoryCap, started: started, closure: closure)
         while let job = session.nextJob() {
-            for index in 0..<job.inputs.count {
+            let refusal = PoolWorkerSession.refusal("async work cannot run in a worker started by fork")
+            if let batch = job.batch {
+                let outcome: PoolWorkerSession.BatchOutcome
+                switch job.runner {
+                case .sync(_, let runBatch): outcome = runBatch(batch, session.starter(job.firstID))
+                case .async: outcome = .each(Array(repeating: refusal, count: job.count))
+                case .broken(let outcomeForAll): outcome = .each(Array(repeating: outcomeForAll, count: job.count))
+                }
+                guard session.reply(outcome, job: job) else { return }
+                continue
+            }
+            for index in 0..<job.count {
                 session.begin(job.firstID &+ UInt64(index))
                 let outcome: PoolWorkerSession.Outcome
                 switch job.runner {
-                case .sync(let run): outcome = run(job.inputs[index])
-                case .async: outcome = PoolWorkerSession.refusal("async work cannot run in a worker started by fork")
+                case .sync(let run, _): outcome = run(job.inputs[index])
+                case .async: outcome = refusal
                 case .broken(let outcomeForAll): outcome = outcomeForAll
                 }
                 guard session.reply(outcome, id: job.firstID &+ UInt64(index), atOnce: job.answersAtOnce) else { return }
@@ -45,12 +56,22 @@ struct PoolAsyncWorker: AsyncProcessTask {
     func run() async throws {
         var session = PoolWorkerSession(channel: channel, memoryCap: memoryCap, started: started)
         while let job = session.nextJob() {
-            for index in 0..<job.inputs.count {
+            if let batch = job.batch {
+                let outcome: PoolWorkerSession.BatchOutcome
+                switch job.runner {
+                case .sync(_, let runBatch): outcome = runBatch(batch, session.starter(job.firstID))
+                case .async(_, let runBatch): outcome = await runBatch(batch, session.starter(job.firstID))
+                case .broken(let outcomeForAll): outcome = .each(Array(repeating: outcomeForAll, count: job.count))
+                }
+                guard session.reply(outcome, job: job) else { return }
+                continue
+            }
+            for index in 0..<job.count {
                 session.begin(job.firstID &+ UInt64(index))
                 let outcome: PoolWorkerSession.Outcome
                 switch job.runner {
-                case .sync(let run): outcome = run(job.inputs[index])
-                case .async(let run): outcome = await run(job.inputs[index])
+                case .sync(let run, _): outcome = run(job.inputs[index])
+                case .async(let run, _): outcome = await run(job.inputs[index])
                 case .broken(let outcomeForAll): outcome = outcomeForAll
                 }
                 guard session.reply(outcome, id: job.firstID &+ UInt64(index), atOnce: job.answersAtOnce) else { return }
@@ -67,20 +88,38 @@ struct PoolAsyncWorker: AsyncProcessTask {
 /// since the first unsent one, or when 256 KiB are waiting; a job with a per-input timeout is answered
 /// input by input, so that the pool knows when each input started. If the worker dies, the inputs it
 /// answered but had not sent yet run again elsewhere; only the one it was running fails.
+///
+/// A batch (a chunk of a map, its inputs encoded as one array) is answered by one reply holding every
+/// output as one array when all of its inputs succeeded and their outputs encode together; otherwise
+/// by one reply per input, as a chunk of single inputs is. Its inputs are decoded together, and when
+/// that fails one by one, so that an input that cannot be decoded fails alone.
 struct PoolWorkerSession {
     typealias Outcome = (kind: UInt8, payload: [UInt8])
+    /// Runs a batch: its encoded inputs, and a function to call with an input's offset as it starts.
+    typealias BatchRunner = (PoolEncodedBatch, (Int) -> Void) -> BatchOutcome
+    typealias AsyncBatchRunner = (PoolEncodedBatch, (Int) -> Void) async -> BatchOutcome
 
     enum Runner {
-        case sync(([UInt8]) -> Outcome)
-        case async(([UInt8]) async -> Outcome)
+        case sync(([UInt8]) -> Outcome, BatchRunner)
+        case async(([UInt8]) async -> Outcome, AsyncBatchRunner)
         /// The task could not be decoded: every input gets this outcome.
         case broken(Outcome)
+    }
+
+    /// How a batch ended: every output as one encoded array, or each input's outcome.
+    enum BatchOutcome {
+        case outputs([UInt8])
+        case each([Outcome])
     }
 
     struct Job {
         let firstID: UInt64
         let runner: Runner
+        /// The inputs of a chunk of single inputs.
         let inputs: [[UInt8]]
+        /// A batch's inputs, encoded as one array.
+        let batch: PoolEncodedBatch?
+        let count: Int
         let answersAtOnce: Bool
     }
 
@@ -123,10 +162,15 @@ struct PoolWorkerSession {
             let task = try reader.counted()
             let count = Int(try reader.integer(UInt32.self))
             var inputs: [[UInt8]] = []
-            inputs.reserveCapacity(count)
-            for _ in 0..<count { inputs.append(try reader.counted()) }
+            var batch: PoolEncodedBatch?
+            if kind & PoolWire.batched != 0 {
+                batch = PoolEncodedBatch(bytes: frame, range: try reader.countedRange(), count: count)
+            } else {
+                inputs.reserveCapacity(count)
+                for _ in 0..<count { inputs.append(try reader.counted()) }
+            }
             return Job(
-                firstID: firstID, runner: runner(name: name, task: task), inputs: inputs,
+                firstID: firstID, runner: runner(name: name, task: task), inputs: inputs, batch: batch, count: count,
                 answersAtOnce: kind & PoolWire.answerAtOnce != 0)
         } catch {
             return nil
@@ -136,14 +180,31 @@ struct PoolWorkerSession {
     /// Records that input `id` starts.
     func begin(_ id: UInt64) { started.store(id) }
 
+    /// Records that the input at an offset of a batch whose first id is `firstID` starts.
+    func starter(_ firstID: UInt64) -> (Int) -> Void {
+        { [started] offset in started.store(firstID &+ UInt64(offset)) }
+    }
+
+    /// Queues a batch's reply, or its inputs' replies; false when the worker should end.
+    mutating func reply(_ outcome: BatchOutcome, job: Job) -> Bool {
+        switch outcome {
+        case .outputs(let payload):
+            // Sent at once: the pool hands this worker its next batch when it has this one's outputs.
+            return reply((PoolWire.outputs, payload), id: job.firstID, atOnce: true)
+        case .each(let outcomes):
+            for (offset, outcome) in outcomes.enumerated() {
+                guard reply(outcome, id: job.firstID &+ UInt64(offset), atOnce: job.answersAtOnce) else { return false }
+            }
+            return true
+        }
+    }
+
     /// Queues one input's outcome and sends the queue when due; false when the worker should end (the
     /// pool is gone, or memory passed the cap).
     mutating func reply(_ outcome: Outcome, id: UInt64, atOnce: Bool) -> Bool {
         let retiring = memoryCap.map { Self.residentBytes() > $0 } ?? false
-        let frame = PoolWire.reply(kind: outcome.kind, flags: retiring ? PoolWire.retiring : 0, id: id, payload: outcome.payload)
         if outbox.isEmpty { outboxSince = Deadline.monotonicNow() }
-        PoolWire.appendBigEndian(UInt32(frame.count), to: &outbox)
-        outbox.append(contentsOf: frame)
+        PoolWire.appendReply(to: &outbox, kind: outcome.kind, flags: retiring ? PoolWire.retiring : 0, id: id, payload: outcome.payload)
         if atOnce || retiring || outbox.count >= 256 * 1024 || Deadline.monotonicNow() &- outboxSince >= 2_000_000 {
             guard flush() else { return false }
         }
@@ -163,7 +224,7 @@ struct PoolWorkerSession {
         if name.isEmpty {
             // A closure pool's job: the closure came with the fork.
             guard let closure else { return .broken(Self.refusal("this worker has no closure to run")) }
-            return .sync(closure.run)
+            return .sync(closure.run, closure.runBatch)
         }
         do {
             let typeName = String(decoding: name, as: UTF8.self)
@@ -190,7 +251,7 @@ struct PoolWorkerSession {
         decoder.memoryBudget = .unlimited
         let task = try decoder.decode(T.self, from: bytes)
         let encoder = BinaryEncoder()
-        return .sync { [decoder] input in
+        return .sync({ [decoder] input in
             do {
                 let value = try decoder.decode(T.Input.self, from: input)
                 let output = try task.run(value)
@@ -198,7 +259,7 @@ struct PoolWorkerSession {
             } catch {
                 return failure(error)
             }
-        }
+        }, { batch, begin in runBatch(batch, begin: begin, task.run) })
     }
 
     private static func asyncRunner<T: AsyncPoolTask>(_: T.Type, _ bytes: [UInt8]) throws -> Runner {
@@ -206,7 +267,7 @@ struct PoolWorkerSession {
         decoder.memoryBudget = .unlimited
         let task = try decoder.decode(T.self, from: bytes)
         let encoder = BinaryEncoder()
-        return .async { [decoder] input in
+        return .async({ [decoder] input in
             do {
                 let value = try decoder.decode(T.Input.self, from: input)
                 let output = try await task.run(value)
@@ -214,7 +275,87 @@ struct PoolWorkerSession {
             } catch {
                 return failure(error)
             }
+        }, { batch, begin in
+            // As runBatch, awaiting each input.
+            let count = batch.count
+            let inputs = PoolBatchInputs<T.Input>(batch)
+            var outputs: [T.Output] = []
+            outputs.reserveCapacity(count)
+            var offset = 0
+            var failed: (any Error)?
+            if let all = inputs.all {
+                do {
+                    while offset < count {
+                        begin(offset)
+                        outputs.append(try await task.run(all[offset]))
+                        offset += 1
+                    }
+                    return batchOutcome(outputs)
+                } catch {
+                    failed = error
+                }
+            }
+            var outcomes = singleOutcomes(outputs, then: failed)
+            offset += failed == nil ? 0 : 1
+            while offset < count {
+                begin(offset)
+                do { outcomes.append(outcome(.success(try await task.run(try inputs.input(offset))))) } catch { outcomes.append(failure(error)) }
+                offset += 1
+            }
+            return .each(outcomes)
+        })
+    }
+
+    /// Runs a batch of a synchronous task. The inputs run in a plain loop while all succeed (the
+    /// worker runs generic code unspecialized: the loop touches no generic type but the arrays); after
+    /// a failure, each input's outcome is kept on its own.
+    static func runBatch<Input: Decodable, Output: Encodable>(
+        _ batch: PoolEncodedBatch, begin: (Int) -> Void, _ body: (Input) throws -> Output
+    ) -> BatchOutcome {
+        let count = batch.count
+        let inputs = PoolBatchInputs<Input>(batch)
+        var outputs: [Output] = []
+        outputs.reserveCapacity(count)
+        var offset = 0
+        var failed: (any Error)?
+        if let all = inputs.all {
+            do {
+                while offset < count {
+                    begin(offset)
+                    outputs.append(try body(all[offset]))
+                    offset += 1
+                }
+                return batchOutcome(outputs)
+            } catch {
+                failed = error
+            }
         }
+        var outcomes = singleOutcomes(outputs, then: failed)
+        offset += failed == nil ? 0 : 1
+        while offset < count {
+            begin(offset)
+            outcomes.append(outcome(Result { try body(try inputs.input(offset)) }))
+            offset += 1
+        }
+        return .each(outcomes)
+    }
+
+    /// Every output of a batch as one array, or each output on its own when they do not encode together
+    /// (or not within one frame).
+    static func batchOutcome<Output: Encodable>(_ outputs: [Output]) -> BatchOutcome {
+        if let bytes = try? BinaryEncoder().encode(outputs), bytes.count <= PoolWire.largestBatchReply { return .outputs(bytes) }
+        return .each(outputs.map { outcome(.success($0)) })
+    }
+
+    /// The outcomes of the inputs of a batch that succeeded before one failed with `failed`.
+    static func singleOutcomes<Output: Encodable>(_ outputs: [Output], then failed: (any Error)?) -> [Outcome] {
+        var outcomes = outputs.map { outcome(.success($0)) }
+        if let failed { outcomes.append(failure(failed)) }
+        return outcomes
+    }
+
+    static func outcome<Output: Encodable>(_ result: Result<Output, any Error>) -> Outcome {
+        do { return (PoolWire.output, try BinaryEncoder().encode(result.get())) } catch { return failure(error) }
     }
 
     static func failure(_ error: any Error) -> Outcome {
@@ -240,8 +381,10 @@ struct PoolWorkerSession {
 /// A closure pool's work in a worker: encoded input in, outcome out.
 final class PoolClosure: Sendable {
     let run: @Sendable ([UInt8]) -> PoolWorkerSession.Outcome
+    let runBatch: @Sendable (PoolEncodedBatch, (Int) -> Void) -> PoolWorkerSession.BatchOutcome
 
     init<Input: Decodable & Sendable, Output: Encodable & Sendable>(_ body: @escaping @Sendable (Input) throws -> Output) {
+        runBatch = { batch, begin in PoolWorkerSession.runBatch(batch, begin: begin, body) }
         run = { bytes in
             do {
                 var decoder = BinaryDecoder()

@@ -134,6 +134,11 @@ public final class ProcessPool: @unchecked Sendable {
 
     /// Runs `task` on every input and returns the outputs in input order (Python's `map`).
     ///
+    /// Each chunk's inputs travel as one encoded array, and its outputs come back as one when all of its
+    /// inputs succeed (as Python pickles a chunk whole); an input that fails, or cannot be encoded or
+    /// decoded, still fails alone. Calls with a `timeout`, and pools that recycle workers by count or
+    /// memory, send inputs one by one, since those limits apply to each input.
+    ///
     /// - Parameters:
     ///   - chunkSize: inputs sent to a worker at a time; by default about a quarter of an even share.
     ///   - timeout: the longest each input may run in its worker.
@@ -141,10 +146,19 @@ public final class ProcessPool: @unchecked Sendable {
     /// - Throws: the first failed input's error (in input order; see ``PoolResult/get(timeout:)``), after
     ///   every input has ended; and the errors of ``submit(_:_:timeout:onSuccess:onFailure:)``.
     ///   ``mapResults(_:_:chunkSize:timeout:progress:)`` gives every input's outcome instead.
+    @inlinable
     public func map<T: PoolTask, S: Sequence<T.Input>>(
         _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil, progress: ((Int, Int) -> Void)? = nil
     ) throws -> [T.Output] {
-        let result = try submitMap(task, inputs, chunkSize: chunkSize, timeout: timeout)
+        // (Inlined so that the inputs are copied by code specialized for their type; see submitMap.)
+        try map(task, inputArray: Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress)
+    }
+
+    @usableFromInline
+    func map<T: PoolTask>(
+        _ task: T, inputArray inputs: [T.Input], chunkSize: Int?, timeout: Duration?, progress: ((Int, Int) -> Void)?
+    ) throws -> [T.Output] {
+        let result = try submitMap(task, inputArray: inputs, chunkSize: chunkSize, timeout: timeout)
         Self.report(result.call, to: progress)
         return try result.get()
     }
@@ -164,30 +178,45 @@ public final class ProcessPool: @unchecked Sendable {
     /// Runs `task` on every input and awaits the outputs in input order; cancelling the awaiting task
     /// cancels the inputs not ended.
     /// - Throws: the errors of ``map(_:_:chunkSize:timeout:progress:)``, and `CancellationError`.
+    @inlinable
     public func map<T: PoolTask, S: Sequence<T.Input>>(
         _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil
     ) async throws -> [T.Output] {
-        try await submitMap(task, inputs, chunkSize: chunkSize, timeout: timeout).value
+        try await submitMap(task, inputArray: Array(inputs), chunkSize: chunkSize, timeout: timeout).value
     }
 
     /// Runs an async task on every input and awaits the outputs in input order.
     /// - Throws: ``MultiprocessingError/Code/unsupported`` under fork, and the errors of
     ///   ``map(_:_:chunkSize:timeout:progress:)``.
+    @inlinable
     public func map<T: AsyncPoolTask, S: Sequence<T.Input>>(
         _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil
     ) async throws -> [T.Output] {
-        let call = try makeCall(task, kind: PoolWire.asyncJob, chunkSize: chunkSize, count: nil, timeout: timeout)
-        return try await mapResult(call, inputs, T.Output.self).value
+        try await submitMap(task, inputArray: Array(inputs), chunkSize: chunkSize, timeout: timeout).value
+    }
+
+    @usableFromInline
+    func submitMap<T: AsyncPoolTask>(_ task: T, inputArray inputs: [T.Input], chunkSize: Int?, timeout: Duration?) throws -> PoolResult<[T.Output]> {
+        let call = try makeCall(task, kind: PoolWire.asyncJob, chunkSize: chunkSize, count: inputs.count, timeout: timeout)
+        return try mapResult(call, inputs, T.Output.self)
     }
 
     /// Runs `task` on every input and returns each input's outcome, in input order: a failed input
     /// (thrown error, dead worker, timeout) does not hide the others' outputs. `progress` is called on
     /// this thread with (inputs ended, inputs) as they end.
     /// - Throws: the errors of ``submit(_:_:timeout:onSuccess:onFailure:)``.
+    @inlinable
     public func mapResults<T: PoolTask, S: Sequence<T.Input>>(
         _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil, progress: ((Int, Int) -> Void)? = nil
     ) throws -> [Result<T.Output, any Error>] {
-        let result = try submitMap(task, inputs, chunkSize: chunkSize, timeout: timeout)
+        try mapResults(task, inputArray: Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress)
+    }
+
+    @usableFromInline
+    func mapResults<T: PoolTask>(
+        _ task: T, inputArray inputs: [T.Input], chunkSize: Int?, timeout: Duration?, progress: ((Int, Int) -> Void)?
+    ) throws -> [Result<T.Output, any Error>] {
+        let result = try submitMap(task, inputArray: inputs, chunkSize: chunkSize, timeout: timeout)
         Self.report(result.call, to: progress)
         result.wait()
         return (0..<result.call.count).map { index in Result { try result.call.value(index, as: T.Output.self) } }
@@ -196,10 +225,17 @@ public final class ProcessPool: @unchecked Sendable {
     /// Hands every input to the workers and returns at once (Python's `map_async`); the result's value
     /// is the outputs in input order, and its ``PoolResult/progress`` counts ended inputs.
     /// - Throws: the errors of ``submit(_:_:timeout:onSuccess:onFailure:)``.
+    @inlinable
     public func submitMap<T: PoolTask, S: Sequence<T.Input>>(
         _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil
     ) throws -> PoolResult<[T.Output]> {
-        let inputs = Array(inputs)
+        // The pool's code is generic and runs unspecialized: copying a range element by element there
+        // costs about 100 ns an element. Inlined, this copy is specialized for the caller's sequence.
+        try submitMap(task, inputArray: Array(inputs), chunkSize: chunkSize, timeout: timeout)
+    }
+
+    @usableFromInline
+    func submitMap<T: PoolTask>(_ task: T, inputArray inputs: [T.Input], chunkSize: Int?, timeout: Duration?) throws -> PoolResult<[T.Output]> {
         let call = try makeCall(task, kind: PoolWire.syncJob, chunkSize: chunkSize, count: inputs.count, timeout: timeout)
         return try mapResult(call, inputs, T.Output.self)
     }
@@ -277,10 +313,11 @@ public final class ProcessPool: @unchecked Sendable {
             size = max(1, share + (count % (4 * workerCount) == 0 ? 0 : 1))
         }
         return PoolCall(
-            taskName: Array(name.utf8), task: encoded, kind: kind, chunkSize: size, timeout: timeout, taskDescription: "\(T.self)")
+            taskName: Array(name.utf8), task: encoded, kind: kind, chunkSize: size, timeout: timeout, taskDescription: "\(T.self)",
+            batches: supervisor.batchesAllowed)
     }
 
-    private func single<T: Codable & Sendable, Input: Encodable, Output: Decodable & Sendable>(
+    private func single<T: Codable & Sendable, Input: Encodable & Sendable, Output: Decodable & Sendable>(
         _ task: T, kind: UInt8, _ input: Input, _: Output.Type, timeout: Duration?,
         onSuccess: (@Sendable (Output) -> Void)?, onFailure: (@Sendable (any Error) -> Void)?
     ) throws -> PoolResult<Output> {
@@ -299,46 +336,84 @@ public final class ProcessPool: @unchecked Sendable {
         return PoolResult(call: call, supervisor: supervisor, goal: .item(0)) { call in try call.value(0, as: Output.self) }
     }
 
-    private func mapResult<S: Sequence, Output: Decodable & Sendable>(_ call: PoolCall, _ inputs: S, _: Output.Type) throws -> PoolResult<[Output]>
-    where S.Element: Encodable {
-        let inputs = Array(inputs)
+    private func mapResult<Input: Encodable & Sendable, Output: Decodable & Sendable>(
+        _ call: PoolCall, _ inputs: [Input], _: Output.Type
+    ) throws -> PoolResult<[Output]> {
         try PoolFeeder.feed(call, inputs, into: supervisor)
         let count = inputs.count
-        return PoolResult(call: call, supervisor: supervisor, goal: .count(count)) { call in
-            try (0..<count).map { try call.value($0, as: Output.self) }
-        }
+        return PoolResult(call: call, supervisor: supervisor, goal: .count(count)) { call in try call.values(count, as: Output.self) }
     }
 }
 
 /// Encodes inputs and hands them to the supervisor; an input that cannot be encoded fails alone.
 enum PoolFeeder {
-    /// Inputs are encoded and handed over in slices, so that workers start while later inputs are encoded.
-    static func feed<S: Sequence>(_ call: PoolCall, _ inputs: S, into supervisor: PoolSupervisor) throws where S.Element: Encodable {
+    /// One input's encoding (or the error it fails with), or a batch of inputs encoded as one array.
+    enum Unit {
+        case single(Result<[UInt8], any Error>)
+        case batch([UInt8], count: Int, singles: @Sendable () -> [Result<[UInt8], any Error>])
+
+        var count: Int {
+            if case .batch(_, let count, _) = self { return count }
+            return 1
+        }
+    }
+
+    /// Inputs are encoded and handed over in slices, so that workers start while later inputs are
+    /// encoded. A call that ``PoolCall/batches`` encodes each chunk as one array (one encoding and one
+    /// copy into its job instead of one per input); a chunk whose array cannot be encoded goes input by
+    /// input, so that only the inputs that cannot be encoded fail.
+    static func feed<Input: Encodable & Sendable>(_ call: PoolCall, _ values: [Input], into supervisor: PoolSupervisor) throws {
         let encoder = BinaryEncoder()
-        let values = Array(inputs)
+        // Slices end on chunk boundaries.
+        let slice = call.batches ? max(1, 4096 / call.chunkSize) * call.chunkSize : 4096
         var start = 0
         repeat {
-            let end = min(values.count, start + 4096)
-            try feed(call, encoded: values[start..<end].map { input in Result { try encoder.encode(input) } }, into: supervisor)
+            let end = min(values.count, start + slice)
+            var units: [Unit] = []
+            if call.batches {
+                var chunkStart = start
+                while chunkStart < end {
+                    let chunk = values[chunkStart..<min(end, chunkStart + call.chunkSize)]
+                    if chunk.count > 1, let bytes = try? encoder.encode(Array(chunk)) {
+                        units.append(.batch(bytes, count: chunk.count) { chunk.map { input in Result { try BinaryEncoder().encode(input) } } })
+                    } else {
+                        units += chunk.map { input in .single(Result { try encoder.encode(input) }) }
+                    }
+                    chunkStart += chunk.count
+                }
+            } else {
+                units = values[start..<end].map { input in .single(Result { try encoder.encode(input) }) }
+            }
+            try feed(call, units: units, into: supervisor)
             start = end
         } while start < values.count
     }
 
     static func feed(_ call: PoolCall, encoded inputs: [Result<[UInt8], any Error>], into supervisor: PoolSupervisor) throws {
-        let first = call.reserve(inputs.count)
+        try feed(call, units: inputs.map { .single($0) }, into: supervisor)
+    }
+
+    static func feed(_ call: PoolCall, units: [Unit], into supervisor: PoolSupervisor) throws {
+        var index = call.reserve(units.reduce(0) { $0 + $1.count })
         var items: [PoolItem] = []
-        items.reserveCapacity(inputs.count)
+        items.reserveCapacity(units.count)
         var failed: [(Int, PoolOutcome)] = []
-        for (offset, input) in inputs.enumerated() {
-            switch input {
-            case .success(let bytes):
-                items.append(PoolItem(call: call, index: first + offset, input: bytes))
-            case .failure(let error):
-                failed.append((first + offset, .failure(MultiprocessingError(
-                    .transport, "input \(first + offset) of \(call.taskDescription) could not be encoded: \(error)"))))
+        for unit in units {
+            switch unit {
+            case .single(.success(let bytes)):
+                items.append(PoolItem(call: call, index: index, input: bytes))
+            case .single(.failure(let error)):
+                failed.append((index, .failure(unencodable(call, index, error))))
+            case .batch(let bytes, let count, let singles):
+                items.append(PoolItem(call: call, index: index, input: bytes, count: count, singles: singles))
             }
+            index += unit.count
         }
         if !failed.isEmpty { call.deliver(failed) }
         if !items.isEmpty { try supervisor.submit(items) }
+    }
+
+    static func unencodable(_ call: PoolCall, _ index: Int, _ error: any Error) -> MultiprocessingError {
+        MultiprocessingError(.transport, "input \(index) of \(call.taskDescription) could not be encoded: \(error)")
     }
 }

@@ -62,6 +62,7 @@ public final class ProcessPoolExecutor: Sendable {
 
     /// Runs `task` on every input and awaits the outputs in input order (Python's `map`, collected).
     /// - Throws: the first failed input's error, and the errors of ``submit(_:_:timeout:)``.
+    @inlinable
     public func map<T: PoolTask, S: Sequence<T.Input>>(
         _ task: T, _ inputs: S, chunkSize: Int = 1, timeout: Duration? = nil
     ) async throws -> [T.Output] {

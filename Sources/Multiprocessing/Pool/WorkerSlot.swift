@@ -16,8 +16,13 @@ final class WorkerSlot {
     /// The id of the input the worker started last (written by the worker).
     let started: RawSharedValue<UInt64>
 
+    /// Sent and not fully answered, in order, each with the id of its first input.
     private var inflight: [(id: UInt64, item: PoolItem)] = []
     private var inflightHead = 0
+    /// Inputs of the first entry already answered (a batch answered input by input).
+    private var headAnswered = 0
+    /// Inputs sent and not answered.
+    private(set) var inflightCount = 0
     private var output: [UInt8] = []
     private var outputOffset = 0
     /// Inputs sent over the worker's life (for maxTasksPerChild).
@@ -40,7 +45,6 @@ final class WorkerSlot {
         pid = process.pid ?? -1
     }
 
-    var inflightCount: Int { inflight.count - inflightHead }
     var runningItem: PoolItem? { inflightHead < inflight.count ? inflight[inflightHead].item : nil }
     var hasOutput: Bool { outputOffset < output.count }
     var acceptsWork: Bool { !retiring && !channelClosedByPool && !channelEnded && killReason == nil }
@@ -54,9 +58,10 @@ final class WorkerSlot {
         var id = firstID
         for item in chunk {
             inflight.append((id, item))
-            id &+= 1
+            id &+= UInt64(item.count)
+            inflightCount += item.count
+            sentTotal += item.count
         }
-        sentTotal += chunk.count
     }
 
     /// Writes what the socket takes of the queued frames.
@@ -78,34 +83,51 @@ final class WorkerSlot {
         }
     }
 
-    /// The input answered by reply `id`, which must be the first unanswered one.
-    func answered(_ id: UInt64) -> PoolItem? {
-        guard inflightHead < inflight.count, inflight[inflightHead].id == id else { return nil }
+    /// The input answered by reply `id`, which must be the first unanswered one: its item and its
+    /// place in the item (0 but for a batch answered input by input).
+    func answered(_ id: UInt64) -> (item: PoolItem, offset: Int)? {
+        guard inflightHead < inflight.count, inflight[inflightHead].id &+ UInt64(headAnswered) == id else { return nil }
         let item = inflight[inflightHead].item
-        inflightHead += 1
-        if inflightHead == inflight.count {
-            inflight.removeAll(keepingCapacity: true)
-            inflightHead = 0
+        let offset = headAnswered
+        headAnswered += 1
+        if headAnswered == item.count { popHead() }
+        inflightCount -= 1
+        busySince = Deadline.monotonicNow()
+        return (item, offset)
+    }
+
+    /// The batch answered whole by reply `id`, which must be the first unanswered one.
+    func answeredBatch(_ id: UInt64) -> PoolItem? {
+        guard inflightHead < inflight.count, headAnswered == 0, inflight[inflightHead].id == id, inflight[inflightHead].item.isBatch else {
+            return nil
         }
+        let item = inflight[inflightHead].item
+        popHead()
+        inflightCount -= item.count
         busySince = Deadline.monotonicNow()
         return item
     }
 
-    /// The unanswered inputs, in order; the slot forgets them.
-    func takeInflight() -> [PoolItem] {
-        takeInflightSplit().all
+    private func popHead() {
+        inflightHead += 1
+        headAnswered = 0
+        if inflightHead == inflight.count {
+            inflight.removeAll(keepingCapacity: true)
+            inflightHead = 0
+        }
     }
 
-    /// The unanswered inputs of a worker that ended, in order, and the one it was running (by the id
-    /// it recorded) if that one is among them.
-    func takeInflightSplit() -> (all: [PoolItem], running: Int?) {
-        let entries = inflight[inflightHead...]
-        let startedID = started.load()
-        let running = entries.firstIndex { $0.id == startedID }.map { $0 - inflightHead }
-        let items = entries.map(\.item)
+    /// The unanswered inputs, in order: each item with the id of its first input and the range of
+    /// its inputs not answered. The slot forgets them.
+    func takeInflight() -> [(id: UInt64, item: PoolItem, unanswered: Range<Int>)] {
+        let entries = inflight[inflightHead...].enumerated().map { position, entry in
+            (entry.id, entry.item, (position == 0 ? headAnswered : 0)..<entry.item.count)
+        }
         inflight.removeAll()
         inflightHead = 0
-        return (items, running)
+        headAnswered = 0
+        inflightCount = 0
+        return entries
     }
 
     /// Closes the pool's end: the worker reads end of file and ends.
