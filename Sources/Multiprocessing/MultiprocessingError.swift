@@ -66,6 +66,8 @@ public struct MultiprocessingError: Error, Sendable, CustomStringConvertible, Eq
         /// A manager cannot be reached: its process died or shut down, or the network to it dropped.
         /// Every call pending on it and every later call fail with this until it can be reached again.
         public static let managerUnavailable = Code("managerUnavailable")
+        /// A pool runs no more work: its initializer failed in a worker (Python's `BrokenProcessPool`).
+        public static let brokenPool = Code("brokenPool")
     }
 
     /// What kind of failure this is.

@@ -18,11 +18,11 @@ public final class ClosurePool<Input: Codable & Sendable, Output: Codable & Send
 
     /// Starts fork workers that run `body`.
     ///
-    /// - Parameters: as ``ProcessPool/init(workers:context:maxTasksPerChild:maxMemoryPerChild:workerSettings:logger:)``;
+    /// - Parameters: as ``ProcessPool/init(workers:context:initializer:maxTasksPerChild:maxMemoryPerChild:workerSettings:logger:)``;
     ///   `context` must use the fork start method.
     /// - Throws: ``MultiprocessingError/Code/invalidArgument`` for another start method (a closure cannot
     ///   reach a spawned worker; use a ``PoolTask`` there), and the errors of
-    ///   ``ProcessPool/init(workers:context:maxTasksPerChild:maxMemoryPerChild:workerSettings:logger:)``.
+    ///   ``ProcessPool/init(workers:context:initializer:maxTasksPerChild:maxMemoryPerChild:workerSettings:logger:)``.
     public init(
         workers: Int? = nil, context: ProcessContext = ProcessContext(.fork), maxTasksPerChild: Int? = nil,
         maxMemoryPerChild: Int? = nil, workerSettings: ChildSettings = ChildSettings(), logger: Logger? = nil,
@@ -34,8 +34,8 @@ public final class ClosurePool<Input: Codable & Sendable, Output: Codable & Send
                 "a closure reaches only workers started by fork (ProcessContext(.fork)); under \(context.startMethod) declare a PoolTask type instead")
         }
         pool = try ProcessPool(
-            workers: workers, context: context, maxTasksPerChild: maxTasksPerChild, maxMemoryPerChild: maxMemoryPerChild,
-            workerSettings: workerSettings, logger: logger, closure: PoolClosure(body))
+            workers: workers, context: context, initializer: nil, maxTasksPerChild: maxTasksPerChild,
+            maxMemoryPerChild: maxMemoryPerChild, workerSettings: workerSettings, logger: logger, closure: PoolClosure(body))
     }
 
     private func makeCall(chunkSize: Int?, count: Int, timeout: Duration?) throws -> PoolCall {

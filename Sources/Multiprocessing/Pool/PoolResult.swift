@@ -51,7 +51,8 @@ public final class PoolResult<Value: Sendable>: @unchecked Sendable {
     ///   when the worker died running it (with the worker's pid and signal),
     ///   ``MultiprocessingError/Code/timedOut`` when it ran past the pool's per-task timeout,
     ///   ``MultiprocessingError/Code/transport`` when an input or output could not be encoded or decoded,
-    ///   ``MultiprocessingError/Code/closed`` when the pool was terminated first, and `CancellationError`
+    ///   ``MultiprocessingError/Code/closed`` when the pool was terminated first,
+    ///   ``MultiprocessingError/Code/brokenPool`` when the pool's initializer failed, and `CancellationError`
     ///   after ``cancel()``.
     public func get(timeout: Duration? = nil) throws -> Value {
         guard wait(timeout: timeout) else {

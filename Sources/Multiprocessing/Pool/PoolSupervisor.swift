@@ -23,6 +23,8 @@ final class PoolSupervisor: @unchecked Sendable {
         var logger: Logger
         /// A closure pool's work (fork only).
         var closure: PoolClosure? = nil
+        /// Run by each worker as it starts (Python's `initializer`).
+        var initializer: (any ProcessTask)? = nil
     }
 
     enum Phase { case running, closed, terminating }
@@ -35,6 +37,8 @@ final class PoolSupervisor: @unchecked Sendable {
         var woken = false
         var finished = false
         var workerPids: [Int32] = []
+        /// Why the pool runs no more work (its initializer failed).
+        var broken: MultiprocessingError?
 
         /// Whether the caller must write to the wake pipe (once per sleep).
         mutating func wakeIfSleeping() -> Bool {
@@ -59,6 +63,8 @@ final class PoolSupervisor: @unchecked Sendable {
     private var workerCount = 0
     /// A running estimate of one input's time in a worker, to decide how many to send ahead.
     private var serviceNanoseconds: UInt64 = 1_000_000
+    /// Why the pool runs no more work: its initializer failed in a worker.
+    private var broken: MultiprocessingError?
 
     init(_ configuration: Configuration) throws {
         guard configuration.workers >= 1 else {
@@ -122,6 +128,7 @@ final class PoolSupervisor: @unchecked Sendable {
             guard state.phase == .running else {
                 throw MultiprocessingError(.invalidState, state.phase == .closed ? "pool is closed" : "pool was terminated")
             }
+            if let broken = state.broken { throw broken }
             state.incoming.append(contentsOf: items)
             return state.wakeIfSleeping()
         }
@@ -255,7 +262,11 @@ final class PoolSupervisor: @unchecked Sendable {
             pending.removeFirst(pendingHead)
             pendingHead = 0
         }
-        pending.append(contentsOf: incoming)
+        if let broken {
+            for item in incoming { fail(item, broken) }
+        } else {
+            pending.append(contentsOf: incoming)
+        }
         for call in cancelled {
             for slot in slots where slot.runningItem?.call === call && slot.killReason == nil {
                 slot.killReason = .cancelled
@@ -328,12 +339,15 @@ final class PoolSupervisor: @unchecked Sendable {
     private enum Answer {
         case one(PoolCall, Int, PoolOutcome)
         case batch(PoolCall, PoolBatchOutputs)
+        /// The pool's initializer threw in the worker: its report.
+        case initializerFailed([UInt8])
     }
 
     private func readReplies(_ slot: WorkerSlot) {
         // Replies come in runs of one call: each run is delivered at once (a batch's outputs alone).
         var runs: [(call: PoolCall, outcomes: [(Int, PoolOutcome)], outputs: PoolBatchOutputs?)] = []
         var served = 0
+        var initializerFailure: [UInt8]?
         let busySince = slot.busySince
         while true {
             let frame: [UInt8]?
@@ -359,6 +373,8 @@ final class PoolSupervisor: @unchecked Sendable {
             case .batch(let call, let outputs):
                 served += outputs.count
                 runs.append((call, [], outputs))
+            case .initializerFailed(let report):
+                initializerFailure = report
             }
             if flags & PoolWire.retiring != 0 {
                 slot.retiring = true
@@ -373,12 +389,40 @@ final class PoolSupervisor: @unchecked Sendable {
         for run in runs {
             if let outputs = run.outputs { run.call.deliver(outputs) } else { run.call.deliver(run.outcomes) }
         }
+        if let initializerFailure {
+            let report = try? BinaryDecoder().decode(FailureReport.self, from: initializerFailure)
+            let reason = report.map { "\($0.typeName): \($0.message)" } ?? "an error that could not be decoded"
+            breakPool(MultiprocessingError(.brokenPool, "the pool's initializer \(initializerName) threw in worker \(slot.pid): \(reason); the pool runs no more work").with(pid: slot.pid))
+        }
+    }
+
+    private var initializerName: String { configuration.initializer.map { "\(type(of: $0))" } ?? "" }
+
+    /// The pool runs no more work: every input not ended fails with `error`, the workers are killed
+    /// and not replaced, and later submissions throw `error` (Python's broken pool, without the
+    /// endless respawning of workers whose initializer fails).
+    private func breakPool(_ error: MultiprocessingError) {
+        guard broken == nil else { return }
+        broken = error
+        shared.withLock { $0.broken = error }
+        configuration.logger.error("\(error.message)")
+        for slot in slots {
+            if slot.killReason == nil {
+                slot.killReason = .poolBroken
+                slot.kill()
+            }
+            for (_, item, _) in slot.takeInflight() { fail(item, error) }
+        }
+        for item in pending[pendingHead...] { fail(item, error) }
+        pending.removeAll()
+        pendingHead = 0
     }
 
     /// What a reply answers, and its flags; nil when it does not answer what the worker was sent.
     private func answer(_ slot: WorkerSlot, _ frame: [UInt8]) -> (Answer, flags: UInt8)? {
         var reader = PoolFrameReader(frame)
         guard let kind = try? reader.byte(), let flags = try? reader.byte(), let id = try? reader.integer(UInt64.self) else { return nil }
+        if kind == PoolWire.initializerFailed { return (.initializerFailed(reader.rest()), flags) }
         if kind == PoolWire.outputs {
             guard let item = slot.answeredBatch(id) else { return nil }
             let outputs = PoolEncodedBatch(bytes: frame, range: reader.offset..<frame.count, count: item.count)
@@ -412,6 +456,11 @@ final class PoolSupervisor: @unchecked Sendable {
         let code = slot.process.exitCode ?? -1
         if !slot.channelEnded { readReplies(slot) }
         let startedID = slot.started.load()
+        if startedID == PoolWire.initializing && slot.killReason == nil && !ExitHooks.exiting.load(ordering: .relaxed) {
+            breakPool(MultiprocessingError(
+                .brokenPool, "the pool's initializer \(initializerName) did not finish: \(died(slot, code: code, running: nil).message); the pool runs no more work"
+            ).with(pid: slot.pid, signal: code < 0 ? -code : nil))
+        }
         var requeue: [PoolItem] = []
         var running: (call: PoolCall, index: Int)?
         for (id, item, unanswered) in slot.takeInflight() {
@@ -431,6 +480,8 @@ final class PoolSupervisor: @unchecked Sendable {
                 case .cancelled:
                     failed = offset
                     fail(item.call, index, CancellationError())
+                case .poolBroken:
+                    break
                 case nil:
                     if !(code == 0 && slot.retiring) {
                         failed = offset
@@ -484,7 +535,7 @@ final class PoolSupervisor: @unchecked Sendable {
 
     /// Starts workers until the pool has its number again (not while the program exits).
     private func replaceWorkers() {
-        guard !ExitHooks.exiting.load(ordering: .relaxed) else { return }
+        guard !ExitHooks.exiting.load(ordering: .relaxed), broken == nil else { return }
         var changed = false
         while slots.count < configuration.workers {
             do {
@@ -575,10 +626,13 @@ final class PoolSupervisor: @unchecked Sendable {
             let inherited = slots.map(\.fd) + [mine, wakeRead, wakeWrite]
             var worker = PoolWorker(channel: workerEnd, memoryCap: configuration.maxMemoryPerChild, started: started, inherited: inherited)
             worker.closure = configuration.closure
+            worker.initializer = configuration.initializer
             process = ChildProcess(worker, name: name, daemon: true, context: context)
         } else {
             process = ChildProcess(
-                PoolAsyncWorker(channel: workerEnd, memoryCap: configuration.maxMemoryPerChild, started: started),
+                PoolAsyncWorker(
+                    channel: workerEnd, memoryCap: configuration.maxMemoryPerChild, started: started,
+                    initializer: configuration.initializer.map(TaskEnvelope.init)),
                 name: name, daemon: true, context: context)
         }
         try process.setSettings(configuration.settings)

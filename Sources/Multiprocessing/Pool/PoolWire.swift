@@ -22,6 +22,11 @@ enum PoolWire {
     static let failure: UInt8 = 1
     /// Reply kind: the outputs of every input of a batch, as one encoded array.
     static let outputs: UInt8 = 2
+    /// Reply kind: the pool's initializer threw in this worker (payload: an encoded ``FailureReport``),
+    /// which ends.
+    static let initializerFailed: UInt8 = 3
+    /// What a worker records as started while it runs the pool's initializer (input ids start at 1).
+    static let initializing = UInt64.max
     /// The largest payload of a batch's reply: its frame's length must fit the connection's 4-byte header.
     static let largestBatchReply = Int(Int32.max) - 64
     /// Reply flag: the worker ends after this reply (its memory passed the pool's cap).

@@ -14,12 +14,15 @@ struct PoolWorker: ProcessTask {
     let inherited: [Int32]
     /// The work of a ``ClosurePool``: it reaches the worker in the forked memory, never encoded.
     var closure: PoolClosure? = nil
+    /// The pool's initializer, run before the first job (it too comes with the forked memory).
+    var initializer: (any ProcessTask)? = nil
 
     private enum CodingKeys: String, CodingKey { case channel, memoryCap, started, inherited }
 
     func run() throws {
         for fd in inherited { Syscall.close(fd) }
         var session = PoolWorkerSession(channel: channel, memoryCap: memoryCap, started: started, closure: closure)
+        guard session.initialize(initializer) else { return }
         while let job = session.nextJob() {
             let refusal = PoolWorkerSession.refusal("async work cannot run in a worker started by fork")
             if let batch = job.batch {
@@ -52,9 +55,12 @@ struct PoolAsyncWorker: AsyncProcessTask {
     let channel: Connection
     let memoryCap: Int?
     let started: RawSharedValue<UInt64>
+    /// The pool's initializer, run before the first job.
+    let initializer: TaskEnvelope?
 
     func run() async throws {
         var session = PoolWorkerSession(channel: channel, memoryCap: memoryCap, started: started)
+        guard session.initialize(initializer?.task as? any ProcessTask) else { return }
         while let job = session.nextJob() {
             if let batch = job.batch {
                 let outcome: PoolWorkerSession.BatchOutcome
@@ -175,6 +181,23 @@ struct PoolWorkerSession {
         } catch {
             return nil
         }
+    }
+
+    /// Runs the pool's initializer, recorded as started (so that the pool knows a worker that died in
+    /// it); false when it threw: the pool was told why, and the worker ends.
+    mutating func initialize(_ initializer: (any ProcessTask)?) -> Bool {
+        guard let initializer else { return true }
+        started.store(PoolWire.initializing)
+        do {
+            try initializer.run()
+        } catch {
+            outbox.removeAll()
+            PoolWire.appendReply(to: &outbox, kind: PoolWire.initializerFailed, flags: 0, id: 0, payload: Self.failure(error).payload)
+            _ = flush()
+            return false
+        }
+        started.store(0)
+        return true
     }
 
     /// Records that input `id` starts.

@@ -20,6 +20,8 @@ import Logging
 /// - A per-input `timeout` kills and replaces a worker whose input runs too long; that input fails with
 ///   ``MultiprocessingError/Code/timedOut``.
 /// - `maxTasksPerChild` and `maxMemoryPerChild` recycle workers; deaths and recycles go to a `Logger`.
+/// - An `initializer` that fails breaks the pool with a typed error that says why, instead of starting
+///   workers again forever.
 /// - Cancelling an awaiting Swift task cancels its work (killing the worker that runs it).
 /// - Inputs are read lazily by ``imap(_:_:chunkSize:timeout:window:)`` (backpressure).
 ///
@@ -42,6 +44,12 @@ public final class ProcessPool: @unchecked Sendable {
     ///   - workers: how many worker processes; by default ``cpuCount()``.
     ///   - context: their start method. Spawn and forkserver workers run ``PoolTask`` and
     ///     ``AsyncPoolTask`` work; fork workers run ``PoolTask`` work only.
+    ///   - initializer: run by each worker as it starts, before any input, under every start method
+    ///     (Python's `initializer` and `initargs`: the arguments are its stored properties); for
+    ///     settings that a worker keeps for all its inputs (a process-wide value, an opened file). If
+    ///     it throws, or its worker dies while it runs, the pool is broken: workers are not started again
+    ///     (Python's pool starts them forever), every input not ended and every later submission fail
+    ///     with ``MultiprocessingError/Code/brokenPool``, whose message carries the initializer's error.
     ///   - maxTasksPerChild: a worker ends and is replaced after this many inputs (Python's
     ///     `maxtasksperchild`); nil keeps workers for the pool's life.
     ///   - maxMemoryPerChild: a worker whose resident memory passes this many bytes after an input ends
@@ -49,29 +57,35 @@ public final class ProcessPool: @unchecked Sendable {
     ///   - workerSettings: each worker's ``ChildSettings``, such as ``ResourceLimits``. A worker that a
     ///     limit kills fails the input it ran, with the limit named in the error.
     ///   - logger: where worker deaths, timeouts and recycles are reported; by default ``diagnostics``.
-    /// - Throws: ``MultiprocessingError/Code/invalidArgument`` for a count below 1,
+    /// - Throws: ``MultiprocessingError/Code/invalidArgument`` for a count below 1, or an initializer
+    ///   whose type a spawned worker cannot find (private, or declared in a function);
     ///   ``MultiprocessingError/Code/invalidState`` in a daemon process, and the errors of
     ///   ``ChildProcess/start()`` when a worker cannot start.
     public convenience init(
-        workers: Int? = nil, context: ProcessContext = .default, maxTasksPerChild: Int? = nil,
-        maxMemoryPerChild: Int? = nil, workerSettings: ChildSettings = ChildSettings(), logger: Logger? = nil
+        workers: Int? = nil, context: ProcessContext = .default, initializer: (any ProcessTask)? = nil,
+        maxTasksPerChild: Int? = nil, maxMemoryPerChild: Int? = nil, workerSettings: ChildSettings = ChildSettings(),
+        logger: Logger? = nil
     ) throws {
         try self.init(
-            workers: workers, context: context, maxTasksPerChild: maxTasksPerChild, maxMemoryPerChild: maxMemoryPerChild,
-            workerSettings: workerSettings, logger: logger, closure: nil)
+            workers: workers, context: context, initializer: initializer, maxTasksPerChild: maxTasksPerChild,
+            maxMemoryPerChild: maxMemoryPerChild, workerSettings: workerSettings, logger: logger, closure: nil)
     }
 
     init(
-        workers: Int?, context: ProcessContext, maxTasksPerChild: Int?, maxMemoryPerChild: Int?, workerSettings: ChildSettings,
-        logger: Logger?, closure: PoolClosure?
+        workers: Int?, context: ProcessContext, initializer: (any ProcessTask)?, maxTasksPerChild: Int?, maxMemoryPerChild: Int?,
+        workerSettings: ChildSettings, logger: Logger?, closure: PoolClosure?
     ) throws {
         let count = workers ?? cpuCount()
         self.context = context
         workerCount = count
+        if let initializer, context.startMethod != .fork {
+            // A spawned worker finds the initializer's type by name: refused here rather than in each worker.
+            _ = try TaskEnvelope.typeName(of: type(of: initializer))
+        }
         supervisor = try PoolSupervisor(
             PoolSupervisor.Configuration(
                 workers: count, context: context, maxTasksPerChild: maxTasksPerChild, maxMemoryPerChild: maxMemoryPerChild,
-                settings: workerSettings, logger: logger ?? diagnostics, closure: closure))
+                settings: workerSettings, logger: logger ?? diagnostics, closure: closure, initializer: initializer))
     }
 
     deinit { supervisor.terminate() }
@@ -110,6 +124,7 @@ public final class ProcessPool: @unchecked Sendable {
     ///   - onSuccess: called with the output when it arrives, on the pool's thread (keep it short).
     ///   - onFailure: called with the error when the input fails, on the pool's thread.
     /// - Throws: ``MultiprocessingError/Code/invalidState`` once the pool is closed or terminated;
+    ///   ``MultiprocessingError/Code/brokenPool`` once its initializer failed;
     ///   ``MultiprocessingError/Code/invalidArgument`` when the task's type cannot be found by a worker
     ///   (private, or declared in a function); ``MultiprocessingError/Code/transport`` when the task
     ///   value cannot be encoded. An input that cannot be encoded fails its result, not this call.

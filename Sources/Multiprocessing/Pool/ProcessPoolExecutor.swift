@@ -11,8 +11,9 @@ import Logging
 /// try await executor.shutdown()
 /// ```
 ///
-/// Unlike Python's executor it never breaks: a worker that dies fails only the input it was running
-/// (with its pid and signal) and is replaced, and later submissions work. Cancelling the task that
+/// Unlike Python's executor a dead worker does not break it: the worker fails only the input it was
+/// running (with its pid and signal) and is replaced, and later submissions work. Only a failed
+/// `initializer` breaks it. Cancelling the task that
 /// awaits a submission cancels it; if a worker already runs it, that worker is killed and replaced.
 /// It shares the machinery of ``ProcessPool`` (see there for timeouts and recycling).
 public final class ProcessPoolExecutor: Sendable {
@@ -21,16 +22,19 @@ public final class ProcessPoolExecutor: Sendable {
 
     /// Starts the workers.
     ///
-    /// - Parameters: as ``ProcessPool/init(workers:context:maxTasksPerChild:maxMemoryPerChild:workerSettings:logger:)``,
-    ///   with `maxWorkers` for its `workers`.
-    /// - Throws: the errors of ``ProcessPool/init(workers:context:maxTasksPerChild:maxMemoryPerChild:workerSettings:logger:)``.
+    /// - Parameters: as ``ProcessPool/init(workers:context:initializer:maxTasksPerChild:maxMemoryPerChild:workerSettings:logger:)``,
+    ///   with `maxWorkers` for its `workers`. An `initializer` that fails breaks the executor as it
+    ///   breaks the pool (Python's `BrokenProcessPool`): submissions fail with
+    ///   ``MultiprocessingError/Code/brokenPool``.
+    /// - Throws: the errors of ``ProcessPool/init(workers:context:initializer:maxTasksPerChild:maxMemoryPerChild:workerSettings:logger:)``.
     public init(
-        maxWorkers: Int? = nil, context: ProcessContext = .default, maxTasksPerChild: Int? = nil,
-        maxMemoryPerChild: Int? = nil, workerSettings: ChildSettings = ChildSettings(), logger: Logger? = nil
+        maxWorkers: Int? = nil, context: ProcessContext = .default, initializer: (any ProcessTask)? = nil,
+        maxTasksPerChild: Int? = nil, maxMemoryPerChild: Int? = nil, workerSettings: ChildSettings = ChildSettings(),
+        logger: Logger? = nil
     ) throws {
         pool = try ProcessPool(
-            workers: maxWorkers, context: context, maxTasksPerChild: maxTasksPerChild, maxMemoryPerChild: maxMemoryPerChild,
-            workerSettings: workerSettings, logger: logger)
+            workers: maxWorkers, context: context, initializer: initializer, maxTasksPerChild: maxTasksPerChild,
+            maxMemoryPerChild: maxMemoryPerChild, workerSettings: workerSettings, logger: logger)
     }
 
     /// Hands `input` to a worker and returns its future at once (Python's `submit`); await

@@ -6,7 +6,7 @@ import Glibc
 /// (in order: the first is the input it runs), and the frames waiting for room in its socket.
 /// Touched only by the supervisor's thread.
 final class WorkerSlot {
-    enum KillReason { case timedOut, cancelled }
+    enum KillReason { case timedOut, cancelled, poolBroken }
 
     let process: ChildProcess
     let channel: Connection
