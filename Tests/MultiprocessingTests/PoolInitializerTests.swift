@@ -135,3 +135,50 @@ struct PoolInitializerTests {
         }
     }
 }
+
+/// Creates the file at its input path, then sleeps 300 ms and returns 300.
+struct AnnouncedNap: PoolTask {
+    func run(_ input: String) throws -> Int {
+        close(open(input, O_CREAT | O_WRONLY, 0o600))
+        usleep(300_000)
+        return 300
+    }
+}
+
+@Suite("Process pool executor shutdown", .ownThread)
+struct PoolExecutorShutdownTests {
+    @Test("shutdown(cancelPending:) fails submissions not handed to a worker with CancellationError; the running one finishes")
+    func cancelPending() async throws {
+        let executor = try ProcessPoolExecutor(maxWorkers: 1)
+        let path = "/tmp/mp-pool-started-\(getpid())"
+        defer { unlink(path) }
+        let running = try executor.submit(AnnouncedNap(), path)
+        let queued = try (0..<10).map { try executor.submit(Square(), $0) }
+        // The running input announces itself by creating the file.
+        let end = ContinuousClock.now + .seconds(30)
+        while access(path, F_OK) != 0 && ContinuousClock.now < end { usleep(2_000) }
+        #expect(access(path, F_OK) == 0)
+        try await withTimeLimit(.seconds(30)) { try await executor.shutdown(wait: true, cancelPending: true) }
+        #expect(try running.get(timeout: .seconds(1)) == 300)
+        var cancelled = 0
+        for (input, future) in queued.enumerated() {
+            do {
+                #expect(try future.get(timeout: .seconds(1)) == input * input)
+            } catch is CancellationError {
+                cancelled += 1
+            }
+        }
+        // At most one input waits in the worker behind the running one; the rest never left the pool.
+        #expect(cancelled >= 9)
+        #expect(executor.pool.workerIdentifiers.isEmpty)
+        #expect(throws: MultiprocessingError.self) { try executor.submit(Square(), 1) }
+
+        // Without cancelPending every submission runs.
+        let patient = try ProcessPoolExecutor(maxWorkers: 1)
+        let first = try patient.submit(Misbehave(), Deed(value: 100, misdeed: .sleep))
+        let rest = try (0..<10).map { try patient.submit(Square(), $0) }
+        try await withTimeLimit(.seconds(30)) { try await patient.shutdown() }
+        #expect(try first.get(timeout: .seconds(1)) == Picky(100))
+        #expect(try rest.map { try $0.get(timeout: .seconds(1)) } == (0..<10).map { $0 * $0 })
+    }
+}

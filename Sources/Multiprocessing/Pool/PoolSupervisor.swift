@@ -39,6 +39,8 @@ final class PoolSupervisor: @unchecked Sendable {
         var workerPids: [Int32] = []
         /// Why the pool runs no more work (its initializer failed).
         var broken: MultiprocessingError?
+        /// Inputs not yet handed to a worker are to fail with `CancellationError`.
+        var cancelsPending = false
 
         /// Whether the caller must write to the wake pipe (once per sleep).
         mutating func wakeIfSleeping() -> Bool {
@@ -145,6 +147,15 @@ final class PoolSupervisor: @unchecked Sendable {
         if wake { wakeUp() }
     }
 
+    /// Fails the inputs not yet handed to a worker with `CancellationError` (those a worker holds run).
+    func cancelPending() {
+        let wake = shared.withLock { state in
+            state.cancelsPending = true
+            return state.wakeIfSleeping()
+        }
+        if wake { wakeUp() }
+    }
+
     /// No more submissions; workers end once every queued input has its outcome.
     func close() {
         let wake = shared.withLock { state in
@@ -212,7 +223,7 @@ final class PoolSupervisor: @unchecked Sendable {
             }
             let deadline = nearestDeadline()
             let mayWait = shared.withLock { state in
-                if !state.incoming.isEmpty || !state.cancelled.isEmpty || state.phase != phase { return false }
+                if !state.incoming.isEmpty || !state.cancelled.isEmpty || state.cancelsPending || state.phase != phase { return false }
                 state.sleeping = true
                 return true
             }
@@ -251,12 +262,13 @@ final class PoolSupervisor: @unchecked Sendable {
 
     /// Moves submitted items to the queue and applies cancellations; returns the phase.
     private func absorb() -> Phase {
-        let (incoming, cancelled, phase) = shared.withLock { state in
+        let (incoming, cancelled, phase, cancelsPending) = shared.withLock { state in
             defer {
                 state.incoming.removeAll(keepingCapacity: true)
                 state.cancelled.removeAll()
+                state.cancelsPending = false
             }
-            return (state.incoming, state.cancelled, state.phase)
+            return (state.incoming, state.cancelled, state.phase, state.cancelsPending)
         }
         if pendingHead > 4096 && pendingHead * 2 > pending.count {
             pending.removeFirst(pendingHead)
@@ -266,6 +278,11 @@ final class PoolSupervisor: @unchecked Sendable {
             for item in incoming { fail(item, broken) }
         } else {
             pending.append(contentsOf: incoming)
+        }
+        if cancelsPending {
+            for item in pending[pendingHead...] { fail(item, CancellationError()) }
+            pending.removeAll()
+            pendingHead = 0
         }
         for call in cancelled {
             for slot in slots where slot.runningItem?.call === call && slot.killReason == nil {

@@ -40,7 +40,7 @@ public final class ProcessPoolExecutor: Sendable {
     /// Hands `input` to a worker and returns its future at once (Python's `submit`); await
     /// ``PoolResult/value`` for the output.
     /// - Throws: the errors of ``ProcessPool/submit(_:_:timeout:onSuccess:onFailure:)``; after
-    ///   ``shutdown(wait:)``, ``MultiprocessingError/Code/invalidState``.
+    ///   ``shutdown(wait:cancelPending:)``, ``MultiprocessingError/Code/invalidState``.
     public func submit<T: PoolTask>(_ task: T, _ input: T.Input, timeout: Duration? = nil) throws -> PoolResult<T.Output> {
         try pool.submit(task, input, timeout: timeout)
     }
@@ -82,9 +82,16 @@ public final class ProcessPoolExecutor: Sendable {
     }
 
     /// Accepts no more work; with `wait`, awaits the end of the work already submitted and of the
-    /// workers (Python's `shutdown`).
+    /// workers (Python's `shutdown(wait, cancel_futures)`).
+    ///
+    /// - Parameters:
+    ///   - wait: whether to await the end of the submitted work and of the workers.
+    ///   - cancelPending: whether submissions not yet handed to a worker fail with `CancellationError`
+    ///     instead of running (Python's `cancel_futures`). Those running, and the few a worker holds
+    ///     ready behind the one it runs, finish; ``killWorkers()`` stops them too.
     /// - Throws: `CancellationError` when the awaiting task is cancelled while it waits.
-    public func shutdown(wait: Bool = true) async throws {
+    public func shutdown(wait: Bool = true, cancelPending: Bool = false) async throws {
+        if cancelPending { pool.supervisor.cancelPending() }
         pool.close()
         if wait { try await pool.join() }
     }
