@@ -96,16 +96,19 @@ public final class ProcessPool: @unchecked Sendable {
     // MARK: One input
 
     /// Runs `task` on `input` in a worker and waits for the output (Python's `apply`).
-    /// - Parameter timeout: the longest the input may run in its worker; past it the worker is killed and
-    ///   replaced. Nil: no limit.
-    /// - Throws: the errors of ``PoolResult/get(timeout:)``, and those of ``submit(_:_:timeout:onSuccess:onFailure:)``.
+    /// - Parameters:
+    ///   - task: the work; its stored properties travel to the worker with the input.
+    ///   - input: what the task's `run(_:)` receives.
+    ///   - timeout: the longest the input may run in its worker; past it the worker is killed and
+    ///     replaced. Nil: no limit.
+    /// - Throws: the errors of ``PoolResult/get(timeout:)``, and those of ``submit(_:_:timeout:onSuccess:onFailure:)-2vfpk``.
     public func apply<T: PoolTask>(_ task: T, _ input: T.Input, timeout: Duration? = nil) throws -> T.Output {
         try submit(task, input, timeout: timeout).get()
     }
 
     /// Runs `task` on `input` in a worker and awaits the output; cancelling the awaiting task kills
     /// the worker if it has started the input.
-    /// - Throws: the errors of ``PoolResult/value``, and those of ``submit(_:_:timeout:onSuccess:onFailure:)``.
+    /// - Throws: the errors of ``PoolResult/value``, and those of ``submit(_:_:timeout:onSuccess:onFailure:)-2vfpk``.
     public func apply<T: PoolTask>(_ task: T, _ input: T.Input, timeout: Duration? = nil) async throws -> T.Output {
         try await submit(task, input, timeout: timeout).value
     }
@@ -120,6 +123,8 @@ public final class ProcessPool: @unchecked Sendable {
     /// Hands `input` to a worker and returns at once (Python's `apply_async`).
     ///
     /// - Parameters:
+    ///   - task: the work; its stored properties travel to the worker with the input.
+    ///   - input: what the task's `run(_:)` receives.
     ///   - timeout: the longest the input may run in its worker.
     ///   - onSuccess: called with the output when it arrives, on the pool's thread (keep it short).
     ///   - onFailure: called with the error when the input fails, on the pool's thread.
@@ -155,11 +160,13 @@ public final class ProcessPool: @unchecked Sendable {
     /// memory, send inputs one by one, since those limits apply to each input.
     ///
     /// - Parameters:
+    ///   - task: the work; its stored properties travel to each worker once per chunk.
+    ///   - inputs: what the task's `run(_:)` receives, one call each.
     ///   - chunkSize: inputs sent to a worker at a time; by default about a quarter of an even share.
     ///   - timeout: the longest each input may run in its worker.
     ///   - progress: called on this thread with (inputs ended, inputs) as they end.
     /// - Throws: the first failed input's error (in input order; see ``PoolResult/get(timeout:)``), after
-    ///   every input has ended; and the errors of ``submit(_:_:timeout:onSuccess:onFailure:)``.
+    ///   every input has ended; and the errors of ``submit(_:_:timeout:onSuccess:onFailure:)-2vfpk``.
     ///   ``mapResults(_:_:chunkSize:timeout:progress:)`` gives every input's outcome instead.
     @inlinable
     public func map<T: PoolTask, S: Sequence<T.Input>>(
@@ -219,7 +226,7 @@ public final class ProcessPool: @unchecked Sendable {
     /// Runs `task` on every input and returns each input's outcome, in input order: a failed input
     /// (thrown error, dead worker, timeout) does not hide the others' outputs. `progress` is called on
     /// this thread with (inputs ended, inputs) as they end.
-    /// - Throws: the errors of ``submit(_:_:timeout:onSuccess:onFailure:)``.
+    /// - Throws: the errors of ``submit(_:_:timeout:onSuccess:onFailure:)-2vfpk``.
     @inlinable
     public func mapResults<T: PoolTask, S: Sequence<T.Input>>(
         _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil, progress: ((Int, Int) -> Void)? = nil
@@ -239,7 +246,7 @@ public final class ProcessPool: @unchecked Sendable {
 
     /// Hands every input to the workers and returns at once (Python's `map_async`); the result's value
     /// is the outputs in input order, and its ``PoolResult/progress`` counts ended inputs.
-    /// - Throws: the errors of ``submit(_:_:timeout:onSuccess:onFailure:)``.
+    /// - Throws: the errors of ``submit(_:_:timeout:onSuccess:onFailure:)-2vfpk``.
     @inlinable
     public func submitMap<T: PoolTask, S: Sequence<T.Input>>(
         _ task: T, _ inputs: S, chunkSize: Int? = nil, timeout: Duration? = nil
@@ -260,8 +267,13 @@ public final class ProcessPool: @unchecked Sendable {
     ///
     /// Iterate it with `for` (blocking), with `for try await` (without holding a thread), or call
     /// ``PoolResults/next(timeout:)``. A failed input throws its error from the iteration at its place.
-    /// - Parameter window: inputs handed out ahead of the consumer; by default 4 chunks per worker.
-    /// - Throws: the errors of ``submit(_:_:timeout:onSuccess:onFailure:)``.
+    /// - Parameters:
+    ///   - task: the work; its stored properties travel to each worker with the inputs.
+    ///   - inputs: what the task's `run(_:)` receives, read as the window allows.
+    ///   - chunkSize: inputs sent to a worker at a time.
+    ///   - timeout: the longest each input may run in its worker.
+    ///   - window: inputs handed out ahead of the consumer; by default 4 chunks per worker.
+    /// - Throws: the errors of ``submit(_:_:timeout:onSuccess:onFailure:)-2vfpk``.
     public func imap<T: PoolTask, S: Sequence<T.Input>>(
         _ task: T, _ inputs: S, chunkSize: Int = 1, timeout: Duration? = nil, window: Int? = nil
     ) throws -> PoolResults<T.Output> where S: Sendable {

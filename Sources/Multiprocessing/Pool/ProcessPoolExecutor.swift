@@ -39,7 +39,7 @@ public final class ProcessPoolExecutor: Sendable {
 
     /// Hands `input` to a worker and returns its future at once (Python's `submit`); await
     /// ``PoolResult/value`` for the output.
-    /// - Throws: the errors of ``ProcessPool/submit(_:_:timeout:onSuccess:onFailure:)``; after
+    /// - Throws: the errors of ``ProcessPool/submit(_:_:timeout:onSuccess:onFailure:)-2vfpk``; after
     ///   ``shutdown(wait:cancelPending:)``, ``MultiprocessingError/Code/invalidState``.
     public func submit<T: PoolTask>(_ task: T, _ input: T.Input, timeout: Duration? = nil) throws -> PoolResult<T.Output> {
         try pool.submit(task, input, timeout: timeout)
@@ -53,19 +53,19 @@ public final class ProcessPoolExecutor: Sendable {
     }
 
     /// Runs `task` on `input` in a worker and awaits the output.
-    /// - Throws: the errors of ``PoolResult/value`` and of ``submit(_:_:timeout:)``.
+    /// - Throws: the errors of ``PoolResult/value`` and of ``submit(_:_:timeout:)-9u13z``.
     public func run<T: PoolTask>(_ task: T, _ input: T.Input, timeout: Duration? = nil) async throws -> T.Output {
         try await submit(task, input, timeout: timeout).value
     }
 
     /// Runs an async task on `input` in a worker and awaits the output.
-    /// - Throws: the errors of ``PoolResult/value`` and of ``submit(_:_:timeout:)``.
+    /// - Throws: the errors of ``PoolResult/value`` and of ``submit(_:_:timeout:)-9u13z``.
     public func run<T: AsyncPoolTask>(_ task: T, _ input: T.Input, timeout: Duration? = nil) async throws -> T.Output {
         try await submit(task, input, timeout: timeout).value
     }
 
     /// Runs `task` on every input and awaits the outputs in input order (Python's `map`, collected).
-    /// - Throws: the first failed input's error, and the errors of ``submit(_:_:timeout:)``.
+    /// - Throws: the first failed input's error, and the errors of ``submit(_:_:timeout:)-9u13z``.
     @inlinable
     public func map<T: PoolTask, S: Sequence<T.Input>>(
         _ task: T, _ inputs: S, chunkSize: Int = 1, timeout: Duration? = nil
