@@ -16,7 +16,7 @@ import Synchronization
 /// ```
 ///
 /// Each connected process is served concurrently: a thread per connection reads its requests (as in
-/// Python's manager; the link type documents the measured reason), every request runs in a task of its own, and the
+/// Python's manager; the link type documents the measured reason), every request runs in a task of its own (started on the reading thread), and the
 /// objects (actors) order the calls to each of them. When a client's connection ends, its calls still
 /// running are cancelled (a queue `get` it waited in takes nothing) and objects let go of what it held
 /// (a ``SharedLock`` it held is released).
@@ -165,7 +165,14 @@ public final class ManagerServer: @unchecked Sendable {
 private final class ServedClient: @unchecked Sendable {
     let caller: UInt64
     private let writer: Mutex<Connection>
-    private let running = Mutex<(tasks: [UInt64: Task<Void, Never>], closed: Bool)>(([:], false))
+    private let running = Mutex(Running())
+
+    private struct Running {
+        var tasks: [UInt64: Task<Void, Never>] = [:]
+        /// Calls that ended before their task was recorded (they ran to the end on the reading thread).
+        var ended: Set<UInt64> = []
+        var closed = false
+    }
 
     init(caller: UInt64, writer: Connection) {
         self.caller = caller
@@ -187,18 +194,31 @@ private final class ServedClient: @unchecked Sendable {
     }
 
     /// Runs a request in a task of its own, cancelled if the client leaves first.
+    ///
+    /// The task starts at once on the reading thread (`Task.immediate`), so a call to an object that
+    /// is not busy runs, and its reply is written, without waking another thread; the reading thread
+    /// goes back to reading as soon as the call suspends (an object busy with another call, a queue
+    /// waiting for an item). Measured with `perf stat -e context-switches` around
+    /// `mp-bench --filter manager-actor-call` on a busy 2-CPU machine: about a third fewer context
+    /// switches than with the task started on the cooperative pool.
     func track(_ id: UInt64, _ body: @escaping @Sendable () async -> Void) {
-        running.withLock { running in
-            guard !running.closed else { return }
-            running.tasks[id] = Task { [self] in
-                await body()
-                _ = forget(id)
-            }
+        guard !running.withLock({ $0.closed }) else { return }
+        let task = Task.immediate { [self] in
+            await body()
+            forget(id)
         }
+        let cancel = running.withLock { running -> Bool in
+            if running.ended.remove(id) != nil { return false }
+            running.tasks[id] = task
+            return running.closed
+        }
+        if cancel { task.cancel() }
     }
 
-    private func forget(_ id: UInt64) -> Task<Void, Never>? {
-        running.withLock { $0.tasks.removeValue(forKey: id) }
+    private func forget(_ id: UInt64) {
+        running.withLock { running in
+            if running.tasks.removeValue(forKey: id) == nil { running.ended.insert(id) }
+        }
     }
 
     /// Cancels the calls still running and closes the connection.
