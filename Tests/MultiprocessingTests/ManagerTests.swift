@@ -234,6 +234,25 @@ extension ManagerTests {
         try await manager.shutdown()
     }
 
+    @Test("a dictionary's batch update (sent as arrays of keys and values) sets every entry and overwrites the ones present")
+    func dictionaryBatchUpdate() async throws {
+        let manager = try SharedObjectManager()
+        defer { try? manager.process?.kill() }
+        let squares = try await manager.makeDictionary([Int: Double].self)
+        try await squares.setValue(-1, forKey: 7)
+        try await squares.setValue(-1, forKey: 5_000)
+        let batch = Dictionary(uniqueKeysWithValues: (0..<2_000).map { ($0, Double($0 * $0)) })
+        try await squares.update(batch)
+        var expected = batch
+        expected[5_000] = -1
+        #expect(try await squares.snapshot() == expected)
+        let nested = try await manager.makeDictionary([String: [Int]].self)
+        try await nested.update(["a": [1, 2], "b": []])
+        try await nested.update(["b": [3]])
+        #expect(try await nested.snapshot() == ["a": [1, 2], "b": [3]])
+        try await manager.shutdown()
+    }
+
     @Test("a queue's get waits for a put from another process; timeouts give empty and full")
     func queueWaits() async throws {
         let manager = try SharedObjectManager()

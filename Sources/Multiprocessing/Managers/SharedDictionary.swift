@@ -22,7 +22,25 @@ public distributed actor SharedDictionary<Key: Codable & Hashable & Sendable, Va
     public distributed func removeValue(forKey key: Key) -> Value? { storage.removeValue(forKey: key) }
 
     /// Sets every entry of `entries` in one call (Python's `d.update(entries)`).
-    public distributed func update(_ entries: [Key: Value]) { storage.merge(entries) { _, new in new } }
+    ///
+    /// The entries travel as an array of keys and an array of values, which the package's coder
+    /// writes and reads in one piece for integer and floating-point types (a `[Key: Value]` argument
+    /// goes through a keyed container, entry by entry).
+    ///
+    /// - Throws: ``MultiprocessingError/Code/managerUnavailable`` when the manager cannot be reached;
+    ///   ``MultiprocessingError/Code/transport`` when an entry cannot be encoded.
+    public nonisolated func update(_ entries: [Key: Value]) async throws {
+        try await merge(keys: Array(entries.keys), values: Array(entries.values))
+    }
+
+    /// Sets `values[i]` for `keys[i]`; the two arrays are as long as each other.
+    distributed func merge(keys: [Key], values: [Value]) throws {
+        guard keys.count == values.count else {
+            throw MultiprocessingError(.transport, "an update carries \(keys.count) keys and \(values.count) values")
+        }
+        storage.reserveCapacity(storage.count + keys.count)
+        for index in keys.indices { storage[keys[index]] = values[index] }
+    }
 
     /// A copy of the whole dictionary in one call (Python's `d.copy()`).
     public distributed func snapshot() -> [Key: Value] { storage }
