@@ -7,7 +7,7 @@ import Distributed
 public distributed actor SharedDictionary<Key: Codable & Hashable & Sendable, Value: Codable & Sendable>: SharedObject {
     private var storage: [Key: Value] = [:]
 
-    /// Makes an empty dictionary in its manager; use ``SharedObjectManager/makeDictionary(_:)``.
+    /// Makes an empty dictionary in its manager; use ``SharedObjectManager/makeDictionary(_:)-([Key:Value].)``.
     public init(actorSystem: ManagerActorSystem) {
         self.actorSystem = actorSystem
     }

@@ -79,7 +79,9 @@ public distributed actor SharedQueue<Element: Codable & Sendable>: SharedObject 
 extension SharedObjectManager {
     /// Makes a ``SharedQueue`` in the manager (Python's `manager.Queue(maxsize)`).
     ///
-    /// - Parameter maxSize: the most elements it holds; 0 means no limit.
+    /// - Parameters:
+    ///   - type: the element type.
+    ///   - maxSize: the most elements it holds; 0 means no limit.
     /// - Throws: ``MultiprocessingError/Code/managerUnavailable``.
     public func makeQueue<Element: Codable & Sendable>(of type: Element.Type = Element.self, maxSize: Int = 0) async throws
         -> SharedQueue<Element>
