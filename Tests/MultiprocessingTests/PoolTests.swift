@@ -409,6 +409,25 @@ struct PoolExecutorTests {
         #expect(executor.pool.workerIdentifiers.isEmpty)
         #expect(throws: MultiprocessingError.self) { try executor.submit(Square(), 1) }
     }
+
+    @Test("workers start on demand up to maxWorkers, and counts below one are refused")
+    func workersOnDemand() async throws {
+        let executor = try ProcessPoolExecutor(maxWorkers: 3)
+        #expect(executor.pool.workerIdentifiers.isEmpty, "no worker before any submission")
+        try await withTimeLimit(.seconds(30)) {
+            #expect(try await executor.run(Square(), 7) == 49)
+            #expect(executor.pool.workerIdentifiers.count == 1, "one submission at a time needs one worker")
+            #expect(try await executor.run(Square(), 8) == 64)
+            #expect(executor.pool.workerIdentifiers.count == 1, "an idle worker takes the next submission")
+            let squares = try await executor.map(Square(), Array(0..<200), chunkSize: 1)
+            #expect(squares == (0..<200).map { $0 * $0 })
+            let count = executor.pool.workerIdentifiers.count
+            #expect(count > 1 && count <= 3, "a burst starts more workers, never more than maxWorkers: \(count)")
+            try await executor.shutdown()
+        }
+        #expect(throws: MultiprocessingError.self) { try ProcessPoolExecutor(maxWorkers: 0) }
+        #expect(throws: MultiprocessingError.self) { try ProcessPoolExecutor(maxWorkers: -2) }
+    }
 }
 
 /// Returns its input, whose encoding may fail.

@@ -25,6 +25,9 @@ final class PoolSupervisor: @unchecked Sendable {
         var closure: PoolClosure? = nil
         /// Run by each worker as it starts (Python's `initializer`).
         var initializer: (any ProcessTask)? = nil
+        /// Workers start as work arrives that no idle worker can take, up to `workers` (an executor's way);
+        /// otherwise all start with the pool.
+        var startsOnDemand = false
     }
 
     enum Phase { case running, closed, terminating }
@@ -63,6 +66,8 @@ final class PoolSupervisor: @unchecked Sendable {
     private var pendingHead = 0
     private var nextID: UInt64 = 1
     private var workerCount = 0
+    /// How many workers the pool keeps: all of them, or (on demand) as many as work has needed so far.
+    private var wantedWorkers = 0
     /// A running estimate of one input's time in a worker, to decide how many to send ahead.
     private var serviceNanoseconds: UInt64 = 1_000_000
     /// Why the pool runs no more work: its initializer failed in a worker.
@@ -87,7 +92,8 @@ final class PoolSupervisor: @unchecked Sendable {
         _ = finishedCall.reserve(1)
         ExitHooks.install()
         do {
-            for _ in 0..<configuration.workers { slots.append(try startWorker()) }
+            wantedWorkers = configuration.startsOnDemand ? 0 : configuration.workers
+            for _ in 0..<wantedWorkers { slots.append(try startWorker()) }
         } catch {
             for slot in slots { slot.abandon() }
             Syscall.close(wakeRead)
@@ -554,7 +560,13 @@ final class PoolSupervisor: @unchecked Sendable {
     private func replaceWorkers() {
         guard !ExitHooks.exiting.load(ordering: .relaxed), broken == nil else { return }
         var changed = false
-        while slots.count < configuration.workers {
+        if configuration.startsOnDemand, pendingCount > 0 {
+            let idle = slots.filter { $0.inflightCount == 0 && !$0.channelClosedByPool }.count
+            if pendingCount > idle {
+                wantedWorkers = min(configuration.workers, max(wantedWorkers, slots.count + pendingCount - idle))
+            }
+        }
+        while slots.count < wantedWorkers {
             do {
                 slots.append(try startWorker())
                 changed = true

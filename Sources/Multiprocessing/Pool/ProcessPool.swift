@@ -73,7 +73,7 @@ public final class ProcessPool: @unchecked Sendable {
 
     init(
         workers: Int?, context: ProcessContext, initializer: (any ProcessTask)?, maxTasksPerChild: Int?, maxMemoryPerChild: Int?,
-        workerSettings: ChildSettings, logger: Logger?, closure: PoolClosure?
+        workerSettings: ChildSettings, logger: Logger?, closure: PoolClosure?, startsOnDemand: Bool = false
     ) throws {
         let count = workers ?? cpuCount()
         self.context = context
@@ -85,7 +85,8 @@ public final class ProcessPool: @unchecked Sendable {
         supervisor = try PoolSupervisor(
             PoolSupervisor.Configuration(
                 workers: count, context: context, maxTasksPerChild: maxTasksPerChild, maxMemoryPerChild: maxMemoryPerChild,
-                settings: workerSettings, logger: logger ?? diagnostics, closure: closure, initializer: initializer))
+                settings: workerSettings, logger: logger ?? diagnostics, closure: closure, initializer: initializer,
+                startsOnDemand: startsOnDemand))
     }
 
     deinit { supervisor.terminate() }

@@ -20,7 +20,8 @@ public final class ProcessPoolExecutor: Sendable {
     /// The pool that runs the work.
     public let pool: ProcessPool
 
-    /// Starts the workers.
+    /// Makes the executor; its workers start on demand, as Python's executor starts them: a submission
+    /// that no idle worker can take starts one more, up to `maxWorkers`, and started workers stay.
     ///
     /// - Parameters: as ``ProcessPool/init(workers:context:initializer:maxTasksPerChild:maxMemoryPerChild:workerSettings:logger:)``,
     ///   with `maxWorkers` for its `workers`. An `initializer` that fails breaks the executor as it
@@ -34,7 +35,8 @@ public final class ProcessPoolExecutor: Sendable {
     ) throws {
         pool = try ProcessPool(
             workers: maxWorkers, context: context, initializer: initializer, maxTasksPerChild: maxTasksPerChild,
-            maxMemoryPerChild: maxMemoryPerChild, workerSettings: workerSettings, logger: logger)
+            maxMemoryPerChild: maxMemoryPerChild, workerSettings: workerSettings, logger: logger, closure: nil,
+            startsOnDemand: true)
     }
 
     /// Hands `input` to a worker and returns its future at once (Python's `submit`); await
