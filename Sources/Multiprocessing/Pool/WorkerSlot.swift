@@ -34,6 +34,9 @@ final class WorkerSlot {
     var killReason: KillReason?
     /// The worker's end reported end of file, or its replies broke the protocol.
     var channelEnded = false
+    /// A write to the worker failed (it is gone). What it wrote before it went, such as its initializer's
+    /// failure report, is still read: only the sending side ended.
+    private(set) var sendFailed = false
     private(set) var channelClosedByPool = false
 
     init(process: ChildProcess, channel: Connection, started: RawSharedValue<UInt64>) throws {
@@ -47,7 +50,7 @@ final class WorkerSlot {
 
     var runningItem: PoolItem? { inflightHead < inflight.count ? inflight[inflightHead].item : nil }
     var hasOutput: Bool { outputOffset < output.count }
-    var acceptsWork: Bool { !retiring && !channelClosedByPool && !channelEnded && killReason == nil }
+    var acceptsWork: Bool { !retiring && !channelClosedByPool && !channelEnded && !sendFailed && killReason == nil }
 
     /// Queues one job frame for `chunk` (ids `firstID`...) and tries to write it.
     func send(_ chunk: ArraySlice<PoolItem>, firstID: UInt64) throws {
@@ -74,7 +77,7 @@ final class WorkerSlot {
             outputOffset += written
         } catch {
             // The worker is gone; its pidfd reports it and its inputs are handled then.
-            channelEnded = true
+            sendFailed = true
             outputOffset = output.count
         }
         if outputOffset == output.count {
