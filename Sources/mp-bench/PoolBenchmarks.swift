@@ -1,4 +1,3 @@
-import Dispatch
 import Multiprocessing
 #if canImport(Glibc)
 import Glibc
@@ -19,20 +18,6 @@ struct BenchBurn: PoolTask {
         for _ in 0..<input { value = value &* 6364136223846793005 &+ 1442695040888963407 ^ (value >> 29) }
         return Int(truncatingIfNeeded: value & 0xFF)
     }
-}
-
-private final class PoolResultBox<T>: @unchecked Sendable { var result: Result<T, any Error>? }
-
-/// Runs `body` on Swift's concurrency runtime and waits for its result.
-private func awaitResult<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
-    let box = PoolResultBox<T>()
-    let done = DispatchSemaphore(value: 0)
-    Task {
-        do { box.result = .success(try await body()) } catch { box.result = .failure(error) }
-        done.signal()
-    }
-    done.wait()
-    return try box.result!.get()
 }
 
 /// Tasks per second of `map` over `count` trivial inputs on 2 workers.
@@ -65,7 +50,7 @@ private func poolSubmit(count: Int) throws -> Double {
 private func executorSubmit(count: Int) throws -> Double {
     let executor = try ProcessPoolExecutor(maxWorkers: 2)
     defer { executor.killWorkers() }
-    return try awaitResult {
+    return try runAwaited {
         _ = try await executor.run(BenchIncrement(), 1)
         let start = now()
         let futures = try (0..<count).map { try executor.submit(BenchIncrement(), $0) }
