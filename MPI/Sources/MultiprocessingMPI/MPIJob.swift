@@ -33,12 +33,7 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
     init(count: Int, progress: (@Sendable (Int, Int) -> Void)?) {
         location = Array(repeating: nil, count: count)
         self.progress = progress
-        pthread_mutex_init(&mutex, nil)
-        var attributes = pthread_condattr_t()
-        pthread_condattr_init(&attributes)
-        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
-        pthread_cond_init(&condition, &attributes)
-        pthread_condattr_destroy(&attributes)
+        initializeMonotonicWait(&mutex, &condition)
     }
 
     deinit {

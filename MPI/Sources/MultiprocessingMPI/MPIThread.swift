@@ -80,12 +80,7 @@ final class Gate: @unchecked Sendable {
     private var isOpen = false
 
     init() {
-        pthread_mutex_init(&mutex, nil)
-        var attributes = pthread_condattr_t()
-        pthread_condattr_init(&attributes)
-        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
-        pthread_cond_init(&condition, &attributes)
-        pthread_condattr_destroy(&attributes)
+        initializeMonotonicWait(&mutex, &condition)
     }
 
     deinit {
@@ -203,4 +198,15 @@ enum MPIEnvironment {
         MPI_Get_processor_name(&name, &length)
         return String(decoding: name.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
+}
+
+/// Initialises a mutex and a condition whose timed waits count on the monotonic clock (so a change of
+/// the wall clock neither shortens nor stretches them).
+func initializeMonotonicWait(_ mutex: UnsafeMutablePointer<pthread_mutex_t>, _ condition: UnsafeMutablePointer<pthread_cond_t>) {
+    pthread_mutex_init(mutex, nil)
+    var attributes = pthread_condattr_t()
+    pthread_condattr_init(&attributes)
+    pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+    pthread_cond_init(condition, &attributes)
+    pthread_condattr_destroy(&attributes)
 }
