@@ -326,6 +326,15 @@ struct PoolTests {
         #expect(try pool.join(timeout: .seconds(10)))
     }
 
+    @Test("a closure pool's workers are awaited without a thread; joining before close is refused", .ownThread)
+    func closurePoolAsyncJoin() async throws {
+        let pool = try ClosurePool(workers: 2) { (x: Int) -> Int in x * 3 }
+        #expect(try pool.submit(5).get(timeout: .seconds(30)) == 15)
+        await #expect(throws: MultiprocessingError.self) { try await pool.join() }
+        pool.close()
+        try await withTimeLimit(.seconds(30)) { try await pool.join() }
+    }
+
     @Test("a closure pool runs a capturing closure in fork workers, and refuses other start methods")
     func closurePool() throws {
         let offset = Int(getpid() % 1000)

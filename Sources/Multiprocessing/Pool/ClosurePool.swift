@@ -98,4 +98,8 @@ public final class ClosurePool<Input: Codable & Sendable, Output: Codable & Send
     /// - Throws: ``MultiprocessingError/Code/invalidState`` before ``close()`` or ``terminate()``.
     @discardableResult
     public func join(timeout: Duration? = nil) throws -> Bool { try pool.join(timeout: timeout) }
+    /// Awaits the end of the workers without holding a thread (see ``ProcessPool/join()``).
+    /// - Throws: ``MultiprocessingError/Code/invalidState`` before ``close()`` or ``terminate()``, and
+    ///   `CancellationError`.
+    public func join() async throws { try await pool.join() }
 }
