@@ -219,6 +219,23 @@ int mp_tcp_connect(const char *host, int port, int timeout_ms, int *gai_error) {
     return tcp_open(host, port, 0, 0, timeout_ms, gai_error);
 }
 
+int mp_is_local_host(const char *host) {
+    struct addrinfo hints, *found = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_flags = AI_NUMERICHOST;
+    hints.ai_socktype = SOCK_DGRAM;
+    if (getaddrinfo(host, NULL, &hints, &found) != 0 || found == NULL) return 0;
+    int local = 0;
+    for (struct addrinfo *address = found; address != NULL && !local; address = address->ai_next) {
+        int sock = socket(address->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (sock < 0) continue;
+        local = bind(sock, address->ai_addr, address->ai_addrlen) == 0;
+        close(sock);
+    }
+    freeaddrinfo(found);
+    return local;
+}
+
 int mp_accept(int sock, char *host, size_t host_length, int *port) {
     struct sockaddr_storage peer;
     socklen_t peer_length = sizeof peer;

@@ -2,15 +2,15 @@ import Foundation
 import Testing
 @testable import Multiprocessing
 
-/// The manager's side of the network test: serves on `host` inside network namespace `namespace`.
+/// The manager's side of the network tests: serves on `host`, inside network namespace `namespace` if given.
 struct NamespacedManager: AsyncProcessTask {
-    let namespace: String
+    let namespace: String?
     let host: String
     let authkey: [UInt8]
     let report: Connection
 
     func run() async throws {
-        try Syscall.enterNetworkNamespace("/var/run/netns/\(namespace)")
+        if let namespace { try Syscall.enterNetworkNamespace("/var/run/netns/\(namespace)") }
         let server = try ManagerServer(address: .tcp(host: host, port: 0), authkey: authkey)
         try await report.send(server.address)
         try await server.run()
@@ -60,6 +60,30 @@ func runCommand(_ arguments: [String]) -> Int32 {
 
 @Suite("Managers over a network", .serialized, .timeLimit(.minutes(1)))
 struct ManagerNetworkTests {
+    @Test("a manager listening on every interface knows its own object when a caller names it by one of the machine's addresses")
+    func wildcardManagerKnowsItsOwnObjects() async throws {
+        // The manager's process has another authkey than the one it serves with: had it taken the gate
+        // for an object elsewhere, it would have connected to itself with the wrong key.
+        let key = Array("wildcard".utf8)
+        let (report, sender) = try makePipe(duplex: false)
+        let manager = ChildProcess(NamespacedManager(namespace: nil, host: "0.0.0.0", authkey: key, report: sender))
+        try manager.start()
+        sender.close()
+        defer {
+            try? manager.kill()
+            _ = try? manager.join(timeout: .seconds(5))
+        }
+        guard case .tcp(_, let port) = try await report.recv(ConnectionAddress.self, timeout: .seconds(20)) else {
+            Issue.record("the manager did not report a TCP address")
+            return
+        }
+        let remote = try await SharedObjectManager.connect(to: .tcp(host: "127.0.0.1", port: port), authkey: key)
+        let counter = try await remote.make(TestCounter.self)
+        let gate = try await remote.makeEvent()
+        try await gate.set()
+        #expect(try await counter.addAfterRelease(gate) == 1)
+    }
+
     @Test("a manager in one network namespace serves a process in another over a veth pair; when the link drops, the pending call fails")
     func acrossNetworkNamespaces() async throws {
         let suffix = "\(getpid())"

@@ -41,6 +41,10 @@ int mp_tcp_listen(const char *host, int port, int backlog, int *gai_error);
 /// `timeout_ms` milliseconds per address (-1: no limit). Returns as mp_tcp_listen.
 int mp_tcp_connect(const char *host, int port, int timeout_ms, int *gai_error);
 
+/// Whether `host` (a numeric IPv4 or IPv6 address) is an address of this machine, as seen from the
+/// calling thread's network namespace: 1 or 0.
+int mp_is_local_host(const char *host);
+
 /// accept4() with SOCK_CLOEXEC (and TCP_NODELAY for TCP peers). Writes the peer's numeric host into
 /// `host` (empty for Unix peers) and its port into *port. Returns the descriptor or -1 with errno.
 int mp_accept(int sock, char *host, size_t host_length, int *port);

@@ -1,3 +1,4 @@
+import CMultiprocessing
 import Distributed
 import Synchronization
 
@@ -56,7 +57,10 @@ public final class ManagerActorSystem: DistributedActorSystem, @unchecked Sendab
     ///   no such object; ``MultiprocessingError/Code/invalidArgument`` when it has another type.
     public func resolve<Act>(id: SharedObjectID, as actorType: Act.Type) throws -> Act?
     where Act: DistributedActor, Act.ID == SharedObjectID {
-        let (actor, served) = state.withLock { ($0.hosted[id], $0.served.contains(id.manager)) }
+        var (actor, served) = state.withLock { ($0.hosted[id], $0.served.contains(id.manager)) }
+        if actor == nil, !served, let own = servedAddress(reachedAs: id.manager) {
+            (actor, served) = (state.withLock { $0.hosted[SharedObjectID(manager: own, number: id.number)] }, true)
+        }
         guard let actor else {
             if served { throw MultiprocessingError(.notFound, "the manager at \(id.manager) hosts no object \(id.number)") }
             return nil
@@ -65,6 +69,18 @@ public final class ManagerActorSystem: DistributedActorSystem, @unchecked Sendab
             throw MultiprocessingError(.invalidArgument, "shared object \(id) is a \(type(of: actor)), not a \(Act.self)")
         }
         return typed
+    }
+
+    /// The address this process serves on that `address` reaches, when that is not `address` itself: a
+    /// manager listening on every interface (`0.0.0.0:PORT`) hosts the objects that another process names
+    /// by one of this machine's addresses and that port.
+    private func servedAddress(reachedAs address: ConnectionAddress) -> ConnectionAddress? {
+        guard case .tcp(let host, let port) = address else { return nil }
+        let wildcard = state.withLock { state in
+            ["0.0.0.0", "::", ""].lazy.map { ConnectionAddress.tcp(host: $0, port: port) }.first { state.served.contains($0) }
+        }
+        guard let wildcard, mp_is_local_host(host) != 0 else { return nil }
+        return wildcard
     }
 
     /// Numbers a new object for the manager that is making it.
