@@ -25,8 +25,14 @@ extern __attribute__((swiftcall)) void swift_get_time(long long *seconds, long l
 struct mp_job {
     void *job;
     uint64_t due; /* CLOCK_MONOTONIC nanoseconds; 0 for now */
+    int main_only; /* a main-actor job: only the executor thread runs it */
     struct mp_job *next;
 };
+
+static int mp_installed;
+/* Set on a thread between mp_executor_help_begin and the end of mp_executor_help_end: the ready
+   jobs it enqueues meanwhile are its to run, so they wake nobody. */
+static _Thread_local int mp_helping;
 
 static pthread_mutex_t mp_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t mp_wake;
@@ -39,11 +45,12 @@ static uint64_t mp_now(void) {
     return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
 }
 
-static void mp_push(void *job, uint64_t due) {
+static void mp_push(void *job, uint64_t due, int main_only) {
     struct mp_job *node = malloc(sizeof *node);
     if (node == NULL) abort();
     node->job = job;
     node->due = due;
+    node->main_only = main_only;
     node->next = NULL;
     pthread_mutex_lock(&mp_lock);
     if (due == 0) {
@@ -55,18 +62,23 @@ static void mp_push(void *job, uint64_t due) {
         node->next = *slot;
         *slot = node;
     }
-    pthread_cond_signal(&mp_wake);
+    if (!(mp_helping && due == 0 && !main_only)) pthread_cond_signal(&mp_wake);
     pthread_mutex_unlock(&mp_lock);
 }
 
 static __attribute__((swiftcall)) void mp_enqueue(void *job, mp_enqueue_original original) {
     (void)original;
-    mp_push(job, 0);
+    mp_push(job, 0, 0);
+}
+
+static __attribute__((swiftcall)) void mp_enqueue_main(void *job, mp_enqueue_original original) {
+    (void)original;
+    mp_push(job, 0, 1);
 }
 
 static __attribute__((swiftcall)) void mp_enqueue_delay(unsigned long long delay, void *job, mp_enqueue_delay_original original) {
     (void)original;
-    mp_push(job, mp_now() + delay + (delay == 0 ? 1 : 0));
+    mp_push(job, mp_now() + delay + (delay == 0 ? 1 : 0), 0);
 }
 
 static __attribute__((swiftcall)) void mp_enqueue_deadline(
@@ -76,7 +88,7 @@ static __attribute__((swiftcall)) void mp_enqueue_deadline(
     long long now_sec = 0, now_nsec = 0;
     swift_get_time(&now_sec, &now_nsec, clock);
     long long left = (sec - now_sec) * 1000000000LL + (nsec - now_nsec);
-    mp_push(job, mp_now() + (left > 0 ? (uint64_t)left : 1));
+    mp_push(job, mp_now() + (left > 0 ? (uint64_t)left : 1), 0);
 }
 
 void mp_executor_install(void) {
@@ -88,7 +100,34 @@ void mp_executor_install(void) {
     swift_task_enqueueGlobal_hook = mp_enqueue;
     swift_task_enqueueGlobalWithDelay_hook = mp_enqueue_delay;
     swift_task_enqueueGlobalWithDeadline_hook = mp_enqueue_deadline;
-    swift_task_enqueueMainExecutor_hook = mp_enqueue;
+    swift_task_enqueueMainExecutor_hook = mp_enqueue_main;
+    mp_installed = 1;
+}
+
+void mp_executor_help_begin(void) {
+    if (mp_installed) mp_helping = 1;
+}
+
+void mp_executor_help_end(void) {
+    if (!mp_helping) return;
+    mp_executor_ref generic = {0, 0};
+    pthread_mutex_lock(&mp_lock);
+    while (mp_ready_head != NULL) {
+        struct mp_job *node = mp_ready_head;
+        if (node->main_only) {
+            pthread_cond_signal(&mp_wake);
+            break;
+        }
+        mp_ready_head = node->next;
+        if (mp_ready_head == NULL) mp_ready_tail = NULL;
+        pthread_mutex_unlock(&mp_lock);
+        void *job = node->job;
+        free(node);
+        swift_job_run(job, generic);
+        pthread_mutex_lock(&mp_lock);
+    }
+    mp_helping = 0;
+    pthread_mutex_unlock(&mp_lock);
 }
 
 void mp_executor_run(const volatile int *done) {

@@ -12,4 +12,13 @@ void mp_executor_install(void);
 /// becomes nonzero after a job. Jobs may be enqueued from any thread.
 void mp_executor_run(const volatile int *done);
 
+/// Marks the calling thread (not the executor thread) as a helper: until `mp_executor_help_end`,
+/// the ready jobs it enqueues do not wake the executor thread. Does nothing unless installed.
+void mp_executor_help_begin(void);
+
+/// Runs the ready jobs (main-actor jobs excepted: those are left to, and wake, the executor thread)
+/// on this thread until none is left, then ends helping. The global executor is a concurrent one,
+/// so its jobs may run on two threads at once; actors still order their own.
+void mp_executor_help_end(void);
+
 #endif
