@@ -3,13 +3,15 @@ import Multiprocessing
 import Glibc
 #endif
 
-// mp-bench [--filter TEXT] [--limits]
+// mp-bench [--filter TEXT] [--limits] [--swift-only]
 // Measures each workload in Swift and in CPython's multiprocessing in the same run and prints
 // `BENCH <workload> swift=<n> python=<n> unit=<unit> better=<ratio>`, where better > 1 means Swift wins.
 // Argument parsing is by hand: this binary's own children must start as lean as possible.
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 var filter: String?
+/// Measures the Swift side only (for profiling it): prints `SWIFT <workload> <value> <unit>`.
+var swiftOnly = false
 var showLimits = false
 var index = 0
 while index < arguments.count {
@@ -17,11 +19,14 @@ while index < arguments.count {
     case "--filter" where index + 1 < arguments.count:
         filter = arguments[index + 1]
         index += 2
+    case "--swift-only":
+        swiftOnly = true
+        index += 1
     case "--limits":
         showLimits = true  // also print each workload's C limit (see Limits.swift)
         index += 1
     default:
-        print("usage: mp-bench [--filter TEXT] [--limits]")
+        print("usage: mp-bench [--filter TEXT] [--limits] [--swift-only]")
         exit(arguments.contains("--help") ? 0 : 2)
     }
 }
@@ -43,6 +48,10 @@ var failures = 0
 for workload in workloads where filter.map({ workload.name.contains($0) }) ?? true {
     do {
         let swift = try workload.swift()
+        if swiftOnly {
+            print("SWIFT \(workload.name) \(format(swift)) \(workload.unit)")
+            continue
+        }
         let python = try runPython(workload.python)
         let better = workload.higherIsBetter ? swift / python : python / swift
         print("BENCH \(workload.name) swift=\(format(swift)) python=\(format(python)) unit=\(workload.unit) better=\(format(better))")

@@ -83,14 +83,14 @@ struct TaskEnvelope: Codable, @unchecked Sendable {
     }
 
     /// The mangled name of `type`, or an error saying how to make the type reachable from a child.
-    static func typeName(of type: any (Codable & Sendable).Type) throws -> String {
+    static func typeName(of type: any Any.Type) throws -> String {
         if let name = resolved.withLock({ $0.names[ObjectIdentifier(type)] }) { return name }
         let name = try checkedTypeName(of: type)
         resolved.withLock { $0.names[ObjectIdentifier(type)] = name }
         return name
     }
 
-    private static func checkedTypeName(of type: any (Codable & Sendable).Type) throws -> String {
+    private static func checkedTypeName(of type: any Any.Type) throws -> String {
         guard let name = _mangledTypeName(type) else {
             throw MultiprocessingError(.invalidArgument, "\(type) has no mangled name, so a child process cannot find it")
         }

@@ -15,11 +15,11 @@ public struct ManagerInvocationEncoder: DistributedTargetInvocationEncoder {
     /// - Throws: ``MultiprocessingError/Code/transport`` for a type another process cannot find by name
     ///   (private, fileprivate or declared inside a function).
     public mutating func recordGenericSubstitution<T>(_ type: T.Type) throws {
-        guard let name = _mangledTypeName(type), !name.contains("$") else {
-            throw MultiprocessingError(
-                .transport, "\(type) cannot be named in another process; declare it at file scope (internal or public)")
+        do {
+            generics.append(try TaskEnvelope.typeName(of: type))
+        } catch let error as MultiprocessingError {
+            throw MultiprocessingError(.transport, error.message)
         }
-        generics.append(name)
     }
 
     /// Encodes one argument.
@@ -58,7 +58,7 @@ public struct ManagerInvocationDecoder: DistributedTargetInvocationDecoder {
     /// - Throws: ``MultiprocessingError/Code/transport`` for a name this program has no type for.
     public mutating func decodeGenericSubstitutions() throws -> [Any.Type] {
         try generics.map { name in
-            guard let type = _typeByName(name) else {
+            guard let type = TaskEnvelope.resolveType(named: name) else {
                 throw MultiprocessingError(.transport, "the manager's program has no type named \(name)")
             }
             return type
