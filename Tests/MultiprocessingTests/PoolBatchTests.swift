@@ -92,14 +92,14 @@ struct PoolBatchTests {
         #expect(naps == (0..<40).map { $0 % 3 })
         #expect(try pool.submitMap(Square(), 0..<100, chunkSize: 10, timeout: .seconds(30)).call.batches == false)
         pool.close()
-        #expect(try pool.join(timeout: .seconds(10)))
+        #expect(try await pool.join(timeout: .seconds(10)))
 
         let recycling = try ProcessPool(workers: 1, maxTasksPerChild: 30)
         let result = try recycling.submitMap(WorkerPid(), 0..<90, chunkSize: 10)
         #expect(result.call.batches == false)
         #expect(Set(try result.get(timeout: .seconds(30))).count == 3)
         recycling.close()
-        #expect(try recycling.join(timeout: .seconds(10)))
+        #expect(try await recycling.join(timeout: .seconds(10)))
 
         let offset = Int(getpid() % 1000)
         let closures = try ClosurePool(workers: 2, workerSettings: ChildSettings(standardError: .null)) { (x: Int) -> Int in

@@ -112,7 +112,7 @@ struct PoolInitializerTests {
         }
         #expect(workersGone(pool))
         pool.terminate()
-        #expect(try pool.join(timeout: .seconds(10)))
+        #expect(try await pool.join(timeout: .seconds(10)))
 
         let executor = try ProcessPoolExecutor(
             maxWorkers: 2, initializer: MarkWorker(mark: "", runs: runs, ending: .throwError), workerSettings: ChildSettings(standardError: .null))

@@ -134,7 +134,7 @@ struct PoolTests {
 
         #expect(throws: MultiprocessingError.self) { try pool.submit(Hidden(), 1) }
         do {
-            _ = try pool.join(timeout: .seconds(1))
+            _ = try await pool.join(timeout: .seconds(1))
             Issue.record("join before close must fail")
         } catch let error as MultiprocessingError {
             #expect(error.code == .invalidState)
@@ -146,7 +146,7 @@ struct PoolTests {
         } catch let error as MultiprocessingError {
             #expect(error.code == .invalidState)
         }
-        #expect(try pool.join(timeout: .seconds(10)))
+        #expect(try await pool.join(timeout: .seconds(10)))
         #expect(pool.workerIdentifiers.isEmpty)
     }
 
@@ -273,6 +273,27 @@ struct PoolTests {
         for pid in pids { #expect(kill(pid.rawValue, 0) != 0) }
     }
 
+    @Test("awaited wait and join with a timeout: false while the work runs, true once it ended; cancelling the wait leaves the work alone", .ownThread)
+    func awaitedWaitAndJoinTimeouts() async throws {
+        let pool = try ProcessPool(workers: 1)
+        let slow = try pool.submit(Misbehave(), Deed(value: 1_500, misdeed: .sleep))
+        let began = ContinuousClock.now
+        #expect(try await slow.wait(timeout: .milliseconds(100)) == false)
+        #expect(ContinuousClock.now - began < .seconds(1))
+        let waiter = Task(executorPreference: ThreadExecutor.current) { try await slow.wait(timeout: .seconds(30)) }
+        waiter.cancel()
+        await #expect(throws: CancellationError.self) { try await waiter.value }
+        #expect(try await slow.wait(timeout: .seconds(30)))
+        #expect(try slow.get(timeout: .seconds(1)) == Picky(1_500))
+        pool.close()
+        #expect(try await pool.join(timeout: .seconds(10)))
+        let busy = try ProcessPool(workers: 1)
+        _ = try busy.submit(Misbehave(), Deed(value: 1_500, misdeed: .sleep))
+        busy.close()
+        #expect(try await busy.join(timeout: .milliseconds(100)) == false)
+        #expect(try await busy.join(timeout: .seconds(30)))
+    }
+
     @Test("imap reads its inputs lazily; imapUnordered iterates asynchronously; progress is observable")
     func lazyAndProgress() async throws {
         let pool = try ProcessPool(workers: 2)
@@ -309,7 +330,7 @@ struct PoolTests {
         #expect(counts.last == 30)
         #expect(counts == counts.sorted())
         pool.close()
-        #expect(try pool.join(timeout: .seconds(10)))
+        #expect(try await pool.join(timeout: .seconds(10)))
     }
 
     @Test("cancelling an awaiting task kills the worker running its input", .ownThread)
@@ -323,7 +344,7 @@ struct PoolTests {
         #expect(try pool.submit(Square(), 3).get(timeout: .seconds(30)) == 9)
         #expect(pool.workerIdentifiers != before)
         pool.close()
-        #expect(try pool.join(timeout: .seconds(10)))
+        #expect(try await pool.join(timeout: .seconds(10)))
     }
 
     @Test("a closure pool's workers are awaited without a thread; joining before close is refused", .ownThread)

@@ -42,6 +42,6 @@ struct PoolTransportTests {
             #expect(message.contains("no pool task type named no such type"))
         }
         pool.close()
-        #expect(try pool.join(timeout: .seconds(10)))
+        #expect(try await pool.join(timeout: .seconds(10)))
     }
 }

@@ -650,17 +650,9 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
                     continue
                 }
                 if result == 0 { throw MultiprocessingError(.endOfFile, "the peer closed the connection in the middle of a message") }
-                switch errno {
-                case EINTR:
-                    continue
-                case EAGAIN:
-                    if try Syscall.pollReadable([fd], until: deadline).isEmpty {
-                        throw MultiprocessingError(.timedOut, "no message arrived before the timeout")
-                    }
-                case ECONNRESET:
-                    throw MultiprocessingError(.endOfFile, "the peer reset the connection")
-                case let error:
-                    throw MultiprocessingError.system("recv", errno: error)
+                if try Self.retryRead(after: errno) { continue }
+                if try Syscall.pollReadable([fd], until: deadline).isEmpty {
+                    throw MultiprocessingError(.timedOut, "no message arrived before the timeout")
                 }
             }
         } catch {
@@ -765,32 +757,43 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
             if result == 0 {
                 throw MultiprocessingError(.endOfFile, end > start ? "the peer closed the connection in the middle of a message" : "the peer closed the connection")
             }
-            switch errno {
-            case EINTR:
-                continue
-            case EAGAIN:
-                if spinUntil > 0 {
-                    let now = Deadline.monotonicNow()
-                    preempted = preempted || now - lastPoll > Self.preemptedGap
-                    lastPoll = now
-                    if now < spinUntil, !deadline.hasPassed { continue }
-                    spinUntil = 0
-                    penalizeSpin()
-                }
-                if !blocking { return false }
-                if deadline.nanoseconds == nil {
-                    mayBlock = true
-                } else if try Syscall.pollReadable([fd], until: deadline).isEmpty {
-                    throw MultiprocessingError(.timedOut, "no message arrived before the timeout")
-                }
-            case ENOTSOCK where isSocket:
+            let error = errno
+            if error == ENOTSOCK && isSocket {
                 isSocket = false
                 spinUntil = 0
-            case ECONNRESET:
-                throw MultiprocessingError(.endOfFile, "the peer reset the connection")
-            case let error:
-                throw MultiprocessingError.system("recv", errno: error)
+                continue
             }
+            if try Self.retryRead(after: error) { continue }
+            // Nothing ready (EAGAIN).
+            if spinUntil > 0 {
+                let now = Deadline.monotonicNow()
+                preempted = preempted || now - lastPoll > Self.preemptedGap
+                lastPoll = now
+                if now < spinUntil, !deadline.hasPassed { continue }
+                spinUntil = 0
+                penalizeSpin()
+            }
+            if !blocking { return false }
+            if deadline.nanoseconds == nil {
+                mayBlock = true
+            } else if try Syscall.pollReadable([fd], until: deadline).isEmpty {
+                throw MultiprocessingError(.timedOut, "no message arrived before the timeout")
+            }
+        }
+    }
+
+    /// After a read that failed with `error`: true to read again at once (interrupted), false when
+    /// nothing is ready yet (EAGAIN); a reset peer is the end of file, anything else a system error.
+    private static func retryRead(after error: Int32) throws -> Bool {
+        switch error {
+        case EINTR:
+            return true
+        case EAGAIN:
+            return false
+        case ECONNRESET:
+            throw MultiprocessingError(.endOfFile, "the peer reset the connection")
+        default:
+            throw MultiprocessingError.system("recv", errno: error)
         }
     }
 

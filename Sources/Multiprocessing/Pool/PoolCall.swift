@@ -270,6 +270,28 @@ final class PoolCall: @unchecked Sendable {
         }
     }
 
+    /// Waits for `goal` at most `timeout` (nil: no limit) without holding a thread, and returns whether it
+    /// was reached. Cancelling the awaiting task ends the wait with `CancellationError` and leaves the
+    /// work alone.
+    func wait(for goal: PoolWaitGoal, timeout: Duration?) async throws -> Bool {
+        let deadline = Deadline.after(timeout)
+        if deadline.nanoseconds == nil {
+            try await wait(for: goal, onCancel: {})
+            return true
+        }
+        return try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await self.wait(for: goal, onCancel: {})
+                return true
+            }
+            group.addTask { try await EventLoop.shared.wait(for: [], until: deadline) != .timedOut }
+            defer { group.cancelAll() }
+            // The first to end decides; a timer that fires at the moment the goal is reached still counts it.
+            let first = try await group.next() ?? false
+            return first || locked { satisfied(goal) }
+        }
+    }
+
     /// Waits for `goal` without holding a thread; throws `CancellationError` when the awaiting task is
     /// cancelled (after calling `onCancel`).
     func wait(for goal: PoolWaitGoal, onCancel: @escaping @Sendable () -> Void) async throws {

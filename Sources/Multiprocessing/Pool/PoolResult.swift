@@ -44,6 +44,13 @@ public final class PoolResult<Value: Sendable>: @unchecked Sendable {
         call.wait(for: goal, until: .after(timeout))
     }
 
+    /// Waits at most `timeout` (nil: no limit) for the work to end, without holding a thread, and returns
+    /// whether it has (Python's `wait`, awaited).
+    /// - Throws: `CancellationError` when the awaiting task is cancelled; the work goes on.
+    public func wait(timeout: Duration? = nil) async throws -> Bool {
+        try await call.wait(for: goal, timeout: timeout)
+    }
+
     /// The value, waiting at most `timeout` for it (Python's `get`).
     /// - Throws: ``MultiprocessingError/Code/timedOut`` when the work has not ended in time (it goes on);
     ///   otherwise the error the work ended with: the task's own thrown error when its type is `Codable`,

@@ -189,6 +189,10 @@ final class PoolSupervisor: @unchecked Sendable {
         try await finishedCall.wait(for: .item(0), onCancel: {})
     }
 
+    func join(timeout: Duration) async throws -> Bool {
+        try await finishedCall.wait(for: .item(0), timeout: timeout)
+    }
+
     private func wakeUp() {
         var byte: UInt8 = 1
         _ = withUnsafeBytes(of: &byte) { try? Syscall.writeAll(wakeWrite, $0) }

@@ -317,6 +317,15 @@ public final class ProcessPool: @unchecked Sendable {
         try await supervisor.join()
     }
 
+    /// Awaits the end of every worker for at most `timeout` without holding a thread, and returns whether
+    /// they all ended.
+    /// - Throws: ``MultiprocessingError/Code/invalidState`` before ``close()`` or ``terminate()``, and
+    ///   `CancellationError` (the workers go on).
+    public func join(timeout: Duration) async throws -> Bool {
+        guard supervisor.phase != .running else { throw MultiprocessingError(.invalidState, "pool is still running; close() or terminate() it first") }
+        return try await supervisor.join(timeout: timeout)
+    }
+
     // MARK: Internals
 
     func makeCall<T: Codable & Sendable>(_ task: T, kind: UInt8, chunkSize: Int?, count: Int?, timeout: Duration?) throws -> PoolCall {
