@@ -85,12 +85,13 @@ let managerWorkloads: [Workload] = [
         import time
         from multiprocessing.managers import SyncManager
         def main(d, n):
+            set_item, get_item = d.__setitem__, d.__getitem__
             for i in range(500):
-                d['key'] = i; d['key']
+                set_item('key', i); get_item('key')
             start = time.perf_counter()
             for i in range(n):
-                d['key'] = i
-                if d['key'] != i:
+                set_item('key', i)
+                if get_item('key') != i:
                     raise SystemExit('wrong value read back')
             return n / (time.perf_counter() - start)
         if __name__ == '__main__':
