@@ -146,3 +146,42 @@ let queueWorkloads: [Workload] = [
              swift: { try queueThroughput(BenchMessage(id: 1, value: 1.5, tag: "item"), producers: 2, consumers: 2, perProducer: 1_000_000) },
              python: pythonQueue(value: "(1, 1.5, 'item')", producers: 2, consumers: 2, per: 100_000)),
 ]
+
+/// Nanoseconds per put and get of the small message in one process (no waiting, no other process):
+/// the cost of the codec and the ring alone, the best of 20 batches of 20,000.
+private func simpleQueueLocalRoundTrip() throws -> Double {
+    let queue = try ProcessSimpleQueue<BenchMessage>()
+    let batch = 20_000
+    var best = Double.infinity
+    var checksum = 0
+    for round in 0..<21 {
+        let start = now()
+        for index in 0..<batch {
+            try queue.put(BenchMessage(id: index, value: 1.5, tag: "item"))
+            checksum &+= try queue.get().id
+        }
+        // The first batch warms up.
+        if round > 0 { best = min(best, now() - start) }
+    }
+    guard checksum == 21 * (batch * (batch - 1) / 2) else { throw BenchError("wrong items: \(checksum)") }
+    return best / Double(batch) * 1e9
+}
+
+let queueLocalWorkloads: [Workload] = [
+    Workload(name: "simplequeue-local-small", unit: "ns", higherIsBetter: false, swift: simpleQueueLocalRoundTrip, python: """
+        import multiprocessing as mp, time
+        def best(q, batch, rounds):
+            put, get, perf = q.put, q.get, time.perf_counter
+            result = float('inf')
+            for round in range(rounds + 1):
+                start = perf()
+                for i in range(batch):
+                    put((i, 1.5, 'item'))
+                    get()
+                if round > 0:
+                    result = min(result, perf() - start)
+            return result
+        if __name__ == '__main__':
+            print(best(mp.SimpleQueue(), 20000, 20) / 20000 * 1e9)
+        """),
+]

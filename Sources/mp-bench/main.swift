@@ -42,6 +42,7 @@ let workloads = processWorkloads + connectionWorkloads + synchronizationWorkload
     + asyncWorkloads + codecWorkloads
     + pickleWorkloads
     + queueWorkloads
+    + queueLocalWorkloads
     + poolWorkloads
     + managerWorkloads
 var failures = 0
