@@ -201,7 +201,10 @@ struct QueueTests {
         try a.send(ints)
         let asStrings = try b.recv(ProcessQueue<String>.self, timeout: .seconds(5))
         try ints.put(5)
-        #expect(throws: MultiprocessingError.self) { try asStrings.get(timeout: .seconds(5)) }
+        try ints.put(6)
+        let undecodable = #expect(throws: MultiprocessingError.self) { try asStrings.get(timeout: .seconds(5)) }
+        #expect(undecodable?.code == .transport)
+        #expect(try ints.get(timeout: .seconds(5)) == 6)
         #expect(ints.isEmpty)
     }
 

@@ -50,6 +50,25 @@ public struct BinaryEncoder: Sendable {
         }
     }
 
+    /// Encodes `value` and lets `body` read the encoding in place, before the buffer it is in is reused:
+    /// a caller that copies the bytes somewhere (a queue's shared memory, say) makes no array of them.
+    ///
+    /// `body` may not encode on the same thread with `self` while it reads (another encoding call gets
+    /// a buffer of its own, so it is safe, only slower).
+    ///
+    /// - Throws: ``MultiprocessingError`` with code ``MultiprocessingError/Code/transport`` when the
+    ///   value cannot be encoded (`body` is not called); what `body` throws.
+    func withEncoding<T: Encodable, R>(of value: T, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        try BinaryEncodingState.with(BinaryEncodingState.key) { state in
+            try state.encodeRoot(value, userInfo: userInfo)
+            if state.flushed == 0 {
+                return try body(UnsafeRawBufferPointer(start: state.scratch, count: state.count))
+            }
+            state.flush()
+            return try state.output.withUnsafeBytes(body)
+        }
+    }
+
     /// Appends the encoding of `value` to `buffer`, so a caller can reserve a frame header first and
     /// send the whole buffer without another copy. Takes time in proportion to the new bytes only.
     ///

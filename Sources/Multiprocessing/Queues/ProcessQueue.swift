@@ -38,6 +38,9 @@ import Synchronization
 public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Codable, AsyncSequence {
     let ring: QueueRing
     private let closed = Atomic<Bool>(false)
+    /// The coders of every put and get (kept, so that none is made per item).
+    private let encoder = BinaryEncoder()
+    private let decoder = BinaryDecoder()
 
     /// The largest `maxSize`.
     static var largestMaxSize: Int { 1 << 27 }
@@ -79,10 +82,12 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
     ///   ``MultiprocessingError/Code/transport`` when the value cannot be encoded;
     ///   ``MultiprocessingError/Code/invalidArgument`` when it encodes to more than 1 GiB.
     public func put(_ item: Element, blocking: Bool = true, timeout: Duration? = nil) throws {
-        let payload = try encode(item)
+        try checkOpen(for: "put")
         let attempt = QueueRing.Attempt(blocking: blocking)
         let deadline = Deadline.after(blocking ? timeout : nil)
-        let outcome = payload.withUnsafeBytes { bytes in
+        // Copied into the ring straight from the encoder's buffer.
+        let outcome = try encoder.withEncoding(of: item) { bytes in
+            try Self.checkSize(bytes.count)
             var index = 0
             while true {
                 if let outcome = ring.putStep(bytes, attempt, until: deadline, index: index) { return outcome }
@@ -127,12 +132,16 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
     public func putNoWait(_ item: Element) throws { try put(item, blocking: false) }
 
     private func encode(_ item: Element) throws -> [UInt8] {
-        if closed.load(ordering: .relaxed) { throw MultiprocessingError(.closed, "put on a closed queue") }
-        let payload = try BinaryEncoder().encode(item)
-        guard QueueRing.recordSize(payload.count) <= QueueRing.largestRecord else {
-            throw MultiprocessingError(.invalidArgument, "a value of \(payload.count) bytes is larger than a queue carries (1 GiB)")
-        }
+        try checkOpen(for: "put")
+        let payload = try encoder.encode(item)
+        try Self.checkSize(payload.count)
         return payload
+    }
+
+    private static func checkSize(_ count: Int) throws {
+        guard QueueRing.recordSize(count) <= QueueRing.largestRecord else {
+            throw MultiprocessingError(.invalidArgument, "a value of \(count) bytes is larger than a queue carries (1 GiB)")
+        }
     }
 
     private func check(_ outcome: QueueRing.Status) throws {
@@ -157,22 +166,30 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
     ///   ``MultiprocessingError/Code/transport`` when the item does not decode as `Element` (it is
     ///   removed all the same).
     public func get(blocking: Bool = true, timeout: Duration? = nil) throws -> Element {
-        try checkOpen()
+        try checkOpen(for: "get")
         let attempt = QueueRing.Attempt(blocking: blocking)
         let deadline = Deadline.after(blocking ? timeout : nil)
-        var item: Element?
-        var failure: (any Error)?
+        // The step returns the item rather than setting an `Element?`: this code runs unspecialized,
+        // where each use of `Element?` would look up its type metadata at run time.
         var index = 0
         while true {
-            let status = ring.getStep(attempt, until: deadline, index: index) { bytes in
-                do { item = try Self.decode(bytes) } catch { failure = error }
+            do {
+                return try ring.getStep(attempt, until: deadline, index: index) { bytes in
+                    try decoder.decode(Element.self, from: bytes)
+                }
+            } catch let end as QueueRing.StepEnd {
+                switch end {
+                case .busy: try check(got: .busy, nil)
+                case .shutDown: try check(got: .shutDown, nil)
+                case .again:
+                    if deadline.hasPassed {
+                        ring.abandonGet(attempt)
+                        try check(got: .busy, nil)
+                    }
+                    index += 1
+                }
             }
-            if let status { return try value(status, item, failure) }
-            if deadline.hasPassed { break }
-            index += 1
         }
-        ring.abandonGet(attempt)
-        return try value(.busy, nil, nil)
     }
 
     /// Removes and returns the first item without blocking a thread; see `get(blocking:timeout:)`.
@@ -219,17 +236,23 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
     }
 
     private func value(_ outcome: QueueRing.Status, _ item: Element?, _ failure: (any Error)?) throws -> Element {
+        if case .done = outcome, let item { return item }
+        try check(got: outcome, failure)
+        preconditionFailure("a get that took no item did not throw")
+    }
+
+    /// Throws the error of a get that ended with `outcome` and has no item (`failure`: why its item
+    /// did not decode).
+    private func check(got outcome: QueueRing.Status, _ failure: (any Error)?) throws {
         switch outcome {
-        case .done:
-            if let item { return item }
-            throw failure ?? MultiprocessingError(.transport, "an item could not be decoded")
+        case .done: throw failure ?? MultiprocessingError(.transport, "an item could not be decoded")
         case .busy: throw MultiprocessingError(.empty, "the queue is empty")
         case .shutDown: throw MultiprocessingError(.shutDown, "get on a queue that was shut down and is empty")
         }
     }
 
-    private func checkOpen() throws {
-        if closed.load(ordering: .relaxed) { throw MultiprocessingError(.closed, "get on a closed queue") }
+    private func checkOpen(for call: String = "get") throws {
+        if closed.load(ordering: .relaxed) { throw MultiprocessingError(.closed, "\(call) on a closed queue") }
     }
 
     // MARK: Ending

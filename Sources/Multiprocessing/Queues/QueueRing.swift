@@ -218,8 +218,35 @@ final class QueueRing: @unchecked Sendable {
     func getStep(
         _ attempt: Attempt, until sliceEnd: Deadline, index: Int, consume: (UnsafeRawBufferPointer) -> Void
     ) -> Status? {
-        guard let taken = take(consumers, sleepers: itemSleepers, attempt, until: sliceEnd, index: index) else { return .busy }
-        guard taken else { return nil }
+        do {
+            try getStep(attempt, until: sliceEnd, index: index, read: consume)
+            return .done
+        } catch let end as StepEnd {
+            switch end {
+            case .busy: return .busy
+            case .shutDown: return .shutDown
+            case .again: return nil
+            }
+        } catch {
+            return .done
+        }
+    }
+
+    /// How a step of a get ended without an item.
+    enum StepEnd: Error { case busy, shutDown, again }
+
+    /// One step of a get that returns what `read` makes of the first record's bytes (in place, or
+    /// copied when the record wraps around the ring's end) and moves past the record, even when
+    /// `read` throws. Otherwise throws a ``StepEnd``: `busy` when a non-blocking get found none,
+    /// `shutDown` when the queue is shut down and empty, `again` to try again.
+    ///
+    /// (Generic rather than returning an optional, so that a caller's unspecialized generic code
+    /// builds no `Optional` of its element type per item.)
+    func getStep<R>(
+        _ attempt: Attempt, until sliceEnd: Deadline, index: Int, read: (UnsafeRawBufferPointer) throws -> R
+    ) throws -> R {
+        guard let taken = take(consumers, sleepers: itemSleepers, attempt, until: sliceEnd, index: index) else { throw StepEnd.busy }
+        guard taken else { throw StepEnd.again }
         var spun = index > 0 || !attempt.blocking
         while true {
             let out = head.pointee.load(ordering: .relaxed)
@@ -230,20 +257,20 @@ final class QueueRing: @unchecked Sendable {
                 knownTail = put
             }
             if Self.position(out) != Self.position(put) {
-                if read(out, consume: consume) {
+                if skip(out) { continue }
+                defer {
                     finish(attempt, consumers)
                     if roomSleepers.pointee.load(ordering: .sequentiallyConsistent) > 0 { Futex.wake(Futex.lowHalf(head)) }
-                    return .done
                 }
-                continue
+                return try self.read(out, read)
             }
             if isShutDown {
                 finish(attempt, consumers)
-                return .shutDown
+                throw StepEnd.shutDown
             }
             if !attempt.blocking {
                 finish(attempt, consumers)
-                return .busy
+                throw StepEnd.busy
             }
             if !spun {
                 spun = true
@@ -255,31 +282,36 @@ final class QueueRing: @unchecked Sendable {
                 Futex.wait(Futex.lowHalf(tail), expected: UInt32(truncatingIfNeeded: put), until: sliceEnd)
             }
             itemSleepers.pointee.subtract(1, ordering: .relaxed)
-            return nil
+            throw StepEnd.again
         }
     }
 
-    /// Hands the record at the head `out` to `consume` and moves the head past it; false after a skip record.
-    private func read(_ out: UInt64, consume: (UnsafeRawBufferPointer) -> Void) -> Bool {
+    /// Moves the head `out` past the record there if it is a skip record; whether it was.
+    private func skip(_ out: UInt64) -> Bool {
+        let position = Self.position(out)
+        let offset = position % QueueMemory.capacity
+        guard memory.ring.load(fromByteOffset: offset + 4, as: UInt32.self) == Kind.skip.rawValue else { return false }
+        let length = Int(memory.ring.load(fromByteOffset: offset, as: UInt32.self))
+        let next = (UInt64(position + 8 + length) & Self.positionMask) | (out & ~Self.positionMask)
+        head.pointee.store(next, ordering: .sequentiallyConsistent)
+        return true
+    }
+
+    /// Hands the item record at the head `out` to `read` and moves the head past it, also when `read` throws.
+    private func read<R>(_ out: UInt64, _ read: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         let position = Self.position(out)
         let offset = position % QueueMemory.capacity
         let length = Int(memory.ring.load(fromByteOffset: offset, as: UInt32.self))
-        let kind = memory.ring.load(fromByteOffset: offset + 4, as: UInt32.self)
-        if kind == Kind.skip.rawValue {
-            let next = (UInt64(position + 8 + length) & Self.positionMask) | (out & ~Self.positionMask)
+        defer {
+            let next = (UInt64(position + Self.recordSize(length)) & Self.positionMask)
+                | ((Self.count(out) + 1) & Self.countMask) << Self.positionBits
             head.pointee.store(next, ordering: .sequentiallyConsistent)
-            return false
         }
         let start = offset + 8
         if start + length > QueueMemory.capacity {
-            copyOut(at: start, count: length).withUnsafeBytes(consume)
-        } else {
-            consume(UnsafeRawBufferPointer(start: memory.ring + start, count: length))
+            return try copyOut(at: start, count: length).withUnsafeBytes(read)
         }
-        let next = (UInt64(position + Self.recordSize(length)) & Self.positionMask)
-            | ((Self.count(out) + 1) & Self.countMask) << Self.positionBits
-        head.pointee.store(next, ordering: .sequentiallyConsistent)
-        return true
+        return try read(UnsafeRawBufferPointer(start: memory.ring + start, count: length))
     }
 
     private func copyOut(at offset: Int, count: Int) -> [UInt8] {
