@@ -139,6 +139,8 @@ final class BinaryEncodingState: BinaryReusableState {
     @exclusivity(unchecked) var boxes = BinaryBoxCache<Frame>()
     /// The first misuse seen by a method that cannot throw; thrown when the encoding ends.
     @exclusivity(unchecked) var failure: MultiprocessingError?
+    /// Whether `failure` is set: testing this flag costs a load, testing the optional copies the error.
+    @exclusivity(unchecked) var failed = false
     /// Links too long for a header's 32 bits (containers more than 4 GiB apart), by container start.
     @exclusivity(unchecked) var farLinks: [Int: Int] = [:]
     @exclusivity(unchecked) var userInfo: [CodingUserInfoKey: any Sendable] = [:]
@@ -174,7 +176,7 @@ final class BinaryEncodingState: BinaryReusableState {
         } catch {
             throw failure ?? MultiprocessingError(.transport, "binary encoding: encoding \(T.self) failed: \(error)")
         }
-        if let failure { throw failure }
+        if failed, let failure { throw failure }
     }
 
     /// Ends the call: retires what it handed out and makes the state free for the next one.
@@ -187,7 +189,10 @@ final class BinaryEncodingState: BinaryReusableState {
         top = -1
         pending = -1
         depth = 0
-        if failure != nil { failure = nil }
+        if failed {
+            failure = nil
+            failed = false
+        }
         if !farLinks.isEmpty { farLinks = [:] }
         if !userInfo.isEmpty { userInfo = [:] }
         if capacity > BinaryEncodingState.keptCapacity {
@@ -222,7 +227,10 @@ final class BinaryEncodingState: BinaryReusableState {
     }
 
     func record(_ error: MultiprocessingError) {
-        if failure == nil { failure = error }
+        if !failed {
+            failure = error
+            failed = true
+        }
     }
 
     /// Throws unless `generation` is this call's: encoders and containers are good only within it.
