@@ -290,6 +290,20 @@ struct QueueTests {
         #expect(value.first == 7 && queueIntact(value, count: size))
     }
 
+    @Test("a steady stream through an unbounded queue goes back to the ring's start: its memory stays near the 4 MiB window")
+    func ringReuse() throws {
+        let queue = try ProcessQueue<[UInt8]>()
+        let item = [UInt8](repeating: 7, count: 1024)
+        // About 16 MiB of records, four times the window.
+        for _ in 0..<16_000 {
+            try queue.put(item)
+            #expect(try queue.get(timeout: .seconds(5)).count == 1024)
+        }
+        let resident = queue.ring.memory.residentBytes
+        #expect(resident <= QueueRing.window + (256 << 10), "the ring holds \(resident) bytes")
+        #expect(resident >= QueueRing.window / 2)
+    }
+
     @Test("a producer SIGKILLed mid-put leaves no torn value, and the queue keeps working")
     func producerKilled() throws {
         for round in 0..<3 {

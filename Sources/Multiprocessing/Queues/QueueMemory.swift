@@ -83,6 +83,14 @@ final class QueueMemory: @unchecked Sendable {
         (base + offset).assumingMemoryBound(to: Atomic<UInt64>.self)
     }
 
+    /// How many bytes of memory the queue's pages take now (the header and the ring pages touched
+    /// and not given back).
+    var residentBytes: Int {
+        var status = stat()
+        guard fstat(fd, &status) == 0 else { return 0 }
+        return Int(status.st_blocks) * 512
+    }
+
     /// Gives the pages of ring bytes `range` back to the system (they read as zeros afterwards).
     func release(ringBytes range: Range<Int>) {
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))

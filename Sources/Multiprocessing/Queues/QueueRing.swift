@@ -146,7 +146,12 @@ final class QueueRing: @unchecked Sendable {
             var out = knownHead
             var used = (Self.position(put) &- Self.position(out)) & Int(Self.positionMask)
             var items = (Self.count(put) &- Self.count(out)) & Self.countMask
-            if used + record > QueueMemory.capacity || (maxSize != 0 && items >= maxSize) {
+            // Past the window, a head seen long ago may be all that stops the jump back to the ring's
+            // start (see `write`): without a fresh look, a steady stream would walk on into untouched
+            // memory, paying a page fault (and the zeroing of a page) every 4 KiB.
+            let offset = Self.position(put) % QueueMemory.capacity
+            if used + record > QueueMemory.capacity || (maxSize != 0 && items >= maxSize)
+                || (offset >= Self.window && used + record > offset) {
                 out = head.pointee.load(ordering: .acquiring)
                 knownHead = out
                 used = (Self.position(put) &- Self.position(out)) & Int(Self.positionMask)
