@@ -69,6 +69,14 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     /// The longest spin: a peer that answers later than two thirds of this is waited for by blocking.
     static let longestSpinNanoseconds: UInt64 = 100_000
 
+    /// Tells a connection that only receives that a message it answers went out at `sent` (monotonic
+    /// nanoseconds) through another descriptor of the same socket, so that its next receive measures the
+    /// peer's turnaround and spins long enough for it, as after its own send. Call it from the thread
+    /// that receives.
+    func answerExpected(sentAt sent: UInt64) {
+        if isSocket && Self.spinning { lastSent = sent }
+    }
+
     /// The spin for the next receive, given how long after a send the peer's answer arrived. A peer that
     /// answers within the usual spin keeps it; one that takes a little longer (a Python program, which
     /// wakes up and unpickles before it answers) gets half again its time, so that the answer is caught

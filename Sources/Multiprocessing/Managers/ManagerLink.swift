@@ -96,22 +96,24 @@ final class ManagerLink: @unchecked Sendable {
                 } catch {
                     return lose("sending to it failed: \(error)")
                 }
-                readOwnReply(id)
+                readOwnReply(id, sentAt: Deadline.monotonicNow())
             }
         } onCancel: {
             finish(id, throwing: CancellationError())
         }
     }
 
-    /// Takes the read turn if nobody holds it and reads until call `id` is answered, for at most
+    /// Takes the read turn if nobody holds it and reads until call `id` (sent at `sent`) is answered, for at most
     /// ``ownReplyWait``; then passes the turn on if calls are still pending.
-    private func readOwnReply(_ id: UInt64) {
+    private func readOwnReply(_ id: UInt64, sentAt sent: UInt64) {
         let took = state.withLock { state -> Bool in
             guard !state.reading, state.failure == nil else { return false }
             state.reading = true
             return true
         }
         guard took else { return }
+        // The request went out through the writer: the receive spins for the manager's usual answer time.
+        reader.answerExpected(sentAt: sent)
         let deadline = Deadline.after(Self.ownReplyWait)
         while state.withLock({ $0.pending[id] != nil }) {
             guard let left = deadline.remainingNanoseconds, left > 0 else { break }

@@ -116,6 +116,9 @@ public final class ManagerServer: @unchecked Sendable {
                 mp_executor_help_begin()
                 client.track(request.id) { [self] in await handle(request, from: client) }
                 mp_executor_help_end()
+                // Most calls have just been answered from here: the next receive measures how soon the
+                // caller's next request follows and spins that long.
+                reader.answerExpected(sentAt: Deadline.monotonicNow())
             }
         }
     }
