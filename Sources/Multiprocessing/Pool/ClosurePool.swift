@@ -94,7 +94,7 @@ public final class ClosurePool<Input: Codable & Sendable, Output: Codable & Send
     public func close() { pool.close() }
     /// Kills the workers now (see ``ProcessPool/terminate()``).
     public func terminate() { pool.terminate() }
-    /// Waits for the workers to end (see ``ProcessPool/join(timeout:)``).
+    /// Waits for the workers to end (see ``ProcessPool/join(timeout:)-(Duration?)``).
     /// - Throws: ``MultiprocessingError/Code/invalidState`` before ``close()`` or ``terminate()``.
     @discardableResult
     public func join(timeout: Duration? = nil) throws -> Bool { try pool.join(timeout: timeout) }
