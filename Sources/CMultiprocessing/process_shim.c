@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -140,3 +141,109 @@ void mp_report_exit_code(int fd) {
 }
 
 int mp_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+/* Reads /proc/self/maps into `text` (NUL-terminated); 0, or -1 with errno. */
+static int mp_read_maps(char *text, size_t size) {
+    int maps = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (maps < 0) return -1;
+    size_t length = 0;
+    for (;;) {
+        ssize_t got = read(maps, text + length, size - 1 - length);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) break;
+        length += (size_t)got;
+        if (length == size - 1) break;
+    }
+    close(maps);
+    text[length] = 0;
+    return 0;
+}
+
+/* Parses one line of /proc/self/maps: start, end, permissions and inode. */
+static int mp_parse_mapping(const char *line, unsigned long *start, unsigned long *end, char perms[5], unsigned long *inode) {
+    char *cursor;
+    *start = strtoul(line, &cursor, 16);
+    if (*cursor != '-') return 0;
+    *end = strtoul(cursor + 1, &cursor, 16);
+    if (*cursor != ' ') return 0;
+    memcpy(perms, cursor + 1, 4);
+    perms[4] = 0;
+    cursor += 6;
+    strtoul(cursor, &cursor, 16);                    /* offset */
+    while (*cursor == ' ') cursor++;
+    while (*cursor != ' ' && *cursor != 0) cursor++; /* device */
+    *inode = strtoul(cursor, &cursor, 10);
+    return 1;
+}
+
+#define MP_HUGE_PAGE (2UL << 20)
+
+/* Replaces the 2 MiB-aligned interior of the code mapping [start, end) with an anonymous copy in
+   transparent huge pages. 1 when done, 0 when not (too small, or no huge pages to be had). */
+static int mp_code_to_huge_pages(unsigned long start, unsigned long end) {
+    unsigned long first = (start + MP_HUGE_PAGE - 1) & ~(MP_HUGE_PAGE - 1);
+    unsigned long last = end & ~(MP_HUGE_PAGE - 1);
+    if (last <= first) return 0;
+    size_t length = last - first;
+    char *area = mmap(NULL, length + MP_HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (area == MAP_FAILED) return 0;
+    char *copy = (char *)(((unsigned long)area + MP_HUGE_PAGE - 1) & ~(MP_HUGE_PAGE - 1));
+    if (copy > area) munmap(area, (size_t)(copy - area));
+    if (copy + length < area + length + MP_HUGE_PAGE) munmap(copy + length, (size_t)(area + length + MP_HUGE_PAGE - (copy + length)));
+    /* MADV_COLLAPSE (Linux 6.1) fails unless every page ends up in a huge page: then nothing changes. */
+    if (madvise(copy, length, MADV_HUGEPAGE) != 0) { munmap(copy, length); return 0; }
+    memcpy(copy, (const void *)first, length);
+    if (madvise(copy, length, 25 /* MADV_COLLAPSE */) != 0 || mprotect(copy, length, PROT_READ | PROT_EXEC) != 0) {
+        munmap(copy, length);
+        return 0;
+    }
+    /* One system call swaps the pages in under the running code, which is the same in both. */
+    if (mremap(copy, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)first) == MAP_FAILED) {
+        munmap(copy, length);
+        return 0;
+    }
+    return 1;
+}
+
+/* Gives the read-only private file mapping at `start` an anonymous part by writing its first byte back
+   unchanged through /proc/self/mem (as a debugger writes a breakpoint): fork copies the page-table entries
+   of such mappings. 1 when done. */
+static int mp_give_anonymous_part(int memory, unsigned long start) {
+    unsigned char byte;
+    return pread(memory, &byte, 1, (off_t)start) == 1 && pwrite(memory, &byte, 1, (off_t)start) == 1;
+}
+
+int mp_share_code_with_children(void) {
+    static char text[64 * 1024];
+    if (mp_read_maps(text, sizeof text) != 0) return -1;
+    unsigned long own = (unsigned long)&mp_share_code_with_children;
+    for (char *line = text; *line != 0;) {
+        char *next = strchr(line, '\n');
+        if (next != NULL) *next = 0;
+        unsigned long start, end, inode;
+        char perms[5];
+        if (mp_parse_mapping(line, &start, &end, perms, &inode) && start <= own && own < end && perms[2] == 'x') {
+            mp_code_to_huge_pages(start, end);
+            break;
+        }
+        if (next == NULL) break;
+        line = next + 1;
+    }
+    if (mp_read_maps(text, sizeof text) != 0) return -1;
+    int memory = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+    if (memory < 0) return -1;
+    int changed = 0;
+    for (char *line = text; *line != 0;) {
+        char *next = strchr(line, '\n');
+        if (next != NULL) *next = 0;
+        unsigned long start, end, inode;
+        char perms[5];
+        if (mp_parse_mapping(line, &start, &end, perms, &inode) && inode != 0 && perms[0] == 'r' && perms[1] == '-'
+            && perms[3] == 'p')
+            changed += mp_give_anonymous_part(memory, start);
+        if (next == NULL) break;
+        line = next + 1;
+    }
+    close(memory);
+    return changed;
+}

@@ -39,5 +39,13 @@ void mp_set_thread_name(const char *name);
 /// prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants of this process become its children
 /// (so a supervisor, or a test, sees every process its children left behind). 0, or -1 with errno.
 int mp_set_child_subreaper(void);
+/// For a fork server, once: lets the children it forks inherit this process's page-table entries for its
+/// code and constants, which Linux's fork otherwise leaves out of a child's page tables (so a child faults
+/// again on every page of them it touches). Moves the 2 MiB-aligned middle of the code containing this
+/// function into anonymous transparent huge pages (fork copies one entry per 2 MiB; nothing changes where
+/// the kernel offers no huge pages), and gives every other read-only private file mapping an anonymous
+/// page, which makes fork copy the entries of the pages this process has touched. Returns how many
+/// mappings got an anonymous page, or -1 with errno.
+int mp_share_code_with_children(void);
 
 #endif

@@ -54,13 +54,18 @@ func becomeChild(_ bootstrap: ChildBootstrap, parentSentinel: Int32) {
             name: bootstrap.name, identity: bootstrap.identity, authkey: bootstrap.authkey, daemon: bootstrap.daemon,
             parent: ParentProcess(pid: bootstrap.parentPid, name: bootstrap.parentName, sentinel: parentSentinel))
     }
+    forgetParentState()
+    defaultStartMethod.resetAfterFork { $0 = bootstrap.startMethod.flatMap(StartMethod.init(rawValue:)) }
+    if bootstrap.daemon { watchParent(parentSentinel) }
+}
+
+/// Forgets what belongs to the parent: its children, fork server, event loop, wait threads and locks.
+func forgetParentState() {
     ChildRegistry.forgetInheritedChildren()
     ForkServerLauncher.forgetInheritedServer()
     EventLoop.forgetAfterFork()
     WaitPool.forgetAfterFork()
     TaskEnvelope.forgetLockAfterFork()
-    defaultStartMethod.resetAfterFork { $0 = bootstrap.startMethod.flatMap(StartMethod.init(rawValue:)) }
-    if bootstrap.daemon { watchParent(parentSentinel) }
 }
 
 /// Applies the child's ``ChildSettings`` and installs its crash messages; a child that cannot apply
