@@ -214,8 +214,10 @@ func multiprocessingForkServerMain(_ control: Int32) {
     Syscall.openNullOnClosedStandardDescriptors()
     _ = try? Syscall.setCloseOnExec(control)
     rehearseChildStart()
-    // Last: the rehearsal has touched the code children run, and the server's pages are what they inherit.
-    _ = mp_share_code_with_children()
+    // Children inherit the server's page tables for its code, once it is shared (after the rehearsal,
+    // which touched the code children run). Sharing takes a few milliseconds, so the server does it after
+    // answering its first request, while that child runs, instead of delaying the first start.
+    var codeShared = false
     var children: [(pidfd: Int32, status: Int32)] = []
     while true {
         let watched = [control] + children.map(\.pidfd)
@@ -261,6 +263,10 @@ func multiprocessingForkServerMain(_ control: Int32) {
             if pidfd >= 0 { children.append((pidfd, fds[1])) } else { Syscall.close(fds[1]) }
         } else {
             Syscall.close(fds[1])
+        }
+        if !codeShared {
+            _ = mp_share_code_with_children()
+            codeShared = true
         }
     }
 }
