@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
@@ -246,4 +247,9 @@ int mp_share_code_with_children(void) {
     }
     close(memory);
     return changed;
+}
+
+void mp_keep_heap_slack(void) {
+    mallopt(M_TOP_PAD, 1 << 20);
+    mallopt(M_TRIM_THRESHOLD, 2 << 20);
 }

@@ -213,6 +213,7 @@ func multiprocessingForkServerMain(_ control: Int32) {
     mp_set_thread_name("mp-forkserver")
     Syscall.openNullOnClosedStandardDescriptors()
     _ = try? Syscall.setCloseOnExec(control)
+    mp_keep_heap_slack()
     rehearseChildStart()
     // Children inherit the server's page tables for its code, once it is shared (after the rehearsal,
     // which touched the code children run). Sharing takes a few milliseconds, so the server does it after
