@@ -11,7 +11,10 @@ import Synchronization
 /// and one end of a status socket (SCM_RIGHTS); the server answers with the pid, reaps the child when
 /// it ends and writes its exit code to the status socket, which is the child's sentinel. A child that
 /// exits normally writes its code there itself too, so the code survives even the server's death.
-/// If the server has died, the next start spawns a new one.
+/// If the server has died, the next start spawns a new one. Before its first fork the server rehearses a
+/// child's start, and after it shares its code's page tables with later children
+/// (`mp_share_code_with_children`), so that a child neither rebuilds the runtime's caches nor faults in
+/// the program's code again.
 enum ForkServerLauncher {
     private struct Server: @unchecked Sendable {
         var control: Int32 = -1
