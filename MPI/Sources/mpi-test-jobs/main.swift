@@ -33,6 +33,17 @@ struct ThrowOn: PoolTask {
     }
 }
 
+/// Throws on one input and crashes its local worker with SIGSEGV on a later one.
+struct ThrowThenCrash: PoolTask {
+    let bad: Int
+    let crash: Int
+    func run(_ input: Int) throws -> Int {
+        if input == bad { throw Refused(input: input) }
+        if input == crash { kill(getpid(), SIGSEGV) }
+        return input + 1
+    }
+}
+
 /// Kills the worker rank that runs it (its local worker's parent) on one input.
 struct KillRankOn: PoolTask {
     let bad: Int
@@ -91,6 +102,11 @@ struct HostName: PoolTask {
 /// The sum of the bytes, to check a large input arrived whole.
 struct ByteSum: PoolTask {
     func run(_ input: [UInt8]) throws -> Int { input.reduce(0) { $0 + Int($1) } }
+}
+
+/// As many bytes as the input says.
+struct Fill: PoolTask {
+    func run(_ input: Int) throws -> [UInt8] { [UInt8](repeating: 9, count: input) }
 }
 
 struct AsyncDouble: AsyncPoolTask {
@@ -154,6 +170,10 @@ do {
         let big = [UInt8](repeating: 3, count: 1 << 20)
         let sums = try pool.map(ByteSum(), Array(repeating: big, count: 8), chunkSize: 1, timeout: limit)
         expect(sums == Array(repeating: 3 << 20, count: 8), "1 MiB inputs")
+        // One batch whose outputs overflow the memory they go back through (6 MiB), then one larger than it.
+        let sizes = Array(repeating: 512 << 10, count: 12) + [5 << 20]
+        let blocks = try pool.map(Fill(), sizes, chunkSize: sizes.count, timeout: limit)
+        expect(blocks.map(\.count) == sizes && blocks.allSatisfy { $0.allSatisfy { $0 == 9 } }, "large outputs")
         // Progress: one report per batch, the last one complete, all before map returns.
         let reports = Mutex<[Int]>([])
         _ = try pool.map(Square(), 0..<100, chunkSize: 10, timeout: limit) { finished, total in
@@ -197,6 +217,16 @@ do {
         expect(outcomes.indices.allSatisfy { index in
             index == 3 ? (try? outcomes[index].get()) == nil : (try? outcomes[index].get()) == index + 1
         }, "mapResults \(outcomes)")
+        // In one batch: an input that throws, one that crashes after it, and the rest succeed.
+        let mixed = try pool.mapResults(ThrowThenCrash(bad: 2, crash: 5), 0..<8, chunkSize: 8)
+        expect(mixed.indices.allSatisfy { index in
+            switch (index, mixed[index]) {
+            case (2, .failure(let error)): return (error as? Refused) == Refused(input: 2)
+            case (5, .failure(let error)): return (error as? MultiprocessingError)?.signal == .segmentationViolation
+            case (_, .success(let output)): return output == index + 1
+            default: return false
+            }
+        }, "a throw then a crash in one batch: \(mixed)")
         print("OK thrown")
         try pool.shutdown()
     case "timeout":
