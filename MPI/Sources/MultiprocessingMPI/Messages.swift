@@ -220,16 +220,30 @@ final class Mailbox {
     }
 }
 
-/// Waits a little longer each idle round (from 20 us up to 250 us), so that a waiting rank leaves the
-/// cores to the ranks and children doing work instead of spinning in MPI's progress engine. A wait on a
-/// gate ends early when another thread of this process opens it (new work to send).
+/// Waits a little longer each idle round (from 20 us up to 50 us, and up to 250 us once idle for about
+/// 20 ms), so that a waiting rank leaves the cores to the ranks and children doing work instead of
+/// spinning in MPI's progress engine, yet answers within about 50 us while work comes and goes. A wait
+/// on a gate ends early when another thread of this process opens it (new work to send). The MPI
+/// thread sets its timer slack to 1 us (``MPIThread``), so the naps are as short as asked.
 struct Backoff {
     private var nanoseconds = 0
+    private var idleRounds = 0
 
-    mutating func reset() { nanoseconds = 0 }
+    /// The longest nap while work came recently, and after.
+    static let activeLimit = 50_000
+    static let idleLimit = 250_000
+    /// Naps at ``activeLimit`` before the limit becomes ``idleLimit`` (about 20 ms).
+    static let activeRounds = 400
+
+    mutating func reset() {
+        nanoseconds = 0
+        idleRounds = 0
+    }
 
     mutating func pause(on gate: Gate? = nil) {
-        nanoseconds = nanoseconds == 0 ? 20_000 : min(nanoseconds * 2, 250_000)
+        idleRounds += 1
+        let limit = idleRounds > Self.activeRounds ? Self.idleLimit : Self.activeLimit
+        nanoseconds = nanoseconds == 0 ? 20_000 : min(nanoseconds * 2, limit)
         if let gate {
             gate.wait(timeout: .nanoseconds(nanoseconds))
         } else {

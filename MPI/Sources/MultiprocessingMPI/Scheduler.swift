@@ -33,6 +33,11 @@ final class Scheduler: @unchecked Sendable {
     let workers: [Int32]
     /// Batches a worker rank holds at once: one running, one waiting, so it never idles between them.
     private let window = 2
+    /// Batches a worker rank holds at once while its batches come back within ``quickRoundTrip``: then
+    /// the time a result takes to come back and the next batch to go out (polls on both sides) is about
+    /// that of a batch's run, and two more in hand keep the rank busy meanwhile.
+    private let quickWindow = 4
+    private let quickRoundTrip: Duration = .milliseconds(2)
 
     init(workers: [Int32]) { self.workers = workers }
 
@@ -77,6 +82,8 @@ final class Scheduler: @unchecked Sendable {
     /// The loop, on the MPI thread, until closed.
     func run(_ mailbox: Mailbox, settings: WorkerSettings) {
         var inFlight: InFlight = [:]
+        // Ranks whose last batch came back within quickRoundTrip of its sending.
+        var quick: Set<Int32> = []
         var lost: Set<Int32> = []
         var lastHeard = [Int32: ContinuousClock.Instant](uniqueKeysWithValues: workers.map { ($0, .now) })
         var backoff = Backoff()
@@ -97,7 +104,7 @@ final class Scheduler: @unchecked Sendable {
                     }
                 }
                 // Send: fill every live rank's window.
-                if fill(mailbox, &inFlight, &lost) { worked = true }
+                if fill(mailbox, &inFlight, &lost, quick: quick) { worked = true }
                 // Receive: deliver every result that has arrived.
                 while let (source, tag, bytes) = try mailbox.receive() {
                     worked = true
@@ -111,11 +118,13 @@ final class Scheduler: @unchecked Sendable {
                     let first = Int(try reader.read(UInt32.self))
                     let count = Int(try reader.read(UInt32.self))
                     let host = try reader.readString()
-                    if let index = inFlight[source]?.firstIndex(where: { $0.job == job && $0.first == first }) {
-                        inFlight[source]?.remove(at: index)
+                    if let index = inFlight[source]?.firstIndex(where: { $0.job == job && $0.first == first }),
+                        let held = inFlight[source]?.remove(at: index)
+                    {
+                        if ContinuousClock.now - held.sent < quickRoundTrip { quick.insert(source) } else { quick.remove(source) }
                     }
                     // Keep the rank busy before spending time on its results.
-                    fill(mailbox, &inFlight, &lost)
+                    fill(mailbox, &inFlight, &lost, quick: quick)
                     guard let sink = state.withLock({ $0.jobs[job] }) else { continue }
                     do {
                         try sink.deliver(first: first, reader: &reader, count: count, rank: source, host: host)
@@ -174,13 +183,14 @@ final class Scheduler: @unchecked Sendable {
         stopped.open()
     }
 
-    typealias InFlight = [Int32: [(job: UInt64, first: Int, count: Int)]]
+    typealias InFlight = [Int32: [(job: UInt64, first: Int, count: Int, sent: ContinuousClock.Instant)]]
 
-    /// Sends queued batches to every live rank with room in its window; true when it sent one.
+    /// Sends queued batches to every live rank with room in its window (deeper for `quick` ranks); true
+    /// when it sent one.
     @discardableResult
-    private func fill(_ mailbox: Mailbox, _ inFlight: inout InFlight, _ lost: inout Set<Int32>) -> Bool {
+    private func fill(_ mailbox: Mailbox, _ inFlight: inout InFlight, _ lost: inout Set<Int32>, quick: Set<Int32>) -> Bool {
         var sent = false
-        for rank in workers where !lost.contains(rank) && inFlight[rank, default: []].count < window {
+        for rank in workers where !lost.contains(rank) && inFlight[rank, default: []].count < (quick.contains(rank) ? quickWindow : window) {
             guard let batch = state.withLock({ state -> Batch? in
                 guard state.head < state.queue.count else { return nil }
                 defer {
@@ -194,7 +204,7 @@ final class Scheduler: @unchecked Sendable {
             }) else { break }
             do {
                 try mailbox.send(batch.message, to: rank, tag: Tag.task)
-                inFlight[rank, default: []].append((batch.job, batch.first, batch.count))
+                inFlight[rank, default: []].append((batch.job, batch.first, batch.count, .now))
             } catch {
                 fail(batch.job, first: batch.first, count: batch.count, lostRank(rank, error))
                 lose(rank, lostRank(rank, error), mailbox, &inFlight, &lost)
