@@ -23,14 +23,24 @@ final class Scheduler: @unchecked Sendable {
         var nextJob: UInt64 = 1
         var closing = false
         var broken: MultiprocessingError?
+        /// The bytes of the queued batches not yet sent.
+        var unsentBytes = 0
         var lostAny = false
     }
 
     private let state = Mutex(State())
     private let wakeup = Gate()
+    /// Opened when batches leave the queue, for a caller waiting for room in it.
+    private let room = Gate()
+    /// How many bytes of encoded batches may wait to be sent before a caller waits to encode more: the
+    /// memory of large inputs is then encoded into the buffers of batches already sent (see
+    /// ``MessageBuffers``) instead of all at once into fresh memory.
+    static let unsentLimit = 16 << 20
     /// Opens when the loop has stopped the workers and ended.
     let stopped = Gate()
     let workers: [Int32]
+    /// Buffers of sent batches, for the next batches to be encoded into.
+    let buffers = MessageBuffers()
     /// Batches a worker rank holds at once: one running, one waiting, so it never idles between them.
     private let window = 2
     /// Batches a worker rank holds at once while its batches come back within ``quickRoundTrip``: then
@@ -42,7 +52,8 @@ final class Scheduler: @unchecked Sendable {
     init(workers: [Int32]) { self.workers = workers }
 
     /// Starts a new job of `count` inputs: `make` builds its batches given the job's number and queues
-    /// each as soon as it is built, so the first travel while the caller encodes the rest.
+    /// each as soon as it is built, so the first travel while the caller encodes the rest. A batch
+    /// waits to be queued while ``unsentLimit`` bytes of others wait to be sent.
     func submit(_ sink: any JobSink, count: Int, batches make: (UInt64, (Batch) -> Void) throws -> Void) throws {
         let job = try state.withLock { state -> UInt64 in
             if let broken = state.broken { throw broken }
@@ -58,8 +69,17 @@ final class Scheduler: @unchecked Sendable {
         do {
             try make(job) { batch in
                 queued += batch.count
-                state.withLock { state in
-                    state.queue.append(batch)
+                while true {
+                    let queuedNow = state.withLock { state -> Bool in
+                        let full = state.unsentBytes > 0 && state.unsentBytes + batch.message.count > Self.unsentLimit
+                        guard !full || state.broken != nil else { return false }
+                        state.queue.append(batch)
+                        state.unsentBytes += batch.message.count
+                        return true
+                    }
+                    if queuedNow { break }
+                    wakeup.open()
+                    room.wait(timeout: .milliseconds(50))
                 }
                 wakeup.open()
             }
@@ -174,6 +194,7 @@ final class Scheduler: @unchecked Sendable {
             let jobs = state.withLock { state -> [any JobSink] in
                 state.broken = broken
                 state.queue.removeAll()
+                state.unsentBytes = 0
                 state.head = 0
                 defer { state.jobs.removeAll() }
                 return Array(state.jobs.values)
@@ -193,6 +214,10 @@ final class Scheduler: @unchecked Sendable {
         for rank in workers where !lost.contains(rank) && inFlight[rank, default: []].count < (quick.contains(rank) ? quickWindow : window) {
             guard let batch = state.withLock({ state -> Batch? in
                 guard state.head < state.queue.count else { return nil }
+                // The queue lets go of the message: once sent, the mailbox holds it until MPI is done.
+                let batch = state.queue[state.head]
+                state.queue[state.head].message = []
+                state.unsentBytes -= batch.message.count
                 defer {
                     state.head += 1
                     if state.head > 1024, state.head * 2 > state.queue.count {
@@ -200,8 +225,9 @@ final class Scheduler: @unchecked Sendable {
                         state.head = 0
                     }
                 }
-                return state.queue[state.head]
+                return batch
             }) else { break }
+            room.open()
             do {
                 try mailbox.send(batch.message, to: rank, tag: Tag.task)
                 inFlight[rank, default: []].append((batch.job, batch.first, batch.count, .now))

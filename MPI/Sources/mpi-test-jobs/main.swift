@@ -104,6 +104,10 @@ struct ByteSum: PoolTask {
     func run(_ input: [UInt8]) throws -> Int { input.reduce(0) { $0 + Int($1) } }
 }
 
+struct Length: PoolTask {
+    func run(_ input: [UInt8]) throws -> Int { input.count }
+}
+
 /// As many bytes as the input says.
 struct Fill: PoolTask {
     func run(_ input: Int) throws -> [UInt8] { [UInt8](repeating: 9, count: input) }
@@ -139,6 +143,20 @@ func expectCode(_ code: MultiprocessingError.Code, _ body: () throws -> Void) {
     }
 }
 
+/// This process's resident memory, from /proc/self/statm.
+func residentBytes() -> Int {
+    guard let file = fopen("/proc/self/statm", "r") else { return 0 }
+    defer { fclose(file) }
+    var size = 0
+    var resident = 0
+    guard withUnsafeMutablePointer(to: &size, { size in
+        withUnsafeMutablePointer(to: &resident) { resident in
+            withVaList([size, resident]) { vfscanf(file, "%ld %ld", $0) }
+        }
+    }) == 2 else { return 0 }
+    return resident * Int(sysconf(Int32(_SC_PAGESIZE)))
+}
+
 func fail(_ text: String) -> Never {
     print("FAIL \(text)")
     exit(1)
@@ -170,6 +188,11 @@ do {
         let big = [UInt8](repeating: 3, count: 1 << 20)
         let sums = try pool.map(ByteSum(), Array(repeating: big, count: 8), chunkSize: 1, timeout: limit)
         expect(sums == Array(repeating: 3 << 20, count: 8), "1 MiB inputs")
+        // Rank 0 lets go of each batch once it is sent: 200 MiB of inputs do not stay behind.
+        let before = residentBytes()
+        let many = try pool.map(Length(), Array(repeating: big, count: 200), chunkSize: 1, timeout: limit)
+        let kept = residentBytes() - before
+        expect(many == Array(repeating: 1 << 20, count: 200) && kept < 64 << 20, "rank 0 kept \(kept >> 20) MiB after a map of 200 MiB")
         // One batch whose outputs overflow the memory they go back through (6 MiB), then one larger than it.
         let sizes = Array(repeating: 512 << 10, count: 12) + [5 << 20]
         let blocks = try pool.map(Fill(), sizes, chunkSize: sizes.count, timeout: limit)
