@@ -43,11 +43,12 @@ final class Scheduler: @unchecked Sendable {
     let buffers = MessageBuffers()
     /// Batches a worker rank holds at once: one running, one waiting, so it never idles between them.
     private let window = 2
-    /// Batches a worker rank holds at once while its batches come back within ``quickRoundTrip``: then
-    /// the time a result takes to come back and the next batch to go out (polls on both sides) is about
-    /// that of a batch's run, and two more in hand keep the rank busy meanwhile.
+    /// Batches a worker rank holds at once while its batches take less than ``quickBatch`` each (the
+    /// round trip of the last one over the batches it went behind): then the time a result takes to come
+    /// back and the next batch to go out (polls on both sides) is about that of a batch's run, and two
+    /// more in hand keep the rank busy meanwhile.
     private let quickWindow = 4
-    private let quickRoundTrip: Duration = .milliseconds(2)
+    private let quickBatch: Duration = .milliseconds(1)
 
     init(workers: [Int32]) { self.workers = workers }
 
@@ -102,7 +103,7 @@ final class Scheduler: @unchecked Sendable {
     /// The loop, on the MPI thread, until closed.
     func run(_ mailbox: Mailbox, settings: WorkerSettings) {
         var inFlight: InFlight = [:]
-        // Ranks whose last batch came back within quickRoundTrip of its sending.
+        // Ranks whose last batch took less than quickBatch.
         var quick: Set<Int32> = []
         var lost: Set<Int32> = []
         var lastHeard = [Int32: ContinuousClock.Instant](uniqueKeysWithValues: workers.map { ($0, .now) })
@@ -141,7 +142,7 @@ final class Scheduler: @unchecked Sendable {
                     if let index = inFlight[source]?.firstIndex(where: { $0.job == job && $0.first == first }),
                         let held = inFlight[source]?.remove(at: index)
                     {
-                        if ContinuousClock.now - held.sent < quickRoundTrip { quick.insert(source) } else { quick.remove(source) }
+                        if (ContinuousClock.now - held.sent) / (held.ahead + 1) < quickBatch { quick.insert(source) } else { quick.remove(source) }
                     }
                     // Keep the rank busy before spending time on its results.
                     fill(mailbox, &inFlight, &lost, quick: quick)
@@ -204,7 +205,8 @@ final class Scheduler: @unchecked Sendable {
         stopped.open()
     }
 
-    typealias InFlight = [Int32: [(job: UInt64, first: Int, count: Int, sent: ContinuousClock.Instant)]]
+    /// The batches each rank holds, with when each was sent and how many it went behind.
+    typealias InFlight = [Int32: [(job: UInt64, first: Int, count: Int, sent: ContinuousClock.Instant, ahead: Int)]]
 
     /// Sends queued batches to every live rank with room in its window (deeper for `quick` ranks); true
     /// when it sent one.
@@ -230,7 +232,7 @@ final class Scheduler: @unchecked Sendable {
             room.open()
             do {
                 try mailbox.send(batch.message, to: rank, tag: Tag.task)
-                inFlight[rank, default: []].append((batch.job, batch.first, batch.count, .now))
+                inFlight[rank, default: []].append((batch.job, batch.first, batch.count, .now, inFlight[rank, default: []].count))
             } catch {
                 fail(batch.job, first: batch.first, count: batch.count, lostRank(rank, error))
                 lose(rank, lostRank(rank, error), mailbox, &inFlight, &lost)
