@@ -25,6 +25,8 @@ final class Scheduler: @unchecked Sendable {
         var broken: MultiprocessingError?
         /// The bytes of the queued batches not yet sent.
         var unsentBytes = 0
+        /// The thread running the loop (a caller there, in a progress report, must not wait for it).
+        var loopThread: pthread_t?
         var lostAny = false
     }
 
@@ -73,7 +75,8 @@ final class Scheduler: @unchecked Sendable {
                 while true {
                     let queuedNow = state.withLock { state -> Bool in
                         let full = state.unsentBytes > 0 && state.unsentBytes + batch.message.count > Self.unsentLimit
-                        guard !full || state.broken != nil else { return false }
+                        let onLoop = state.loopThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false
+                        guard !full || state.broken != nil || onLoop else { return false }
                         state.queue.append(batch)
                         state.unsentBytes += batch.message.count
                         return true
@@ -102,6 +105,7 @@ final class Scheduler: @unchecked Sendable {
 
     /// The loop, on the MPI thread, until closed.
     func run(_ mailbox: Mailbox, settings: WorkerSettings) {
+        state.withLock { $0.loopThread = pthread_self() }
         var inFlight: InFlight = [:]
         // Ranks whose last batch took less than quickBatch.
         var quick: Set<Int32> = []

@@ -197,6 +197,14 @@ do {
         let sizes = Array(repeating: 512 << 10, count: 12) + [5 << 20]
         let blocks = try pool.map(Fill(), sizes, chunkSize: sizes.count, timeout: limit)
         expect(blocks.map(\.count) == sizes && blocks.allSatisfy { $0.allSatisfy { $0 == 9 } }, "large outputs")
+        // A progress report that submits more work while 16 MiB or more wait to be sent: queued at once
+        // (the report runs on the thread that sends, which it must not wait for).
+        let later = Mutex<MPIResults<Int>?>(nil)
+        let firsts = try pool.map(Length(), Array(repeating: big, count: 40), chunkSize: 1, timeout: limit) { _, _ in
+            later.withLock { if $0 == nil { $0 = try? pool.imap(Length(), Array(repeating: big, count: 20)) } }
+        }
+        let seconds = later.withLock { $0 }.map { Array($0).compactMap { try? $0.get() } }
+        expect(firsts.count == 40 && seconds == Array(repeating: 1 << 20, count: 20), "work submitted from a progress report")
         // Progress: one report per batch, the last one complete, all before map returns.
         let reports = Mutex<[Int]>([])
         _ = try pool.map(Square(), 0..<100, chunkSize: 10, timeout: limit) { finished, total in
