@@ -2,6 +2,20 @@
 #define CMPI_H
 
 #include <mpi.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+/* How late the calling thread's timed waits may end (Linux's timer slack, 50 us by default), so that a
+   thread polling in short naps wakes when asked. 0 where there is no such setting. */
+static inline int cmpi_set_timer_slack(unsigned long nanoseconds) {
+#ifdef __linux__
+    return prctl(PR_SET_TIMERSLACK, nanoseconds, 0, 0, 0);
+#else
+    (void)nanoseconds;
+    return 0;
+#endif
+}
+
+#endif
 
 /* Open MPI's handles are macros over the addresses of global objects, which Swift does not import;
    these accessors give them to Swift. Under MPICH they are integers, and the same accessors work. */

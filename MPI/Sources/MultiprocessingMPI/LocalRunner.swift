@@ -6,58 +6,71 @@ import Glibc
 
 // A worker rank runs its tasks in a local child process, so that a task that crashes, is killed or runs
 // past its limits ends that child only: the rank reports the failure for that input and goes on in a
-// new child. This runner is the package's own, to be replaced by the local pool's entry point for
-// encoded jobs once that exists.
+// new child.
 
-/// The local child: it reads batches from the rank (a header frame `[skip u32][count u32][body length
+/// The local child: it reads batches from the rank (a header frame `[start u32][end u32][body length
 /// u64][in inbox u8][type name]`; the batch body as rank 0 encoded it is in `inbox`, memory shared with
-/// the rank, or when larger than that follows as a second frame) and runs every input from `skip` on.
+/// the rank, from which it is decoded in place, or when larger than that follows as a second frame) and
+/// runs the inputs `start..<end`.
 ///
-/// Each input's outcome (`[kind u8][length u64][bytes]`, the result message's own format) is appended to
-/// `log`, memory shared with the rank, and the count of bytes written is updated after each: when the
-/// child dies in the middle of a batch, the rank still finds every outcome finished before the crash,
-/// and the input after them is the one that crashed. The channel carries only a `done` frame per batch,
-/// a `flush` frame when the log is full (the rank copies it out and answers), and any outcome too large
-/// for the log.
+/// Before each input runs, its index plus one goes to `running`, memory shared with the rank. While
+/// every input succeeds the outputs stay here, and at the end they go to `log`, memory shared with the
+/// rank, as one encoded array (one `values` outcome): a batch of small tasks costs one encode, not one
+/// per input. From the first input that throws on, each outcome (`[kind u8][length u64][bytes]`, the
+/// result message's own format) is appended to the log as it ends, and the count of bytes written is
+/// updated after each. When the child dies in the middle of a batch, the rank finds every outcome
+/// logged before, and in `running` the input that was running: that input fails, and those between
+/// the logged ones and it (whose outputs died with the child) run again in a new child. The channel
+/// carries only a `done` frame per batch, a `flush` frame when the log is full (the rank copies it out
+/// and answers), and any outcome too large for the log.
 struct LocalTaskWorker: AsyncProcessTask {
     let channel: Connection
     let log: SharedMemory
     let inbox: SharedMemory
+    let running: RawSharedValue<UInt64>
 
     static let done: UInt8 = 0xF1
     static let flush: UInt8 = 0xF0
     /// The log's first bytes hold the count of outcome bytes after them.
     static let logHeader = 64
 
+    /// Where a batch's body is.
+    enum BatchSource {
+        /// The first bytes of the inbox.
+        case inbox(Int)
+        /// A frame of its own.
+        case bytes([UInt8])
+    }
+
     func run() async throws {
         var writer = LogWriter(log: log, channel: channel)
         while true {
             guard let header = try receive() else { return }
             var reader = MessageReader(header)
-            let skip = Int(try reader.read(UInt32.self))
-            let count = Int(try reader.read(UInt32.self))
+            let start = Int(try reader.read(UInt32.self))
+            let end = Int(try reader.read(UInt32.self))
             let length = Int(try reader.read(UInt64.self))
-            let body: [UInt8]
+            let body: BatchSource
             if try reader.read(UInt8.self) == 1 {
                 guard length <= inbox.size else { throw MultiprocessingError(.protocolViolation, "a batch longer than the inbox") }
-                body = try inbox.withUnsafeMutableBytes { Array(UnsafeRawBufferPointer(rebasing: $0[0..<length])) }
+                body = .inbox(length)
             } else {
-                body = try receiveBody()
+                body = .bytes(try receiveBody())
             }
             let name = String(decoding: reader.bytes[reader.offset...], as: UTF8.self)
             try writer.reset()
             do {
                 let type = _typeByName(name)
                 if let type = type as? any PoolTask.Type {
-                    try runBatch(type, body: body, skip: skip, &writer)
+                    try runBatch(type, body: body, range: start..<end, &writer)
                 } else if let type = type as? any AsyncPoolTask.Type {
-                    try await runAsyncBatch(type, body: body, skip: skip, &writer)
+                    try await runAsyncBatch(type, body: body, range: start..<end, &writer)
                 } else {
                     throw BatchFailure(error: MultiprocessingError(.transport, "no pool task type named \(name) in this program"))
                 }
             } catch let error as BatchFailure {
                 // The body could not be decoded: every input of it fails the same way.
-                for _ in skip..<count { try writer.append(Self.thrown(error.error)) }
+                for _ in start..<end { try writer.append(Self.thrown(error.error)) }
             }
             try send([Self.done])
         }
@@ -79,54 +92,91 @@ struct LocalTaskWorker: AsyncProcessTask {
 
     private func send(_ frame: [UInt8]) throws { try channel.sendBytes(frame) }
 
-    private func decode<T: Decodable>(_ type: T.Type, _ body: [UInt8]) throws -> T {
-        do { return try BinaryDecoder().decode(type, from: body) } catch { throw BatchFailure(error: error) }
+    /// The batch, decoded where it is (in the inbox, without copying it out first); its inputs must
+    /// cover `range`.
+    private func decode<Task: Codable, Input: Codable>(_ type: BatchBody<Task, Input>.Type, _ body: BatchSource, range: Range<Int>) throws -> BatchBody<Task, Input> {
+        let batch: BatchBody<Task, Input>
+        do {
+            switch body {
+            case .inbox(let length):
+                batch = try inbox.withUnsafeMutableBytes { try BinaryDecoder().decode(type, from: UnsafeRawBufferPointer(rebasing: $0[0..<length])) }
+            case .bytes(let bytes):
+                batch = try BinaryDecoder().decode(type, from: bytes)
+            }
+        } catch {
+            throw BatchFailure(error: error)
+        }
+        guard range.lowerBound >= 0, range.upperBound <= batch.inputs.count else {
+            throw BatchFailure(error: MultiprocessingError(.protocolViolation, "inputs \(range) asked of a batch of \(batch.inputs.count)"))
+        }
+        return batch
     }
 
-    private func runBatch<T: PoolTask>(_ type: T.Type, body: [UInt8], skip: Int, _ writer: inout LogWriter) throws {
-        let batch = try decode(BatchBody<T, T.Input>.self, body)
-        var outputs: [T.Output]? = []
-        outputs?.reserveCapacity(batch.inputs.count - skip)
-        for input in batch.inputs.dropFirst(skip) {
-            let frame: [UInt8]
+    private func runBatch<T: PoolTask>(_ type: T.Type, body: BatchSource, range: Range<Int>, _ writer: inout LogWriter) throws {
+        let batch = try decode(BatchBody<T, T.Input>.self, body, range: range)
+        var outputs: [T.Output] = []
+        outputs.reserveCapacity(range.count)
+        for index in range {
+            running.store(UInt64(index + 1))
             do {
-                let output = try batch.task.run(input)
-                frame = try Self.value(output)
-                outputs?.append(output)
+                outputs.append(try batch.task.run(batch.inputs[index]))
             } catch {
-                frame = Self.thrown(error)
-                outputs = nil
+                // From here on each outcome is logged as it ends.
+                try Self.logEach(outputs, &writer)
+                try writer.append(Self.thrown(error))
+                for later in index + 1..<range.upperBound {
+                    running.store(UInt64(later + 1))
+                    let frame: [UInt8]
+                    do { frame = try Self.value(try batch.task.run(batch.inputs[later])) } catch { frame = Self.thrown(error) }
+                    try writer.append(frame)
+                }
+                return
             }
+        }
+        try Self.logAll(outputs, &writer)
+    }
+
+    private func runAsyncBatch<T: AsyncPoolTask>(_ type: T.Type, body: BatchSource, range: Range<Int>, _ writer: inout LogWriter) async throws {
+        let batch = try decode(BatchBody<T, T.Input>.self, body, range: range)
+        var outputs: [T.Output] = []
+        outputs.reserveCapacity(range.count)
+        for index in range {
+            running.store(UInt64(index + 1))
+            do {
+                outputs.append(try await batch.task.run(batch.inputs[index]))
+            } catch {
+                try Self.logEach(outputs, &writer)
+                try writer.append(Self.thrown(error))
+                for later in index + 1..<range.upperBound {
+                    running.store(UInt64(later + 1))
+                    let frame: [UInt8]
+                    do { frame = try Self.value(try await batch.task.run(batch.inputs[later])) } catch { frame = Self.thrown(error) }
+                    try writer.append(frame)
+                }
+                return
+            }
+        }
+        try Self.logAll(outputs, &writer)
+    }
+
+    /// Logs the outputs of a batch whose inputs all succeeded as one encoded array, when it encodes and
+    /// fits in the log; else one by one.
+    private static func logAll<Output: Encodable>(_ outputs: [Output], _ writer: inout LogWriter) throws {
+        if !outputs.isEmpty, let frame = try? outcome(.values, { try BinaryEncoder().encode(outputs, appendingTo: &$0) }),
+            writer.appendIfRoom(frame)
+        {
+            return
+        }
+        try logEach(outputs, &writer)
+    }
+
+    /// Logs each output on its own: an output that cannot be encoded fails alone.
+    private static func logEach<Output: Encodable>(_ outputs: [Output], _ writer: inout LogWriter) throws {
+        for output in outputs {
+            let frame: [UInt8]
+            do { frame = try value(output) } catch { frame = thrown(error) }
             try writer.append(frame)
         }
-        try Self.appendValues(outputs, &writer)
-    }
-
-    private func runAsyncBatch<T: AsyncPoolTask>(_ type: T.Type, body: [UInt8], skip: Int, _ writer: inout LogWriter) async throws {
-        let batch = try decode(BatchBody<T, T.Input>.self, body)
-        var outputs: [T.Output]? = []
-        for input in batch.inputs.dropFirst(skip) {
-            let frame: [UInt8]
-            do {
-                let output = try await batch.task.run(input)
-                frame = try Self.value(output)
-                outputs?.append(output)
-            } catch {
-                frame = Self.thrown(error)
-                outputs = nil
-            }
-            try writer.append(frame)
-        }
-        try Self.appendValues(outputs, &writer)
-    }
-
-    /// After a batch whose inputs all succeeded, adds their outputs again as one array: the rank then
-    /// sends that alone and rank 0 decodes once. Only when the per-input outcomes are all still in the
-    /// log (no flush) and the array fits.
-    private static func appendValues<Output: Encodable>(_ outputs: [Output]?, _ writer: inout LogWriter) throws {
-        guard let outputs, outputs.count > 1, !writer.flushed else { return }
-        let frame = try outcome(.values) { try BinaryEncoder().encode(outputs, appendingTo: &$0) }
-        writer.appendIfRoom(frame)
     }
 
     /// An outcome: `[kind u8][length u64]` then the bytes.
@@ -153,8 +203,6 @@ struct LogWriter {
     let log: SharedMemory
     let channel: Connection
     private var used = 0
-    /// Whether the log was flushed since the batch began.
-    private(set) var flushed = false
 
     init(log: SharedMemory, channel: Connection) {
         self.log = log
@@ -163,7 +211,6 @@ struct LogWriter {
 
     mutating func reset() throws {
         used = 0
-        flushed = false
         try log.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(0), toByteOffset: 0, as: UInt64.self) }
     }
 
@@ -174,7 +221,6 @@ struct LogWriter {
             try channel.sendBytes([LocalTaskWorker.flush])
             _ = try channel.recvBytes()
             try reset()
-            flushed = true
         }
         if frame.count > capacity {
             try channel.sendBytes(frame)
@@ -183,10 +229,10 @@ struct LogWriter {
         try write(frame)
     }
 
-    /// Appends `frame` when it fits in what is left of the log.
-    mutating func appendIfRoom(_ frame: [UInt8]) {
-        guard used + frame.count <= log.size - LocalTaskWorker.logHeader else { return }
-        try? write(frame)
+    /// Appends `frame` when it fits in what is left of the log; true when it did.
+    mutating func appendIfRoom(_ frame: [UInt8]) -> Bool {
+        guard used + frame.count <= log.size - LocalTaskWorker.logHeader else { return false }
+        return (try? write(frame)) != nil
     }
 
     private mutating func write(_ frame: [UInt8]) throws {
@@ -213,6 +259,8 @@ final class LocalRunner {
     private var channel: Connection?
     private var log: SharedMemory?
     private var inbox: SharedMemory?
+    /// The input each child is running (its index plus one; 0: none yet), shared with every child.
+    private var running: RawSharedValue<UInt64>?
     /// The size of the outcome log shared with each local child.
     static let logSize = 4 << 20
     /// The size of the memory that carries batches to each local child (pages are used only as touched).
@@ -221,14 +269,25 @@ final class LocalRunner {
     init(settings: WorkerSettings) { self.settings = settings }
 
     /// Runs the batch in `message` (a task message as rank 0 sent it) whose body starts at `bodyOffset`.
-    /// Returns the outcomes, `[kind u8][length u64][bytes]` each, one per input, concatenated.
+    /// Returns the outcomes, `[kind u8][length u64][bytes]` each, one per input or one `values` outcome
+    /// for a run of inputs that all succeeded, concatenated in input order.
     /// `timeout` limits each input's run; nil: the pool's ``WorkerSettings/taskTimeout``.
     func run(message: [UInt8], bodyOffset: Int, count: Int, typeName: String, timeout: Duration?) -> [UInt8] {
         let taskTimeout = timeout ?? settings.taskTimeout
         var outcomes: [UInt8] = []
+        // Inputs before `finished` have their outcomes in `outcomes`.
         var finished = 0
+        // Inputs that crashed or timed out, with their outcomes: placed when every input before them has
+        // its own (those whose outputs died with the child run again first).
+        var failures: [Int: (OutcomeKind, [UInt8])] = [:]
         var freshChildFailures = 0
         while finished < count {
+            if let failure = failures.removeValue(forKey: finished) {
+                append(failure, to: &outcomes)
+                finished += 1
+                continue
+            }
+            let end = failures.keys.min() ?? count
             let channel: Connection
             let fresh: Bool
             do {
@@ -240,9 +299,10 @@ final class LocalRunner {
                         return true
                     }
                 } ?? false
+                running?.store(0)
                 var header = MessageWriter()
                 header.append(UInt32(finished))
-                header.append(UInt32(count))
+                header.append(UInt32(end))
                 header.append(UInt64(length))
                 header.append(UInt8(viaInbox ? 1 : 0))
                 header.bytes.append(contentsOf: typeName.utf8)
@@ -260,8 +320,8 @@ final class LocalRunner {
                 continue
             }
             if fresh { freshChildFailures = 0 }
-            var lastCommitted = 0
             var lastProgress = ContinuousClock.now
+            var lastMark = progressMark()
             batch: while true {
                 do {
                     // Wake now and then to see whether the running input has passed the task timeout.
@@ -269,47 +329,59 @@ final class LocalRunner {
                     do {
                         frame = try channel.recvBytes(timeout: taskTimeout.map { min($0, .milliseconds(100)) })
                     } catch let error as MultiprocessingError where error.code == .timedOut {
-                        let committed = committedBytes()
-                        if committed != lastCommitted {
-                            lastCommitted = committed
+                        let mark = progressMark()
+                        if mark != lastMark {
+                            lastMark = mark
                             lastProgress = .now
                         } else if let limit = taskTimeout, ContinuousClock.now - lastProgress >= limit {
-                            finished += takeLog(into: &outcomes)
+                            let culprit = runningInput(from: finished, before: end)
+                            finished += takeLog(into: &outcomes, covering: end - finished)
                             let facts = retire(killing: true)
-                            append(crash(.timedOut, facts), to: &outcomes)
-                            finished += 1
+                            if finished < end { failures[max(culprit, finished)] = crash(.timedOut, facts) }
                             break batch
                         }
                         continue
                     }
                     switch frame.first {
                     case LocalTaskWorker.done?:
-                        finished += takeLog(into: &outcomes)
+                        finished += takeLog(into: &outcomes, covering: end - finished)
+                        if finished < end {
+                            throw MultiprocessingError(.protocolViolation, "a local worker ended a batch without every outcome")
+                        }
                         break batch
                     case LocalTaskWorker.flush?:
-                        finished += takeLog(into: &outcomes)
-                        lastCommitted = 0
+                        finished += takeLog(into: &outcomes, covering: end - finished)
                         try channel.sendBytes([1])
                     default:
-                        guard frame.count >= 9, OutcomeKind(rawValue: frame[0]) != nil else {
+                        guard frame.count >= 9, let kind = OutcomeKind(rawValue: frame[0]), kind != .values else {
                             throw MultiprocessingError(.protocolViolation, "a local worker sent an unknown frame")
                         }
                         outcomes.append(contentsOf: frame)
                         finished += 1
                     }
                 } catch {
-                    // The child died (or broke the protocol): what it logged stands, the next input crashed.
-                    finished += takeLog(into: &outcomes)
+                    // The child died (or broke the protocol): what it logged stands, the input it was
+                    // running crashed, and those between them run again.
+                    let culprit = runningInput(from: finished, before: end)
+                    finished += takeLog(into: &outcomes, covering: end - finished)
                     let facts = retire(killing: true)
-                    if finished < count {
-                        append(crash(.crashed, facts), to: &outcomes)
-                        finished += 1
-                    }
+                    if finished < end { failures[max(culprit, finished)] = crash(.crashed, facts) }
                     break batch
                 }
             }
         }
         return outcomes
+    }
+
+    /// What changes while the child makes progress: the bytes logged and the input running.
+    private func progressMark() -> (Int, UInt64) {
+        (committedBytes(), running?.load() ?? 0)
+    }
+
+    /// The input the child is running, within `first..<end`; `first` when it says none there.
+    private func runningInput(from first: Int, before end: Int) -> Int {
+        let mark = Int(clamping: running?.load() ?? 0) - 1
+        return mark >= first && mark < end ? mark : first
     }
 
     /// The number of outcome bytes in the log.
@@ -318,27 +390,22 @@ final class LocalRunner {
         return (try? log.withUnsafeMutableBytes { Int($0.load(fromByteOffset: 0, as: UInt64.self)) }) ?? 0
     }
 
-    /// Copies the log's outcomes to `outcomes` and returns how many there were.
-    private func takeLog(into outcomes: inout [UInt8]) -> Int {
+    /// Copies the log's outcomes to `outcomes` and returns for how many inputs: a `values` outcome (the
+    /// outputs of a whole run that succeeded, logged alone) stands for `covering` inputs.
+    private func takeLog(into outcomes: inout [UInt8], covering: Int) -> Int {
         guard let log else { return 0 }
         return (try? log.withUnsafeMutableBytes { memory -> Int in
             let committed = min(Int(memory.load(fromByteOffset: 0, as: UInt64.self)), memory.count - LocalTaskWorker.logHeader)
             let region = UnsafeRawBufferPointer(rebasing: memory[LocalTaskWorker.logHeader..<LocalTaskWorker.logHeader + committed])
             var offset = 0
             var taken = 0
-            var values: Range<Int>?
             while committed - offset >= 9 {
                 let length = Int(region.loadUnaligned(fromByteOffset: offset + 1, as: UInt64.self).littleEndian)
                 guard length >= 0, length <= committed - offset - 9 else { break }
-                if region[offset] == OutcomeKind.values.rawValue {
-                    values = offset..<offset + 9 + length
-                } else {
-                    taken += 1
-                }
+                taken += region[offset] == OutcomeKind.values.rawValue ? covering : 1
                 offset += 9 + length
             }
-            // The outputs as one array stand for the per-input outcomes before them.
-            outcomes.append(contentsOf: UnsafeRawBufferPointer(rebasing: region[values ?? 0..<offset]))
+            outcomes.append(contentsOf: UnsafeRawBufferPointer(rebasing: region[0..<offset]))
             memory.storeBytes(of: UInt64(0), toByteOffset: 0, as: UInt64.self)
             return taken
         }) ?? 0
@@ -366,6 +433,8 @@ final class LocalRunner {
 
     private func ensureChild() throws -> (Connection, Bool) {
         if let channel { return (channel, false) }
+        let running = try self.running ?? RawSharedValue<UInt64>(0)
+        self.running = running
         let (mine, theirs) = try makePipe()
         let log: SharedMemory
         let inbox: SharedMemory
@@ -383,7 +452,7 @@ final class LocalRunner {
             theirs.close()
             throw error
         }
-        let child = ChildProcess(LocalTaskWorker(channel: theirs, log: log, inbox: inbox), name: "mpi-task-runner", daemon: true)
+        let child = ChildProcess(LocalTaskWorker(channel: theirs, log: log, inbox: inbox, running: running), name: "mpi-task-runner", daemon: true)
         do {
             try child.setSettings(ChildSettings(limits: settings.limits))
             try child.start()

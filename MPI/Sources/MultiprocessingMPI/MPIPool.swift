@@ -106,7 +106,7 @@ public final class MPIPool: Sendable {
     private init(_ scheduler: Scheduler, communicator: Communicator, intercommunicator: Communicator?, settings: WorkerSettings) throws {
         self.scheduler = scheduler
         self.intercommunicator = intercommunicator
-        try MPIThread.shared.post { scheduler.run(Mailbox(communicator), settings: settings) }
+        try MPIThread.shared.post { scheduler.run(Mailbox(communicator, recycling: scheduler.buffers), settings: settings) }
         Self.openPool.withLock { pool in
             pool = self
             if !Self.exitHookInstalled {
@@ -203,7 +203,7 @@ public final class MPIPool: Sendable {
         try scheduler.submit(job, count: inputs.count) { number, enqueue in
             for first in stride(from: 0, to: inputs.count, by: size) {
                 let count = min(size, inputs.count - first)
-                var message = MessageWriter()
+                var message = MessageWriter(bytes: scheduler.buffers.take())
                 message.append(number)
                 message.append(UInt32(first))
                 message.append(UInt32(count))

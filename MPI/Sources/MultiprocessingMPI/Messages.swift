@@ -1,5 +1,6 @@
 import CMPI
 import Multiprocessing
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -150,8 +151,13 @@ struct MessageReader {
 final class Mailbox {
     let communicator: Communicator
     private var pending: [(request: MPI_Request?, rank: Int32, bytes: [UInt8])] = []
+    /// Where the bytes of completed sends go for reuse, if anywhere.
+    private let recycling: MessageBuffers?
 
-    init(_ communicator: Communicator) { self.communicator = communicator }
+    init(_ communicator: Communicator, recycling: MessageBuffers? = nil) {
+        self.communicator = communicator
+        self.recycling = recycling
+    }
 
     var hasPendingSends: Bool { !pending.isEmpty }
 
@@ -191,7 +197,8 @@ final class Mailbox {
             var done: Int32 = 0
             try check(MPI_Test(&pending[index].request, &done, cmpi_status_ignore()), "MPI_Test")
             if done != 0 {
-                pending.remove(at: index)
+                let sent = pending.remove(at: index)
+                recycling?.give(sent.bytes)
                 any = true
             } else {
                 index += 1
@@ -220,16 +227,60 @@ final class Mailbox {
     }
 }
 
-/// Waits a little longer each idle round (from 20 us up to 250 us), so that a waiting rank leaves the
-/// cores to the ranks and children doing work instead of spinning in MPI's progress engine. A wait on a
-/// gate ends early when another thread of this process opens it (new work to send).
+/// The buffers of messages MPI has sent, kept (up to ``keptBytes`` of capacity in all) for the next
+/// messages to be encoded into: a large message then goes into memory already mapped instead of
+/// fresh pages, each of which the kernel would fault in and clear (256 of them for 1 MiB).
+final class MessageBuffers: Sendable {
+    private let free = Mutex<(buffers: [[UInt8]], bytes: Int)>(([], 0))
+    static let keptBytes = 16 << 20
+
+    /// An empty buffer, with the capacity of one that was sent when there is one.
+    func take() -> [UInt8] {
+        guard var buffer = free.withLock({ free -> [UInt8]? in
+            guard let buffer = free.buffers.popLast() else { return nil }
+            free.bytes -= buffer.capacity
+            return buffer
+        }) else { return [] }
+        // Emptied here, where nothing else holds it (elsewhere it would be copied instead).
+        buffer.removeAll(keepingCapacity: true)
+        return buffer
+    }
+
+    /// Keeps `buffer` for reuse when there is room.
+    func give(_ buffer: [UInt8]) {
+        guard buffer.capacity <= Self.keptBytes else { return }
+        free.withLock { free in
+            guard free.bytes + buffer.capacity <= Self.keptBytes else { return }
+            free.bytes += buffer.capacity
+            free.buffers.append(buffer)
+        }
+    }
+}
+
+/// Waits a little longer each idle round (from 20 us up to 50 us, and up to 250 us once idle for about
+/// 20 ms), so that a waiting rank leaves the cores to the ranks and children doing work instead of
+/// spinning in MPI's progress engine, yet answers within about 50 us while work comes and goes. A wait
+/// on a gate ends early when another thread of this process opens it (new work to send). The MPI
+/// thread sets its timer slack to 1 us (``MPIThread``), so the naps are as short as asked.
 struct Backoff {
     private var nanoseconds = 0
+    private var idleRounds = 0
 
-    mutating func reset() { nanoseconds = 0 }
+    /// The longest nap while work came recently, and after.
+    static let activeLimit = 50_000
+    static let idleLimit = 250_000
+    /// Naps at ``activeLimit`` before the limit becomes ``idleLimit`` (about 20 ms).
+    static let activeRounds = 400
+
+    mutating func reset() {
+        nanoseconds = 0
+        idleRounds = 0
+    }
 
     mutating func pause(on gate: Gate? = nil) {
-        nanoseconds = nanoseconds == 0 ? 20_000 : min(nanoseconds * 2, 250_000)
+        idleRounds += 1
+        let limit = idleRounds > Self.activeRounds ? Self.idleLimit : Self.activeLimit
+        nanoseconds = nanoseconds == 0 ? 20_000 : min(nanoseconds * 2, limit)
         if let gate {
             gate.wait(timeout: .nanoseconds(nanoseconds))
         } else {

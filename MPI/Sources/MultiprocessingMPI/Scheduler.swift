@@ -23,21 +23,40 @@ final class Scheduler: @unchecked Sendable {
         var nextJob: UInt64 = 1
         var closing = false
         var broken: MultiprocessingError?
+        /// The bytes of the queued batches not yet sent.
+        var unsentBytes = 0
+        /// The thread running the loop (a caller there, in a progress report, must not wait for it).
+        var loopThread: pthread_t?
         var lostAny = false
     }
 
     private let state = Mutex(State())
     private let wakeup = Gate()
+    /// Opened when batches leave the queue, for a caller waiting for room in it.
+    private let room = Gate()
+    /// How many bytes of encoded batches may wait to be sent before a caller waits to encode more: the
+    /// memory of large inputs is then encoded into the buffers of batches already sent (see
+    /// ``MessageBuffers``) instead of all at once into fresh memory.
+    static let unsentLimit = 16 << 20
     /// Opens when the loop has stopped the workers and ended.
     let stopped = Gate()
     let workers: [Int32]
+    /// Buffers of sent batches, for the next batches to be encoded into.
+    let buffers = MessageBuffers()
     /// Batches a worker rank holds at once: one running, one waiting, so it never idles between them.
     private let window = 2
+    /// Batches a worker rank holds at once while its batches take less than ``quickBatch`` each (the
+    /// round trip of the last one over the batches it went behind): then the time a result takes to come
+    /// back and the next batch to go out (polls on both sides) is about that of a batch's run, and two
+    /// more in hand keep the rank busy meanwhile.
+    private let quickWindow = 4
+    private let quickBatch: Duration = .milliseconds(1)
 
     init(workers: [Int32]) { self.workers = workers }
 
     /// Starts a new job of `count` inputs: `make` builds its batches given the job's number and queues
-    /// each as soon as it is built, so the first travel while the caller encodes the rest.
+    /// each as soon as it is built, so the first travel while the caller encodes the rest. A batch
+    /// waits to be queued while ``unsentLimit`` bytes of others wait to be sent.
     func submit(_ sink: any JobSink, count: Int, batches make: (UInt64, (Batch) -> Void) throws -> Void) throws {
         let job = try state.withLock { state -> UInt64 in
             if let broken = state.broken { throw broken }
@@ -53,8 +72,18 @@ final class Scheduler: @unchecked Sendable {
         do {
             try make(job) { batch in
                 queued += batch.count
-                state.withLock { state in
-                    state.queue.append(batch)
+                while true {
+                    let queuedNow = state.withLock { state -> Bool in
+                        let full = state.unsentBytes > 0 && state.unsentBytes + batch.message.count > Self.unsentLimit
+                        let onLoop = state.loopThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false
+                        guard !full || state.broken != nil || onLoop else { return false }
+                        state.queue.append(batch)
+                        state.unsentBytes += batch.message.count
+                        return true
+                    }
+                    if queuedNow { break }
+                    wakeup.open()
+                    room.wait(timeout: .milliseconds(50))
                 }
                 wakeup.open()
             }
@@ -76,7 +105,10 @@ final class Scheduler: @unchecked Sendable {
 
     /// The loop, on the MPI thread, until closed.
     func run(_ mailbox: Mailbox, settings: WorkerSettings) {
+        state.withLock { $0.loopThread = pthread_self() }
         var inFlight: InFlight = [:]
+        // Ranks whose last batch took less than quickBatch.
+        var quick: Set<Int32> = []
         var lost: Set<Int32> = []
         var lastHeard = [Int32: ContinuousClock.Instant](uniqueKeysWithValues: workers.map { ($0, .now) })
         var backoff = Backoff()
@@ -97,7 +129,7 @@ final class Scheduler: @unchecked Sendable {
                     }
                 }
                 // Send: fill every live rank's window.
-                if fill(mailbox, &inFlight, &lost) { worked = true }
+                if fill(mailbox, &inFlight, &lost, quick: quick) { worked = true }
                 // Receive: deliver every result that has arrived.
                 while let (source, tag, bytes) = try mailbox.receive() {
                     worked = true
@@ -111,11 +143,13 @@ final class Scheduler: @unchecked Sendable {
                     let first = Int(try reader.read(UInt32.self))
                     let count = Int(try reader.read(UInt32.self))
                     let host = try reader.readString()
-                    if let index = inFlight[source]?.firstIndex(where: { $0.job == job && $0.first == first }) {
-                        inFlight[source]?.remove(at: index)
+                    if let index = inFlight[source]?.firstIndex(where: { $0.job == job && $0.first == first }),
+                        let held = inFlight[source]?.remove(at: index)
+                    {
+                        if (ContinuousClock.now - held.sent) / (held.ahead + 1) < quickBatch { quick.insert(source) } else { quick.remove(source) }
                     }
                     // Keep the rank busy before spending time on its results.
-                    fill(mailbox, &inFlight, &lost)
+                    fill(mailbox, &inFlight, &lost, quick: quick)
                     guard let sink = state.withLock({ $0.jobs[job] }) else { continue }
                     do {
                         try sink.deliver(first: first, reader: &reader, count: count, rank: source, host: host)
@@ -165,6 +199,7 @@ final class Scheduler: @unchecked Sendable {
             let jobs = state.withLock { state -> [any JobSink] in
                 state.broken = broken
                 state.queue.removeAll()
+                state.unsentBytes = 0
                 state.head = 0
                 defer { state.jobs.removeAll() }
                 return Array(state.jobs.values)
@@ -174,15 +209,21 @@ final class Scheduler: @unchecked Sendable {
         stopped.open()
     }
 
-    typealias InFlight = [Int32: [(job: UInt64, first: Int, count: Int)]]
+    /// The batches each rank holds, with when each was sent and how many it went behind.
+    typealias InFlight = [Int32: [(job: UInt64, first: Int, count: Int, sent: ContinuousClock.Instant, ahead: Int)]]
 
-    /// Sends queued batches to every live rank with room in its window; true when it sent one.
+    /// Sends queued batches to every live rank with room in its window (deeper for `quick` ranks); true
+    /// when it sent one.
     @discardableResult
-    private func fill(_ mailbox: Mailbox, _ inFlight: inout InFlight, _ lost: inout Set<Int32>) -> Bool {
+    private func fill(_ mailbox: Mailbox, _ inFlight: inout InFlight, _ lost: inout Set<Int32>, quick: Set<Int32>) -> Bool {
         var sent = false
-        for rank in workers where !lost.contains(rank) && inFlight[rank, default: []].count < window {
+        for rank in workers where !lost.contains(rank) && inFlight[rank, default: []].count < (quick.contains(rank) ? quickWindow : window) {
             guard let batch = state.withLock({ state -> Batch? in
                 guard state.head < state.queue.count else { return nil }
+                // The queue lets go of the message: once sent, the mailbox holds it until MPI is done.
+                let batch = state.queue[state.head]
+                state.queue[state.head].message = []
+                state.unsentBytes -= batch.message.count
                 defer {
                     state.head += 1
                     if state.head > 1024, state.head * 2 > state.queue.count {
@@ -190,11 +231,12 @@ final class Scheduler: @unchecked Sendable {
                         state.head = 0
                     }
                 }
-                return state.queue[state.head]
+                return batch
             }) else { break }
+            room.open()
             do {
                 try mailbox.send(batch.message, to: rank, tag: Tag.task)
-                inFlight[rank, default: []].append((batch.job, batch.first, batch.count))
+                inFlight[rank, default: []].append((batch.job, batch.first, batch.count, .now, inFlight[rank, default: []].count))
             } catch {
                 fail(batch.job, first: batch.first, count: batch.count, lostRank(rank, error))
                 lose(rank, lostRank(rank, error), mailbox, &inFlight, &lost)

@@ -33,6 +33,17 @@ struct ThrowOn: PoolTask {
     }
 }
 
+/// Throws on one input and crashes its local worker with SIGSEGV on a later one.
+struct ThrowThenCrash: PoolTask {
+    let bad: Int
+    let crash: Int
+    func run(_ input: Int) throws -> Int {
+        if input == bad { throw Refused(input: input) }
+        if input == crash { kill(getpid(), SIGSEGV) }
+        return input + 1
+    }
+}
+
 /// Kills the worker rank that runs it (its local worker's parent) on one input.
 struct KillRankOn: PoolTask {
     let bad: Int
@@ -93,6 +104,15 @@ struct ByteSum: PoolTask {
     func run(_ input: [UInt8]) throws -> Int { input.reduce(0) { $0 + Int($1) } }
 }
 
+struct Length: PoolTask {
+    func run(_ input: [UInt8]) throws -> Int { input.count }
+}
+
+/// As many bytes as the input says.
+struct Fill: PoolTask {
+    func run(_ input: Int) throws -> [UInt8] { [UInt8](repeating: 9, count: input) }
+}
+
 struct AsyncDouble: AsyncPoolTask {
     func run(_ input: Int) async throws -> Int {
         await Task.yield()
@@ -121,6 +141,20 @@ func expectCode(_ code: MultiprocessingError.Code, _ body: () throws -> Void) {
     } catch {
         fail("expected \(code), got \(error)")
     }
+}
+
+/// This process's resident memory, from /proc/self/statm.
+func residentBytes() -> Int {
+    guard let file = fopen("/proc/self/statm", "r") else { return 0 }
+    defer { fclose(file) }
+    var size = 0
+    var resident = 0
+    guard withUnsafeMutablePointer(to: &size, { size in
+        withUnsafeMutablePointer(to: &resident) { resident in
+            withVaList([size, resident]) { vfscanf(file, "%ld %ld", $0) }
+        }
+    }) == 2 else { return 0 }
+    return resident * Int(sysconf(Int32(_SC_PAGESIZE)))
 }
 
 func fail(_ text: String) -> Never {
@@ -154,6 +188,23 @@ do {
         let big = [UInt8](repeating: 3, count: 1 << 20)
         let sums = try pool.map(ByteSum(), Array(repeating: big, count: 8), chunkSize: 1, timeout: limit)
         expect(sums == Array(repeating: 3 << 20, count: 8), "1 MiB inputs")
+        // Rank 0 lets go of each batch once it is sent: 200 MiB of inputs do not stay behind.
+        let before = residentBytes()
+        let many = try pool.map(Length(), Array(repeating: big, count: 200), chunkSize: 1, timeout: limit)
+        let kept = residentBytes() - before
+        expect(many == Array(repeating: 1 << 20, count: 200) && kept < 64 << 20, "rank 0 kept \(kept >> 20) MiB after a map of 200 MiB")
+        // One batch whose outputs overflow the memory they go back through (6 MiB), then one larger than it.
+        let sizes = Array(repeating: 512 << 10, count: 12) + [5 << 20]
+        let blocks = try pool.map(Fill(), sizes, chunkSize: sizes.count, timeout: limit)
+        expect(blocks.map(\.count) == sizes && blocks.allSatisfy { $0.allSatisfy { $0 == 9 } }, "large outputs")
+        // A progress report that submits more work while 16 MiB or more wait to be sent: queued at once
+        // (the report runs on the thread that sends, which it must not wait for).
+        let later = Mutex<MPIResults<Int>?>(nil)
+        let firsts = try pool.map(Length(), Array(repeating: big, count: 40), chunkSize: 1, timeout: limit) { _, _ in
+            later.withLock { if $0 == nil { $0 = try? pool.imap(Length(), Array(repeating: big, count: 20)) } }
+        }
+        let seconds = later.withLock { $0 }.map { Array($0).compactMap { try? $0.get() } }
+        expect(firsts.count == 40 && seconds == Array(repeating: 1 << 20, count: 20), "work submitted from a progress report")
         // Progress: one report per batch, the last one complete, all before map returns.
         let reports = Mutex<[Int]>([])
         _ = try pool.map(Square(), 0..<100, chunkSize: 10, timeout: limit) { finished, total in
@@ -197,6 +248,16 @@ do {
         expect(outcomes.indices.allSatisfy { index in
             index == 3 ? (try? outcomes[index].get()) == nil : (try? outcomes[index].get()) == index + 1
         }, "mapResults \(outcomes)")
+        // In one batch: an input that throws, one that crashes after it, and the rest succeed.
+        let mixed = try pool.mapResults(ThrowThenCrash(bad: 2, crash: 5), 0..<8, chunkSize: 8)
+        expect(mixed.indices.allSatisfy { index in
+            switch (index, mixed[index]) {
+            case (2, .failure(let error)): return (error as? Refused) == Refused(input: 2)
+            case (5, .failure(let error)): return (error as? MultiprocessingError)?.signal == .segmentationViolation
+            case (_, .success(let output)): return output == index + 1
+            default: return false
+            }
+        }, "a throw then a crash in one batch: \(mixed)")
         print("OK thrown")
         try pool.shutdown()
     case "timeout":
