@@ -29,27 +29,21 @@ public struct PickleEncoder: Sendable {
     /// - Throws: ``MultiprocessingError/Code/transport`` when the value's `encode(to:)` throws or
     ///   encodes nothing.
     public func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
-        var output: [UInt8] = []
-        try encode(value, appendingTo: &output)
-        return output
+        try PickleStream.with(version: protocolVersion) { stream in
+            try stream.write(value)
+            return Array(stream.writer.output.bytes)
+        }
     }
 
-    /// Encodes a value, appending the pickle to `output`, as ``encode(_:)`` does.
+    /// Encodes a value, appending the pickle to `output`, as ``encode(_:)`` does. On failure `output`
+    /// is left as it was.
+    ///
+    /// - Throws: ``MultiprocessingError/Code/transport`` when the value's `encode(to:)` throws or
+    ///   encodes nothing.
     public func encode<T: Encodable>(_ value: T, appendingTo output: inout [UInt8]) throws {
-        output.reserveCapacity(output.count + 256)
-        let stream = PickleStream(writer: PickleWriter(version: protocolVersion, output: output))
-        output = []
-        defer { output = stream.writer.output }
-        do {
-            stream.writer.begin()
-            try stream.encodeRoot(value)
-            stream.writer.end()
-        } catch let error as EncodingError {
-            stream.writer.output = []
-            if case .invalidValue(_, let context) = error {
-                throw MultiprocessingError(.transport, "cannot encode \(T.self) as a pickle: \(context.debugDescription)")
-            }
-            throw MultiprocessingError(.transport, "cannot encode \(T.self) as a pickle: \(error)")
+        try PickleStream.with(version: protocolVersion) { stream in
+            try stream.write(value)
+            output.append(contentsOf: stream.writer.output.bytes)
         }
     }
 
@@ -69,6 +63,60 @@ public struct PickleEncoder: Sendable {
 final class PickleStream {
     enum Kind { case pending, done, keyed, unkeyed }
 
+    /// Each thread's stream kept from its last encode (see ``PickleThreadSlot``).
+    private static let kept = PickleThreadSlot<PickleStream>()
+
+    /// Runs `body` with an empty stream for `version`: this thread's kept one when it is free.
+    @inline(__always)
+    static func with<R>(version: Int, _ body: (PickleStream) throws -> R) throws -> R {
+        var stream = kept.take() ?? PickleStream(writer: PickleWriter(version: version))
+        stream.writer.version = version
+        defer {
+            stream.finish()
+            kept.keep(&stream)
+        }
+        return try body(stream)
+    }
+
+    /// Writes the pickle of `value` (into an empty stream).
+    func write<T: Encodable>(_ value: T) throws {
+        do {
+            writer.begin()
+            try encodeRoot(value)
+            writer.end()
+        } catch let error as EncodingError {
+            if case .invalidValue(_, let context) = error {
+                throw MultiprocessingError(.transport, "cannot encode \(T.self) as a pickle: \(context.debugDescription)")
+            }
+            throw MultiprocessingError(.transport, "cannot encode \(T.self) as a pickle: \(error)")
+        }
+    }
+
+    /// Ends a call: empties the stream and detaches the cached containers from it, so that it holds
+    /// nothing of the call and is referenced only by whoever still holds one of its encoders.
+    func finish() {
+        writer.output.removeAll()
+        levels.removeAll(keepingCapacity: true)
+        if failed { failure = nil }
+        for frame in boxes.frames { frame.stream = nil }
+    }
+
+    /// The keyed container of the value at `level`, in a reused box when one is free.
+    @inline(__always)
+    func keyedContainer<Key: CodingKey>(_: Key.Type, level: Int) -> KeyedEncodingContainer<Key> {
+        if let (box, frame) = boxes.reuse(Key.self) {
+            frame.stream = self
+            frame.level = level
+            return unsafeBitCast(box, to: KeyedEncodingContainer<Key>.self)
+        }
+        let frame = PickleEncodingFrame(stream: self, level: level)
+        let container = KeyedEncodingContainer(PickleKeyedEncoder<Key>(frame: frame))
+        if pickleBoxesConvert { boxes.keep(unsafeBitCast(container, to: AnyObject.self), frame: frame, of: Key.self) }
+        return container
+    }
+
+    @exclusivity(unchecked) var boxes = PickleBoxCache<PickleEncodingFrame>()
+
     /// An open value: the root, each value being encoded, each nested container.
     struct Level {
         var kind: Kind
@@ -82,11 +130,20 @@ final class PickleStream {
     @exclusivity(unchecked) var writer: PickleWriter
     @exclusivity(unchecked) var levels: [Level] = []
     /// The first misuse of the Encoder protocol (a keyed container asked for where a value was written).
-    var failure: EncodingError?
+    var failure: EncodingError? {
+        didSet { failed = failure != nil }
+    }
+    /// Whether there is a `failure` (cheaper to test).
+    private var failed = false
 
     init(writer: PickleWriter) {
         self.writer = writer
         levels.reserveCapacity(16)
+    }
+
+    deinit {
+        writer.output.deallocate()
+        boxes.deallocate()
     }
 
     func codingPath(to level: Int) -> [any CodingKey] {
@@ -101,7 +158,7 @@ final class PickleStream {
         levels.append(Level(kind: .pending, trailer: nil, key: nil))
         try encodeBody(value, at: 0)
         close(downTo: 0)
-        if let failure { throw failure }
+        if failed, let failure { throw failure }
     }
 
     /// Encodes a value as the next item of the container at `parent`.
@@ -186,14 +243,17 @@ final class PickleStream {
     }
 
     /// Makes `level` the innermost open one and checks that it is a container of the right kind.
+    @inline(__always)
     func prepare(_ level: Int, _ kind: Kind) -> Bool {
-        guard levels.count > level, levels[level].kind == kind else {
-            fail(level, "a container was used after its value was complete")
-            return false
-        }
+        guard levels.count > level, levels[level].kind == kind else { return misplaced(level) }
         if levels.count > level + 1 { close(downTo: level + 1) }
         levels[level].count += 1
         return true
+    }
+
+    private func misplaced(_ level: Int) -> Bool {
+        fail(level, "a container was used after its value was complete")
+        return false
     }
 
     /// Writes a scalar as the next item of the container at `level`.
@@ -226,6 +286,7 @@ final class PickleStream {
         levels[level].kind = .done
     }
 
+    @inline(__always)
     func key(_ key: some CodingKey) {
         if let number = key.intValue { writer.putInt(number) } else { writer.putString(key.stringValue) }
     }
@@ -239,7 +300,7 @@ struct PickleValueEncoder: Encoder, SingleValueEncodingContainer {
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
         stream.open(level, keyed: true)
-        return KeyedEncodingContainer(PickleKeyedEncoder<Key>(stream: stream, level: level))
+        return stream.keyedContainer(Key.self, level: level)
     }
 
     func unkeyedContainer() -> any UnkeyedEncodingContainer {
@@ -280,12 +341,30 @@ struct PickleValueEncoder: Encoder, SingleValueEncodingContainer {
     }
 }
 
+/// What a keyed encoding container works on, kept apart from it so that its box can be reused (see
+/// ``PickleBoxCache``): the stream while its call lasts, nil after.
+final class PickleEncodingFrame {
+    @exclusivity(unchecked) var stream: PickleStream?
+    @exclusivity(unchecked) var level: Int
+
+    init(stream: PickleStream, level: Int) {
+        self.stream = stream
+        self.level = level
+    }
+}
+
 struct PickleKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
-    let stream: PickleStream
-    let level: Int
+    let frame: PickleEncodingFrame
+    /// The stream; a container used after its call ended writes into a stream of its own, which no one reads.
+    var stream: PickleStream { frame.stream ?? PickleStream(writer: PickleWriter(version: PickleEncoder.highestProtocol)) }
+    var level: Int { frame.level }
     var codingPath: [any CodingKey] { stream.codingPath(to: level) }
 
+    @inline(__always)
     private func scalar(_ key: Key, _ write: (inout PickleWriter) -> Void) {
+        // A container used after its call ended has no stream, and nothing reads what it would write.
+        guard let stream = frame.stream else { return }
+        let level = frame.level
         guard stream.prepare(level, .keyed) else { return }
         stream.key(key)
         stream.item(level, write)
@@ -321,6 +400,8 @@ struct PickleKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
     }
 
     mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
+        guard let stream = frame.stream else { return }
+        let level = frame.level
         guard stream.prepare(level, .keyed) else { return }
         stream.key(key)
         if PickleStream.encodesDirectly(T.self) { return stream.directItem(level, value) }

@@ -42,8 +42,8 @@ final class PickleTape {
     private(set) var nodes: UnsafeMutablePointer<Node>
     private var capacity: Int
     private(set) var nodeCount = 0
-    let input: UnsafeRawBufferPointer
-    let limits: PickleDecoder.Limits
+    private(set) var input = UnsafeRawBufferPointer(start: nil, count: 0)
+    private(set) var limits = PickleDecoder.Limits()
     /// The root node (resolved).
     private(set) var root: Int32 = -1
     /// Nodes visited so far, bounded by the limits' object count (shared references count each time).
@@ -54,24 +54,72 @@ final class PickleTape {
     /// in the order Python wrote them, so the next search usually starts at its key.
     @exclusivity(unchecked) var hintDict: Int32 = -1
     @exclusivity(unchecked) var hintKey: Int32 = -1
+    /// The boxes of keyed containers, kept for the next call (see ``PickleBoxCache``).
+    @exclusivity(unchecked) var boxes = PickleBoxCache<PickleDecodingFrame>()
 
-    private init(input: UnsafeRawBufferPointer, limits: PickleDecoder.Limits) {
-        self.input = input
-        self.limits = limits
-        // Every node comes from at least one byte of the pickle.
-        capacity = min(input.count, 256)
+    static let initialCapacity = 256
+    /// Past this many nodes, a kept tape's node buffer shrinks back when its call ends.
+    static let keptCapacity = 16 * 1024
+
+    private init() {
+        capacity = Self.initialCapacity
         nodes = .allocate(capacity: capacity)
     }
 
-    deinit { nodes.deallocate() }
+    deinit {
+        nodes.deallocate()
+        boxes.deallocate()
+    }
 
-    /// Reads the pickle, or returns nil when it needs the full reader.
-    static func read(_ input: UnsafeRawBufferPointer, limits: PickleDecoder.Limits) -> PickleTape? {
+    /// Each thread's tape kept from its last decode (see ``PickleThreadSlot``).
+    private static let kept = PickleThreadSlot<PickleTape>()
+
+    /// Reads the pickle into this thread's kept tape (or a new one) and runs `body` with it; nil when
+    /// the pickle needs the full reader. The tape is good only within `body`.
+    @inline(__always)
+    static func with<R>(_ input: UnsafeRawBufferPointer, limits: PickleDecoder.Limits, _ body: (PickleTape) throws -> R?) rethrows -> R? {
         guard input.count >= 3, input.count < Int32.max, input[0] == 0x80, input[1] >= 2, input[1] <= 5 else { return nil }
-        let tape = PickleTape(input: input, limits: limits)
+        var tape = kept.take() ?? PickleTape()
+        tape.input = input
+        tape.limits = limits
+        defer {
+            tape.finish()
+            kept.keep(&tape)
+        }
         guard let root = tape.parse() else { return nil }
         tape.root = tape.resolve(root)
-        return tape
+        return try body(tape)
+    }
+
+    /// Ends a call: forgets the pickle and detaches the cached containers, so that the tape is
+    /// referenced only by whoever still holds one of its decoders.
+    private func finish() {
+        input = UnsafeRawBufferPointer(start: nil, count: 0)
+        nodeCount = 0
+        root = -1
+        visited = 0
+        hintDict = -1
+        hintKey = -1
+        if !paths.isEmpty { paths.removeAll(keepingCapacity: paths.count < 4096) }
+        for frame in boxes.frames where frame.decoder != nil { frame.decoder = nil }
+        if capacity > Self.keptCapacity {
+            nodes.deallocate()
+            capacity = Self.initialCapacity
+            nodes = .allocate(capacity: capacity)
+        }
+    }
+
+    /// The keyed container of the dict `decoder` is on, in a reused box when one is free.
+    @inline(__always)
+    func keyedContainer<Key: CodingKey>(_: Key.Type, _ decoder: PickleTapeDecoder) -> KeyedDecodingContainer<Key> {
+        if let (box, frame) = boxes.reuse(Key.self) {
+            frame.decoder = decoder
+            return unsafeBitCast(box, to: KeyedDecodingContainer<Key>.self)
+        }
+        let frame = PickleDecodingFrame(decoder: decoder)
+        let container = KeyedDecodingContainer(PickleTapeKeyedDecoder<Key>(frame: frame))
+        if pickleBoxesConvert { boxes.keep(unsafeBitCast(container, to: AnyObject.self), frame: frame, of: Key.self) }
+        return container
     }
 
     @inline(__always)
@@ -132,6 +180,23 @@ final class PickleTape {
         while position < count {
             let opcode = input[position]
             position += 1
+            // The two most common opcodes of protocol 4 first: MEMOIZE and SHORT_BINUNICODE.
+            if opcode == 0x94 {
+                guard stack.count > Int(marks.last ?? 0) else { return nil }
+                memo.append(stack[stack.count - 1])
+                continue
+            }
+            if opcode == 0x8C {
+                guard position < count else { return nil }
+                let length = Int(input[position])
+                position += 1
+                guard length <= count - position else { return nil }
+                expanded += 1
+                guard expanded <= maxObjects else { return nil }
+                stack.append(add(Node(kind: .string, payload: position, count: Int32(truncatingIfNeeded: length))))
+                position += length
+                continue
+            }
             var pushed: Node
             switch opcode {
             case 0x95:  // FRAME: a length hint only
@@ -455,11 +520,14 @@ final class PickleTape {
         case .set: return .set(try children())
         case .frozenset: return .frozenset(try children())
         case .dict:
-            let items = try children()
             var pairs: [PythonDictItem] = []
-            pairs.reserveCapacity(items.count / 2)
-            for position in stride(from: 0, to: items.count - 1, by: 2) {
-                pairs.append(PythonDictItem(key: items[position], value: items[position + 1]))
+            pairs.reserveCapacity(Int(node.count) / 2)
+            var key = node.first
+            while key >= 0 {
+                let value = nodes[Int(key)].next
+                guard value >= 0 else { break }  // (a dict's items come in pairs)
+                pairs.append(PythonDictItem(key: try self.value(key, depth: depth + 1), value: try self.value(value, depth: depth + 1)))
+                key = nodes[Int(value)].next
             }
             return .dict(pairs)
         }
@@ -532,7 +600,7 @@ struct PickleTapeDecoder: Decoder, SingleValueDecodingContainer {
     func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
         guard tape.nodes[Int(node)].kind == .dict else { throw mismatch([String: Any].self, "expected a dict, found a Python \(tape.typeName(node))") }
         try nested()
-        return KeyedDecodingContainer(PickleTapeKeyedDecoder<Key>(decoder: self))
+        return tape.keyedContainer(Key.self, self)
     }
 
     func unkeyedContainer() throws -> any UnkeyedDecodingContainer {
@@ -587,18 +655,36 @@ struct PickleTapeDecoder: Decoder, SingleValueDecodingContainer {
     func decode<T: Decodable>(_ type: T.Type) throws -> T { try decodeValue(type) }
 }
 
-struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
-    let decoder: PickleTapeDecoder
-    var codingPath: [any CodingKey] { decoder.codingPath }
+/// What a keyed decoding container works on, kept apart from it so that its box can be reused (see
+/// ``PickleBoxCache``): the decoder of its dict while its call lasts, nil after.
+final class PickleDecodingFrame {
+    @exclusivity(unchecked) var decoder: PickleTapeDecoder?
 
     init(decoder: PickleTapeDecoder) {
         self.decoder = decoder
     }
+}
+
+struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
+    let frame: PickleDecodingFrame
+    var codingPath: [any CodingKey] { frame.decoder?.codingPath ?? [] }
+
+    init(frame: PickleDecodingFrame) {
+        self.frame = frame
+    }
+
+    /// The decoder of the dict, or an error for a container used after its call ended.
+    @inline(__always)
+    private func current() throws -> PickleTapeDecoder {
+        guard let decoder = frame.decoder else {
+            throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "a keyed container was used after its decode call ended"))
+        }
+        return decoder
+    }
 
     /// Whether the key node at `slot` is `key`.
     @inline(__always)
-    private func matches(_ slot: Int32, _ wanted: UnsafeBufferPointer<UInt8>, _ key: Key) -> Bool {
-        let tape = decoder.tape
+    private func matches(_ tape: PickleTape, _ slot: Int32, _ wanted: UnsafeBufferPointer<UInt8>, _ key: Key) -> Bool {
         let keyNode = tape.resolve(slot)
         let node = tape.nodes[Int(keyNode)]
         switch node.kind {
@@ -612,16 +698,18 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
         }
     }
 
-    /// The value slot for `key`, or nil. The search starts after the key found last in this dict.
-    private func find(_ key: Key) -> Int32? {
-        let tape = decoder.tape
+    /// The value slot for `key` in the dict of `decoder`, or nil. The search starts after the key found
+    /// last in this dict.
+    @inline(__always)
+    private func find(_ key: Key, in decoder: PickleTapeDecoder) -> Int32? {
+        unowned(unsafe) let tape = decoder.tape  // held by `decoder` throughout
         let dict = decoder.node
         var text = key.stringValue
         return text.withUTF8 { wanted -> Int32? in
             if tape.hintDict == dict, tape.hintKey >= 0 {
                 let slot = tape.hintKey
                 let value = tape.nodes[Int(slot)].next
-                if value >= 0, matches(slot, wanted, key) {
+                if value >= 0, matches(tape, slot, wanted, key) {
                     tape.hintKey = tape.nodes[Int(value)].next
                     return value
                 }
@@ -630,7 +718,7 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
             while slot >= 0 {
                 let value = tape.nodes[Int(slot)].next
                 guard value >= 0 else { return nil }
-                if matches(slot, wanted, key) {
+                if matches(tape, slot, wanted, key) {
                     tape.hintDict = dict
                     tape.hintKey = tape.nodes[Int(value)].next
                     return value
@@ -642,6 +730,7 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     }
 
     var allKeys: [Key] {
+        guard let decoder = frame.decoder else { return [] }
         let tape = decoder.tape
         var keys: [Key] = []
         var slot = tape.nodes[Int(decoder.node)].first
@@ -662,45 +751,57 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
         return keys
     }
 
-    func contains(_ key: Key) -> Bool { find(key) != nil }
+    func contains(_ key: Key) -> Bool {
+        guard let decoder = frame.decoder else { return false }
+        return find(key, in: decoder) != nil
+    }
 
-    private func notFound(_ key: Key) -> DecodingError {
-        .keyNotFound(key, .init(codingPath: codingPath, debugDescription: "the dict has no key '\(key.stringValue)'"))
+    private func notFound(_ key: Key, _ decoder: PickleTapeDecoder) -> DecodingError {
+        .keyNotFound(key, .init(codingPath: decoder.codingPath, debugDescription: "the dict has no key '\(key.stringValue)'"))
     }
 
     private func child(_ key: Key) throws -> PickleTapeDecoder {
-        guard let index = find(key) else { throw notFound(key) }
+        let decoder = try current()
+        guard let index = find(key, in: decoder) else { throw notFound(key, decoder) }
         return try decoder.child(index, key: key)
     }
 
     /// The resolved value node for `key`, counted against the object limit, for the direct scalar paths.
     @inline(__always)
-    private func scalar(_ key: Key) throws -> Int32 {
-        guard let index = find(key) else { throw notFound(key) }
-        try decoder.tape.visit(codingPath + [key])
+    private func scalar(_ key: Key, _ decoder: PickleTapeDecoder) throws -> Int32 {
+        guard let index = find(key, in: decoder) else { throw notFound(key, decoder) }
+        try decoder.tape.visit(decoder.codingPath + [key])
         return decoder.tape.resolve(index)
     }
 
     func decodeNil(forKey key: Key) throws -> Bool {
-        guard let index = find(key) else { return true }
+        let decoder = try current()
+        guard let index = find(key, in: decoder) else { return true }
         return decoder.tape.nodes[Int(decoder.tape.resolve(index))].kind == .none
     }
 
     func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool {
-        let node = try scalar(key)
-        guard let flag = decoder.tape.bool(node) else { throw decoder.tape.mismatch(type, node, codingPath + [key]) }
+        let decoder = try current()
+        let node = try scalar(key, decoder)
+        guard let flag = decoder.tape.bool(node) else { throw decoder.tape.mismatch(type, node, decoder.codingPath + [key]) }
         return flag
     }
 
     func decode(_ type: String.Type, forKey key: Key) throws -> String {
-        let node = try scalar(key)
-        guard let string = try decoder.tape.string(node, codingPath + [key]) else { throw decoder.tape.mismatch(type, node, codingPath + [key]) }
+        let decoder = try current()
+        let node = try scalar(key, decoder)
+        guard let string = try decoder.tape.string(node, decoder.codingPath + [key]) else {
+            throw decoder.tape.mismatch(type, node, decoder.codingPath + [key])
+        }
         return string
     }
 
     func decode(_ type: Double.Type, forKey key: Key) throws -> Double {
-        let node = try scalar(key)
-        guard let number = try decoder.tape.double(node, codingPath + [key]) else { throw decoder.tape.mismatch(type, node, codingPath + [key]) }
+        let decoder = try current()
+        let node = try scalar(key, decoder)
+        guard let number = try decoder.tape.double(node, decoder.codingPath + [key]) else {
+            throw decoder.tape.mismatch(type, node, decoder.codingPath + [key])
+        }
         return number
     }
 
@@ -708,8 +809,11 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
 
     @inline(__always)
     private func integer<T: FixedWidthInteger>(_ type: T.Type, forKey key: Key) throws -> T {
-        let node = try scalar(key)
-        guard let number = try decoder.tape.integer(type, node, codingPath + [key]) else { throw decoder.tape.mismatch(type, node, codingPath + [key]) }
+        let decoder = try current()
+        let node = try scalar(key, decoder)
+        guard let number = try decoder.tape.integer(type, node, decoder.codingPath + [key]) else {
+            throw decoder.tape.mismatch(type, node, decoder.codingPath + [key])
+        }
         return number
     }
 
@@ -724,12 +828,13 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try integer(type, forKey: key) }
     func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try integer(type, forKey: key) }
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
-        guard let index = find(key) else { throw notFound(key) }
+        let decoder = try current()
+        guard let index = find(key, in: decoder) else { throw notFound(key, decoder) }
         let tape = decoder.tape
         let node = tape.resolve(index)
         if PickleTape.decodesDirectly(T.self) {
-            try tape.visit(codingPath + [key])
-            return try tape.direct(T.self, node, depth: decoder.depth + 1, path: { codingPath + [key] })
+            try tape.visit(decoder.codingPath + [key])
+            return try tape.direct(T.self, node, depth: decoder.depth + 1, path: { decoder.codingPath + [key] })
         }
         return try decoder.child(index, key: key).decodeValue(type)
     }

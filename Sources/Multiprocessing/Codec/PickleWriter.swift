@@ -2,12 +2,12 @@
 /// for each type at that protocol, so that every CPython that knows the protocol loads it into the same
 /// Python object. Nothing is memoized: a value is a tree.
 struct PickleWriter {
-    let version: Int
-    var output: [UInt8]
+    var version: Int
+    var output: PickleOutput
 
-    init(version: Int, output: [UInt8] = []) {
+    init(version: Int) {
         self.version = version
-        self.output = output
+        self.output = PickleOutput()
     }
 
     mutating func write(_ value: PythonValue) {
@@ -24,14 +24,16 @@ struct PickleWriter {
     /// STOP.
     mutating func end() { output.append(UInt8(ascii: ".")) }
 
+    @inline(__always)
     mutating func putBool(_ flag: Bool) {
         if version >= 2 { output.append(flag ? 0x88 : 0x89) } else { text(flag ? "I01\n" : "I00\n") }
     }
 
     mutating func putFloat(_ number: Double) {
         if version >= 1 {
-            output.append(UInt8(ascii: "G"))
-            withUnsafeBytes(of: number.bitPattern.bigEndian) { output.append(contentsOf: $0) }
+            output.reserve(9)
+            output.appendUnchecked(UInt8(ascii: "G"))
+            output.appendUnchecked(number.bitPattern.bigEndian)
         } else {
             text("F\(number.description)\n")
         }
@@ -68,8 +70,10 @@ struct PickleWriter {
 
     private mutating func text(_ string: String) { output.append(contentsOf: string.utf8) }
 
+    @inline(__always)
     private mutating func littleEndian<T: FixedWidthInteger>(_ value: T) {
-        withUnsafeBytes(of: value.littleEndian) { output.append(contentsOf: $0) }
+        output.reserve(MemoryLayout<T>.size)
+        output.appendUnchecked(value.littleEndian)
     }
 
     mutating func mark() { output.append(UInt8(ascii: "(")) }
@@ -123,7 +127,7 @@ struct PickleWriter {
         case .list(let items):
             if version >= 1 {
                 output.append(UInt8(ascii: "]"))
-                putBatches(items.lazy.map { [$0] }, single: "a", many: "e")
+                putBatches(count: items.count, single: "a", many: "e") { $0.put(items[$1]) }
             } else {
                 text("(l")
                 for item in items { put(item); output.append(UInt8(ascii: "a")) }
@@ -137,7 +141,7 @@ struct PickleWriter {
         case .dict(let items):
             if version >= 1 {
                 output.append(UInt8(ascii: "}"))
-                putBatches(items.lazy.map { [$0.key, $0.value] }, single: "s", many: "u")
+                putBatches(count: items.count, single: "s", many: "u") { $0.put(items[$1].key); $0.put(items[$1].value) }
             } else {
                 text("(d")
                 for item in items { put(item.key); put(item.value); output.append(UInt8(ascii: "s")) }
@@ -181,29 +185,32 @@ struct PickleWriter {
         output.append(UInt8(ascii: "R"))
     }
 
-    /// Items of a list or dict, in batches of at most 1000 as CPython writes them.
-    private mutating func putBatches<C: Collection>(_ groups: C, single: Character, many: Character) where C.Element == [PythonValue] {
-        var index = groups.startIndex
-        while index != groups.endIndex {
-            let end = groups.index(index, offsetBy: 1000, limitedBy: groups.endIndex) ?? groups.endIndex
-            if groups.distance(from: index, to: end) == 1 {
-                for item in groups[index] { put(item) }
+    /// Items of a list or dict, in batches of at most 1000 as CPython writes them: `write` puts the item
+    /// (or key and value) at an index.
+    private mutating func putBatches(count: Int, single: Character, many: Character, _ write: (inout PickleWriter, Int) -> Void) {
+        var start = 0
+        while start < count {
+            let end = min(start + 1000, count)
+            if end - start == 1 {
+                write(&self, start)
                 output.append(single.asciiValue!)
             } else {
                 mark()
-                for group in groups[index..<end] { for item in group { put(item) } }
+                for index in start..<end { write(&self, index) }
                 output.append(many.asciiValue!)
             }
-            index = end
+            start = end
         }
     }
 
+    @inline(__always)
     mutating func putInt(_ number: Int) {
         if version >= 1 {
+            output.reserve(5)
             switch number {
-            case 0...0xFF: output.append(UInt8(ascii: "K")); output.append(UInt8(number))
-            case 0...0xFFFF: output.append(UInt8(ascii: "M")); littleEndian(UInt16(number))
-            case Int(Int32.min)...Int(Int32.max): output.append(UInt8(ascii: "J")); littleEndian(Int32(number))
+            case 0...0xFF: output.appendUnchecked(UInt8(ascii: "K")); output.appendUnchecked(UInt8(number))
+            case 0...0xFFFF: output.appendUnchecked(UInt8(ascii: "M")); output.appendUnchecked(UInt16(number).littleEndian)
+            case Int(Int32.min)...Int(Int32.max): output.appendUnchecked(UInt8(ascii: "J")); output.appendUnchecked(Int32(number).littleEndian)
             default:
                 if version >= 2 { putLong(PythonInteger.littleEndian(number)) } else { text("L\(number)L\n") }
             }
@@ -222,7 +229,16 @@ struct PickleWriter {
         output.append(contentsOf: bytes)
     }
 
+    @inline(__always)
     mutating func putString(_ string: String) {
+        if version >= 4, string.utf8.count < 256,
+           string.utf8.withContiguousStorageIfAvailable({ output.appendShortString($0) }) != nil {
+            return
+        }
+        putStringSlowly(string)
+    }
+
+    mutating func putStringSlowly(_ string: String) {
         if version >= 1 {
             var string = string
             string.withUTF8 { utf8 in
@@ -284,5 +300,98 @@ struct PickleWriter {
             endTuple(count: 2, marked: marked)
             output.append(UInt8(ascii: "R"))
         }
+    }
+}
+
+/// The bytes of a pickle being written: a buffer of its own that grows by doubling, kept (emptied)
+/// between pickles by a reused ``PickleStream``, and freed by its owner.
+struct PickleOutput {
+    static let initialCapacity = 256
+    /// Past this, a kept buffer shrinks back to the initial capacity when emptied.
+    static let keptCapacity = 64 * 1024
+
+    private(set) var base: UnsafeMutablePointer<UInt8>
+    private(set) var count = 0
+    private var capacity: Int
+
+    init() {
+        capacity = Self.initialCapacity
+        base = .allocate(capacity: capacity)
+    }
+
+    func deallocate() { base.deallocate() }
+
+    var bytes: UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(start: base, count: count) }
+
+    /// Empties the buffer, keeping its storage unless it grew large.
+    mutating func removeAll() {
+        count = 0
+        if capacity > Self.keptCapacity {
+            base.deallocate()
+            capacity = Self.initialCapacity
+            base = .allocate(capacity: capacity)
+        }
+    }
+
+    /// Makes room for `extra` more bytes.
+    @inline(__always)
+    mutating func reserve(_ extra: Int) {
+        if capacity &- count < extra { grow(extra) }
+    }
+
+    private mutating func grow(_ extra: Int) {
+        var newCapacity = capacity * 2
+        while newCapacity - count < extra { newCapacity *= 2 }
+        let grown = UnsafeMutablePointer<UInt8>.allocate(capacity: newCapacity)
+        grown.update(from: base, count: count)
+        base.deallocate()
+        base = grown
+        capacity = newCapacity
+    }
+
+    /// Appends a value's bytes in memory order, in room already reserved.
+    @inline(__always)
+    mutating func appendUnchecked<T: FixedWidthInteger>(_ value: T) {
+        UnsafeMutableRawPointer(base + count).storeBytes(of: value, as: T.self)
+        count &+= MemoryLayout<T>.size
+    }
+
+    @inline(__always)
+    mutating func append(_ byte: UInt8) {
+        reserve(1)
+        base[count] = byte
+        count &+= 1
+    }
+
+    @inline(__always)
+    mutating func append(contentsOf bytes: UnsafeRawBufferPointer) {
+        guard let source = bytes.baseAddress else { return }
+        reserve(bytes.count)
+        UnsafeMutableRawPointer(base + count).copyMemory(from: source, byteCount: bytes.count)
+        count &+= bytes.count
+    }
+
+    @inline(__always)
+    mutating func append(contentsOf bytes: UnsafeBufferPointer<UInt8>) {
+        append(contentsOf: UnsafeRawBufferPointer(bytes))
+    }
+
+    mutating func append(contentsOf bytes: [UInt8]) {
+        bytes.withUnsafeBytes { append(contentsOf: $0) }
+    }
+
+    mutating func append(contentsOf bytes: String.UTF8View) {
+        for byte in bytes { append(byte) }
+    }
+
+    /// SHORT_BINUNICODE and a text of fewer than 256 bytes.
+    @inline(__always)
+    mutating func appendShortString(_ utf8: UnsafeBufferPointer<UInt8>) {
+        let length = utf8.count
+        reserve(length &+ 2)
+        base[count] = 0x8C
+        base[count &+ 1] = UInt8(truncatingIfNeeded: length)
+        if let source = utf8.baseAddress { (base + (count &+ 2)).update(from: source, count: length) }
+        count &+= length &+ 2
     }
 }
