@@ -104,34 +104,38 @@ void mp_executor_install(void) {
     mp_installed = 1;
 }
 
+/* Takes the first ready job off the queue and runs it as a generic job; called and returns with mp_lock held. */
+static void mp_run_head_locked(void) {
+    mp_executor_ref generic = {0, 0};
+    struct mp_job *node = mp_ready_head;
+    mp_ready_head = node->next;
+    if (mp_ready_head == NULL) mp_ready_tail = NULL;
+    pthread_mutex_unlock(&mp_lock);
+    void *job = node->job;
+    free(node);
+    swift_job_run(job, generic);
+    pthread_mutex_lock(&mp_lock);
+}
+
 void mp_executor_help_begin(void) {
     if (mp_installed) mp_helping = 1;
 }
 
 void mp_executor_help_end(void) {
     if (!mp_helping) return;
-    mp_executor_ref generic = {0, 0};
     pthread_mutex_lock(&mp_lock);
     while (mp_ready_head != NULL) {
-        struct mp_job *node = mp_ready_head;
-        if (node->main_only) {
+        if (mp_ready_head->main_only) {
             pthread_cond_signal(&mp_wake);
             break;
         }
-        mp_ready_head = node->next;
-        if (mp_ready_head == NULL) mp_ready_tail = NULL;
-        pthread_mutex_unlock(&mp_lock);
-        void *job = node->job;
-        free(node);
-        swift_job_run(job, generic);
-        pthread_mutex_lock(&mp_lock);
+        mp_run_head_locked();
     }
     mp_helping = 0;
     pthread_mutex_unlock(&mp_lock);
 }
 
 void mp_executor_run(const volatile int *done) {
-    mp_executor_ref generic = {0, 0};
     pthread_mutex_lock(&mp_lock);
     while (!*done) {
         uint64_t now = mp_now();
@@ -142,8 +146,7 @@ void mp_executor_run(const volatile int *done) {
             if (mp_ready_tail) mp_ready_tail->next = due; else mp_ready_head = due;
             mp_ready_tail = due;
         }
-        struct mp_job *node = mp_ready_head;
-        if (node == NULL) {
+        if (mp_ready_head == NULL) {
             if (mp_timers) {
                 struct timespec until = {(time_t)(mp_timers->due / 1000000000u), (long)(mp_timers->due % 1000000000u)};
                 pthread_cond_timedwait(&mp_wake, &mp_lock, &until);
@@ -152,13 +155,7 @@ void mp_executor_run(const volatile int *done) {
             }
             continue;
         }
-        mp_ready_head = node->next;
-        if (mp_ready_head == NULL) mp_ready_tail = NULL;
-        pthread_mutex_unlock(&mp_lock);
-        void *job = node->job;
-        free(node);
-        swift_job_run(job, generic);
-        pthread_mutex_lock(&mp_lock);
+        mp_run_head_locked();
     }
     pthread_mutex_unlock(&mp_lock);
 }

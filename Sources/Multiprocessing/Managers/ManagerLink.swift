@@ -166,9 +166,7 @@ final class ManagerLink: @unchecked Sendable {
         }
     }
 
-    private func dispatch(_ reply: ManagerReply) {
-        state.withLock { $0.pending.removeValue(forKey: reply.id) }?.resume(returning: reply)
-    }
+    private func dispatch(_ reply: ManagerReply) { finish(reply.id, .success(reply)) }
 
     private func lost(reading error: any Error) {
         if let error = error as? MultiprocessingError, error.code == .endOfFile {
@@ -179,8 +177,11 @@ final class ManagerLink: @unchecked Sendable {
     }
 
     /// Ends the pending call `id`, if it is still pending, with `error`.
-    private func finish(_ id: UInt64, throwing error: any Error) {
-        state.withLock { $0.pending.removeValue(forKey: id) }?.resume(throwing: error)
+    private func finish(_ id: UInt64, throwing error: any Error) { finish(id, .failure(error)) }
+
+    /// Ends the pending call `id`, if it is still pending, with `outcome`.
+    private func finish(_ id: UInt64, _ outcome: Result<ManagerReply, any Error>) {
+        state.withLock { $0.pending.removeValue(forKey: id) }?.resume(with: outcome)
     }
 
     /// Fails every pending and later call on this link, and closes it.
