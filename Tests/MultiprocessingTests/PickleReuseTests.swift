@@ -43,6 +43,35 @@ private final class PickleHoarder: Codable {
     }
 }
 
+/// A chain of one key type whose last link keeps its containers after the call: nested deeper than the
+/// kept boxes, so the last link's container is one the cache has no room for.
+private final class PickleHoardingChain: Codable {
+    enum Keys: String, CodingKey { case value, next }
+    nonisolated(unsafe) static var encoding: KeyedEncodingContainer<Keys>?
+    nonisolated(unsafe) static var decoding: KeyedDecodingContainer<Keys>?
+    let value: Int
+    let next: PickleHoardingChain?
+
+    init(depth: Int) {
+        value = depth
+        next = depth > 0 ? PickleHoardingChain(depth: depth - 1) : nil
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: Keys.self)
+        try container.encode(value, forKey: .value)
+        try container.encodeIfPresent(next, forKey: .next)
+        if next == nil { Self.encoding = container }
+    }
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: Keys.self)
+        value = try container.decode(Int.self, forKey: .value)
+        next = try container.decodeIfPresent(PickleHoardingChain.self, forKey: .next)
+        if next == nil { Self.decoding = container }
+    }
+}
+
 /// A value that pickles and unpickles another inside its own coding, on the same thread.
 private struct PickleEnvelope: Codable, Equatable {
     let order: PickleOrder
@@ -125,6 +154,22 @@ struct PickleReuseTests {
         #expect(try PickleDecoder().decode(PickleOrder.self, from: expected) == reuseOrder)
         PickleHoarder.encoding = nil
         PickleHoarder.decoding = nil
+    }
+
+    @Test("containers kept past their call from deeper than the kept boxes are detached too")
+    func containersBeyondTheCacheOutliveTheirCall() throws {
+        let expected = try PickleEncoder().encode(reuseOrder)
+        let chain = try PickleEncoder().encode(PickleHoardingChain(depth: 20))
+        var keyed = try #require(PickleHoardingChain.encoding)
+        try keyed.encode(2, forKey: .value)  // after its call: written nowhere
+        #expect(try PickleEncoder().encode(reuseOrder) == expected)
+
+        _ = try PickleDecoder().decode(PickleHoardingChain.self, from: chain)
+        #expect(try PickleDecoder().decode(PickleOrder.self, from: expected) == reuseOrder)
+        let decoding = try #require(PickleHoardingChain.decoding)
+        #expect(throws: DecodingError.self) { _ = try decoding.decode(Int.self, forKey: .value) }
+        PickleHoardingChain.encoding = nil
+        PickleHoardingChain.decoding = nil
     }
 
     @Test("a failed encode leaves an appended-to buffer as it was, and the next encode is whole")

@@ -98,7 +98,7 @@ final class PickleStream {
         writer.output.removeAll()
         levels.removeAll(keepingCapacity: true)
         if failed { failure = nil }
-        for frame in boxes.frames { frame.stream = nil }
+        boxes.detachFrames { $0.stream = nil }
     }
 
     /// The keyed container of the value at `level`, in a reused box when one is free.
@@ -111,7 +111,7 @@ final class PickleStream {
         }
         let frame = PickleEncodingFrame(stream: self, level: level)
         let container = KeyedEncodingContainer(PickleKeyedEncoder<Key>(frame: frame))
-        if pickleBoxesConvert { boxes.keep(unsafeBitCast(container, to: AnyObject.self), frame: frame, of: Key.self) }
+        boxes.keep(unsafeBitCast(container, to: AnyObject.self), frame: frame, of: Key.self)
         return container
     }
 

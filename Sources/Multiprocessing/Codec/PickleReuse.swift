@@ -56,8 +56,18 @@ struct PickleBoxCache<Frame: AnyObject> {
     private let frameStorage = UnsafeMutablePointer<Frame>.allocate(capacity: PickleBoxCache.capacity)
     private(set) var count = 0
 
-    /// The frames of the cached boxes.
-    var frames: UnsafeMutableBufferPointer<Frame> { UnsafeMutableBufferPointer(start: frameStorage, count: count) }
+    /// The frames handed out during the current call that did not fit in the cache.
+    private var strays: [Frame] = []
+
+    /// Ends a call: runs `detach` on the frame of every container handed out (cached or not), so that
+    /// a container kept past its call no longer reaches the call's state.
+    mutating func detachFrames(_ detach: (Frame) -> Void) {
+        for slot in 0..<count { detach(frameStorage[slot]) }
+        if !strays.isEmpty {
+            for frame in strays { detach(frame) }
+            strays.removeAll(keepingCapacity: true)
+        }
+    }
 
     /// Frees the storage; the owner calls this when it goes away.
     func deallocate() {
@@ -80,7 +90,7 @@ struct PickleBoxCache<Frame: AnyObject> {
 
     /// Keeps a new box of a `Key` container, and its frame, while there is room.
     mutating func keep<Key>(_ box: AnyObject, frame: Frame, of _: Key.Type) {
-        guard pickleBoxesConvert, count < Self.capacity else { return }
+        guard pickleBoxesConvert, count < Self.capacity else { return strays.append(frame) }
         (types + count).initialize(to: ObjectIdentifier(Key.self))
         (boxes + count).initialize(to: box)
         (frameStorage + count).initialize(to: frame)

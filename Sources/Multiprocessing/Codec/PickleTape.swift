@@ -101,7 +101,7 @@ final class PickleTape {
         hintDict = -1
         hintKey = -1
         if !paths.isEmpty { paths.removeAll(keepingCapacity: paths.count < 4096) }
-        for frame in boxes.frames where frame.decoder != nil { frame.decoder = nil }
+        boxes.detachFrames { $0.decoder = nil }
         if capacity > Self.keptCapacity {
             nodes.deallocate()
             capacity = Self.initialCapacity
@@ -118,7 +118,7 @@ final class PickleTape {
         }
         let frame = PickleDecodingFrame(decoder: decoder)
         let container = KeyedDecodingContainer(PickleTapeKeyedDecoder<Key>(frame: frame))
-        if pickleBoxesConvert { boxes.keep(unsafeBitCast(container, to: AnyObject.self), frame: frame, of: Key.self) }
+        boxes.keep(unsafeBitCast(container, to: AnyObject.self), frame: frame, of: Key.self)
         return container
     }
 
