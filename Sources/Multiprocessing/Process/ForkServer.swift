@@ -222,56 +222,145 @@ func multiprocessingForkServerMain(_ control: Int32) {
     // which touched the code children run). Sharing takes a few milliseconds, so the server does it after
     // answering its first request, while that child runs, instead of delaying the first start.
     var codeShared = false
-    var children: [(pidfd: Int32, status: Int32)] = []
+    let loop = ForkServerLoop(control: control)
     while true {
-        let watched = [control] + children.map(\.pidfd)
-        guard let ready = try? Syscall.pollReadable(watched, until: .never) else { _exit(1) }
-        let ended = Set(ready.filter { $0 > 0 }.map { $0 - 1 })
-        var running: [(pidfd: Int32, status: Int32)] = []
-        for (index, child) in children.enumerated() {
-            var code: Int32 = 255
-            guard ended.contains(index), mp_pidfd_wait(child.pidfd, 1, &code) == 1 else {
-                running.append(child)
-                continue
-            }
-            withUnsafeBytes(of: &code) { _ = send(child.status, $0.baseAddress, 4, Int32(MSG_NOSIGNAL)) }
-            Syscall.close(child.pidfd)
-            Syscall.close(child.status)
-        }
-        children = running
-        guard ready.first == 0 else { continue }
-        var request = [UInt8](repeating: 0, count: requestLimit)
-        var fds: [Int32] = [-1, -1]
-        var count: Int32 = 0
-        let got = request.withUnsafeMutableBytes { raw in
-            fds.withUnsafeMutableBufferPointer { mp_recvmsg_fds(control, raw.baseAddress, raw.count, $0.baseAddress, 2, &count) }
-        }
-        if got < 0 && errno == EINTR { continue }
-        // The parent is gone: leave running children alone (daemons end themselves) and exit.
-        guard got > 0, count == 2 else { _exit(0) }
-        // Resolve the task type and check its conformance here, once, so that the forked child inherits
-        // the runtime's caches instead of scanning every conformance of the program for it.
-        let typeName = String(decoding: request.prefix { $0 != 0 }, as: UTF8.self)
-        checkedTaskKind.store(taskKind(of: TaskEnvelope.resolveType(named: typeName)), ordering: .relaxed)
-        let inherited = [control] + children.flatMap { [$0.pidfd, $0.status] }
-        let pid = mp_fork(inherited, Int32(inherited.count))
+        guard let request = loop.next() else { continue }
+        let pid = mp_fork(loop.inherited.baseAddress, Int32(loop.inheritedCount))
         if pid == 0 {
-            mp_report_exit_code(fds[1])
-            multiprocessingChildMain(fds[0])
+            mp_report_exit_code(request.status)
+            multiprocessingChildMain(request.bootstrap)
         }
-        Syscall.close(fds[0])
-        var reply: Int32 = pid > 0 ? pid : -errno
-        withUnsafeBytes(of: &reply) { _ = send(control, $0.baseAddress, 4, Int32(MSG_NOSIGNAL)) }
-        if pid > 0 {
-            let pidfd = mp_pidfd_open(pid)
-            if pidfd >= 0 { children.append((pidfd, fds[1])) } else { Syscall.close(fds[1]) }
-        } else {
-            Syscall.close(fds[1])
-        }
+        loop.started(pid: pid, errno: errno, request)
         if !codeShared {
             _ = mp_share_code_with_children()
             codeShared = true
         }
+    }
+}
+
+/// The state of the fork server's loop, in storage allocated once.
+///
+/// The server's pages are shared with each child it forks, so every page the server writes while that
+/// child lives is copied first (a page fault of a few microseconds, on the way to the next start). The
+/// loop therefore allocates nothing per request and writes only these buffers and its stack.
+private final class ForkServerLoop {
+    let control: Int32
+    /// The children not reaped yet: pidfd and status socket.
+    private var children: UnsafeMutablePointer<(pidfd: Int32, status: Int32)>
+    private var childCount = 0
+    private var capacity = 64
+    /// poll's entries: the control socket, then each child's pidfd.
+    private var entries: UnsafeMutablePointer<pollfd>
+    /// What a child closes after the fork: the control socket and every other child's descriptors.
+    private(set) var inherited: UnsafeMutableBufferPointer<Int32>
+    private(set) var inheritedCount = 1
+    private let request = UnsafeMutableRawBufferPointer.allocate(byteCount: requestLimit, alignment: 8)
+    private let received = UnsafeMutablePointer<Int32>.allocate(capacity: 2)
+    /// The task types resolved so far (their names' bytes): a later child of one inherits the lookups.
+    private var resolved: [[UInt8]] = []
+
+    init(control: Int32) {
+        self.control = control
+        children = .allocate(capacity: capacity)
+        entries = .allocate(capacity: capacity + 1)
+        inherited = .allocate(capacity: 2 * capacity + 1)
+        inherited[0] = control
+    }
+
+    /// Waits for children to end (reporting their codes) and for the next request; returns the
+    /// request's descriptors (the child's bootstrap socket, its status socket). Exits when the parent is gone.
+    func next() -> (bootstrap: Int32, status: Int32)? {
+        entries[0] = pollfd(fd: control, events: Int16(POLLIN), revents: 0)
+        for index in 0..<childCount { entries[index + 1] = pollfd(fd: children[index].pidfd, events: Int16(POLLIN), revents: 0) }
+        let ready = poll(entries, nfds_t(childCount + 1), -1)
+        if ready < 0 {
+            if errno == EINTR { return nil }
+            _exit(1)
+        }
+        reapEnded()
+        guard entries[0].revents != 0 else { return nil }
+        var count: Int32 = 0
+        let got = mp_recvmsg_fds(control, request.baseAddress, request.count, received, 2, &count)
+        if got < 0 && errno == EINTR { return nil }
+        // The parent is gone: leave running children alone (daemons end themselves) and exit.
+        guard got > 0, count == 2 else { _exit(0) }
+        resolveTaskType(length: got)
+        return (received[0], received[1])
+    }
+
+    /// Reports and forgets the children whose pidfds poll found readable (ended).
+    private func reapEnded() {
+        var kept = 0
+        for index in 0..<childCount {
+            let child = children[index]
+            var code: Int32 = 255
+            // The entries were filled in the children's order; a child kept moves down in place.
+            if entries[index + 1].revents != 0, mp_pidfd_wait(child.pidfd, 1, &code) == 1 {
+                withUnsafeBytes(of: &code) { _ = send(child.status, $0.baseAddress, 4, Int32(MSG_NOSIGNAL)) }
+                Syscall.close(child.pidfd)
+                Syscall.close(child.status)
+            } else {
+                children[kept] = child
+                kept += 1
+            }
+        }
+        if kept != childCount {
+            childCount = kept
+            rebuildInherited()
+        }
+    }
+
+    /// Resolves the request's task type and checks its conformance, once per type, so that every child
+    /// forked later inherits the runtime's caches instead of scanning every conformance of the program.
+    private func resolveTaskType(length: Int) {
+        let bytes = UnsafeRawBufferPointer(rebasing: request[..<length])
+        let name = bytes.prefix { $0 != 0 }
+        if resolved.contains(where: { $0.elementsEqual(name) }) { return }
+        let typeName = String(decoding: name, as: UTF8.self)
+        checkedTaskKind.store(taskKind(of: TaskEnvelope.resolveType(named: typeName)), ordering: .relaxed)
+        resolved.append(Array(name))
+    }
+
+    /// After a fork: answers the parent with the pid (or the fork's errno) and keeps the new child.
+    func started(pid: Int32, errno error: Int32, _ request: (bootstrap: Int32, status: Int32)) {
+        Syscall.close(request.bootstrap)
+        var reply: Int32 = pid > 0 ? pid : -error
+        withUnsafeBytes(of: &reply) { _ = send(control, $0.baseAddress, 4, Int32(MSG_NOSIGNAL)) }
+        let pidfd = pid > 0 ? mp_pidfd_open(pid) : -1
+        guard pidfd >= 0 else {
+            Syscall.close(request.status)
+            return
+        }
+        if childCount == capacity { grow() }
+        children[childCount] = (pidfd, request.status)
+        inherited[inheritedCount] = pidfd
+        inherited[inheritedCount + 1] = request.status
+        inheritedCount += 2
+        childCount += 1
+    }
+
+    private func rebuildInherited() {
+        inheritedCount = 1
+        for index in 0..<childCount {
+            inherited[inheritedCount] = children[index].pidfd
+            inherited[inheritedCount + 1] = children[index].status
+            inheritedCount += 2
+        }
+    }
+
+    private func grow() {
+        let larger = capacity * 2
+        let moved = UnsafeMutablePointer<(pidfd: Int32, status: Int32)>.allocate(capacity: larger)
+        moved.moveInitialize(from: children, count: childCount)
+        children.deallocate()
+        children = moved
+        entries.deallocate()
+        entries = .allocate(capacity: larger + 1)
+        let closing = UnsafeMutableBufferPointer<Int32>.allocate(capacity: 2 * larger + 1)
+        _ = closing.initialize(from: inherited[..<inheritedCount])
+        inherited.deallocate()
+        inherited = closing
+        capacity = larger
     }
 }
 
