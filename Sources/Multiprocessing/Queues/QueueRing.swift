@@ -23,7 +23,18 @@ import Synchronization
 ///
 /// **Waiting.** Lock waits spin briefly, then sleep on the lock's futex. The holder of the consumer
 /// lock waits for items by sleeping on the tail's low half, and the holder of the producer lock waits
-/// for room on the head's low half; a sleeper count tells the other side to wake it.
+/// for a free slot (a bounded queue at its `maxSize`) on the head's low half; a sleeper count tells the
+/// other side to wake it.
+///
+/// **Waiting for room in bytes.** A producer that is under its bound but out of ring bytes (in
+/// practice: back at the ring's start, one lap ahead of a slower consumer, where it may only write up
+/// to the consumer's offset) does not wait for each record's room in turn, which would keep it in lock
+/// step with the consumer, polling the head's cache line and costing a wake-up per get. It publishes a
+/// head position that leaves ``roomSlack`` bytes more than its record needs, and sleeps on a word of
+/// its own (the room bell); the consumer that moves the head past that position rings the bell once.
+/// The target is always within the items already put, so draining the queue reaches it. A wait that
+/// ends without the target reached (a consumer stopped, or died) makes this process wait for exactly
+/// its record's room next time, until a consumer reaches a target again.
 final class QueueRing: @unchecked Sendable {
     let memory: QueueMemory
     private let producers: OwnershipWord
@@ -36,6 +47,14 @@ final class QueueRing: @unchecked Sendable {
     private let done: UnsafeMutablePointer<Atomic<UInt64>>
     private let joinSleepers: UnsafeMutablePointer<Atomic<UInt32>>
     private let highWater: UnsafeMutablePointer<Atomic<UInt64>>
+    /// The head position a producer out of ring bytes waits for, with ``targetSet``; 0 when none waits.
+    /// On the head's cache line: the consumer reads it after every move of the head.
+    private let roomTarget: UnsafeMutablePointer<Atomic<UInt64>>
+    /// Rung (incremented and woken) when the head passes ``roomTarget``, and on shutdown or interruption.
+    private let roomBell: UnsafeMutablePointer<Atomic<UInt32>>
+    /// Whether this process's last wait for room in bytes ended without its target reached; it then
+    /// waits for its record's room only (read and written under the producer lock).
+    private var roomWaitMissed = false
     /// A head this process saw, read under the producer lock: the producer reads the consumers' cache
     /// line only when this old value says there may be no room (a past head only overstates the
     /// backlog).
@@ -53,6 +72,13 @@ final class QueueRing: @unchecked Sendable {
     static let window = 4 << 20
     /// The state's bits.
     static let shutDownFlag: UInt32 = 1
+    /// The bytes beyond its record a producer out of ring bytes waits for (a sixteenth of the window):
+    /// for the small message of mp-bench's queue workloads, one wake-up per 5,000 gets or so.
+    static let roomSlack = window / 16
+    /// How long a producer waits for the slack at most before it settles for its record's room.
+    static let roomPatience = Duration.milliseconds(5)
+    /// Marks ``roomTarget`` as set (positions take 36 bits).
+    static let targetSet: UInt64 = 1 << 63
 
     private enum Kind: UInt32 { case item = 1, skip = 2 }
 
@@ -68,6 +94,8 @@ final class QueueRing: @unchecked Sendable {
         done = memory.atomic64(320)
         joinSleepers = memory.atomic32(328)
         highWater = memory.atomic64(384)
+        roomTarget = memory.atomic64(272)
+        roomBell = memory.atomic32(448)
     }
 
     // MARK: Counts
@@ -103,7 +131,7 @@ final class QueueRing: @unchecked Sendable {
 
     /// Takes `lock` for `attempt` (once): returns false when the step must be tried again, or throws
     /// `busy` for a non-blocking attempt whose lock holder is asleep (the queue is empty or full).
-    private func take(_ lock: OwnershipWord, sleepers: UnsafeMutablePointer<Atomic<UInt32>>,
+    private func take(_ lock: OwnershipWord, holderAsleep: () -> Bool,
                       _ attempt: Attempt, until sliceEnd: Deadline, index: Int) -> Bool? {
         if attempt.holding { return true }
         let me = OwnerCheck.me
@@ -113,7 +141,7 @@ final class QueueRing: @unchecked Sendable {
         }
         if !attempt.blocking {
             // A holder asleep waits for what this call would wait for; any other holds it briefly.
-            if sleepers.pointee.load(ordering: .relaxed) > 0 { return nil }
+            if holderAsleep() { return nil }
             attempt.holding = lock.acquireContended(as: me, until: .after(.milliseconds(100)))
             return attempt.holding ? true : nil
         }
@@ -132,7 +160,9 @@ final class QueueRing: @unchecked Sendable {
     /// One step of a put of `payload` (already encoded): `.done` when it was published, `.busy`
     /// when a non-blocking put found no room, nil to try again (after sleeping until `sliceEnd`).
     func putStep(_ payload: UnsafeRawBufferPointer, _ attempt: Attempt, until sliceEnd: Deadline, index: Int) -> Status? {
-        guard let taken = take(producers, sleepers: roomSleepers, attempt, until: sliceEnd, index: index) else { return .busy }
+        guard let taken = take(producers, holderAsleep: {
+            roomSleepers.pointee.load(ordering: .relaxed) > 0 || roomTarget.pointee.load(ordering: .relaxed) != 0
+        }, attempt, until: sliceEnd, index: index) else { return .busy }
         guard taken else { return nil }
         let record = Self.recordSize(payload.count)
         let maxSize = UInt64(memory.maxSize)
@@ -157,7 +187,8 @@ final class QueueRing: @unchecked Sendable {
                 used = (Self.position(put) &- Self.position(out)) & Int(Self.positionMask)
                 items = (Self.count(put) &- Self.count(out)) & Self.countMask
             }
-            if used + record <= QueueMemory.capacity, maxSize == 0 || items < maxSize {
+            let underBound = maxSize == 0 || items < maxSize
+            if used + record <= QueueMemory.capacity, underBound {
                 write(payload, record: record, tail: put, used: used)
                 finish(attempt, producers)
                 if itemSleepers.pointee.load(ordering: .sequentiallyConsistent) > 0 { Futex.wake(Futex.lowHalf(tail), count: 1) }
@@ -166,6 +197,10 @@ final class QueueRing: @unchecked Sendable {
             if !attempt.blocking {
                 finish(attempt, producers)
                 return .busy
+            }
+            if underBound {
+                waitForRoom(tail: put, record: record, until: sliceEnd)
+                return nil
             }
             if !spun {
                 spun = true
@@ -179,6 +214,52 @@ final class QueueRing: @unchecked Sendable {
             roomSleepers.pointee.subtract(1, ordering: .relaxed)
             return nil
         }
+    }
+
+    /// Sleeps until the consumers have moved the head far enough for a record of `record` bytes after
+    /// the tail `put` and ``roomSlack`` bytes more (see the type's comment), or `sliceEnd`, or for
+    /// ``roomPatience`` at most; the caller holds the producer lock and then tries again.
+    private func waitForRoom(tail put: UInt64, record: Int, until sliceEnd: Deadline) {
+        // A record of the slack's size or more frees enough at each get.
+        let slack = roomWaitMissed || record >= Self.roomSlack ? 0 : Self.roomSlack
+        let target = UInt64(truncatingIfNeeded: Self.position(put) + record + slack - QueueMemory.capacity) & Self.positionMask
+        let rung = roomBell.pointee.load(ordering: .sequentiallyConsistent)
+        roomTarget.pointee.store(target | Self.targetSet, ordering: .sequentiallyConsistent)
+        var out = head.pointee.load(ordering: .sequentiallyConsistent)
+        let patience = Deadline.after(Self.roomPatience)
+        if !Self.reached(out, target) && !isShutDown {
+            Futex.wait(Futex.address(roomBell), expected: rung, until: sliceEnd.earlier(patience))
+            out = head.pointee.load(ordering: .acquiring)
+        }
+        roomTarget.pointee.store(0, ordering: .relaxed)
+        knownHead = out
+        // (A wait cut short by its caller's slice, or woken for shutdown or cancellation, says nothing.)
+        if Self.reached(out, target) {
+            roomWaitMissed = false
+        } else if patience.hasPassed {
+            roomWaitMissed = true
+        }
+    }
+
+    /// Whether the head `out` is at or past the position `target` (at most half the positions ahead).
+    @inline(__always)
+    private static func reached(_ out: UInt64, _ target: UInt64) -> Bool {
+        (UInt64(position(out)) &- target) & positionMask < 1 << (positionBits - 1)
+    }
+
+    /// Rings the room bell when a producer waits for a head position that `out` reached; the caller
+    /// just stored `out` as the head.
+    @inline(__always)
+    private func ringRoomBell(after out: UInt64) {
+        let wanted = roomTarget.pointee.load(ordering: .sequentiallyConsistent)
+        guard wanted != 0, Self.reached(out, wanted & Self.positionMask) else { return }
+        guard roomTarget.pointee.compareExchange(expected: wanted, desired: 0, ordering: .sequentiallyConsistent).exchanged else { return }
+        ringRoomBell()
+    }
+
+    private func ringRoomBell() {
+        roomBell.pointee.add(1, ordering: .sequentiallyConsistent)
+        Futex.wake(Futex.address(roomBell))
     }
 
     /// Writes a record after the tail `put` and publishes it; the caller holds the producer lock and
@@ -250,7 +331,8 @@ final class QueueRing: @unchecked Sendable {
     func getStep<R>(
         _ attempt: Attempt, until sliceEnd: Deadline, index: Int, read: (UnsafeRawBufferPointer) throws -> R
     ) throws -> R {
-        guard let taken = take(consumers, sleepers: itemSleepers, attempt, until: sliceEnd, index: index) else { throw StepEnd.busy }
+        guard let taken = take(consumers, holderAsleep: { itemSleepers.pointee.load(ordering: .relaxed) > 0 },
+                               attempt, until: sliceEnd, index: index) else { throw StepEnd.busy }
         guard taken else { throw StepEnd.again }
         var spun = index > 0 || !attempt.blocking
         while true {
@@ -299,6 +381,7 @@ final class QueueRing: @unchecked Sendable {
         let length = Int(memory.ring.load(fromByteOffset: offset, as: UInt32.self))
         let next = (UInt64(position + 8 + length) & Self.positionMask) | (out & ~Self.positionMask)
         head.pointee.store(next, ordering: .sequentiallyConsistent)
+        ringRoomBell(after: next)
         return true
     }
 
@@ -311,6 +394,7 @@ final class QueueRing: @unchecked Sendable {
             let next = (UInt64(position + Self.recordSize(length)) & Self.positionMask)
                 | ((Self.count(out) + 1) & Self.countMask) << Self.positionBits
             head.pointee.store(next, ordering: .sequentiallyConsistent)
+            ringRoomBell(after: next)
         }
         let start = offset + 8
         if start + length > QueueMemory.capacity {
@@ -338,6 +422,7 @@ final class QueueRing: @unchecked Sendable {
     /// Wakes a put or get asleep in a step (for cancellation).
     func interruptPut() {
         Futex.wake(Futex.lowHalf(head))
+        ringRoomBell()
         producers.interruptSleepers()
     }
     func interruptGet() {
@@ -360,6 +445,7 @@ final class QueueRing: @unchecked Sendable {
         let out = head.pointee.load(ordering: .relaxed)
         let discarded = (Self.count(put) &- Self.count(out)) & Self.countMask
         head.pointee.store(put, ordering: .sequentiallyConsistent)
+        ringRoomBell(after: put)
         consumers.release()
         producers.release()
         var current = done.pointee.load(ordering: .relaxed)
@@ -376,6 +462,7 @@ final class QueueRing: @unchecked Sendable {
     private func wakeEveryone() {
         Futex.wake(Futex.lowHalf(tail))
         Futex.wake(Futex.lowHalf(head))
+        ringRoomBell()
         Futex.wake(Futex.lowHalf(done))
         producers.interruptSleepers()
         consumers.interruptSleepers()
