@@ -36,11 +36,10 @@ func lapQueue(_ queue: ProcessQueue<[UInt8]>) throws -> Int {
         let value = try queue.get(timeout: .seconds(10))
         #expect(value.first == UInt8(truncatingIfNeeded: seed) && queueIntact(value, count: lapValueSize))
     }
-    var seed = 80
-    while (try? queue.putNoWait(queuePattern(seed, count: lapValueSize))) != nil { seed += 1 }
-    // It wrote up to the consumer's offset: about 20 values' bytes.
-    #expect((10...25).contains(seed - 80), "\(seed - 80) values fitted before the consumer's offset")
-    return seed - 20
+    // Back at the start, 19 values fit before the consumer's offset (20 values in, less the 8 bytes a
+    // lapped producer keeps free); each goes in at once.
+    for seed in 80..<99 { try queue.put(queuePattern(seed, count: lapValueSize), timeout: .seconds(10)) }
+    return 99 - 20
 }
 
 /// Gets `count` values and checks they carry the seeds from `first` on, in order and intact.
@@ -71,6 +70,19 @@ struct QueueRoomTests {
         #expect(queue.count == held)
     }
 
+    @Test("a put that may not wait never finds an unbounded queue full: a lapped producer skips forward, and every value arrives in order")
+    func noWaitSkipsForward() throws {
+        let queue = try ProcessQueue<[UInt8]>()
+        let held = try lapQueue(queue)
+        for seed in 1000..<1100 { try queue.putNoWait(queuePattern(seed, count: lapValueSize)) }
+        #expect(queue.count == held + 100)
+        for seed in 20..<(20 + held) {
+            let value = try queue.get(timeout: .seconds(10))
+            #expect(value.first == UInt8(truncatingIfNeeded: seed) && queueIntact(value, count: lapValueSize), "value \(seed)")
+        }
+        try drainLapped(queue, from: 1000, count: 100)
+    }
+
     @Test("a lapped producer in another process is woken by the consumer's gets; every value arrives in order and intact")
     func wokenByConsumer() throws {
         let queue = try ProcessQueue<[UInt8]>()
@@ -92,6 +104,9 @@ struct QueueRoomTests {
     func shutdownAndKill() throws {
         // Killed while waiting: the next producer takes over, puts, and nothing is torn.
         let queue = try ProcessQueue<[UInt8]>()
+        // Producers wait for room in bytes as long as the test needs (not the usual 5 ms, after which
+        // they take the consumer for stopped and skip forward).
+        queue.ring.setRoomPatience(.seconds(60))
         let report = try ProcessSimpleQueue<String>()
         let held = try lapQueue(queue)
         let victim = try syncStart(QueueLappedProducer(queue: queue, report: report, first: 3000, count: 1), .forkserver)
@@ -103,6 +118,7 @@ struct QueueRoomTests {
         #expect(queue.count == held - 8 + 1)
         // Shut down while a producer waits: its put ends with shutDown.
         let full = try ProcessQueue<[UInt8]>()
+        full.ring.setRoomPatience(.seconds(60))
         _ = try lapQueue(full)
         let waiter = try syncStart(QueueLappedProducer(queue: full, report: report, first: 5000, count: 1), .forkserver)
         #expect(try report.get() == "started")
@@ -119,6 +135,7 @@ struct QueueRoomTests {
     @Test("an async put waiting for room in bytes ends promptly when cancelled, having put nothing")
     func cancelledAsyncPut() async throws {
         let queue = try ProcessQueue<[UInt8]>()
+        queue.ring.setRoomPatience(.seconds(60))
         let held = try lapQueue(queue)
         let putter = Task { try await queue.put(queuePattern(6000, count: lapValueSize)) }
         try await Task.sleep(for: .milliseconds(50))

@@ -81,6 +81,16 @@ struct QueueProducer: ProcessTask {
     }
 }
 
+/// Puts `count` byte arrays of `size` bytes.
+struct QueueBytesProducer: ProcessTask {
+    let queue: ProcessQueue<[UInt8]>
+    let count: Int
+    let size: Int
+    func run() throws {
+        for index in 0..<count { try queue.put([UInt8](repeating: UInt8(truncatingIfNeeded: index), count: size), timeout: .seconds(60)) }
+    }
+}
+
 /// Puts large patterned values forever (until killed).
 struct QueueBigProducer: ProcessTask {
     let queue: ProcessQueue<[UInt8]>
@@ -232,6 +242,24 @@ struct QueueTests {
             if item != QueueItem(producer: 0, sequence: sequence) { Issue.record("item \(sequence) is \(item)"); return }
         }
         #expect(queue.isEmpty)
+    }
+
+    @Test("a consumer that read a few items and then joins the producer does not deadlock: an unbounded put does not wait for a stopped consumer")
+    func joinAfterReadingSome() throws {
+        let queue = try ProcessQueue<[UInt8]>()
+        // 16 MiB in 1 KiB items: the producer goes around the ring's 4 MiB window several times.
+        let count = 16_384
+        let child = try syncStart(QueueBytesProducer(queue: queue, count: count, size: 1024), .fork)
+        for _ in 0..<3 { _ = try queue.get(timeout: .seconds(30)) }
+        #expect(try child.join(timeout: .seconds(30)), "the producer waited for the consumer to read more")
+        if child.exitCode == nil { try child.kill(); _ = try child.join(timeout: .seconds(10)) }
+        #expect(queue.count == count - 3)
+        // The rest arrives in order and whole, across the skip forward.
+        var intact = 0
+        while let item = try? queue.getNoWait() {
+            if item.count == 1024, item.allSatisfy({ $0 == UInt8(truncatingIfNeeded: intact + 3) }) { intact += 1 } else { break }
+        }
+        #expect(intact == count - 3)
     }
 
     @Test("handed to a child and on to a grandchild; sent over a Connection")

@@ -105,7 +105,7 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
     ///   when no thread could be started to wait on.
     public func put(_ item: Element, blocking: Bool = true, timeout: Duration? = nil) async throws {
         let payload = try encode(item)
-        let attempt = QueueRing.Attempt(blocking: false)
+        let attempt = QueueRing.Attempt(blocking: false, waitsNext: blocking)
         let first = payload.withUnsafeBytes { ring.putStep($0, attempt, until: .now, index: 1) }
         ring.abandonPut(attempt)
         if case .busy? = first, blocking {

@@ -2,7 +2,8 @@
 ///
 /// Shared by processes exactly as ``ProcessQueue`` (same memory, same guarantees when a process dies),
 /// without a bound, timeouts or no-wait forms: `put(_:)` never waits for room (until a backlog of
-/// about 2 GiB), `get()` waits as long as it takes.
+/// about 2 GiB; a put that finds a consumer slower than itself may pause up to 5 ms for it to catch
+/// up, so that a steady stream reuses the same memory), `get()` waits as long as it takes.
 public final class ProcessSimpleQueue<Element: Codable & Sendable>: @unchecked Sendable, Codable {
     private let queue: ProcessQueue<Element>
 

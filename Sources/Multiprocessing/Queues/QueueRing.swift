@@ -20,6 +20,12 @@ import Synchronization
 /// **Memory.** The ring is 2 GiB of sparse memory. While the backlog is small, the producer jumps back
 /// to the start of the ring (a skip record) once it is 4 MiB in, so a steady stream keeps touching the
 /// same few pages; pages above that, touched by a backlog that has since drained, are given back.
+/// After a jump, the producer writes the new lap up to the consumer's offset in the previous lap. When
+/// it catches up there and the consumer has stopped (its wait for room missed, below), it skips
+/// forward instead of waiting: a skip record from its offset to the end of the previous lap's data
+/// (``lapEnd``), and on from there, so an unbounded queue never waits for a consumer before its 2 GiB
+/// are full. In that state the producer keeps 8 bytes free before the consumer's offset, the room of
+/// that skip record.
 ///
 /// **Waiting.** Lock waits spin briefly, then sleep on the lock's futex. The holder of the consumer
 /// lock waits for items by sleeping on the tail's low half, and the holder of the producer lock waits
@@ -47,6 +53,14 @@ final class QueueRing: @unchecked Sendable {
     private let done: UnsafeMutablePointer<Atomic<UInt64>>
     private let joinSleepers: UnsafeMutablePointer<Atomic<UInt32>>
     private let highWater: UnsafeMutablePointer<Atomic<UInt64>>
+    /// Where the data of the lap before the current one ends (after its skip record), and the position
+    /// where the current lap starts: written by a producer when it jumps back, before it publishes the
+    /// new tail; read only under the producer lock.
+    private let lapEnd: UnsafeMutablePointer<Atomic<UInt64>>
+    private let lapStart: UnsafeMutablePointer<Atomic<UInt64>>
+    /// A patience other than ``roomPatience`` for this queue, in nanoseconds (0: the usual one); for tests
+    /// that hold a producer in its wait.
+    private let patienceOverride: UnsafeMutablePointer<Atomic<UInt64>>
     /// The head position a producer out of ring bytes waits for, with ``targetSet``; 0 when none waits.
     /// On the head's cache line: the consumer reads it after every move of the head.
     private let roomTarget: UnsafeMutablePointer<Atomic<UInt64>>
@@ -75,7 +89,8 @@ final class QueueRing: @unchecked Sendable {
     /// The bytes beyond its record a producer out of ring bytes waits for (a sixteenth of the window):
     /// for the small message of mp-bench's queue workloads, one wake-up per 5,000 gets or so.
     static let roomSlack = window / 16
-    /// How long a producer waits for the slack at most before it settles for its record's room.
+    /// How long a producer waits for the slack at most before it takes the consumer for stopped: it then
+    /// waits for its record's room only, and skips forward when a lap ahead (see ``placement``).
     static let roomPatience = Duration.milliseconds(5)
     /// Marks ``roomTarget`` as set (positions take 36 bits).
     static let targetSet: UInt64 = 1 << 63
@@ -94,8 +109,18 @@ final class QueueRing: @unchecked Sendable {
         done = memory.atomic64(320)
         joinSleepers = memory.atomic32(328)
         highWater = memory.atomic64(384)
+        lapEnd = memory.atomic64(392)
+        lapStart = memory.atomic64(400)
+        patienceOverride = memory.atomic64(408)
         roomTarget = memory.atomic64(272)
         roomBell = memory.atomic32(448)
+    }
+
+    /// Sets how long this queue's producers wait for room in bytes before they take the consumer for
+    /// stopped (every process that uses the queue sees it).
+    func setRoomPatience(_ patience: Duration) {
+        let (seconds, attoseconds) = patience.components
+        patienceOverride.pointee.store(UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000), ordering: .relaxed)
     }
 
     // MARK: Counts
@@ -126,7 +151,13 @@ final class QueueRing: @unchecked Sendable {
         var holding = false
         lazy var schedule = OwnerCheck.Schedule()
         let blocking: Bool
-        init(blocking: Bool) { self.blocking = blocking }
+        /// Whether a non-blocking attempt is the first try of a put that waits afterwards (an async
+        /// put), which should wait rather than skip forward (see ``placement``).
+        let waitsNext: Bool
+        init(blocking: Bool, waitsNext: Bool = false) {
+            self.blocking = blocking
+            self.waitsNext = waitsNext
+        }
     }
 
     /// Takes `lock` for `attempt` (once): returns false when the step must be tried again, or throws
@@ -188,8 +219,9 @@ final class QueueRing: @unchecked Sendable {
                 items = (Self.count(put) &- Self.count(out)) & Self.countMask
             }
             let underBound = maxSize == 0 || items < maxSize
-            if used + record <= QueueMemory.capacity, underBound {
-                write(payload, record: record, tail: put, used: used)
+            let place = underBound ? placement(record, tail: put, used: used, waitless: !attempt.blocking && !attempt.waitsNext) : nil
+            if let place {
+                write(payload, record: record, tail: put, used: used, at: place)
                 finish(attempt, producers)
                 if itemSleepers.pointee.load(ordering: .sequentiallyConsistent) > 0 { Futex.wake(Futex.lowHalf(tail), count: 1) }
                 return .done
@@ -216,17 +248,38 @@ final class QueueRing: @unchecked Sendable {
         }
     }
 
+    /// Where a record of `record` bytes goes after the tail `put` (`used` bytes after the head): the
+    /// tail's offset, the end of the previous lap's data (a skip forward, see the type's comment), or
+    /// nil when there is no room now. A put that may not wait skips forward at once.
+    private func placement(_ record: Int, tail put: UInt64, used: Int, waitless: Bool) -> Int? {
+        let offset = Self.position(put) % QueueMemory.capacity
+        // The head is in this lap: the bytes between them are taken.
+        if used <= offset { return used + record <= QueueMemory.capacity ? offset : nil }
+        // The head is a lap behind. A lap this process's producers started by jumping back has the
+        // previous lap's data between the head's offset and `lapEnd`.
+        let jumped = UInt64(Self.position(put) - offset) & Self.positionMask == lapStart.pointee.load(ordering: .relaxed)
+        let end = jumped ? Int(lapEnd.pointee.load(ordering: .relaxed)) : QueueMemory.capacity
+        if offset >= end { return offset + record <= QueueMemory.capacity ? offset : nil }
+        // Up to the head's offset, keeping room for a skip record before it.
+        if used + record + 8 <= QueueMemory.capacity { return offset }
+        // A consumer that stopped would leave this producer waiting while memory is free beyond the
+        // previous lap's data.
+        if jumped, roomWaitMissed || waitless, used + 8 <= QueueMemory.capacity, end + record <= QueueMemory.capacity { return end }
+        return nil
+    }
+
     /// Sleeps until the consumers have moved the head far enough for a record of `record` bytes after
     /// the tail `put` and ``roomSlack`` bytes more (see the type's comment), or `sliceEnd`, or for
     /// ``roomPatience`` at most; the caller holds the producer lock and then tries again.
     private func waitForRoom(tail put: UInt64, record: Int, until sliceEnd: Deadline) {
         // A record of the slack's size or more frees enough at each get.
         let slack = roomWaitMissed || record >= Self.roomSlack ? 0 : Self.roomSlack
-        let target = UInt64(truncatingIfNeeded: Self.position(put) + record + slack - QueueMemory.capacity) & Self.positionMask
+        let target = UInt64(truncatingIfNeeded: Self.position(put) + record + 8 + slack - QueueMemory.capacity) & Self.positionMask
         let rung = roomBell.pointee.load(ordering: .sequentiallyConsistent)
         roomTarget.pointee.store(target | Self.targetSet, ordering: .sequentiallyConsistent)
         var out = head.pointee.load(ordering: .sequentiallyConsistent)
-        let patience = Deadline.after(Self.roomPatience)
+        let chosen = patienceOverride.pointee.load(ordering: .relaxed)
+        let patience = Deadline.after(chosen > 0 ? .nanoseconds(Int64(chosen)) : Self.roomPatience)
         if !Self.reached(out, target) && !isShutDown {
             Futex.wait(Futex.address(roomBell), expected: rung, until: sliceEnd.earlier(patience))
             out = head.pointee.load(ordering: .acquiring)
@@ -264,28 +317,42 @@ final class QueueRing: @unchecked Sendable {
 
     /// Writes a record after the tail `put` and publishes it; the caller holds the producer lock and
     /// checked that it fits.
-    private func write(_ payload: UnsafeRawBufferPointer, record: Int, tail put: UInt64, used: Int) {
+    private func write(_ payload: UnsafeRawBufferPointer, record: Int, tail put: UInt64, used: Int, at place: Int) {
         var position = Self.position(put)
         var offset = position % QueueMemory.capacity
-        if offset >= Self.window, used + record <= offset {
+        if place > offset {
+            // Forward past the previous lap's data: a skip record covers the gap.
+            writeSkip(at: offset, to: place)
+            position += place - offset
+            offset = place
+        } else if offset >= Self.window, used + record + 8 <= offset {
             // Back to the start of the ring: a skip record covers the rest.
-            memory.ring.storeBytes(of: UInt32(QueueMemory.capacity - offset - 8), toByteOffset: offset, as: UInt32.self)
-            memory.ring.storeBytes(of: Kind.skip.rawValue, toByteOffset: offset + 4, as: UInt32.self)
+            writeSkip(at: offset, to: QueueMemory.capacity)
             let touched = Int(highWater.pointee.load(ordering: .relaxed))
             if touched > offset + Self.window { memory.release(ringBytes: (offset + 8)..<touched) }
             highWater.pointee.store(UInt64(offset + 8), ordering: .relaxed)
             position += QueueMemory.capacity - offset
+            lapEnd.pointee.store(UInt64(offset + 8), ordering: .relaxed)
+            lapStart.pointee.store(UInt64(position) & Self.positionMask, ordering: .relaxed)
             offset = 0
         }
         memory.ring.storeBytes(of: UInt32(payload.count), toByteOffset: offset, as: UInt32.self)
         memory.ring.storeBytes(of: Kind.item.rawValue, toByteOffset: offset + 4, as: UInt32.self)
         copyIn(payload, at: offset + 8)
         let end = offset + record
+        // A record that reaches the ring's end starts a lap that no jump started.
+        if end >= QueueMemory.capacity { lapStart.pointee.store(.max, ordering: .relaxed) }
         if UInt64(end) > highWater.pointee.load(ordering: .relaxed) {
             highWater.pointee.store(UInt64(min(end, QueueMemory.capacity)), ordering: .relaxed)
         }
         let next = (UInt64(position + record) & Self.positionMask) | ((Self.count(put) + 1) & Self.countMask) << Self.positionBits
         tail.pointee.store(next, ordering: .sequentiallyConsistent)
+    }
+
+    /// A skip record at `offset` that sends the reader on to offset `end` (the ring's size: the start).
+    private func writeSkip(at offset: Int, to end: Int) {
+        memory.ring.storeBytes(of: UInt32(end - offset - 8), toByteOffset: offset, as: UInt32.self)
+        memory.ring.storeBytes(of: Kind.skip.rawValue, toByteOffset: offset + 4, as: UInt32.self)
     }
 
     private func copyIn(_ bytes: UnsafeRawBufferPointer, at offset: Int) {
