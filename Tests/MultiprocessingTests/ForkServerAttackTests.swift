@@ -126,17 +126,7 @@ enum ServerKiller {
         return Int32(String(decoding: buffer.prefix(max(0, count)).filter { $0 >= 48 && $0 <= 57 }, as: UTF8.self)) ?? 0
     }
 
-    private static func parentPid(of pid: Int32) -> Int32 {
-        let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return 0 }
-        defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 256)
-        let count = read(fd, &buffer, 256)
-        let text = String(decoding: buffer.prefix(max(0, count)), as: UTF8.self)
-        guard let end = text.lastIndex(of: ")") else { return 0 }
-        let fields = text[text.index(after: end)...].split(separator: " ")
-        return fields.count > 1 ? Int32(fields[1]) ?? 0 : 0
-    }
+    private static func parentPid(of pid: Int32) -> Int32 { Int32(statField(of: pid, 4)) }
 }
 
 /// Starts `starts` forkserver children while their servers are killed again and again; each child

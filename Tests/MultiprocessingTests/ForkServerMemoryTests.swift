@@ -57,18 +57,7 @@ struct ServerFaultProbe: ProcessTask {
         try report.send(Double(after - before) / Double(starts))
     }
 
-    /// Field 10 of /proc/PID/stat.
-    private func minorFaults(of pid: Int32) -> Int {
-        let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return 0 }
-        defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 512)
-        let count = read(fd, &buffer, 512)
-        let text = String(decoding: buffer.prefix(max(0, count)), as: UTF8.self)
-        guard let end = text.lastIndex(of: ")") else { return 0 }
-        let fields = text[text.index(after: end)...].split(separator: " ")
-        return fields.count > 7 ? Int(fields[7]) ?? 0 : 0
-    }
+    private func minorFaults(of pid: Int32) -> Int { statField(of: pid, 10) }
 }
 
 /// A task that does nothing.

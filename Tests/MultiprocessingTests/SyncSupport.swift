@@ -153,3 +153,17 @@ func syncCancelMidWait<T: Sendable>(
     #expect(throws: CancellationError.self, sourceLocation: sourceLocation) { try result.get() }
     return (result, seconds)
 }
+
+/// Field `number` (counted from 1, as in proc(5)) of /proc/PID/stat; 0 when it cannot be read.
+func statField(of pid: Int32, _ number: Int) -> Int {
+    let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return 0 }
+    defer { close(fd) }
+    var buffer = [UInt8](repeating: 0, count: 512)
+    let count = read(fd, &buffer, 512)
+    let text = String(decoding: buffer.prefix(max(0, count)), as: UTF8.self)
+    // The name (field 2) may hold spaces; the fields after it start at field 3.
+    guard number >= 3, let end = text.lastIndex(of: ")") else { return 0 }
+    let fields = text[text.index(after: end)...].split(separator: " ")
+    return fields.count > number - 3 ? Int(fields[number - 3]) ?? 0 : 0
+}
