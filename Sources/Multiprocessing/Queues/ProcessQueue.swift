@@ -18,7 +18,8 @@ import Synchronization
 ///
 /// The items live in shared memory: a put copies the encoded value there and returns, with no
 /// background thread, so a child that puts and exits at once has delivered everything, and joining a
-/// producer before reading what it put never deadlocks (Python's can). Values of up to 1 GiB encoded
+/// producer before reading all it put never deadlocks (Python's can): without a `maxSize`, a put waits
+/// for a consumer only once 2 GiB are in the queue. Values of up to 1 GiB encoded
 /// are carried; a put of a larger one throws ``MultiprocessingError/Code/invalidArgument``.
 ///
 /// **Guarantees.** Items from one producer arrive in the order it put them. A value that cannot be
