@@ -110,20 +110,28 @@ enum BinaryKind: UInt8 {
     private static let table: [(ObjectIdentifier, BinaryKind)] = {
         var table: [(Any.Type, BinaryKind)] = [
             (String.self, .string), (Bool.self, .bool), (Double.self, .double), (Float.self, .float),
-            ([String].self, .strings), (Int.self, .int), (Int8.self, .int8), (Int16.self, .int16),
+            (arrayType(String.self), .strings), (Int.self, .int), (Int8.self, .int8), (Int16.self, .int16),
             (Int32.self, .int32), (Int64.self, .int64), (UInt.self, .uint), (UInt8.self, .uint8),
             (UInt16.self, .uint16), (UInt32.self, .uint32), (UInt64.self, .uint64),
         ]
         #if _endian(little)
         table += [
-            ([Int].self, .intArray), ([Int8].self, .int8Array), ([Int16].self, .int16Array),
-            ([Int32].self, .int32Array), ([Int64].self, .int64Array), ([UInt].self, .uintArray),
-            ([UInt8].self, .uint8Array), ([UInt16].self, .uint16Array), ([UInt32].self, .uint32Array),
-            ([UInt64].self, .uint64Array), ([Float].self, .floatArray), ([Double].self, .doubleArray),
+            (arrayType(Int.self), .intArray), (arrayType(Int8.self), .int8Array), (arrayType(Int16.self), .int16Array),
+            (arrayType(Int32.self), .int32Array), (arrayType(Int64.self), .int64Array), (arrayType(UInt.self), .uintArray),
+            (arrayType(UInt8.self), .uint8Array), (arrayType(UInt16.self), .uint16Array),
+            (arrayType(UInt32.self), .uint32Array), (arrayType(UInt64.self), .uint64Array),
+            (arrayType(Float.self), .floatArray), (arrayType(Double.self), .doubleArray),
         ]
         #endif
         return table.map { (ObjectIdentifier($0.0), $0.1) }
     }()
+
+    /// `[Element].self`, through the array's metadata accessor: never specialised, because a
+    /// specialisation instantiates each array type from its mangled name, demangling it (a fresh child
+    /// builds this table when it decodes its bootstrap).
+    @_semantics("optimize.sil.specialize.generic.never")
+    @inline(never)
+    private static func arrayType<Element>(_: Element.Type) -> Any.Type { [Element].self }
 
     init(_ type: ObjectIdentifier) {
         self = BinaryKind.table.first { $0.0 == type }?.1 ?? .general
@@ -295,8 +303,18 @@ struct BinaryBoxCache<Frame> {
 }
 
 /// Whether keyed container boxes convert to and from `AnyObject` (see ``BinaryBoxCache``).
-let binaryBoxesConvert = MemoryLayout<KeyedEncodingContainer<BinaryCodingKey>>.size == MemoryLayout<AnyObject>.size
-    && MemoryLayout<KeyedDecodingContainer<BinaryCodingKey>>.size == MemoryLayout<AnyObject>.size
+let binaryBoxesConvert = keyedContainersAreOneReference(BinaryCodingKey.self)
+
+/// Whether keyed containers with `Key` are one reference in size (the same for every key type).
+/// Never specialised: the generic code asks the containers' metadata accessors, passing the key's
+/// conformance, whereas a specialisation instantiates the types from their mangled names, which makes
+/// the runtime look the conformance up by scanning the program's conformances (in a fresh child).
+@_semantics("optimize.sil.specialize.generic.never")
+@inline(never)
+private func keyedContainersAreOneReference<Key: CodingKey>(_: Key.Type) -> Bool {
+    MemoryLayout<KeyedEncodingContainer<Key>>.size == MemoryLayout<AnyObject>.size
+        && MemoryLayout<KeyedDecodingContainer<Key>>.size == MemoryLayout<AnyObject>.size
+}
 
 /// Fills the slots of ``BinaryBoxCache`` that hold no box yet.
 final class BinaryBoxPlaceholder: Sendable {

@@ -61,19 +61,24 @@ struct TaskEnvelope: Codable, @unchecked Sendable {
 
     init(_ task: any Codable & Sendable) { self.task = task }
 
-    private enum CodingKeys: String, CodingKey { case type, value }
-
     /// Types resolved by name and names checked for types, kept for the process's life: resolving a
     /// mangled name demangles it each time, and a forkserver child inherits the server's entries, so
     /// it starts with its task type's lookup done. Reset in a forked child (another thread of the parent
-    /// may have held the lock at the fork).
-    private static let resolved = ForkSafeMutex<(types: [String: any Any.Type], names: [ObjectIdentifier: String])>(([:], [:]))
+    /// may have held the lock at the fork). Lists rather than dictionaries: a program names few task
+    /// types, and a dictionary's type costs a fresh child a scan of the program's conformances (its key's
+    /// `Hashable`) when the cache is first touched.
+    private static let resolved = ForkSafeMutex<[ResolvedType]>([])
+
+    private struct ResolvedType {
+        let name: String
+        let type: any Any.Type
+    }
 
     /// The type named `name` (a mangled name), as `_typeByName` finds it, remembered for later calls.
     static func resolveType(named name: String) -> (any Any.Type)? {
-        if let type = resolved.withLock({ $0.types[name] }) { return type }
+        if let type = resolved.withLock({ $0.first { $0.name == name }?.type }) { return type }
         guard let type = _typeByName(name) else { return nil }
-        resolved.withLock { $0.types[name] = type }
+        resolved.withLock { $0.append(ResolvedType(name: name, type: type)) }
         return type
     }
 
@@ -84,10 +89,8 @@ struct TaskEnvelope: Codable, @unchecked Sendable {
 
     /// The mangled name of `type`, or an error saying how to make the type reachable from a child.
     static func typeName(of type: any Any.Type) throws -> String {
-        if let name = resolved.withLock({ $0.names[ObjectIdentifier(type)] }) { return name }
-        let name = try checkedTypeName(of: type)
-        resolved.withLock { $0.names[ObjectIdentifier(type)] = name }
-        return name
+        if let name = resolved.withLock({ $0.first { $0.type == type }?.name }) { return name }
+        return try checkedTypeName(of: type)
     }
 
     private static func checkedTypeName(of type: any Any.Type) throws -> String {
@@ -110,16 +113,19 @@ struct TaskEnvelope: Codable, @unchecked Sendable {
         return name
     }
 
+    // A list of the type's name and the value, not a keyed container: a spawned child decodes its task
+    // first thing, and the first use of a keyed container type costs a scan of every protocol conformance
+    // of the program.
     func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(Self.typeName(of: type(of: task)), forKey: .type)
-        try task.encode(to: container.superEncoder(forKey: .value))
+        var list = encoder.unkeyedContainer()
+        try list.encode(Self.typeName(of: type(of: task)))
+        try task.encode(to: list.superEncoder())
     }
 
     init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        let name = try container.decode(String.self, forKey: .type)
-        let decoder = try container.superDecoder(forKey: .value)
+        var list = try decoder.unkeyedContainer()
+        let name = try list.decode(String.self)
+        let decoder = try list.superDecoder()
         let named = Self.resolveType(named: name)
         if let type = named as? any ProcessTask.Type {
             task = try type.init(from: decoder)

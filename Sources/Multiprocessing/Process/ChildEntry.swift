@@ -19,10 +19,65 @@ struct ChildBootstrap: Codable, Sendable {
     var taskName: String? = nil
 }
 
-/// The entry of a spawned or forkserver child, called before `main` by the C shim's constructor with
-/// the descriptor of its bootstrap connection. Never returns.
+/// The bootstrap travels as a list, not as keyed containers: a fresh child decodes it before anything
+/// else, and each keyed container type it meets first costs it a scan of all of the program's protocol
+/// conformances (for the keys' `CodingKey` conformance), several times the rest of the decoding.
+extension ChildBootstrap {
+    func encode(to encoder: any Encoder) throws {
+        var list = encoder.unkeyedContainer()
+        try list.encode(name)
+        try list.encode(identity)
+        try list.encode(authkey)
+        try list.encode(daemon)
+        try list.encode(parentPid)
+        try list.encode(parentName)
+        try list.encodeOptional(startMethod)
+        try list.encodeOptional(taskName)
+        // Settings that change nothing travel as nil; the child then applies the empty settings.
+        try list.encodeOptional(settings?.isEmpty == false ? settings : nil)
+        try list.encodeOptional(work)
+    }
+
+    init(from decoder: any Decoder) throws {
+        var list = try decoder.unkeyedContainer()
+        name = try list.decode(String.self)
+        identity = try list.decode([Int].self)
+        authkey = try list.decode([UInt8].self)
+        daemon = try list.decode(Bool.self)
+        parentPid = try list.decode(Int32.self)
+        parentName = try list.decode(String.self)
+        startMethod = try list.decodeOptional(String.self)
+        taskName = try list.decodeOptional(String.self)
+        settings = try list.decodeOptional(ChildSettingsWire.self) ?? ChildSettingsWire.none
+        work = try list.decodeOptional(TaskEnvelope.self)
+    }
+}
+
+extension UnkeyedEncodingContainer {
+    /// `value`, or a nil in its place.
+    mutating func encodeOptional<T: Encodable>(_ value: T?) throws {
+        if let value { try encode(value) } else { try encodeNil() }
+    }
+}
+
+extension UnkeyedDecodingContainer {
+    /// A value written by ``UnkeyedEncodingContainer/encodeOptional(_:)``.
+    mutating func decodeOptional<T: Decodable>(_ type: T.Type) throws -> T? {
+        try decodeNil() ? nil : decode(type)
+    }
+}
+
+/// The entry of a spawned child, called before `main` by the C shim's constructor with the descriptor
+/// of its bootstrap connection. Never returns.
 @_cdecl("multiprocessing_child_main")
-func multiprocessingChildMain(_ fd: Int32) {
+func spawnedChildMain(_ fd: Int32) {
+    multiprocessingChildMain(fd, fresh: true)
+}
+
+/// The entry of a spawned or forkserver child, with the descriptor of its bootstrap connection. `fresh`
+/// says the process is a new program that has inherited no state from a parent (a spawned child),
+/// so there is nothing to forget. Never returns.
+func multiprocessingChildMain(_ fd: Int32, fresh: Bool = false) {
     let bootstrap: ChildBootstrap
     Syscall.openNullOnClosedStandardDescriptors()
     CrashReport.install(process: nil, task: nil, running: false, hint: true, limits: nil, memoryReport: -1)
@@ -36,7 +91,7 @@ func multiprocessingChildMain(_ fd: Int32) {
         // it is how the child sees its parent die. Keep it by duplicating before the drop.
         let kept = try Syscall.duplicate(fd)
         withExtendedLifetime(connection) {}
-        becomeChild(bootstrap, parentSentinel: kept)
+        becomeChild(bootstrap, parentSentinel: kept, fresh: fresh)
     } catch {
         writeToStandardError("multiprocessing: child could not start: \(error)\n")
         exit(1)
@@ -45,8 +100,9 @@ func multiprocessingChildMain(_ fd: Int32) {
     work.runAndExit()
 }
 
-/// Installs a child's identity, and for a daemon a watcher that ends it when the parent dies.
-func becomeChild(_ bootstrap: ChildBootstrap, parentSentinel: Int32) {
+/// Installs a child's identity, and for a daemon a watcher that ends it when the parent dies. A `fresh`
+/// child (a new program) has no parent's state to forget.
+func becomeChild(_ bootstrap: ChildBootstrap, parentSentinel: Int32, fresh: Bool = false) {
     Syscall.openNullOnClosedStandardDescriptors()
     applySettings(bootstrap)
     ProcessState.shared.resetAfterFork { state in
@@ -54,7 +110,7 @@ func becomeChild(_ bootstrap: ChildBootstrap, parentSentinel: Int32) {
             name: bootstrap.name, identity: bootstrap.identity, authkey: bootstrap.authkey, daemon: bootstrap.daemon,
             parent: ParentProcess(pid: bootstrap.parentPid, name: bootstrap.parentName, sentinel: parentSentinel))
     }
-    forgetParentState()
+    if !fresh { forgetParentState() }
     defaultStartMethod.resetAfterFork { $0 = bootstrap.startMethod.flatMap(StartMethod.init(rawValue:)) }
     if bootstrap.daemon { watchParent(parentSentinel) }
 }

@@ -173,7 +173,7 @@ struct PassedDescriptor: Codable {
 
 /// What a child needs to apply its ``ChildSettings``: the values, and descriptors the parent opened.
 struct ChildSettingsWire: Codable {
-    struct EnvironmentChange: Codable {
+    struct EnvironmentChange {
         var name: String
         var value: String?
     }
@@ -186,6 +186,19 @@ struct ChildSettingsWire: Codable {
     var standardError: PassedDescriptor?
     /// Receives one byte when an allocation fails under a memory limit.
     var memoryReport: PassedDescriptor?
+
+    /// Settings that change nothing: no limits, no environment changes, no directory, no streams.
+    static var none: ChildSettingsWire {
+        ChildSettingsWire(
+            limits: ResourceLimits(), environment: [], workingDirectory: nil, standardInput: nil, standardOutput: nil,
+            standardError: nil, memoryReport: nil)
+    }
+
+    /// Whether these settings change nothing.
+    var isEmpty: Bool {
+        limits == ResourceLimits() && environment.isEmpty && workingDirectory == nil && standardInput == nil
+            && standardOutput == nil && standardError == nil && memoryReport == nil
+    }
 
     /// In the child, before its task: the streams, the directory, the environment, then the limits
     /// (last, so that a low `openFiles` does not stop the steps before it).
@@ -215,6 +228,45 @@ struct ChildSettingsWire: Codable {
             }
         }
         try limits.apply()
+    }
+}
+
+/// A list, as ``ChildBootstrap`` is (keyed containers cost a fresh child conformance scans).
+extension ChildSettingsWire {
+    func encode(to encoder: any Encoder) throws {
+        var list = encoder.unkeyedContainer()
+        for limit in [limits.cpuSeconds, limits.addressSpaceBytes, limits.dataSizeBytes, limits.openFiles, limits.coreDumpBytes] {
+            try list.encodeOptional(limit)
+        }
+        try list.encode(environment.count)
+        for change in environment {
+            try list.encode(change.name)
+            try list.encodeOptional(change.value)
+        }
+        try list.encodeOptional(workingDirectory)
+        for passed in [standardInput, standardOutput, standardError, memoryReport] { try list.encodeOptional(passed) }
+    }
+
+    init(from decoder: any Decoder) throws {
+        var list = try decoder.unkeyedContainer()
+        limits = ResourceLimits(
+            cpuSeconds: try list.decodeOptional(Int.self), addressSpaceBytes: try list.decodeOptional(Int.self),
+            dataSizeBytes: try list.decodeOptional(Int.self), openFiles: try list.decodeOptional(Int.self),
+            coreDumpBytes: try list.decodeOptional(Int.self))
+        let count = try list.decode(Int.self)
+        // A count beyond what arrived ends with the decoder's error at the end of the list.
+        guard count >= 0 else {
+            throw MultiprocessingError(.transport, "a child's settings name \(count) environment changes")
+        }
+        environment = []
+        for _ in 0..<count {
+            environment.append(EnvironmentChange(name: try list.decode(String.self), value: try list.decodeOptional(String.self)))
+        }
+        workingDirectory = try list.decodeOptional(String.self)
+        standardInput = try list.decodeOptional(PassedDescriptor.self)
+        standardOutput = try list.decodeOptional(PassedDescriptor.self)
+        standardError = try list.decodeOptional(PassedDescriptor.self)
+        memoryReport = try list.decodeOptional(PassedDescriptor.self)
     }
 }
 

@@ -21,20 +21,31 @@ enum CrashReport {
     /// Installs (or replaces) the child's messages. `task` is the task type's name; `running` says
     /// whether the task has been received; `hint` whether the main.swift hint applies (spawn and
     /// forkserver); `memoryReport` receives a byte when an allocation fails under a memory limit.
+    /// The crash signals' message is put together by the handler from its parts, so that a child
+    /// builds no strings here unless it runs under limits.
     static func install(process: String?, task: String?, running: Bool, hint: Bool, limits: ResourceLimits?, memoryReport: Int32) {
+        withOptionalCString(process) { process in
+            withOptionalCString(task) { task in
+                withOptionalCString(hint ? sharedConfigurationHint : nil) { hint in
+                    _ = mp_crash_report_install(process, task, running ? 1 : 0, hint)
+                }
+            }
+        }
+        guard let limits, limits.cpuSeconds != nil || limits.memoryLimitDescription != nil else { return }
         var who = process.map { "Process \($0)" } ?? "A child process"
         who += " (pid \(getpid())\(task.map { ", task \($0)" } ?? ""))"
         let when = running ? "while running its task" : "before its task started"
-        for signal in crashSignals {
-            var text = "\(who) was killed by \(Signal(rawValue: signal).name) \(when).\n"
-            if hint && (signal == SIGSEGV || signal == SIGBUS) { text += sharedConfigurationHint + "\n" }
-            _ = mp_crash_report_set(signal, text)
-        }
-        if let cpu = limits?.cpuSeconds {
+        if let cpu = limits.cpuSeconds {
             _ = mp_crash_report_set(SIGXCPU, "\(who) used up its CPU-time limit of \(cpu) s and was killed by \(Signal.cpuTimeLimitExceeded.name).\n")
         }
-        if let memory = limits?.memoryLimitDescription {
+        if let memory = limits.memoryLimitDescription {
             mp_crash_report_memory("\(who) ran out of memory under its limit (\(memory)): an allocation failed \(when).\n", memoryReport)
         }
     }
+}
+
+/// Calls `body` with `text` as a C string, or with nil.
+private func withOptionalCString<R>(_ text: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
+    guard let text else { return body(nil) }
+    return text.withCString(body)
 }
