@@ -82,7 +82,7 @@ final class BinaryDecodingContext: BinaryReusableState {
     /// Nesting of `init(from:)` calls.
     @exclusivity(unchecked) var depth = 0
     /// The stack of the thread that keeps this state.
-    let stack = BinaryStackGuard()
+    @exclusivity(unchecked) var stack = BinaryStackGuard.unmeasured
     /// Bytes of the memory budget not counted yet (negative once it is exceeded), and the budget.
     @exclusivity(unchecked) var budgetLeft = 0
     @exclusivity(unchecked) var budget = BinaryDecoder.MemoryBudget.default
@@ -489,7 +489,7 @@ final class BinaryDecodingContext: BinaryReusableState {
         guard depth <= BinaryFormat.maxDepth else {
             throw error("values nest more than \(BinaryFormat.maxDepth) levels deep", at: offset)
         }
-        if stack.exhausted {
+        if stack.exhausted(atDepth: depth) {
             throw error(
                 "values nest \(depth) levels deep, more than this thread's stack has room for (\(stack.left) left); "
                     + "decode them on a thread with a larger stack", at: offset)

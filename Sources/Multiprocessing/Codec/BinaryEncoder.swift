@@ -132,7 +132,7 @@ final class BinaryEncodingState: BinaryReusableState {
     /// Nesting of `encode(to:)` calls.
     @exclusivity(unchecked) var depth = 0
     /// The stack of the thread that keeps this state.
-    let stack = BinaryStackGuard()
+    @exclusivity(unchecked) var stack = BinaryStackGuard.unmeasured
     /// Changes at the start and end of every call, retiring what the call handed out.
     @exclusivity(unchecked) var generation = 0
     @exclusivity(unchecked) var kinds = BinaryKindCache()
@@ -527,7 +527,7 @@ final class BinaryEncodingState: BinaryReusableState {
         guard depth <= BinaryFormat.maxDepth else {
             throw error("values nest more than \(BinaryFormat.maxDepth) levels deep", at: slot)
         }
-        if stack.exhausted {
+        if stack.exhausted(atDepth: depth) {
             throw error(
                 "values nest \(depth) levels deep, more than this thread's stack has room for (\(stack.left) left); "
                     + "encode them on a thread with a larger stack", at: slot)

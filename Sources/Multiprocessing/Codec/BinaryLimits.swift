@@ -71,6 +71,34 @@ struct BinaryStackGuard {
     /// Threads too small for it keep a quarter of their stack instead.
     static let reserve: UInt = 64 << 10
 
+    /// Whether the bounds were measured (``unmeasured`` is not).
+    private(set) var measured = true
+
+    /// Nesting depths up to this are not checked, so that a thread measures its stack (for a main
+    /// thread, glibc reads /proc/self/maps) only when a call nests deeper than most values do: a fresh
+    /// child decodes its bootstrap, a few levels deep, without it. The frames of these levels fit in
+    /// the reserve many times over.
+    static let uncheckedDepth = 8
+
+    /// A guard whose bounds are not measured yet; a coding state measures its thread's stack the first
+    /// time a call nests deeper than ``uncheckedDepth``.
+    static var unmeasured: BinaryStackGuard { BinaryStackGuard(low: 0, floor: 0, measured: false) }
+
+    private init(low: UInt, floor: UInt, measured: Bool) {
+        self.low = low
+        self.floor = floor
+        self.measured = measured
+    }
+
+    /// Whether a call at nesting `depth` runs too close to the end of the stack; measures the stack
+    /// the first time a call is deep enough to be checked.
+    @inline(__always)
+    mutating func exhausted(atDepth depth: Int) -> Bool {
+        guard depth > BinaryStackGuard.uncheckedDepth else { return false }
+        if !measured { self = BinaryStackGuard() }
+        return exhausted
+    }
+
     /// The guard of the calling thread's stack.
     init() {
         var low: UInt = 0

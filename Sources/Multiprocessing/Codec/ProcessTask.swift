@@ -58,8 +58,34 @@ public protocol AsyncProcessTask: Codable, Sendable {
 /// action travel in it.
 struct TaskEnvelope: Codable, @unchecked Sendable {
     let task: any Codable & Sendable
+    /// The task as the protocol it runs by, when it is known without a cast (a decoded task).
+    private let known: Known
 
-    init(_ task: any Codable & Sendable) { self.task = task }
+    /// Not an optional ``Runnable``: the optional's type would be instantiated at run time.
+    private enum Known {
+        case unknown
+        case known(Runnable)
+    }
+
+    /// A task as the protocol it runs by.
+    enum Runnable {
+        case sync(any ProcessTask)
+        case async(any AsyncProcessTask)
+    }
+
+    init(_ task: any Codable & Sendable) {
+        self.task = task
+        known = .unknown
+    }
+
+    /// The task as a ``ProcessTask`` or an ``AsyncProcessTask``. A decoded task is known to be one of
+    /// them: it is not cast again, since a cast from an existential costs a fresh child a lookup of the
+    /// conformance. Any other is cast, and must be one of them.
+    var runnable: Runnable {
+        if case .known(let runnable) = known { return runnable }
+        if let task = task as? any ProcessTask { return .sync(task) }
+        return .async(task as! any AsyncProcessTask)
+    }
 
     /// Types resolved by name and names checked for types, kept for the process's life: resolving a
     /// mangled name demangles it each time, and a forkserver child inherits the server's entries, so
@@ -128,9 +154,13 @@ struct TaskEnvelope: Codable, @unchecked Sendable {
         let decoder = try list.superDecoder()
         let named = Self.resolveType(named: name)
         if let type = named as? any ProcessTask.Type {
-            task = try type.init(from: decoder)
+            let decoded = try type.init(from: decoder)
+            task = decoded
+            known = .known(.sync(decoded))
         } else if let type = named as? any AsyncProcessTask.Type {
-            task = try type.init(from: decoder)
+            let decoded = try type.init(from: decoder)
+            task = decoded
+            known = .known(.async(decoded))
         } else {
             throw MultiprocessingError(.transport, "no task type named \(name) in this program")
         }

@@ -14,7 +14,7 @@ struct ChildBootstrap: Codable, Sendable {
     var parentName: String
     var startMethod: String?
     /// Per-child settings the child applies before its task (``ChildSettings``).
-    var settings: ChildSettingsWire? = nil
+    var settings: ChildSettingsWire = .none
     /// The task type's name, for the child's messages.
     var taskName: String? = nil
 }
@@ -34,7 +34,7 @@ extension ChildBootstrap {
         try list.encodeOptional(startMethod)
         try list.encodeOptional(taskName)
         // Settings that change nothing travel as nil; the child then applies the empty settings.
-        try list.encodeOptional(settings?.isEmpty == false ? settings : nil)
+        try list.encodeOptional(settings.isEmpty ? nil : settings)
         try list.encodeOptional(work)
     }
 
@@ -48,7 +48,8 @@ extension ChildBootstrap {
         parentName = try list.decode(String.self)
         startMethod = try list.decodeOptional(String.self)
         taskName = try list.decodeOptional(String.self)
-        settings = try list.decodeOptional(ChildSettingsWire.self) ?? ChildSettingsWire.none
+        // Not through an optional, whose type would be instantiated at run time.
+        settings = try list.decodeNil() ? .none : list.decode(ChildSettingsWire.self)
         work = try list.decodeOptional(TaskEnvelope.self)
     }
 }
@@ -128,14 +129,14 @@ func forgetParentState() {
 /// them says why and ends with code 1 before its task runs.
 private func applySettings(_ bootstrap: ChildBootstrap) {
     do {
-        try bootstrap.settings?.apply()
+        try bootstrap.settings.apply()
     } catch {
         writeToStandardError("Process \(bootstrap.name): could not apply its settings: \(error)\n")
         _exit(1)
     }
     CrashReport.install(
         process: bootstrap.name, task: bootstrap.taskName, running: true, hint: bootstrap.work != nil,
-        limits: bootstrap.settings?.limits, memoryReport: bootstrap.settings?.memoryReport?.fd ?? -1)
+        limits: bootstrap.settings.limits, memoryReport: bootstrap.settings.memoryReport?.fd ?? -1)
 }
 
 /// Runs a child's work and ends the process: 0 on return, 1 (with the error on standard error) on throw.
@@ -161,9 +162,10 @@ func runChild(forked: Bool = false, _ body: () throws -> Void) -> Never {
 extension TaskEnvelope {
     /// Runs the task in this (child) process and ends it.
     func runAndExit(forked: Bool = false) -> Never {
-        if let task = task as? any ProcessTask { runChild(forked: forked) { try task.run() } }
-        let task = task as! any AsyncProcessTask
-        runChildAsync(forked: forked) { try await task.run() }
+        switch runnable {
+        case .sync(let task): runChild(forked: forked) { try task.run() }
+        case .async(let task): runChildAsync(forked: forked) { try await task.run() }
+        }
     }
 }
 

@@ -55,6 +55,8 @@ enum ExitHooks {
     /// Terminates daemon children, then joins every child (Python's `_exit_function`).
     static func run() {
         exiting.store(true, ordering: .relaxed)
+        // A process that never started a child has none to end (and need not build the registry).
+        guard installed.load(ordering: .relaxed) else { return }
         let children = ChildRegistry.all
         for child in children where child.daemon { try? child.terminate() }
         for child in children { _ = try? child.join() }

@@ -204,6 +204,22 @@ struct ChildSettingsWire: Codable {
     /// (last, so that a low `openFiles` does not stop the steps before it).
     func apply() throws {
         fflush(nil)
+        if standardInput != nil || standardOutput != nil || standardError != nil { try moveStreams() }
+        if let workingDirectory {
+            try Syscall.retrying("chdir(\(workingDirectory))") { chdir(workingDirectory) }
+        }
+        for change in environment {
+            if let value = change.value {
+                try Syscall.retrying("setenv(\(change.name))") { setenv(change.name, value, 1) }
+            } else {
+                try Syscall.retrying("unsetenv(\(change.name))") { unsetenv(change.name) }
+            }
+        }
+        try limits.apply()
+    }
+
+    /// Puts the passed streams in place of the standard ones.
+    private func moveStreams() throws {
         var moved: [(from: Int32, to: Int32)] = []
         for (passed, target) in [(standardInput, Int32(0)), (standardOutput, 1), (standardError, 2)] {
             guard let passed else { continue }
@@ -217,17 +233,6 @@ struct ChildSettingsWire: Codable {
             try Syscall.duplicate(move.from, onto: move.to)
             Syscall.close(move.from)
         }
-        if let workingDirectory {
-            try Syscall.retrying("chdir(\(workingDirectory))") { chdir(workingDirectory) }
-        }
-        for change in environment {
-            if let value = change.value {
-                try Syscall.retrying("setenv(\(change.name))") { setenv(change.name, value, 1) }
-            } else {
-                try Syscall.retrying("unsetenv(\(change.name))") { unsetenv(change.name) }
-            }
-        }
-        try limits.apply()
     }
 }
 
