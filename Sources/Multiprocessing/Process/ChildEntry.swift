@@ -170,7 +170,10 @@ extension TaskEnvelope {
 }
 
 /// Runs an async task's body on this thread with the child's own executor (see ``AsyncProcessTask``),
-/// then ends the process as ``runChild(forked:_:)`` does.
+/// then ends the process as ``runChild(forked:_:)`` does. Never inlined: inlined into
+/// ``TaskEnvelope/runAndExit(forked:)``, its `Task` creation instantiated `TaskPriority?`'s metadata
+/// from its mangled name on entry, in every child, synchronous tasks' too.
+@inline(never)
 func runChildAsync(forked: Bool = false, _ body: @escaping @Sendable () async throws -> Void) -> Never {
     mp_executor_install()
     let outcome = AsyncOutcome()
