@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CMultiprocessing
+import Synchronization
 
 /// The package's one event loop: a single thread running epoll that serves every awaited wait on a
 /// descriptor (connections, listeners, child exits through pidfds, a parent's death).
@@ -58,6 +59,10 @@ final class EventLoop: @unchecked Sendable {
     private let owner: UInt64
 
     private static let current = ForkSafeMutex<EventLoop?>(nil)
+    /// Whether this process (or the parent it was forked from) ever started a loop: until then
+    /// ``closing(_:)`` has nothing to end and does not touch `current`, whose first use costs a fresh
+    /// child the instantiation of its type (a spawned child closes its bootstrap connection).
+    private static let everStarted = Atomic<Bool>(false)
 
     /// The loop of this process, started on first use.
     static var shared: EventLoop {
@@ -68,6 +73,7 @@ final class EventLoop: @unchecked Sendable {
                 // shared with the parent's) and start a new one.
                 if let inherited = loop { _ = Unmanaged.passRetained(inherited) }
                 let made = try EventLoop()
+                everStarted.store(true, ordering: .releasing)
                 loop = made
                 return made
             }
@@ -139,6 +145,7 @@ final class EventLoop: @unchecked Sendable {
     /// Ends every wait on `fd` with ``MultiprocessingError/Code/closed`` and forgets the descriptor, before
     /// its owner closes it; does nothing when this process has no loop yet.
     static func closing(_ fd: Int32) {
+        guard everStarted.load(ordering: .acquiring) else { return }
         let loop = current.withLock { loop in loop.flatMap { $0.owner == mp_sync_identity() ? $0 : nil } }
         loop?.closing(fd)
     }
