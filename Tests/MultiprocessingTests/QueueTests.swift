@@ -244,22 +244,22 @@ struct QueueTests {
         #expect(queue.isEmpty)
     }
 
-    @Test("a consumer that read a few items and then joins the producer does not deadlock: an unbounded put does not wait for a stopped consumer")
-    func joinAfterReadingSome() throws {
+    @Test("a consumer that read a few items and then joins the producer does not deadlock: an unbounded put does not wait for a stopped consumer", arguments: [1, 3])
+    func joinAfterReadingSome(read: Int) throws {
         let queue = try ProcessQueue<[UInt8]>()
         // 16 MiB in 1 KiB items: the producer goes around the ring's 4 MiB window several times.
         let count = 16_384
         let child = try syncStart(QueueBytesProducer(queue: queue, count: count, size: 1024), .fork)
-        for _ in 0..<3 { _ = try queue.get(timeout: .seconds(30)) }
+        for _ in 0..<read { _ = try queue.get(timeout: .seconds(30)) }
         #expect(try child.join(timeout: .seconds(30)), "the producer waited for the consumer to read more")
         if child.exitCode == nil { try child.kill(); _ = try child.join(timeout: .seconds(10)) }
-        #expect(queue.count == count - 3)
+        #expect(queue.count == count - read)
         // The rest arrives in order and whole, across the skip forward.
         var intact = 0
         while let item = try? queue.getNoWait() {
-            if item.count == 1024, item.allSatisfy({ $0 == UInt8(truncatingIfNeeded: intact + 3) }) { intact += 1 } else { break }
+            if item.count == 1024, item.allSatisfy({ $0 == UInt8(truncatingIfNeeded: intact + read) }) { intact += 1 } else { break }
         }
-        #expect(intact == count - 3)
+        #expect(intact == count - read)
     }
 
     @Test("handed to a child and on to a grandchild; sent over a Connection")

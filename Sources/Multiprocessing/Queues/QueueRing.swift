@@ -254,7 +254,15 @@ final class QueueRing: @unchecked Sendable {
     private func placement(_ record: Int, tail put: UInt64, used: Int, waitless: Bool) -> Int? {
         let offset = Self.position(put) % QueueMemory.capacity
         // The head is in this lap: the bytes between them are taken.
-        if used <= offset { return used + record <= QueueMemory.capacity ? offset : nil }
+        if used <= offset {
+            guard used + record <= QueueMemory.capacity else { return nil }
+            // Past the window, a jump back needs room for this record and for the 8 bytes of a later
+            // skip forward before the consumer's offset. A backlog that leaves room for the record only
+            // waits for the consumer's next get (see `waitForRoom`) rather than walk on into fresh
+            // memory, unless the consumer seems stopped or the put may not wait.
+            if offset >= Self.window, used + record <= offset, used + record + 8 > offset, !roomWaitMissed, !waitless { return nil }
+            return offset
+        }
         // The head is a lap behind. A lap this process's producers started by jumping back has the
         // previous lap's data between the head's offset and `lapEnd`.
         let jumped = UInt64(Self.position(put) - offset) & Self.positionMask == lapStart.pointee.load(ordering: .relaxed)
@@ -272,9 +280,15 @@ final class QueueRing: @unchecked Sendable {
     /// the tail `put` and ``roomSlack`` bytes more (see the type's comment), or `sliceEnd`, or for
     /// ``roomPatience`` at most; the caller holds the producer lock and then tries again.
     private func waitForRoom(tail put: UInt64, record: Int, until sliceEnd: Deadline) {
+        let offset = Self.position(put) % QueueMemory.capacity
+        let used = (Self.position(put) &- Self.position(head.pointee.load(ordering: .relaxed))) & Int(Self.positionMask)
         // A record of the slack's size or more frees enough at each get.
         let slack = roomWaitMissed || record >= Self.roomSlack ? 0 : Self.roomSlack
-        let target = UInt64(truncatingIfNeeded: Self.position(put) + record + 8 + slack - QueueMemory.capacity) & Self.positionMask
+        // Past the window with the ring's bytes to spare, the head that makes room for a jump back (see
+        // `placement`); otherwise the head that leaves the record, a skip record and the slack room.
+        let jumpWait = used <= offset && used + record <= QueueMemory.capacity
+        let wanted = jumpWait ? Self.position(put) - offset + record + 8 : Self.position(put) + record + 8 + slack - QueueMemory.capacity
+        let target = UInt64(truncatingIfNeeded: wanted) & Self.positionMask
         let rung = roomBell.pointee.load(ordering: .sequentiallyConsistent)
         roomTarget.pointee.store(target | Self.targetSet, ordering: .sequentiallyConsistent)
         var out = head.pointee.load(ordering: .sequentiallyConsistent)
