@@ -288,7 +288,9 @@ do {
             case .failure(let error): fail("input \(index) failed with \(error)")
             }
         }
-        expect(lost >= 1 && lost <= 3, "\(lost) inputs lost")
+        // What the killed rank held: up to four one-input batches while its batches run quickly (the
+        // scheduler's deeper window), two otherwise.
+        expect(lost >= 1 && lost <= 4, "\(lost) inputs lost")
         expect(try pool.map(Square(), 0..<50, timeout: limit) == (0..<50).map { $0 * $0 }, "after the rank was lost")
         print("OK recovered \(lost) lost")
         try pool.shutdown(timeout: .seconds(20))
