@@ -23,13 +23,16 @@ struct PoolWorker: ProcessTask {
         for fd in inherited { Syscall.close(fd) }
         var session = PoolWorkerSession(channel: channel, memoryCap: memoryCap, started: started, closure: closure)
         guard session.initialize(initializer) else { return }
+        // Made only when needed: describing an error looks up its type's name, which takes a runtime lock
+        // that another thread of the parent may have held when this worker was forked (the worker then
+        // waits on it forever).
+        func refusal() -> PoolWorkerSession.Outcome { PoolWorkerSession.refusal("async work cannot run in a worker started by fork") }
         while let job = session.nextJob() {
-            let refusal = PoolWorkerSession.refusal("async work cannot run in a worker started by fork")
             if let batch = job.batch {
                 let outcome: PoolWorkerSession.BatchOutcome
                 switch job.runner {
                 case .sync(_, let runBatch): outcome = runBatch(batch, session.starter(job.firstID))
-                case .async: outcome = .each(Array(repeating: refusal, count: job.count))
+                case .async: outcome = .each(Array(repeating: refusal(), count: job.count))
                 case .broken(let outcomeForAll): outcome = .each(Array(repeating: outcomeForAll, count: job.count))
                 }
                 guard session.reply(outcome, job: job) else { return }
@@ -40,7 +43,7 @@ struct PoolWorker: ProcessTask {
                 let outcome: PoolWorkerSession.Outcome
                 switch job.runner {
                 case .sync(let run, _): outcome = run(job.inputs[index])
-                case .async: outcome = refusal
+                case .async: outcome = refusal()
                 case .broken(let outcomeForAll): outcome = outcomeForAll
                 }
                 guard session.reply(outcome, id: job.firstID &+ UInt64(index), atOnce: job.answersAtOnce) else { return }
