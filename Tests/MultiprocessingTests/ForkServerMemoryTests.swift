@@ -23,6 +23,22 @@ struct ForkServerMemoryTests {
         #expect(faults.min()! < 140, "page faults before the task: \(faults)")
     }
 
+    @Test("the fork server keeps more children at once than its first room (64), and reports each one's exit code")
+    func manyChildrenAtOnce() throws {
+        let go = try ProcessEvent()
+        let context = ProcessContext(.forkserver)
+        let children = try (0..<70).map { index in
+            let child = ChildProcess(ExitOnEvent(go: go, code: Int32(index % 100)), context: context)
+            try child.start()
+            return child
+        }
+        go.set()
+        for (index, child) in children.enumerated() {
+            #expect(try child.join(timeout: .seconds(30)))
+            #expect(child.exitCode == Int32(index % 100))
+        }
+    }
+
     @Test("the fork server writes few pages per start: each page it writes while a child lives is copied first")
     func serverWritesFewPages() throws {
         let (reader, writer) = try makePipe(duplex: false)
@@ -35,6 +51,16 @@ struct ForkServerMemoryTests {
         // Measured in the debug test build: 12 per start, and 22 when the loop allocated its arrays and
         // request buffer anew for each start (in a release build: about 6, and 15).
         #expect(perStart < 17, "server page faults per start: \(perStart)")
+    }
+}
+
+/// Waits for `go`, then exits with `code`.
+struct ExitOnEvent: ProcessTask {
+    let go: ProcessEvent
+    let code: Int32
+    func run() throws {
+        guard go.wait(timeout: .seconds(60)) else { exit(99) }
+        exit(code)
     }
 }
 

@@ -225,7 +225,7 @@ func multiprocessingForkServerMain(_ control: Int32) {
     let loop = ForkServerLoop(control: control)
     while true {
         guard let request = loop.next() else { continue }
-        let pid = mp_fork(loop.inherited.baseAddress, Int32(loop.inheritedCount))
+        let pid = mp_fork(loop.descriptors.baseAddress, Int32(loop.descriptorCount))
         if pid == 0 {
             mp_report_exit_code(request.status)
             multiprocessingChildMain(request.bootstrap)
@@ -245,15 +245,14 @@ func multiprocessingForkServerMain(_ control: Int32) {
 /// loop therefore allocates nothing per request and writes only these buffers and its stack.
 private final class ForkServerLoop {
     let control: Int32
-    /// The children not reaped yet: pidfd and status socket.
-    private var children: UnsafeMutablePointer<(pidfd: Int32, status: Int32)>
+    /// The server's descriptors, which a forked child closes: the control socket, then each child not
+    /// reaped yet as its pidfd and its status socket.
+    private(set) var descriptors: UnsafeMutableBufferPointer<Int32>
     private var childCount = 0
-    private var capacity = 64
+    /// How many descriptors a child closes.
+    var descriptorCount: Int { 1 + 2 * childCount }
     /// poll's entries: the control socket, then each child's pidfd.
     private var entries: UnsafeMutablePointer<pollfd>
-    /// What a child closes after the fork: the control socket and every other child's descriptors.
-    private(set) var inherited: UnsafeMutableBufferPointer<Int32>
-    private(set) var inheritedCount = 1
     private let request = UnsafeMutableRawBufferPointer.allocate(byteCount: requestLimit, alignment: 8)
     private let received = UnsafeMutablePointer<Int32>.allocate(capacity: 2)
     /// The task types resolved so far (their names' bytes): a later child of one inherits the lookups.
@@ -261,17 +260,19 @@ private final class ForkServerLoop {
 
     init(control: Int32) {
         self.control = control
-        children = .allocate(capacity: capacity)
-        entries = .allocate(capacity: capacity + 1)
-        inherited = .allocate(capacity: 2 * capacity + 1)
-        inherited[0] = control
+        descriptors = .allocate(capacity: 1 + 2 * 64)
+        entries = .allocate(capacity: 1 + 64)
+        descriptors[0] = control
     }
+
+    private func pidfd(_ child: Int) -> Int32 { descriptors[1 + 2 * child] }
+    private func status(_ child: Int) -> Int32 { descriptors[2 + 2 * child] }
 
     /// Waits for children to end (reporting their codes) and for the next request; returns the
     /// request's descriptors (the child's bootstrap socket, its status socket). Exits when the parent is gone.
     func next() -> (bootstrap: Int32, status: Int32)? {
         entries[0] = pollfd(fd: control, events: Int16(POLLIN), revents: 0)
-        for index in 0..<childCount { entries[index + 1] = pollfd(fd: children[index].pidfd, events: Int16(POLLIN), revents: 0) }
+        for child in 0..<childCount { entries[child + 1] = pollfd(fd: pidfd(child), events: Int16(POLLIN), revents: 0) }
         let ready = poll(entries, nfds_t(childCount + 1), -1)
         if ready < 0 {
             if errno == EINTR { return nil }
@@ -291,23 +292,19 @@ private final class ForkServerLoop {
     /// Reports and forgets the children whose pidfds poll found readable (ended).
     private func reapEnded() {
         var kept = 0
-        for index in 0..<childCount {
-            let child = children[index]
+        for child in 0..<childCount {
             var code: Int32 = 255
             // The entries were filled in the children's order; a child kept moves down in place.
-            if entries[index + 1].revents != 0, mp_pidfd_wait(child.pidfd, 1, &code) == 1 {
-                withUnsafeBytes(of: &code) { _ = send(child.status, $0.baseAddress, 4, Int32(MSG_NOSIGNAL)) }
-                Syscall.close(child.pidfd)
-                Syscall.close(child.status)
+            if entries[child + 1].revents != 0, mp_pidfd_wait(pidfd(child), 1, &code) == 1 {
+                withUnsafeBytes(of: &code) { _ = send(status(child), $0.baseAddress, 4, Int32(MSG_NOSIGNAL)) }
+                Syscall.close(pidfd(child))
+                Syscall.close(status(child))
             } else {
-                children[kept] = child
+                (descriptors[1 + 2 * kept], descriptors[2 + 2 * kept]) = (pidfd(child), status(child))
                 kept += 1
             }
         }
-        if kept != childCount {
-            childCount = kept
-            rebuildInherited()
-        }
+        childCount = kept
     }
 
     /// Resolves the request's task type and checks its conformance, once per type, so that every child
@@ -331,36 +328,20 @@ private final class ForkServerLoop {
             Syscall.close(request.status)
             return
         }
-        if childCount == capacity { grow() }
-        children[childCount] = (pidfd, request.status)
-        inherited[inheritedCount] = pidfd
-        inherited[inheritedCount + 1] = request.status
-        inheritedCount += 2
+        if descriptorCount + 2 > descriptors.count { grow() }
+        (descriptors[descriptorCount], descriptors[descriptorCount + 1]) = (pidfd, request.status)
         childCount += 1
     }
 
-    private func rebuildInherited() {
-        inheritedCount = 1
-        for index in 0..<childCount {
-            inherited[inheritedCount] = children[index].pidfd
-            inherited[inheritedCount + 1] = children[index].status
-            inheritedCount += 2
-        }
-    }
-
+    /// Doubles the room for children (allocating, which the loop otherwise does not).
     private func grow() {
-        let larger = capacity * 2
-        let moved = UnsafeMutablePointer<(pidfd: Int32, status: Int32)>.allocate(capacity: larger)
-        moved.moveInitialize(from: children, count: childCount)
-        children.deallocate()
-        children = moved
+        let children = 2 * childCount
+        let larger = UnsafeMutableBufferPointer<Int32>.allocate(capacity: 1 + 2 * children)
+        _ = larger.initialize(from: descriptors[..<descriptorCount])
+        descriptors.deallocate()
+        descriptors = larger
         entries.deallocate()
-        entries = .allocate(capacity: larger + 1)
-        let closing = UnsafeMutableBufferPointer<Int32>.allocate(capacity: 2 * larger + 1)
-        _ = closing.initialize(from: inherited[..<inheritedCount])
-        inherited.deallocate()
-        inherited = closing
-        capacity = larger
+        entries = .allocate(capacity: 1 + children)
     }
 }
 
