@@ -16,10 +16,15 @@ struct Deadline: Sendable {
     /// The deadline `timeout` from now; nil waits forever, and a negative timeout counts as zero.
     static func after(_ timeout: Duration?) -> Deadline {
         guard let timeout else { return .never }
-        let (seconds, attoseconds) = timeout.components
-        if seconds < 0 || (seconds == 0 && attoseconds <= 0) { return .now }
-        let nanos = UInt64(min(seconds, 1 << 32)) &* 1_000_000_000 &+ UInt64(attoseconds / 1_000_000_000)
-        return Deadline(nanoseconds: monotonicNow() &+ nanos)
+        let nanos = nanoseconds(in: timeout)
+        return nanos == 0 ? .now : Deadline(nanoseconds: monotonicNow() &+ nanos)
+    }
+
+    /// Whole nanoseconds in `duration`: 0 for a negative one, at most 2^32 seconds' worth.
+    static func nanoseconds(in duration: Duration) -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        if seconds < 0 || (seconds == 0 && attoseconds <= 0) { return 0 }
+        return UInt64(min(seconds, 1 << 32)) &* 1_000_000_000 &+ UInt64(attoseconds / 1_000_000_000)
     }
 
     /// Whether the deadline is in the past.

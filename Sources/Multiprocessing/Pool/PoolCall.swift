@@ -87,12 +87,7 @@ final class PoolCall: @unchecked Sendable {
         self.chunkSize = max(1, chunkSize)
         self.timeout = timeout
         self.taskDescription = taskDescription
-        if let timeout {
-            let (seconds, attoseconds) = timeout.components
-            timeoutNanoseconds = UInt64(max(0, seconds)) &* 1_000_000_000 &+ UInt64(max(0, attoseconds / 1_000_000_000))
-        } else {
-            timeoutNanoseconds = nil
-        }
+        timeoutNanoseconds = timeout.map(Deadline.nanoseconds(in:))
         pthread_mutex_init(mutex, nil)
         var attributes = pthread_condattr_t()
         pthread_condattr_init(&attributes)

@@ -119,8 +119,7 @@ final class QueueRing: @unchecked Sendable {
     /// Sets how long this queue's producers wait for room in bytes before they take the consumer for
     /// stopped (every process that uses the queue sees it).
     func setRoomPatience(_ patience: Duration) {
-        let (seconds, attoseconds) = patience.components
-        patienceOverride.pointee.store(UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000), ordering: .relaxed)
+        patienceOverride.pointee.store(Deadline.nanoseconds(in: patience), ordering: .relaxed)
     }
 
     // MARK: Counts
