@@ -96,6 +96,9 @@ final class QueueRing: @unchecked Sendable {
     static let targetSet: UInt64 = 1 << 63
 
     private enum Kind: UInt32 { case item = 1, skip = 2 }
+    /// A record's header (length, kind): all of a skip record that skips nothing more, the room a
+    /// lapped producer keeps free before the consumer's offset.
+    static let headerSize = 8
 
     init(_ memory: QueueMemory) {
         self.memory = memory
@@ -143,7 +146,7 @@ final class QueueRing: @unchecked Sendable {
     enum Status: Sendable { case done, shutDown, busy }
 
     /// The size of the record that carries `length` payload bytes.
-    static func recordSize(_ length: Int) -> Int { max(16, (8 + length + 7) & ~7) }
+    static func recordSize(_ length: Int) -> Int { max(16, (headerSize + length + 7) & ~7) }
 
     /// The state of one put or get across the steps of its wait.
     final class Attempt: @unchecked Sendable {
@@ -211,7 +214,7 @@ final class QueueRing: @unchecked Sendable {
             // memory, paying a page fault (and the zeroing of a page) every 4 KiB.
             let offset = Self.position(put) % QueueMemory.capacity
             if used + record > QueueMemory.capacity || (maxSize != 0 && items >= maxSize)
-                || (offset >= Self.window && used + record > offset) {
+                || (offset >= Self.window && used + record + Self.headerSize > offset) {
                 out = head.pointee.load(ordering: .acquiring)
                 knownHead = out
                 used = (Self.position(put) &- Self.position(out)) & Int(Self.positionMask)
@@ -230,7 +233,7 @@ final class QueueRing: @unchecked Sendable {
                 return .busy
             }
             if underBound {
-                waitForRoom(tail: put, record: record, until: sliceEnd)
+                waitForRoom(tail: put, used: used, record: record, until: sliceEnd)
                 return nil
             }
             if !spun {
@@ -259,7 +262,7 @@ final class QueueRing: @unchecked Sendable {
             // skip forward before the consumer's offset. A backlog that leaves room for the record only
             // waits for the consumer's next get (see `waitForRoom`) rather than walk on into fresh
             // memory, unless the consumer seems stopped or the put may not wait.
-            if offset >= Self.window, used + record <= offset, used + record + 8 > offset, !roomWaitMissed, !waitless { return nil }
+            if offset >= Self.window, used + record <= offset, used + record + Self.headerSize > offset, !roomWaitMissed, !waitless { return nil }
             return offset
         }
         // The head is a lap behind. A lap this process's producers started by jumping back has the
@@ -268,25 +271,25 @@ final class QueueRing: @unchecked Sendable {
         let end = jumped ? Int(lapEnd.pointee.load(ordering: .relaxed)) : QueueMemory.capacity
         if offset >= end { return offset + record <= QueueMemory.capacity ? offset : nil }
         // Up to the head's offset, keeping room for a skip record before it.
-        if used + record + 8 <= QueueMemory.capacity { return offset }
+        if used + record + Self.headerSize <= QueueMemory.capacity { return offset }
         // A consumer that stopped would leave this producer waiting while memory is free beyond the
         // previous lap's data.
-        if jumped, roomWaitMissed || waitless, used + 8 <= QueueMemory.capacity, end + record <= QueueMemory.capacity { return end }
+        if jumped, roomWaitMissed || waitless, used + Self.headerSize <= QueueMemory.capacity, end + record <= QueueMemory.capacity { return end }
         return nil
     }
 
     /// Sleeps until the consumers have moved the head far enough for a record of `record` bytes after
-    /// the tail `put` and ``roomSlack`` bytes more (see the type's comment), or `sliceEnd`, or for
-    /// ``roomPatience`` at most; the caller holds the producer lock and then tries again.
-    private func waitForRoom(tail put: UInt64, record: Int, until sliceEnd: Deadline) {
+    /// the tail `put` (`used` bytes after the head, as ``placement`` found them) and ``roomSlack`` bytes
+    /// more (see the type's comment), or `sliceEnd`, or for ``roomPatience`` at most; the caller holds
+    /// the producer lock and then tries again.
+    private func waitForRoom(tail put: UInt64, used: Int, record: Int, until sliceEnd: Deadline) {
         let offset = Self.position(put) % QueueMemory.capacity
-        let used = (Self.position(put) &- Self.position(head.pointee.load(ordering: .relaxed))) & Int(Self.positionMask)
         // A record of the slack's size or more frees enough at each get.
         let slack = roomWaitMissed || record >= Self.roomSlack ? 0 : Self.roomSlack
         // Past the window with the ring's bytes to spare, the head that makes room for a jump back (see
         // `placement`); otherwise the head that leaves the record, a skip record and the slack room.
         let jumpWait = used <= offset && used + record <= QueueMemory.capacity
-        let wanted = jumpWait ? Self.position(put) - offset + record + 8 : Self.position(put) + record + 8 + slack - QueueMemory.capacity
+        let wanted = jumpWait ? Self.position(put) - offset + record + Self.headerSize : Self.position(put) + record + Self.headerSize + slack - QueueMemory.capacity
         let target = UInt64(truncatingIfNeeded: wanted) & Self.positionMask
         let rung = roomBell.pointee.load(ordering: .sequentiallyConsistent)
         roomTarget.pointee.store(target | Self.targetSet, ordering: .sequentiallyConsistent)
@@ -338,20 +341,20 @@ final class QueueRing: @unchecked Sendable {
             writeSkip(at: offset, to: place)
             position += place - offset
             offset = place
-        } else if offset >= Self.window, used + record + 8 <= offset {
+        } else if offset >= Self.window, used + record + Self.headerSize <= offset {
             // Back to the start of the ring: a skip record covers the rest.
             writeSkip(at: offset, to: QueueMemory.capacity)
             let touched = Int(highWater.pointee.load(ordering: .relaxed))
-            if touched > offset + Self.window { memory.release(ringBytes: (offset + 8)..<touched) }
-            highWater.pointee.store(UInt64(offset + 8), ordering: .relaxed)
+            if touched > offset + Self.window { memory.release(ringBytes: (offset + Self.headerSize)..<touched) }
+            highWater.pointee.store(UInt64(offset + Self.headerSize), ordering: .relaxed)
             position += QueueMemory.capacity - offset
-            lapEnd.pointee.store(UInt64(offset + 8), ordering: .relaxed)
+            lapEnd.pointee.store(UInt64(offset + Self.headerSize), ordering: .relaxed)
             lapStart.pointee.store(UInt64(position) & Self.positionMask, ordering: .relaxed)
             offset = 0
         }
         memory.ring.storeBytes(of: UInt32(payload.count), toByteOffset: offset, as: UInt32.self)
         memory.ring.storeBytes(of: Kind.item.rawValue, toByteOffset: offset + 4, as: UInt32.self)
-        copyIn(payload, at: offset + 8)
+        copyIn(payload, at: offset + Self.headerSize)
         let end = offset + record
         // A record that reaches the ring's end starts a lap that no jump started.
         if end >= QueueMemory.capacity { lapStart.pointee.store(.max, ordering: .relaxed) }
@@ -364,7 +367,7 @@ final class QueueRing: @unchecked Sendable {
 
     /// A skip record at `offset` that sends the reader on to offset `end` (the ring's size: the start).
     private func writeSkip(at offset: Int, to end: Int) {
-        memory.ring.storeBytes(of: UInt32(end - offset - 8), toByteOffset: offset, as: UInt32.self)
+        memory.ring.storeBytes(of: UInt32(end - offset - Self.headerSize), toByteOffset: offset, as: UInt32.self)
         memory.ring.storeBytes(of: Kind.skip.rawValue, toByteOffset: offset + 4, as: UInt32.self)
     }
 
@@ -459,7 +462,7 @@ final class QueueRing: @unchecked Sendable {
         let offset = position % QueueMemory.capacity
         guard memory.ring.load(fromByteOffset: offset + 4, as: UInt32.self) == Kind.skip.rawValue else { return false }
         let length = Int(memory.ring.load(fromByteOffset: offset, as: UInt32.self))
-        let next = (UInt64(position + 8 + length) & Self.positionMask) | (out & ~Self.positionMask)
+        let next = (UInt64(position + Self.headerSize + length) & Self.positionMask) | (out & ~Self.positionMask)
         head.pointee.store(next, ordering: .sequentiallyConsistent)
         ringRoomBell(after: next)
         return true
@@ -476,7 +479,7 @@ final class QueueRing: @unchecked Sendable {
             head.pointee.store(next, ordering: .sequentiallyConsistent)
             ringRoomBell(after: next)
         }
-        let start = offset + 8
+        let start = offset + Self.headerSize
         if start + length > QueueMemory.capacity {
             return try copyOut(at: start, count: length).withUnsafeBytes(read)
         }
