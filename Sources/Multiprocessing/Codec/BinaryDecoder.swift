@@ -537,7 +537,7 @@ final class BinaryDecodingContext: BinaryReusableState {
         let container = KeyedDecodingContainer(BinaryKeyedDecodingContainer<Key>(
             context: .passUnretained(self), slot: -1 - spilledFrames.count, frame: frame))
         // Without a box to watch (see ``BinaryBoxCache``), the frame stays until the call ends.
-        spilledBoxes.append(binaryBoxesConvert ? unsafeBitCast(container, to: AnyObject.self) : BinaryBoxPlaceholder.placeholder)
+        spilledBoxes.append(keyedBoxesConvert ? unsafeBitCast(container, to: AnyObject.self) : BinaryBoxPlaceholder.placeholder)
         return container
     }
 

@@ -251,7 +251,7 @@ struct BinaryBoxCache<Frame> {
     let frames = UnsafeMutablePointer<Frame>.allocate(capacity: BinaryBoxCache.capacity)
     private var count = 0
     private var victim = 0
-    private let enabled = binaryBoxesConvert
+    private let enabled = keyedBoxesConvert
 
     /// Frees the storage; the owner calls this when it goes away.
     func deallocate() {
@@ -302,8 +302,9 @@ struct BinaryBoxCache<Frame> {
     }
 }
 
-/// Whether keyed container boxes convert to and from `AnyObject` (see ``BinaryBoxCache``).
-let binaryBoxesConvert = keyedContainersAreOneReference(BinaryCodingKey.self)
+/// Whether keyed container boxes convert to and from `AnyObject` (see ``BinaryBoxCache`` and
+/// ``PickleBoxCache``); the same for every key type.
+let keyedBoxesConvert = keyedContainersAreOneReference(BinaryCodingKey.self)
 
 /// Whether keyed containers with `Key` are one reference in size (the same for every key type).
 /// Never specialised: the generic code asks the containers' metadata accessors, passing the key's

@@ -47,7 +47,7 @@ struct PickleThreadSlot<State: AnyObject>: Sendable {
 /// use to the next in a `Frame` object, so a box that no one but this cache holds any more can be handed
 /// out again (for the same key type) with its frame refilled. `KeyedEncodingContainer<K>` and
 /// `KeyedDecodingContainer<K>` hold nothing but the reference to their box, so a box converts to and from
-/// them with `unsafeBitCast`; ``pickleBoxesConvert`` checks that layout, and without it nothing is cached.
+/// them with `unsafeBitCast`; ``keyedBoxesConvert`` checks that layout, and without it nothing is cached.
 struct PickleBoxCache<Frame: AnyObject> {
     static var capacity: Int { 16 }
 
@@ -90,14 +90,10 @@ struct PickleBoxCache<Frame: AnyObject> {
 
     /// Keeps a new box of a `Key` container, and its frame, while there is room.
     mutating func keep<Key>(_ box: AnyObject, frame: Frame, of _: Key.Type) {
-        guard pickleBoxesConvert, count < Self.capacity else { return strays.append(frame) }
+        guard keyedBoxesConvert, count < Self.capacity else { return strays.append(frame) }
         (types + count).initialize(to: ObjectIdentifier(Key.self))
         (boxes + count).initialize(to: box)
         (frameStorage + count).initialize(to: frame)
         count += 1
     }
 }
-
-/// Whether keyed container boxes convert to and from `AnyObject` (see ``PickleBoxCache``).
-let pickleBoxesConvert = MemoryLayout<KeyedEncodingContainer<PythonCodingKey>>.size == MemoryLayout<AnyObject>.size
-    && MemoryLayout<KeyedDecodingContainer<PythonCodingKey>>.size == MemoryLayout<AnyObject>.size
