@@ -388,10 +388,7 @@ private func rehearseChildStart() {
     // The server keeps the default actions for crash signals; only the messages' paths are rehearsed.
     CrashReport.install(process: "a", task: "a", running: true, hint: true, limits: nil, memoryReport: -1)
     for signal in CrashReport.crashSignals { _ = Glibc.signal(signal, SIG_DFL) }
-    try? ChildSettingsWire(
-        limits: ResourceLimits(), environment: [], workingDirectory: nil, standardInput: nil, standardOutput: nil,
-        standardError: nil, memoryReport: nil
-    ).apply()
+    try? ChildSettingsWire.none.apply()
     ProcessState.shared.withLock { _ in }
     forgetParentState()
     defaultStartMethod.resetAfterFork { $0 = nil }
