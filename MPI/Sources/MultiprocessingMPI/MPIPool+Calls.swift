@@ -24,7 +24,7 @@ extension MPIPool {
     public func map<T: PoolTask>(
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: MPIProgress? = nil
     ) throws -> [T.Output] {
-        let job = try start(task, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self)
+        let job = try start(task, inputArray(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self)
         return try job.wait(timeout: nil, until: { $0.isComplete }, take: { try $0.outputs() })
     }
 
@@ -33,7 +33,7 @@ extension MPIPool {
     public func map<T: AsyncPoolTask>(
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: MPIProgress? = nil
     ) throws -> [T.Output] {
-        let job = try start(task, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self)
+        let job = try start(task, inputArray(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self)
         return try job.wait(timeout: nil, until: { $0.isComplete }, take: { try $0.outputs() })
     }
 
@@ -43,7 +43,7 @@ extension MPIPool {
     public func map<T: PoolTask>(
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, timeout: Duration? = nil
     ) async throws -> [T.Output] {
-        let job = try start(task, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: nil, as: T.Output.self)
+        let job = try start(task, inputArray(inputs), chunkSize: chunkSize, timeout: timeout, progress: nil, as: T.Output.self)
         return try await job.wait(until: { $0.isComplete }, take: { try $0.outputs() })
     }
 
@@ -52,7 +52,7 @@ extension MPIPool {
     public func map<T: AsyncPoolTask>(
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, timeout: Duration? = nil
     ) async throws -> [T.Output] {
-        let job = try start(task, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: nil, as: T.Output.self)
+        let job = try start(task, inputArray(inputs), chunkSize: chunkSize, timeout: timeout, progress: nil, as: T.Output.self)
         return try await job.wait(until: { $0.isComplete }, take: { try $0.outputs() })
     }
 
@@ -62,7 +62,7 @@ extension MPIPool {
     public func mapResults<T: PoolTask>(
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, timeout: Duration? = nil
     ) throws -> [Result<T.Output, any Error>] {
-        let job = try start(task, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: nil, as: T.Output.self)
+        let job = try start(task, inputArray(inputs), chunkSize: chunkSize, timeout: timeout, progress: nil, as: T.Output.self)
         return try job.wait(timeout: nil, until: { $0.isComplete }, take: { job in (0..<job.count).map { job.result($0) } })
     }
 
@@ -73,7 +73,7 @@ extension MPIPool {
     public func imap<T: PoolTask>(
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int = 1, timeout: Duration? = nil, progress: MPIProgress? = nil
     ) throws -> MPIResults<T.Output> {
-        MPIResults(try start(task, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self), ordered: true)
+        MPIResults(try start(task, inputArray(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self), ordered: true)
     }
 
     /// ``imap(_:_:chunkSize:timeout:progress:)`` with results in the order they finish (Python's
@@ -82,7 +82,7 @@ extension MPIPool {
     public func imapUnordered<T: PoolTask>(
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int = 1, timeout: Duration? = nil, progress: MPIProgress? = nil
     ) throws -> MPIResults<T.Output> {
-        MPIResults(try start(task, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self), ordered: false)
+        MPIResults(try start(task, inputArray(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self), ordered: false)
     }
 
     /// Runs `task` on one input on some worker rank and waits for its output (Python's `Pool.apply`).

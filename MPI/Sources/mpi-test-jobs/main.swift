@@ -176,6 +176,10 @@ do {
         let count = Int(CommandLine.arguments.dropFirst(2).first ?? "1000") ?? 1000
         let results = try pool.map(Square(), 0..<count, timeout: limit)
         expect(results == (0..<count).map { $0 * $0 }, "map results differ")
+        // Inputs of other shapes (closed ranges, slices, lazy sequences) give the same outputs.
+        expect(try pool.map(Square(), -3...300, chunkSize: 7, timeout: limit) == (-3...300).map { $0 * $0 }, "closed range")
+        expect(try pool.map(Square(), Array(0..<count)[10..<90], timeout: limit) == (10..<90).map { $0 * $0 }, "array slice")
+        expect(try pool.map(Square(), (0..<50).lazy.map { $0 + 1 }, timeout: limit) == (1...50).map { $0 * $0 }, "lazy sequence")
         let async = try await asyncMap(pool)
         expect(async == (0..<100).map { $0 * 2 }, "async map results differ")
         let future = try pool.submit(Square(), 12)
