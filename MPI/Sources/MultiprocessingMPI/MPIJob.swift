@@ -26,7 +26,11 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
     /// Indexes in the order their results arrived (for imapUnordered).
     private var arrivals: [Int] = []
     private var finished = 0
-    private var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+    /// The async waiters, each with what it waits for: a delivery wakes only those it satisfies.
+    private var waiters: [UInt64: (ready: (MPIJob) -> Bool, continuation: CheckedContinuation<Void, Never>)] = [:]
+    /// What each blocked thread waits for: a delivery wakes them only when it satisfies one (a map's
+    /// caller waits for the last batch, not a wake-up and a wait again per batch).
+    private var blocked: [UInt64: (MPIJob) -> Bool] = [:]
     private var nextWaiter: UInt64 = 0
     private let progress: (@Sendable (Int, Int) -> Void)?
 
@@ -154,11 +158,14 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
             progress(done, total)
             pthread_mutex_lock(&mutex)
         }
-        let resumed = waiters.values
-        waiters.removeAll()
-        pthread_cond_broadcast(&condition)
+        var resumed: [CheckedContinuation<Void, Never>] = []
+        for (id, waiter) in waiters where waiter.ready(self) {
+            resumed.append(waiter.continuation)
+            waiters[id] = nil
+        }
+        if blocked.values.contains(where: { $0(self) }) { pthread_cond_broadcast(&condition) }
         pthread_mutex_unlock(&mutex)
-        for waiter in resumed { waiter.resume() }
+        for continuation in resumed { continuation.resume() }
     }
 
     // MARK: Waiting
@@ -176,11 +183,20 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
         }
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
-        while !ready(self) {
-            if timeout == nil {
-                pthread_cond_wait(&condition, &mutex)
-            } else if pthread_cond_timedwait(&condition, &mutex, &deadline) == ETIMEDOUT, !ready(self) {
-                throw MultiprocessingError(.timedOut, "results of the MPI pool not ready within \(timeout!)")
+        if !ready(self) {
+            // Registered only while this thread waits (under the mutex), so it never outlives the call.
+            try withoutActuallyEscaping(ready) { ready in
+                let id = nextWaiter
+                nextWaiter += 1
+                blocked[id] = ready
+                defer { blocked[id] = nil }
+                while !ready(self) {
+                    if timeout == nil {
+                        pthread_cond_wait(&condition, &mutex)
+                    } else if pthread_cond_timedwait(&condition, &mutex, &deadline) == ETIMEDOUT, !ready(self) {
+                        throw MultiprocessingError(.timedOut, "results of the MPI pool not ready within \(timeout!)")
+                    }
+                }
             }
         }
         return try take(self)
@@ -206,7 +222,7 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
                         pthread_mutex_unlock(&mutex)
                         continuation.resume()
                     } else {
-                        waiters[id] = continuation
+                        waiters[id] = (ready, continuation)
                         pthread_mutex_unlock(&mutex)
                     }
                 }
@@ -214,7 +230,7 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
                 pthread_mutex_lock(&mutex)
                 let waiter = waiters.removeValue(forKey: id)
                 pthread_mutex_unlock(&mutex)
-                waiter?.resume()
+                waiter?.continuation.resume()
             }
         }
     }
