@@ -44,6 +44,8 @@ struct LocalTaskWorker: AsyncProcessTask {
 
     func run() async throws {
         var writer = LogWriter(log: log, channel: channel)
+        // The task type of the last batch: the batches of one call name the same type, found by name once.
+        var known: (name: String, type: Any.Type?)?
         while true {
             guard let header = try receive() else { return }
             var reader = MessageReader(header)
@@ -60,7 +62,8 @@ struct LocalTaskWorker: AsyncProcessTask {
             let name = String(decoding: reader.bytes[reader.offset...], as: UTF8.self)
             try writer.reset()
             do {
-                let type = _typeByName(name)
+                let type = known?.name == name ? known?.type : _typeByName(name)
+                known = (name, type)
                 if let type = type as? any PoolTask.Type {
                     try runBatch(type, body: body, range: start..<end, &writer)
                 } else if let type = type as? any AsyncPoolTask.Type {
@@ -114,24 +117,37 @@ struct LocalTaskWorker: AsyncProcessTask {
 
     private func runBatch<T: PoolTask>(_ type: T.Type, body: BatchSource, range: Range<Int>, _ writer: inout LogWriter) throws {
         let batch = try decode(BatchBody<T, T.Input>.self, body, range: range)
-        var outputs: [T.Output] = []
-        outputs.reserveCapacity(range.count)
-        for index in range {
-            running.store(UInt64(index + 1))
-            do {
-                outputs.append(try batch.task.run(batch.inputs[index]))
-            } catch {
-                // From here on each outcome is logged as it ends.
-                try Self.logEach(outputs, &writer)
-                try writer.append(Self.thrown(error))
-                for later in index + 1..<range.upperBound {
-                    running.store(UInt64(later + 1))
-                    let frame: [UInt8]
-                    do { frame = try Self.value(try batch.task.run(batch.inputs[later])) } catch { frame = Self.thrown(error) }
-                    try writer.append(frame)
+        // This runs unspecialised (the task type is found by name): each output goes straight into
+        // its place, instead of an append that checks the array's uniqueness and room every time.
+        var failure: (index: Int, error: any Error)?
+        let task = batch.task
+        let outputs = batch.inputs.withUnsafeBufferPointer { inputs in
+            [T.Output](unsafeUninitializedCapacity: range.count) { buffer, initialized in
+                guard var next = buffer.baseAddress else { return }
+                for index in range {
+                    running.store(UInt64(index + 1))
+                    do {
+                        next.initialize(to: try task.run(inputs[index]))
+                    } catch {
+                        failure = (index, error)
+                        return
+                    }
+                    next += 1
+                    initialized += 1
                 }
-                return
             }
+        }
+        if let failure {
+            // From here on each outcome is logged as it ends.
+            try Self.logEach(outputs, &writer)
+            try writer.append(Self.thrown(failure.error))
+            for later in failure.index + 1..<range.upperBound {
+                running.store(UInt64(later + 1))
+                let frame: [UInt8]
+                do { frame = try Self.value(try task.run(batch.inputs[later])) } catch { frame = Self.thrown(error) }
+                try writer.append(frame)
+            }
+            return
         }
         try Self.logAll(outputs, &writer)
     }

@@ -21,8 +21,11 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
     private var segments: [Int: [Output]] = [:]
     /// Outcomes stored one by one (failures, and batches with failures).
     private var singles: [Int: Result<Output, any Error>] = [:]
-    /// For each input, the first index of its segment, -1 for a single, or nil while pending.
-    private var location: [Int?]
+    /// For each input, the first index of its segment, ``single``, or ``pending`` (8 bytes an input,
+    /// not an optional's 16: a job's table is allocated and cleared afresh for every call).
+    private var location: [Int]
+    private static var single: Int { -1 }
+    private static var pending: Int { -2 }
     /// Indexes in the order their results arrived (for imapUnordered).
     private var arrivals: [Int] = []
     private var finished = 0
@@ -35,7 +38,8 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
     private let progress: (@Sendable (Int, Int) -> Void)?
 
     init(count: Int, progress: (@Sendable (Int, Int) -> Void)?) {
-        location = Array(repeating: nil, count: count)
+        location = Array(repeating: Self.pending, count: count)
+        arrivals.reserveCapacity(count)
         self.progress = progress
         initializeMonotonicWait(&mutex, &condition)
     }
@@ -54,11 +58,12 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
             let kind = try reader.read(UInt8.self)
             let length = try reader.read(UInt64.self)
             guard length <= UInt64(Int.max) else { throw MultiprocessingError(.protocolViolation, "an outcome's length is too large") }
-            let bytes = Array(try reader.read(count: Int(length)))
+            let bytes = try reader.read(count: Int(length))
             if kind == OutcomeKind.values.rawValue {
                 let values: [Output]
                 do {
-                    values = try BinaryDecoder().decode([Output].self, from: bytes)
+                    // Decoded where they lie in the message, without copying them out first.
+                    values = try bytes.withUnsafeBytes { try BinaryDecoder().decode([Output].self, from: $0) }
                 } catch {
                     throw MultiprocessingError(.transport, "the outputs of inputs from \(first + done) from rank \(rank) (host \(host)) could not be decoded: \(error)")
                 }
@@ -72,7 +77,7 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
                 batch.append(contentsOf: values.map { .success($0) })
                 done += values.count
             } else {
-                batch.append(Self.outcome(kind, bytes, index: first + done, rank: rank, host: host))
+                batch.append(Self.outcome(kind, Array(bytes), index: first + done, rank: rank, host: host))
                 done += 1
             }
         }
@@ -85,7 +90,7 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
 
     func failRemaining(with error: any Error) {
         pthread_mutex_lock(&mutex)
-        let missing = location.indices.filter { location[$0] == nil }
+        let missing = location.indices.filter { location[$0] == Self.pending }
         pthread_mutex_unlock(&mutex)
         for index in missing { store(first: index, [.failure(error)]) }
     }
@@ -122,9 +127,9 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
 
     private func store(first: Int, _ batch: [Result<Output, any Error>]) {
         pthread_mutex_lock(&mutex)
-        for (offset, result) in batch.enumerated() where first + offset < location.count && location[first + offset] == nil {
+        for (offset, result) in batch.enumerated() where first + offset < location.count && location[first + offset] == Self.pending {
             singles[first + offset] = result
-            location[first + offset] = -1
+            location[first + offset] = Self.single
             arrivals.append(first + offset)
             finished += 1
         }
@@ -133,7 +138,7 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
 
     private func storeSegment(first: Int, _ values: [Output]) {
         pthread_mutex_lock(&mutex)
-        guard first + values.count <= location.count, location[first..<first + values.count].allSatisfy({ $0 == nil }) else {
+        guard first + values.count <= location.count, location[first..<first + values.count].allSatisfy({ $0 == Self.pending }) else {
             pthread_mutex_unlock(&mutex)
             return
         }
@@ -238,10 +243,10 @@ final class MPIJob<Output: Decodable & Sendable>: JobSink, @unchecked Sendable {
     // Conditions and takers, called with the job's mutex held.
 
     var isComplete: Bool { finished == location.count }
-    func hasResult(_ index: Int) -> Bool { location[index] != nil }
+    func hasResult(_ index: Int) -> Bool { location[index] != Self.pending }
     func result(_ index: Int) -> Result<Output, any Error> {
-        switch location[index]! {
-        case -1: return singles[index]!
+        switch location[index] {
+        case Self.single: return singles[index]!
         case let first: return .success(segments[first]![index - first])
         }
     }
