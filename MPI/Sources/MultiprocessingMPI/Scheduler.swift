@@ -212,36 +212,44 @@ final class Scheduler: @unchecked Sendable {
     /// The batches each rank holds, with when each was sent and how many it went behind.
     typealias InFlight = [Int32: [(job: UInt64, first: Int, count: Int, sent: ContinuousClock.Instant, ahead: Int)]]
 
-    /// Sends queued batches to every live rank with room in its window (deeper for `quick` ranks); true
-    /// when it sent one.
+    /// Sends queued batches to every live rank with room in its window (deeper for `quick` ranks), a
+    /// batch to each rank in turn until the windows are full or the queue is empty; true when it sent one.
+    /// (All in one call: between two turns of the loop, MPI's polls yield the core to every other
+    /// runnable thread when ranks outnumber cores, so a window filled a batch a turn took hundreds of
+    /// microseconds to fill.)
     @discardableResult
     private func fill(_ mailbox: Mailbox, _ inFlight: inout InFlight, _ lost: inout Set<Int32>, quick: Set<Int32>) -> Bool {
         var sent = false
-        for rank in workers where !lost.contains(rank) && inFlight[rank, default: []].count < (quick.contains(rank) ? quickWindow : window) {
-            guard let batch = state.withLock({ state -> Batch? in
-                guard state.head < state.queue.count else { return nil }
-                // The queue lets go of the message: once sent, the mailbox holds it until MPI is done.
-                let batch = state.queue[state.head]
-                state.queue[state.head].message = []
-                state.unsentBytes -= batch.message.count
-                defer {
-                    state.head += 1
-                    if state.head > 1024, state.head * 2 > state.queue.count {
-                        state.queue.removeFirst(state.head)
-                        state.head = 0
+        var sentThisTurn = true
+        while sentThisTurn {
+            sentThisTurn = false
+            for rank in workers where !lost.contains(rank) && inFlight[rank, default: []].count < (quick.contains(rank) ? quickWindow : window) {
+                guard let batch = state.withLock({ state -> Batch? in
+                    guard state.head < state.queue.count else { return nil }
+                    // The queue lets go of the message: once sent, the mailbox holds it until MPI is done.
+                    let batch = state.queue[state.head]
+                    state.queue[state.head].message = []
+                    state.unsentBytes -= batch.message.count
+                    defer {
+                        state.head += 1
+                        if state.head > 1024, state.head * 2 > state.queue.count {
+                            state.queue.removeFirst(state.head)
+                            state.head = 0
+                        }
                     }
+                    return batch
+                }) else { return sent }
+                room.open()
+                do {
+                    try mailbox.send(batch.message, to: rank, tag: Tag.task)
+                    inFlight[rank, default: []].append((batch.job, batch.first, batch.count, .now, inFlight[rank, default: []].count))
+                } catch {
+                    fail(batch.job, first: batch.first, count: batch.count, lostRank(rank, error))
+                    lose(rank, lostRank(rank, error), mailbox, &inFlight, &lost)
                 }
-                return batch
-            }) else { break }
-            room.open()
-            do {
-                try mailbox.send(batch.message, to: rank, tag: Tag.task)
-                inFlight[rank, default: []].append((batch.job, batch.first, batch.count, .now, inFlight[rank, default: []].count))
-            } catch {
-                fail(batch.job, first: batch.first, count: batch.count, lostRank(rank, error))
-                lose(rank, lostRank(rank, error), mailbox, &inFlight, &lost)
+                sent = true
+                sentThisTurn = true
             }
-            sent = true
         }
         return sent
     }
