@@ -166,6 +166,8 @@ func check(_ result: Int32, _ what: @autoclosure () -> String) throws {
 enum MPIEnvironment {
     nonisolated(unsafe) private static var initialised = false
     nonisolated(unsafe) private static var finalised = false
+    /// Whether MPI lets any thread call it at once (set before any other thread of the pool starts).
+    nonisolated(unsafe) private(set) static var threadMultiple = false
 
     /// Initialises MPI on the calling (MPI) thread, once.
     static func initialise() throws {
@@ -176,6 +178,7 @@ enum MPIEnvironment {
         var provided: Int32 = 0
         try check(MPI_Init_thread(nil, nil, Int32(MPI_THREAD_MULTIPLE), &provided), "MPI_Init_thread")
         initialised = true
+        threadMultiple = provided >= Int32(MPI_THREAD_MULTIPLE)
         MPI_Comm_set_errhandler(cmpi_comm_world(), cmpi_errors_return())
     }
 

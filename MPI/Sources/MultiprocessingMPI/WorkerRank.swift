@@ -23,10 +23,15 @@ final class WorkerRank: @unchecked Sendable {
     /// Serves rank `master` of `communicator` until it says stop. Runs on the MPI thread.
     /// Returns false when rank 0 said a rank was lost, so MPI must not be finalised.
     static func serve(_ communicator: Communicator, master: Int32) throws -> Bool {
-        let rank = WorkerRank()
+        let rank = WorkerRank(sender: MPIEnvironment.threadMultiple ? ResultSender(communicator, master: master) : nil)
         try rank.serve(Mailbox(communicator), master: master)
         return rank.finalise
     }
+
+    /// Sends results from the runner thread, where MPI allows it; else the MPI thread sends them.
+    private let sender: ResultSender?
+
+    private init(sender: ResultSender?) { self.sender = sender }
 
     private var finalise = true
 
@@ -69,6 +74,7 @@ final class WorkerRank: @unchecked Sendable {
                 worked = true
             }
             if try mailbox.progress() { worked = true }
+            if try sender?.progress() == true { worked = true }
             if ContinuousClock.now - lastHeard > Tag.masterSilenceLimit {
                 // Rank 0 is gone and the job goes on without it: end rather than serve nobody forever.
                 writeError("MPI worker rank: nothing from rank 0 for \(Tag.masterSilenceLimit), ending\n")
@@ -81,7 +87,7 @@ final class WorkerRank: @unchecked Sendable {
                 break
             }
             let finished = queues.withLock { $0.stopping && $0.inbox.isEmpty && $0.outbox.isEmpty && !$0.busy }
-            if finished && !mailbox.hasPendingSends { break }
+            if finished && !mailbox.hasPendingSends && !(sender?.hasPending ?? false) { break }
             if worked { backoff.reset() } else { backoff.pause(on: resultReady) }
         }
         runnerDone?.wait(timeout: .seconds(30))
@@ -130,8 +136,10 @@ final class WorkerRank: @unchecked Sendable {
                 continue
             }
             let result = run(batch, runner)
+            // Sent before the rank counts as idle, so the MPI thread never ends with it unsent.
+            let sent = !result.isEmpty && sender?.send(result) == true
             queues.withLock {
-                $0.outbox.append(result)
+                if !sent { $0.outbox.append(result) }
                 $0.busy = false
             }
             resultReady.open()
