@@ -512,7 +512,7 @@ final class BinaryDecodingContext: BinaryReusableState {
         let (contentStart, end) = try keyedBounds(at: position, packed: UInt8(truncatingIfNeeded: stamp))
         let frame = Frame(start: position, contentStart: contentStart, end: end, hint: contentStart, generation: generation)
         if let box = boxes.reuse(Key.self, frame: frame) {
-            return unsafeBitCast(box, to: KeyedDecodingContainer<Key>.self)
+            return reusedContainer(box, as: KeyedDecodingContainer<Key>.self)
         }
         let slot = boxes.newSlot(frame: frame)
         guard slot >= 0 else { return try spilledContainer(Key.self, frame: frame) }

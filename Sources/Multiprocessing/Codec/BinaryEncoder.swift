@@ -713,7 +713,7 @@ final class BinaryEncodingState: BinaryReusableState {
     func keyedContainer<Key: CodingKey>(_: Key.Type, start: Int) -> KeyedEncodingContainer<Key> {
         let frame = Frame(start: start, generation: generation)
         if let box = boxes.reuse(Key.self, frame: frame) {
-            return unsafeBitCast(box, to: KeyedEncodingContainer<Key>.self)
+            return reusedContainer(box, as: KeyedEncodingContainer<Key>.self)
         }
         let slot = boxes.newSlot(frame: frame)
         let container = KeyedEncodingContainer(

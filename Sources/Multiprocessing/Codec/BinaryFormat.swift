@@ -317,6 +317,28 @@ private func keyedContainersAreOneReference<Key: CodingKey>(_: Key.Type) -> Bool
         && MemoryLayout<KeyedDecodingContainer<Key>>.size == MemoryLayout<AnyObject>.size
 }
 
+/// A cached box as the keyed container it came from (see ``BinaryBoxCache``).
+///
+/// `unsafeBitCast(box, to: KeyedDecodingContainer<Key>.self)` would look up the container type's
+/// generic metadata on every call in unspecialized code (the standard library's containers are
+/// resilient, so copying one into the caller's result goes through that metadata): about 330
+/// instructions per container. Instead the box goes through a function that returns its argument
+/// through memory, as every function returning a generic value does, seen as a function returning the
+/// container; the caller's result memory is handed straight to it and the box is stored there, which
+/// is all such a container holds (``keyedBoxesConvert`` checks that).
+@inline(__always)
+func reusedContainer<Container>(_ box: AnyObject, as _: Container.Type) -> Container {
+    unsafeBitCast(boxIdentity, to: BoxReturner<Container>.self).call(box)
+}
+
+/// A function from a box to a `Result` returned through memory (see ``reusedContainer(_:as:)``).
+struct BoxReturner<Result>: Sendable {
+    let call: @Sendable (AnyObject) -> Result
+}
+
+/// Returns the box itself (retained), through memory.
+private let boxIdentity = BoxReturner<AnyObject> { $0 }
+
 /// Fills the slots of ``BinaryBoxCache`` that hold no box yet.
 final class BinaryBoxPlaceholder: Sendable {
     static let placeholder = BinaryBoxPlaceholder()

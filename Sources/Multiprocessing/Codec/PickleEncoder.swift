@@ -107,7 +107,7 @@ final class PickleStream {
         if let (box, frame) = boxes.reuse(Key.self) {
             frame.stream = self
             frame.level = level
-            return unsafeBitCast(box, to: KeyedEncodingContainer<Key>.self)
+            return reusedContainer(box, as: KeyedEncodingContainer<Key>.self)
         }
         let frame = PickleEncodingFrame(stream: self, level: level)
         let container = KeyedEncodingContainer(PickleKeyedEncoder<Key>(frame: frame))

@@ -114,7 +114,7 @@ final class PickleTape {
     func keyedContainer<Key: CodingKey>(_: Key.Type, _ decoder: PickleTapeDecoder) -> KeyedDecodingContainer<Key> {
         if let (box, frame) = boxes.reuse(Key.self) {
             frame.decoder = decoder
-            return unsafeBitCast(box, to: KeyedDecodingContainer<Key>.self)
+            return reusedContainer(box, as: KeyedDecodingContainer<Key>.self)
         }
         let frame = PickleDecodingFrame(decoder: decoder)
         let container = KeyedDecodingContainer(PickleTapeKeyedDecoder<Key>(frame: frame))
