@@ -84,11 +84,14 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
     ///   ``MultiprocessingError/Code/invalidArgument`` when it encodes to more than 1 GiB.
     public func put(_ item: Element, blocking: Bool = true, timeout: Duration? = nil) throws {
         try checkOpen(for: "put")
-        let attempt = QueueRing.Attempt(blocking: blocking)
-        let deadline = Deadline.after(blocking ? timeout : nil)
         // Copied into the ring straight from the encoder's buffer.
         let outcome = try encoder.withEncoding(of: item) { bytes in
             try Self.checkSize(bytes.count)
+            // The deadline (a read of the clock) and the attempt only for a put that has to wait.
+            if ring.putAtOnce(bytes) { return QueueRing.Status.done }
+            let attempt = QueueRing.Attempt(blocking: blocking)
+            defer { ring.abandonPut(attempt) }
+            let deadline = Deadline.after(blocking ? timeout : nil)
             var index = 0
             while true {
                 if let outcome = ring.putStep(bytes, attempt, until: deadline, index: index) { return outcome }
@@ -96,7 +99,6 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
                 index += 1
             }
         }
-        ring.abandonPut(attempt)
         try check(outcome)
     }
 
@@ -168,6 +170,14 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
     ///   removed all the same).
     public func get(blocking: Bool = true, timeout: Duration? = nil) throws -> Element {
         try checkOpen(for: "get")
+        // The deadline (a read of the clock) and the attempt only for a get that has to wait.
+        return try ring.getAtOnce(read: { try decoder.decode(Element.self, from: $0) }) {
+            try getWaiting(blocking: blocking, timeout: timeout)
+        }
+    }
+
+    /// A get that found no item at once (or the consumer lock taken): `get(blocking:timeout:)`'s steps.
+    private func getWaiting(blocking: Bool, timeout: Duration?) throws -> Element {
         let attempt = QueueRing.Attempt(blocking: blocking)
         let deadline = Deadline.after(blocking ? timeout : nil)
         // The step returns the item rather than setting an `Element?`: this code runs unspecialized,
@@ -252,8 +262,13 @@ public class ProcessQueue<Element: Codable & Sendable>: @unchecked Sendable, Cod
         }
     }
 
-    private func checkOpen(for call: String = "get") throws {
-        if closed.load(ordering: .relaxed) { throw MultiprocessingError(.closed, "\(call) on a closed queue") }
+    @inline(__always)
+    private func checkOpen(for call: StaticString = "get") throws {
+        if closed.load(ordering: .relaxed) { throw Self.closedError(call) }
+    }
+
+    private static func closedError(_ call: StaticString) -> MultiprocessingError {
+        MultiprocessingError(.closed, "\(call) on a closed queue")
     }
 
     // MARK: Ending

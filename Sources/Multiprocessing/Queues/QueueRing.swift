@@ -198,34 +198,17 @@ final class QueueRing: @unchecked Sendable {
         }, attempt, until: sliceEnd, index: index) else { return .busy }
         guard taken else { return nil }
         let record = Self.recordSize(payload.count)
-        let maxSize = UInt64(memory.maxSize)
         var spun = index > 0 || !attempt.blocking
         while true {
             if isShutDown {
                 finish(attempt, producers)
                 return .shutDown
             }
-            let put = tail.pointee.load(ordering: .relaxed)
-            var out = knownHead
-            var used = (Self.position(put) &- Self.position(out)) & Int(Self.positionMask)
-            var items = (Self.count(put) &- Self.count(out)) & Self.countMask
-            // Past the window, a head seen long ago may be all that stops the jump back to the ring's
-            // start (see `write`): without a fresh look, a steady stream would walk on into untouched
-            // memory, paying a page fault (and the zeroing of a page) every 4 KiB.
-            let offset = Self.position(put) % QueueMemory.capacity
-            if used + record > QueueMemory.capacity || (maxSize != 0 && items >= maxSize)
-                || (offset >= Self.window && used + record + Self.headerSize > offset) {
-                out = head.pointee.load(ordering: .acquiring)
-                knownHead = out
-                used = (Self.position(put) &- Self.position(out)) & Int(Self.positionMask)
-                items = (Self.count(put) &- Self.count(out)) & Self.countMask
-            }
-            let underBound = maxSize == 0 || items < maxSize
-            let place = underBound ? placement(record, tail: put, used: used, waitless: !attempt.blocking && !attempt.waitsNext) : nil
+            let (put, out, used, underBound, place) = room(for: record, waitless: !attempt.blocking && !attempt.waitsNext)
             if let place {
                 write(payload, record: record, tail: put, used: used, at: place)
                 finish(attempt, producers)
-                if itemSleepers.pointee.load(ordering: .sequentiallyConsistent) > 0 { Futex.wake(Futex.lowHalf(tail), count: 1) }
+                wakeConsumer()
                 return .done
             }
             if !attempt.blocking {
@@ -248,6 +231,55 @@ final class QueueRing: @unchecked Sendable {
             roomSleepers.pointee.subtract(1, ordering: .relaxed)
             return nil
         }
+    }
+
+    /// A put of `payload` (already encoded) that neither waits nor skips forward: when the producer
+    /// lock is free and there is room now, it publishes the record and returns true, as the first step
+    /// of a put would; otherwise it returns false and changes nothing, and the caller takes the steps
+    /// (which also report a shutdown). Most puts end here, without preparing to wait.
+    func putAtOnce(_ payload: UnsafeRawBufferPointer) -> Bool {
+        guard producers.tryAcquire(as: OwnerCheck.me) else { return false }
+        let record = Self.recordSize(payload.count)
+        if !isShutDown, case let (put, _, used, _, place?) = room(for: record, waitless: false) {
+            write(payload, record: record, tail: put, used: used, at: place)
+            producers.release()
+            wakeConsumer()
+            return true
+        }
+        producers.release()
+        return false
+    }
+
+    /// The tail, the head (rereading it when the one this process saw last may be what leaves no
+    /// room), the bytes in use between them, whether the queue is under its bound, and where a record
+    /// of `record` bytes goes (see ``placement``); the caller holds the producer lock.
+    @inline(__always)
+    private func room(for record: Int, waitless: Bool) -> (put: UInt64, out: UInt64, used: Int, underBound: Bool, place: Int?) {
+        let maxSize = UInt64(memory.maxSize)
+        let put = tail.pointee.load(ordering: .relaxed)
+        var out = knownHead
+        var used = (Self.position(put) &- Self.position(out)) & Int(Self.positionMask)
+        var items = (Self.count(put) &- Self.count(out)) & Self.countMask
+        // Past the window, a head seen long ago may be all that stops the jump back to the ring's
+        // start (see `write`): without a fresh look, a steady stream would walk on into untouched
+        // memory, paying a page fault (and the zeroing of a page) every 4 KiB.
+        let offset = Self.position(put) % QueueMemory.capacity
+        if used + record > QueueMemory.capacity || (maxSize != 0 && items >= maxSize)
+            || (offset >= Self.window && used + record + Self.headerSize > offset) {
+            out = head.pointee.load(ordering: .acquiring)
+            knownHead = out
+            used = (Self.position(put) &- Self.position(out)) & Int(Self.positionMask)
+            items = (Self.count(put) &- Self.count(out)) & Self.countMask
+        }
+        let underBound = maxSize == 0 || items < maxSize
+        let place = underBound ? placement(record, tail: put, used: used, waitless: waitless) : nil
+        return (put, out, used, underBound, place)
+    }
+
+    /// Wakes a consumer asleep waiting for an item, if there is one; after a record was published.
+    @inline(__always)
+    private func wakeConsumer() {
+        if itemSleepers.pointee.load(ordering: .sequentiallyConsistent) > 0 { Futex.wake(Futex.lowHalf(tail), count: 1) }
     }
 
     /// Where a record of `record` bytes goes after the tail `put` (`used` bytes after the head): the
@@ -419,18 +451,12 @@ final class QueueRing: @unchecked Sendable {
         guard taken else { throw StepEnd.again }
         var spun = index > 0 || !attempt.blocking
         while true {
-            let out = head.pointee.load(ordering: .relaxed)
-            var put = knownTail
-            let available = (Self.position(put) &- Self.position(out)) & Int(Self.positionMask)
-            if available == 0 || available > QueueMemory.capacity {
-                put = tail.pointee.load(ordering: .acquiring)
-                knownTail = put
-            }
+            let (out, put) = positions()
             if Self.position(out) != Self.position(put) {
                 if skip(out) { continue }
                 defer {
                     finish(attempt, consumers)
-                    if roomSleepers.pointee.load(ordering: .sequentiallyConsistent) > 0 { Futex.wake(Futex.lowHalf(head)) }
+                    wakeProducer()
                 }
                 return try self.read(out, read)
             }
@@ -454,6 +480,47 @@ final class QueueRing: @unchecked Sendable {
             itemSleepers.pointee.subtract(1, ordering: .relaxed)
             throw StepEnd.again
         }
+    }
+
+    /// A get that does not wait: when the consumer lock is free and an item is there, it returns what
+    /// `read` makes of the first record's bytes and moves past the record (also when `read` throws), as
+    /// the first step of a get would; otherwise it changes nothing and returns what `otherwise` returns
+    /// (the caller's steps, which also wait, or report an empty or shut-down queue). Most gets end
+    /// here, without preparing to wait.
+    func getAtOnce<R>(read: (UnsafeRawBufferPointer) throws -> R, otherwise: () throws -> R) rethrows -> R {
+        guard consumers.tryAcquire(as: OwnerCheck.me) else { return try otherwise() }
+        while true {
+            let (out, put) = positions()
+            guard Self.position(out) != Self.position(put) else { break }
+            if skip(out) { continue }
+            defer {
+                consumers.release()
+                wakeProducer()
+            }
+            return try self.read(out, read)
+        }
+        consumers.release()
+        return try otherwise()
+    }
+
+    /// The head and the tail (rereading the tail only when the one this process saw last shows no
+    /// item after the head); the caller holds the consumer lock.
+    @inline(__always)
+    private func positions() -> (out: UInt64, put: UInt64) {
+        let out = head.pointee.load(ordering: .relaxed)
+        var put = knownTail
+        let available = (Self.position(put) &- Self.position(out)) & Int(Self.positionMask)
+        if available == 0 || available > QueueMemory.capacity {
+            put = tail.pointee.load(ordering: .acquiring)
+            knownTail = put
+        }
+        return (out, put)
+    }
+
+    /// Wakes the producer asleep waiting for a free slot, if there is one; after the head moved.
+    @inline(__always)
+    private func wakeProducer() {
+        if roomSleepers.pointee.load(ordering: .sequentiallyConsistent) > 0 { Futex.wake(Futex.lowHalf(head)) }
     }
 
     /// Moves the head `out` past the record there if it is a skip record; whether it was.
