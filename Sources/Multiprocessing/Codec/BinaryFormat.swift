@@ -240,8 +240,8 @@ extension BinaryReusableState {
 /// generic metadata records each time. A box no one else holds any more is handed out again (for the
 /// same key type); since a box cannot be changed, the container in it keeps its mutable place (its
 /// `Frame`) in `frames`, under the box's slot. `KeyedEncodingContainer<K>` and
-/// `KeyedDecodingContainer<K>` hold nothing but the reference to their box, so a box converts to and
-/// from them with `unsafeBitCast`; `enabled` checks that layout.
+/// `KeyedDecodingContainer<K>` hold nothing but the reference to their box, so a box converts to them
+/// (``reusedContainer(_:as:)``) and from them (`unsafeBitCast`); `enabled` checks that layout.
 struct BinaryBoxCache<Frame> {
     static var capacity: Int { 32 }
 
@@ -327,16 +327,16 @@ private func keyedContainersAreOneReference<Key: CodingKey>(_: Key.Type) -> Bool
 /// container; the caller's result memory is handed straight to it and the box is stored there, which
 /// is all such a container holds (``keyedBoxesConvert`` checks that).
 @inline(__always)
-func reusedContainer<Container>(_ box: AnyObject, as _: Container.Type) -> Container {
+func reusedContainer<Container>(_ box: consuming AnyObject, as _: Container.Type) -> Container {
     unsafeBitCast(boxIdentity, to: BoxReturner<Container>.self).call(box)
 }
 
 /// A function from a box to a `Result` returned through memory (see ``reusedContainer(_:as:)``).
 struct BoxReturner<Result>: Sendable {
-    let call: @Sendable (AnyObject) -> Result
+    let call: @Sendable (consuming AnyObject) -> Result
 }
 
-/// Returns the box itself (retained), through memory.
+/// Returns the box itself (the caller's reference, moved), through memory.
 private let boxIdentity = BoxReturner<AnyObject> { $0 }
 
 /// Fills the slots of ``BinaryBoxCache`` that hold no box yet.

@@ -46,8 +46,9 @@ struct PickleThreadSlot<State: AnyObject>: Sendable {
 /// metadata records each time. The containers put in these boxes keep everything that changes from one
 /// use to the next in a `Frame` object, so a box that no one but this cache holds any more can be handed
 /// out again (for the same key type) with its frame refilled. `KeyedEncodingContainer<K>` and
-/// `KeyedDecodingContainer<K>` hold nothing but the reference to their box, so a box converts to and from
-/// them with `unsafeBitCast`; ``keyedBoxesConvert`` checks that layout, and without it nothing is cached.
+/// `KeyedDecodingContainer<K>` hold nothing but the reference to their box, so a box converts to them
+/// (``reusedContainer(_:as:)``) and from them (`unsafeBitCast`); ``keyedBoxesConvert`` checks that
+/// layout, and without it nothing is cached.
 struct PickleBoxCache<Frame: AnyObject> {
     static var capacity: Int { 16 }
 
