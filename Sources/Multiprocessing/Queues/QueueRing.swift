@@ -235,8 +235,8 @@ final class QueueRing: @unchecked Sendable {
 
     /// A put of `payload` (already encoded) that neither waits nor skips forward: when the producer
     /// lock is free and there is room now, it publishes the record and returns true, as the first step
-    /// of a put would; otherwise it returns false and changes nothing, and the caller takes the steps
-    /// (which also report a shutdown). Most puts end here, without preparing to wait.
+    /// of a put would; otherwise it returns false having published nothing, and the caller takes the
+    /// steps (which also report a shutdown). Most puts end here, without preparing to wait.
     func putAtOnce(_ payload: UnsafeRawBufferPointer) -> Bool {
         guard producers.tryAcquire(as: OwnerCheck.me) else { return false }
         let record = Self.recordSize(payload.count)
@@ -484,7 +484,7 @@ final class QueueRing: @unchecked Sendable {
 
     /// A get that does not wait: when the consumer lock is free and an item is there, it returns what
     /// `read` makes of the first record's bytes and moves past the record (also when `read` throws), as
-    /// the first step of a get would; otherwise it changes nothing and returns what `otherwise` returns
+    /// the first step of a get would; otherwise it takes nothing and returns what `otherwise` returns
     /// (the caller's steps, which also wait, or report an empty or shut-down queue). Most gets end
     /// here, without preparing to wait.
     func getAtOnce<R>(read: (UnsafeRawBufferPointer) throws -> R, otherwise: () throws -> R) rethrows -> R {
