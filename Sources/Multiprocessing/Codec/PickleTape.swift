@@ -43,6 +43,8 @@ final class PickleTape {
     private var capacity: Int
     private(set) var nodeCount = 0
     private(set) var input = UnsafeRawBufferPointer(start: nil, count: 0)
+    /// Whether the tape is in a call (between ``parsed(_:limits:)`` and ``recycle(_:)``).
+    var inCall: Bool { input.baseAddress != nil }
     private(set) var limits = PickleDecoder.Limits()
     /// The root node (resolved).
     private(set) var root: Int32 = -1
@@ -74,21 +76,29 @@ final class PickleTape {
     /// Each thread's tape kept from its last decode (see ``PickleThreadSlot``).
     private static let kept = PickleThreadSlot<PickleTape>()
 
-    /// Reads the pickle into this thread's kept tape (or a new one) and runs `body` with it; nil when
-    /// the pickle needs the full reader. The tape is good only within `body`.
+    /// This thread's kept tape (or a new one) with the pickle read into it, or nil when the pickle needs
+    /// the full reader. The caller hands the tape back with ``recycle(_:)`` when its call ends; the tape
+    /// is good only until then. (No closure and no generic result here, so a decode of `T` asks for no
+    /// `Optional<T>` metadata.)
     @inline(__always)
-    static func with<R>(_ input: UnsafeRawBufferPointer, limits: PickleDecoder.Limits, _ body: (PickleTape) throws -> R?) rethrows -> R? {
+    static func parsed(_ input: UnsafeRawBufferPointer, limits: PickleDecoder.Limits) -> PickleTape? {
         guard input.count >= 3, input.count < Int32.max, input[0] == 0x80, input[1] >= 2, input[1] <= 5 else { return nil }
         var tape = kept.take() ?? PickleTape()
         tape.input = input
         tape.limits = limits
-        defer {
-            tape.finish()
-            kept.keep(&tape)
+        guard let root = tape.parse() else {
+            recycle(&tape)
+            return nil
         }
-        guard let root = tape.parse() else { return nil }
         tape.root = tape.resolve(root)
-        return try body(tape)
+        return tape
+    }
+
+    /// Ends the call of a tape from ``parsed(_:limits:)`` and keeps it for this thread's next call.
+    @inline(__always)
+    static func recycle(_ tape: inout PickleTape) {
+        tape.finish()
+        kept.keep(&tape)
     }
 
     /// Ends a call: forgets the pickle and detaches the cached containers, so that the tape is
@@ -101,7 +111,7 @@ final class PickleTape {
         hintDict = -1
         hintKey = -1
         if !paths.isEmpty { paths.removeAll(keepingCapacity: paths.count < 4096) }
-        boxes.detachFrames { $0.decoder = nil }
+        boxes.detachFrames { $0.detach() }
         if capacity > Self.keptCapacity {
             nodes.deallocate()
             capacity = Self.initialCapacity
@@ -113,7 +123,7 @@ final class PickleTape {
     @inline(__always)
     func keyedContainer<Key: CodingKey>(_: Key.Type, _ decoder: PickleTapeDecoder) -> KeyedDecodingContainer<Key> {
         if let (box, frame) = boxes.reuse(Key.self) {
-            frame.decoder = decoder
+            frame.attach(decoder)
             return unsafeBitCast(box, to: KeyedDecodingContainer<Key>.self)
         }
         let frame = PickleDecodingFrame(decoder: decoder)
@@ -569,6 +579,14 @@ struct PickleTapeDecoder: Decoder, SingleValueDecodingContainer {
         self.depth = depth
     }
 
+    /// A decoder on a node that is no alias.
+    init(tape: PickleTape, resolved node: Int32, entry: Int32, depth: Int32) {
+        self.tape = tape
+        self.node = node
+        self.entry = entry
+        self.depth = depth
+    }
+
     var codingPath: [any CodingKey] { tape.codingPath(entry) }
     var userInfo: [CodingUserInfoKey: Any] { [:] }
 
@@ -656,30 +674,59 @@ struct PickleTapeDecoder: Decoder, SingleValueDecodingContainer {
 }
 
 /// What a keyed decoding container works on, kept apart from it so that its box can be reused (see
-/// ``PickleBoxCache``): the decoder of its dict while its call lasts, nil after.
+/// ``PickleBoxCache``): the tape and dict of its decoder while its call lasts, detached after.
+///
+/// The tape is not retained: a frame is attached only while the tape is in a call, which holds the tape,
+/// and every call detaches its frames when it ends; a detached frame never reads its tape.
 final class PickleDecodingFrame {
-    @exclusivity(unchecked) var decoder: PickleTapeDecoder?
+    /// The tape, not retained (read through `_withUnsafeGuaranteedRef`, which retains nothing either).
+    @exclusivity(unchecked) var tape: Unmanaged<PickleTape>
+    /// The dict node, its coding path entry and its depth (as in ``PickleTapeDecoder``).
+    @exclusivity(unchecked) var node: Int32 = -1
+    @exclusivity(unchecked) var entry: Int32 = -1
+    @exclusivity(unchecked) var depth: Int32 = 0
+    @exclusivity(unchecked) var attached = false
 
     init(decoder: PickleTapeDecoder) {
-        self.decoder = decoder
+        tape = .passUnretained(decoder.tape)
+        attach(decoder)
     }
+
+    @inline(__always)
+    func attach(_ decoder: PickleTapeDecoder) {
+        tape = .passUnretained(decoder.tape)
+        node = decoder.node
+        entry = decoder.entry
+        depth = decoder.depth
+        // A decoder kept past its call has a tape in no call, and its containers stay detached.
+        attached = decoder.tape.inCall
+    }
+
+    func detach() { attached = false }
+
+    /// The decoder of the dict, nil once detached.
+    var decoder: PickleTapeDecoder? {
+        attached ? PickleTapeDecoder(tape: tape.takeUnretainedValue(), resolved: node, entry: entry, depth: depth) : nil
+    }
+
+    var codingPath: [any CodingKey] { attached ? tape.takeUnretainedValue().codingPath(entry) : [] }
 }
 
 struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     let frame: PickleDecodingFrame
-    var codingPath: [any CodingKey] { frame.decoder?.codingPath ?? [] }
+    var codingPath: [any CodingKey] { frame.codingPath }
 
     init(frame: PickleDecodingFrame) {
         self.frame = frame
     }
 
-    /// The decoder of the dict, or an error for a container used after its call ended.
+    /// Runs `body` with the tape, or throws for a container used after its call ended.
     @inline(__always)
-    private func current() throws -> PickleTapeDecoder {
-        guard let decoder = frame.decoder else {
+    private func withTape<R>(_ body: (PickleTape) throws -> R) throws -> R {
+        guard frame.attached else {
             throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "a keyed container was used after its decode call ended"))
         }
-        return decoder
+        return try frame.tape._withUnsafeGuaranteedRef(body)
     }
 
     /// Whether the key node at `slot` is `key`.
@@ -698,12 +745,11 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
         }
     }
 
-    /// The value slot for `key` in the dict of `decoder`, or nil. The search starts after the key found
-    /// last in this dict.
+    /// The value slot for `key` in the dict of this container, or nil. The search starts after the key
+    /// found last in this dict.
     @inline(__always)
-    private func find(_ key: Key, in decoder: PickleTapeDecoder) -> Int32? {
-        unowned(unsafe) let tape = decoder.tape  // held by `decoder` throughout
-        let dict = decoder.node
+    private func find(_ key: Key, in tape: PickleTape) -> Int32? {
+        let dict = frame.node
         var text = key.stringValue
         return text.withUTF8 { wanted -> Int32? in
             if tape.hintDict == dict, tape.hintKey >= 0 {
@@ -730,91 +776,90 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     }
 
     var allKeys: [Key] {
-        guard let decoder = frame.decoder else { return [] }
-        let tape = decoder.tape
-        var keys: [Key] = []
-        var slot = tape.nodes[Int(decoder.node)].first
-        while slot >= 0 {
-            let keyNode = tape.resolve(slot)
-            let node = tape.nodes[Int(keyNode)]
-            switch node.kind {
-            case .string:
-                if let text = String(validating: tape.text(keyNode), as: UTF8.self), let key = Key(stringValue: text) { keys.append(key) }
-            case .int:
-                if let key = Key(intValue: node.payload) ?? Key(stringValue: String(node.payload)) { keys.append(key) }
-            default: break
+        (try? withTape { tape in
+            var keys: [Key] = []
+            var slot = tape.nodes[Int(frame.node)].first
+            while slot >= 0 {
+                let keyNode = tape.resolve(slot)
+                let node = tape.nodes[Int(keyNode)]
+                switch node.kind {
+                case .string:
+                    if let text = String(validating: tape.text(keyNode), as: UTF8.self), let key = Key(stringValue: text) { keys.append(key) }
+                case .int:
+                    if let key = Key(intValue: node.payload) ?? Key(stringValue: String(node.payload)) { keys.append(key) }
+                default: break
+                }
+                let value = tape.nodes[Int(slot)].next
+                guard value >= 0 else { break }
+                slot = tape.nodes[Int(value)].next
             }
-            let value = tape.nodes[Int(slot)].next
-            guard value >= 0 else { break }
-            slot = tape.nodes[Int(value)].next
-        }
-        return keys
+            return keys
+        }) ?? []
     }
 
     func contains(_ key: Key) -> Bool {
-        guard let decoder = frame.decoder else { return false }
-        return find(key, in: decoder) != nil
+        (try? withTape { find(key, in: $0) != nil }) ?? false
     }
 
-    private func notFound(_ key: Key, _ decoder: PickleTapeDecoder) -> DecodingError {
-        .keyNotFound(key, .init(codingPath: decoder.codingPath, debugDescription: "the dict has no key '\(key.stringValue)'"))
+    private func notFound(_ key: Key) -> DecodingError {
+        .keyNotFound(key, .init(codingPath: frame.codingPath, debugDescription: "the dict has no key '\(key.stringValue)'"))
     }
 
     private func child(_ key: Key) throws -> PickleTapeDecoder {
-        let decoder = try current()
-        guard let index = find(key, in: decoder) else { throw notFound(key, decoder) }
-        return try decoder.child(index, key: key)
+        try withTape { tape in
+            guard let index = find(key, in: tape) else { throw notFound(key) }
+            return try PickleTapeDecoder(tape: tape, resolved: frame.node, entry: frame.entry, depth: frame.depth).child(index, key: key)
+        }
     }
 
     /// The resolved value node for `key`, counted against the object limit, for the direct scalar paths.
     @inline(__always)
-    private func scalar(_ key: Key, _ decoder: PickleTapeDecoder) throws -> Int32 {
-        guard let index = find(key, in: decoder) else { throw notFound(key, decoder) }
-        try decoder.tape.visit(decoder.codingPath + [key])
-        return decoder.tape.resolve(index)
+    private func scalar(_ key: Key, _ tape: PickleTape) throws -> Int32 {
+        guard let index = find(key, in: tape) else { throw notFound(key) }
+        try tape.visit(frame.codingPath + [key])
+        return tape.resolve(index)
     }
 
     func decodeNil(forKey key: Key) throws -> Bool {
-        let decoder = try current()
-        guard let index = find(key, in: decoder) else { return true }
-        return decoder.tape.nodes[Int(decoder.tape.resolve(index))].kind == .none
+        try withTape { tape in
+            guard let index = find(key, in: tape) else { return true }
+            return tape.nodes[Int(tape.resolve(index))].kind == .none
+        }
     }
 
     func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool {
-        let decoder = try current()
-        let node = try scalar(key, decoder)
-        guard let flag = decoder.tape.bool(node) else { throw decoder.tape.mismatch(type, node, decoder.codingPath + [key]) }
-        return flag
+        try withTape { tape in
+            let node = try scalar(key, tape)
+            guard let flag = tape.bool(node) else { throw tape.mismatch(type, node, frame.codingPath + [key]) }
+            return flag
+        }
     }
 
     func decode(_ type: String.Type, forKey key: Key) throws -> String {
-        let decoder = try current()
-        let node = try scalar(key, decoder)
-        guard let string = try decoder.tape.string(node, decoder.codingPath + [key]) else {
-            throw decoder.tape.mismatch(type, node, decoder.codingPath + [key])
+        try withTape { tape in
+            let node = try scalar(key, tape)
+            guard let string = try tape.string(node, frame.codingPath + [key]) else { throw tape.mismatch(type, node, frame.codingPath + [key]) }
+            return string
         }
-        return string
     }
 
     func decode(_ type: Double.Type, forKey key: Key) throws -> Double {
-        let decoder = try current()
-        let node = try scalar(key, decoder)
-        guard let number = try decoder.tape.double(node, decoder.codingPath + [key]) else {
-            throw decoder.tape.mismatch(type, node, decoder.codingPath + [key])
+        try withTape { tape in
+            let node = try scalar(key, tape)
+            guard let number = try tape.double(node, frame.codingPath + [key]) else { throw tape.mismatch(type, node, frame.codingPath + [key]) }
+            return number
         }
-        return number
     }
 
     func decode(_ type: Float.Type, forKey key: Key) throws -> Float { Float(try decode(Double.self, forKey: key)) }
 
     @inline(__always)
     private func integer<T: FixedWidthInteger>(_ type: T.Type, forKey key: Key) throws -> T {
-        let decoder = try current()
-        let node = try scalar(key, decoder)
-        guard let number = try decoder.tape.integer(type, node, decoder.codingPath + [key]) else {
-            throw decoder.tape.mismatch(type, node, decoder.codingPath + [key])
+        try withTape { tape in
+            let node = try scalar(key, tape)
+            guard let number = try tape.integer(type, node, frame.codingPath + [key]) else { throw tape.mismatch(type, node, frame.codingPath + [key]) }
+            return number
         }
-        return number
     }
 
     func decode(_ type: Int.Type, forKey key: Key) throws -> Int { try integer(type, forKey: key) }
@@ -828,15 +873,14 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try integer(type, forKey: key) }
     func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try integer(type, forKey: key) }
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
-        let decoder = try current()
-        guard let index = find(key, in: decoder) else { throw notFound(key, decoder) }
-        let tape = decoder.tape
-        let node = tape.resolve(index)
-        if PickleTape.decodesDirectly(T.self) {
-            try tape.visit(decoder.codingPath + [key])
-            return try tape.direct(T.self, node, depth: decoder.depth + 1, path: { decoder.codingPath + [key] })
+        try withTape { tape in
+            guard let index = find(key, in: tape) else { throw notFound(key) }
+            if PickleTape.decodesDirectly(T.self) {
+                try tape.visit(frame.codingPath + [key])
+                return try tape.direct(T.self, tape.resolve(index), depth: frame.depth + 1, path: { frame.codingPath + [key] })
+            }
+            return try PickleTapeDecoder(tape: tape, resolved: frame.node, entry: frame.entry, depth: frame.depth).child(index, key: key).decodeValue(type)
         }
-        return try decoder.child(index, key: key).decodeValue(type)
     }
 
     func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey key: Key) throws -> KeyedDecodingContainer<NestedKey> {
