@@ -354,7 +354,15 @@ final class PickleEncodingFrame {
 }
 
 struct PickleKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
-    let frame: PickleEncodingFrame
+    /// The frame, unretained: the standard library's box copies this container for every call, and a
+    /// copy that retains nothing is a plain copy. The box cache owns the frame for as long as a box may
+    /// hold it (see ``PickleBoxCache``).
+    let frameReference: Unmanaged<PickleEncodingFrame>
+    var frame: PickleEncodingFrame { frameReference.takeUnretainedValue() }
+
+    init(frame: PickleEncodingFrame) {
+        frameReference = .passUnretained(frame)
+    }
     /// The stream; a container used after its call ended writes into a stream of its own, which no one reads.
     var stream: PickleStream { frame.stream ?? PickleStream(writer: PickleWriter(version: PickleEncoder.highestProtocol)) }
     var level: Int { frame.level }

@@ -713,20 +713,26 @@ final class PickleDecodingFrame {
 }
 
 struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
-    let frame: PickleDecodingFrame
+    /// The frame, unretained: the standard library's box copies this container for every call, and a
+    /// copy that retains nothing is a plain copy. The box cache owns the frame for as long as a box may
+    /// hold it (see ``PickleBoxCache``).
+    let frameReference: Unmanaged<PickleDecodingFrame>
+    var frame: PickleDecodingFrame { frameReference.takeUnretainedValue() }
     var codingPath: [any CodingKey] { frame.codingPath }
 
     init(frame: PickleDecodingFrame) {
-        self.frame = frame
+        self.frameReference = .passUnretained(frame)
     }
 
     /// Runs `body` with the tape, or throws for a container used after its call ended.
     @inline(__always)
-    private func withTape<R>(_ body: (PickleTape) throws -> R) throws -> R {
-        guard frame.attached else {
-            throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "a keyed container was used after its decode call ended"))
+    private func withTape<R>(_ body: (PickleTape, PickleDecodingFrame) throws -> R) throws -> R {
+        try frameReference._withUnsafeGuaranteedRef { frame in
+            guard frame.attached else {
+                throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "a keyed container was used after its decode call ended"))
+            }
+            return try frame.tape._withUnsafeGuaranteedRef { try body($0, frame) }
         }
-        return try frame.tape._withUnsafeGuaranteedRef(body)
     }
 
     /// Whether the key node at `slot` is `key`.
@@ -748,7 +754,7 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     /// The value slot for `key` in the dict of this container, or nil. The search starts after the key
     /// found last in this dict.
     @inline(__always)
-    private func find(_ key: Key, in tape: PickleTape) -> Int32? {
+    private func find(_ key: Key, in tape: PickleTape, _ frame: PickleDecodingFrame) -> Int32? {
         let dict = frame.node
         var text = key.stringValue
         return text.withUTF8 { wanted -> Int32? in
@@ -776,7 +782,7 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     }
 
     var allKeys: [Key] {
-        (try? withTape { tape in
+        (try? withTape { tape, frame in
             var keys: [Key] = []
             var slot = tape.nodes[Int(frame.node)].first
             while slot >= 0 {
@@ -798,7 +804,7 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     }
 
     func contains(_ key: Key) -> Bool {
-        (try? withTape { find(key, in: $0) != nil }) ?? false
+        (try? withTape { find(key, in: $0, $1) != nil }) ?? false
     }
 
     private func notFound(_ key: Key) -> DecodingError {
@@ -806,46 +812,46 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     }
 
     private func child(_ key: Key) throws -> PickleTapeDecoder {
-        try withTape { tape in
-            guard let index = find(key, in: tape) else { throw notFound(key) }
+        try withTape { tape, frame in
+            guard let index = find(key, in: tape, frame) else { throw notFound(key) }
             return try PickleTapeDecoder(tape: tape, resolved: frame.node, entry: frame.entry, depth: frame.depth).child(index, key: key)
         }
     }
 
     /// The resolved value node for `key`, counted against the object limit, for the direct scalar paths.
     @inline(__always)
-    private func scalar(_ key: Key, _ tape: PickleTape) throws -> Int32 {
-        guard let index = find(key, in: tape) else { throw notFound(key) }
+    private func scalar(_ key: Key, _ tape: PickleTape, _ frame: PickleDecodingFrame) throws -> Int32 {
+        guard let index = find(key, in: tape, frame) else { throw notFound(key) }
         try tape.visit(frame.codingPath + [key])
         return tape.resolve(index)
     }
 
     func decodeNil(forKey key: Key) throws -> Bool {
-        try withTape { tape in
-            guard let index = find(key, in: tape) else { return true }
+        try withTape { tape, frame in
+            guard let index = find(key, in: tape, frame) else { return true }
             return tape.nodes[Int(tape.resolve(index))].kind == .none
         }
     }
 
     func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool {
-        try withTape { tape in
-            let node = try scalar(key, tape)
+        try withTape { tape, frame in
+            let node = try scalar(key, tape, frame)
             guard let flag = tape.bool(node) else { throw tape.mismatch(type, node, frame.codingPath + [key]) }
             return flag
         }
     }
 
     func decode(_ type: String.Type, forKey key: Key) throws -> String {
-        try withTape { tape in
-            let node = try scalar(key, tape)
+        try withTape { tape, frame in
+            let node = try scalar(key, tape, frame)
             guard let string = try tape.string(node, frame.codingPath + [key]) else { throw tape.mismatch(type, node, frame.codingPath + [key]) }
             return string
         }
     }
 
     func decode(_ type: Double.Type, forKey key: Key) throws -> Double {
-        try withTape { tape in
-            let node = try scalar(key, tape)
+        try withTape { tape, frame in
+            let node = try scalar(key, tape, frame)
             guard let number = try tape.double(node, frame.codingPath + [key]) else { throw tape.mismatch(type, node, frame.codingPath + [key]) }
             return number
         }
@@ -855,8 +861,8 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
 
     @inline(__always)
     private func integer<T: FixedWidthInteger>(_ type: T.Type, forKey key: Key) throws -> T {
-        try withTape { tape in
-            let node = try scalar(key, tape)
+        try withTape { tape, frame in
+            let node = try scalar(key, tape, frame)
             guard let number = try tape.integer(type, node, frame.codingPath + [key]) else { throw tape.mismatch(type, node, frame.codingPath + [key]) }
             return number
         }
@@ -873,8 +879,8 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try integer(type, forKey: key) }
     func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try integer(type, forKey: key) }
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
-        try withTape { tape in
-            guard let index = find(key, in: tape) else { throw notFound(key) }
+        try withTape { tape, frame in
+            guard let index = find(key, in: tape, frame) else { throw notFound(key) }
             if PickleTape.decodesDirectly(T.self) {
                 try tape.visit(frame.codingPath + [key])
                 return try tape.direct(T.self, tape.resolve(index), depth: frame.depth + 1, path: { frame.codingPath + [key] })
