@@ -432,10 +432,11 @@ final class PickleTape {
         .typeMismatch(type, .init(codingPath: path, debugDescription: "expected \(type), found a Python \(typeName(node))"))
     }
 
-    /// The items of the list, tuple, set or frozenset `node`, each decoded by `item` from its node (nil
-    /// when the node is of another Python type); coding paths are made from `path` only for an error.
+    /// The items of the list, tuple, set or frozenset `node`, each decoded by `item` from its node and
+    /// position (nil when the node is of another Python type); coding paths are made from `path` only for
+    /// an error.
     @inline(__always)
-    func array<E>(_ node: Int32, depth: Int32, path: () -> [any CodingKey], _ item: (Int32, () -> [any CodingKey]) throws -> E?) throws -> [E] {
+    func array<E>(_ node: Int32, depth: Int32, path: () -> [any CodingKey], _ item: (Int32, Int) throws -> E?) throws -> [E] {
         let value = nodes[Int(node)]
         switch value.kind {
         case .list, .tuple, .set, .frozenset: break
@@ -445,21 +446,21 @@ final class PickleTape {
         guard Int(depth) < limits.maxDepth else {
             throw DecodingError.dataCorrupted(.init(codingPath: path(), debugDescription: "pickle nests containers deeper than \(limits.maxDepth)"))
         }
-        return try withoutActuallyEscaping(path) { path in
-            var items: [E] = []
-            items.reserveCapacity(Int(value.count))
-            var cursor = value.first
-            while cursor >= 0 {
-                let position = items.count
-                let itemPath = { path() + [PythonCodingKey(intValue: position)] }
-                try visit(itemPath())
-                let element = resolve(cursor)
-                guard let decoded = try item(element, itemPath) else { throw mismatch(E.self, element, itemPath()) }
-                items.append(decoded)
-                cursor = nodes[Int(cursor)].next
+        // (No closure is made per call or per item here: one that captures the path would be allocated.)
+        var items: [E] = []
+        items.reserveCapacity(Int(value.count))
+        var cursor = value.first
+        while cursor >= 0 {
+            let position = items.count
+            try visit(path() + [PythonCodingKey(intValue: position)])
+            let element = resolve(cursor)
+            guard let decoded = try item(element, position) else {
+                throw mismatch(E.self, element, path() + [PythonCodingKey(intValue: position)])
             }
-            return items
+            items.append(decoded)
+            cursor = nodes[Int(cursor)].next
         }
+        return items
     }
 
     /// Whether `T` is one of the types decoded directly by ``direct(_:_:depth:path:)``: strings, numbers,
@@ -483,13 +484,13 @@ final class PickleTape {
         if T.self == Int.self { return try scalar(integer(Int.self, node, path())) }
         if T.self == Double.self { return try scalar(double(node, path())) }
         if T.self == Bool.self { return try scalar(bool(node)) }
-        if T.self == [String].self { return unsafeBitCast(try array(node, depth: depth, path: path) { try string($0, $1()) }, to: T.self) }
-        if T.self == [Int].self { return unsafeBitCast(try array(node, depth: depth, path: path) { try integer(Int.self, $0, $1()) }, to: T.self) }
-        if T.self == [Double].self { return unsafeBitCast(try array(node, depth: depth, path: path) { try double($0, $1()) }, to: T.self) }
+        if T.self == [String].self { return unsafeBitCast(try array(node, depth: depth, path: path) { try string($0, path() + [PythonCodingKey(intValue: $1)]) }, to: T.self) }
+        if T.self == [Int].self { return unsafeBitCast(try array(node, depth: depth, path: path) { try integer(Int.self, $0, path() + [PythonCodingKey(intValue: $1)]) }, to: T.self) }
+        if T.self == [Double].self { return unsafeBitCast(try array(node, depth: depth, path: path) { try double($0, path() + [PythonCodingKey(intValue: $1)]) }, to: T.self) }
         if T.self == [UInt8].self {
             let kind = nodes[Int(node)].kind
             if kind == .bytes || kind == .bytearray { return unsafeBitCast(Array(text(node)), to: T.self) }
-            return unsafeBitCast(try array(node, depth: depth, path: path) { try integer(UInt8.self, $0, $1()) }, to: T.self)
+            return unsafeBitCast(try array(node, depth: depth, path: path) { try integer(UInt8.self, $0, path() + [PythonCodingKey(intValue: $1)]) }, to: T.self)
         }
         return unsafeBitCast(try value(node, depth: Int(depth)), to: T.self)
     }
