@@ -104,8 +104,7 @@ final class PickleStream {
     /// The keyed container of the value at `level`, in a reused box when one is free.
     @inline(__always)
     func keyedContainer<Key: CodingKey>(_: Key.Type, level: Int) -> KeyedEncodingContainer<Key> {
-        if let (box, frame) = boxes.reuse(Key.self) {
-            frame.attach(self, level: level)
+        if let box = boxes.reuse(Key.self, { $0.attach(self, level: level) }) {
             return unsafeBitCast(box, to: KeyedEncodingContainer<Key>.self)
         }
         let frame = PickleEncodingFrame(stream: self, level: level)

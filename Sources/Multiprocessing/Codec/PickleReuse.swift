@@ -98,12 +98,13 @@ struct PickleBoxCache<Frame: AnyObject> {
         frameStorage.deallocate()
     }
 
-    /// A cached box of a `Key` container that no one else holds, and its frame.
+    /// A cached box of a `Key` container that no one else holds, after `attach` has run on its frame.
     @inline(__always)
-    func reuse<Key>(_: Key.Type) -> (box: AnyObject, frame: Frame)? {
+    func reuse<Key>(_: Key.Type, _ attach: (Frame) -> Void) -> AnyObject? {
         let type = ObjectIdentifier(Key.self)
         for slot in 0..<count where types[slot] == type && isKnownUniquelyReferenced(&boxes[slot]) {
-            return (boxes[slot], frameStorage[slot])
+            attach(frameStorage[slot])
+            return boxes[slot]
         }
         return nil
     }

@@ -122,8 +122,7 @@ final class PickleTape {
     /// The keyed container of the dict `decoder` is on, in a reused box when one is free.
     @inline(__always)
     func keyedContainer<Key: CodingKey>(_: Key.Type, _ decoder: PickleTapeDecoder) -> KeyedDecodingContainer<Key> {
-        if let (box, frame) = boxes.reuse(Key.self) {
-            frame.attach(decoder)
+        if let box = boxes.reuse(Key.self, { $0.attach(decoder) }) {
             return unsafeBitCast(box, to: KeyedDecodingContainer<Key>.self)
         }
         let frame = PickleDecodingFrame(decoder: decoder)
@@ -380,7 +379,14 @@ final class PickleTape {
         let bytes = text(node)
         var ascii = true
         for byte in bytes where byte >= 0x80 { ascii = false; break }
-        if ascii { return String(decoding: bytes, as: UTF8.self) }
+        if ascii {
+            // Copied without a second validation: a short ASCII string is made in place (as a small
+            // string), which String(decoding:as:) would validate again first.
+            return String(unsafeUninitializedCapacity: bytes.count) { buffer in
+                if !bytes.isEmpty { UnsafeMutableRawBufferPointer(buffer).copyMemory(from: bytes) }
+                return bytes.count
+            }
+        }
         guard let string = String(validating: bytes, as: UTF8.self) else {
             throw DecodingError.dataCorrupted(.init(codingPath: path(), debugDescription: "a str is not valid UTF-8"))
         }
@@ -505,12 +511,15 @@ final class PickleTape {
         }
         let index = resolve(index)
         let node = nodes[Int(index)]
-        func children() throws -> [PythonValue] {
+        /// The items; set items must be hashable, as in Python.
+        func children(hashable: Bool = false) throws -> [PythonValue] {
             var items: [PythonValue] = []
             items.reserveCapacity(Int(node.count))
             var child = node.first
             while child >= 0 {
-                items.append(try value(child, depth: depth + 1))
+                let item = try value(child, depth: depth + 1)
+                if hashable && !item.isHashable { throw Self.unhashable }
+                items.append(item)
                 child = nodes[Int(child)].next
             }
             return items
@@ -528,8 +537,8 @@ final class PickleTape {
         case .bytearray: return .bytearray(Array(text(index)))
         case .list: return .list(try children())
         case .tuple: return .tuple(try children())
-        case .set: return .set(try children())
-        case .frozenset: return .frozenset(try children())
+        case .set: return .set(try children(hashable: true))
+        case .frozenset: return .frozenset(try children(hashable: true))
         case .dict:
             var pairs: [PythonDictItem] = []
             pairs.reserveCapacity(Int(node.count) / 2)
@@ -537,30 +546,23 @@ final class PickleTape {
             while key >= 0 {
                 let value = nodes[Int(key)].next
                 guard value >= 0 else { break }  // (a dict's items come in pairs)
-                pairs.append(PythonDictItem(key: try self.value(key, depth: depth + 1), value: try self.value(value, depth: depth + 1)))
+                let keyValue = try self.value(key, depth: depth + 1)
+                if !keyValue.isHashable { throw Self.unhashable }
+                pairs.append(PythonDictItem(key: keyValue, value: try self.value(value, depth: depth + 1)))
                 key = nodes[Int(value)].next
             }
             return .dict(pairs)
         }
     }
 
-    /// The whole pickle as a ``PythonValue`` when it is one the full reader would load the same way,
-    /// else nil (the reader then decides, with its errors).
-    func rootValue() -> PythonValue? {
-        guard let value = try? value(root, depth: 0), value.hashableWhereRequired else { return nil }
-        return value
-    }
-}
+    /// An unhashable set item or dict key, which the full reader refuses with its own error.
+    private static let unhashable = DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "an unhashable set item or dict key"))
 
-extension PythonValue {
-    /// Whether every set item and dict key inside is hashable, as Python requires.
-    var hashableWhereRequired: Bool {
-        switch self {
-        case .list(let items), .tuple(let items): return items.allSatisfy(\.hashableWhereRequired)
-        case .set(let items), .frozenset(let items): return items.allSatisfy { $0.isHashable && $0.hashableWhereRequired }
-        case .dict(let items): return items.allSatisfy { $0.key.isHashable && $0.key.hashableWhereRequired && $0.value.hashableWhereRequired }
-        default: return true
-        }
+    /// The whole pickle as a ``PythonValue`` when it is one the full reader would load the same way
+    /// (every set item and dict key hashable, as Python requires), else nil (the reader then decides,
+    /// with its errors).
+    func rootValue() -> PythonValue? {
+        try? value(root, depth: 0)
     }
 }
 
