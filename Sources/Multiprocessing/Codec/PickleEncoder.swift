@@ -96,7 +96,7 @@ final class PickleStream {
     /// nothing of the call and is referenced only by whoever still holds one of its encoders.
     func finish() {
         writer.output.removeAll()
-        levels.removeAll(keepingCapacity: true)
+        if !levels.isEmpty { levels.removeAll(keepingCapacity: true) }  // (empty after every whole encode)
         if failed { failure = nil }
         boxes.detachFrames { $0.detach() }
     }
