@@ -141,8 +141,9 @@ final class PickleTape {
             capacity *= 2
         }
         (nodes + nodeCount).initialize(to: node)
-        nodeCount += 1
-        return Int32(nodeCount - 1)
+        // (No overflow checks: a pickle is shorter than Int32.max bytes and makes at most a node per byte.)
+        nodeCount &+= 1
+        return Int32(truncatingIfNeeded: nodeCount &- 1)
     }
 
     @inline(__always)
@@ -151,7 +152,7 @@ final class PickleTape {
         let last = nodes[Int(parent)].last
         if last < 0 { nodes[Int(parent)].first = child } else { nodes[Int(last)].next = child }
         nodes[Int(parent)].last = child
-        nodes[Int(parent)].count += 1
+        nodes[Int(parent)].count &+= 1  // (at most a node per byte of the pickle, which is shorter than Int32.max)
     }
 
     /// The little-endian unsigned integer of `width` bytes at `position`, which moves past it.
@@ -188,22 +189,22 @@ final class PickleTape {
         var position = 2
         while position < count {
             let opcode = input[position]
-            position += 1
+            position &+= 1
             // The two most common opcodes of protocol 4 first: MEMOIZE and SHORT_BINUNICODE.
             if opcode == 0x94 {
                 guard stack.count > Int(marks.last ?? 0) else { return nil }
-                memo.append(stack[stack.count - 1])
+                memo.append(stack[stack.count &- 1])
                 continue
             }
             if opcode == 0x8C {
                 guard position < count else { return nil }
                 let length = Int(input[position])
-                position += 1
-                guard length <= count - position else { return nil }
+                position &+= 1
+                guard length <= count &- position else { return nil }
                 expanded += 1
                 guard expanded <= maxObjects else { return nil }
                 stack.append(add(Node(kind: .string, payload: position, count: Int32(truncatingIfNeeded: length))))
-                position += length
+                position &+= length
                 continue
             }
             var pushed: Node
@@ -958,7 +959,7 @@ struct ScratchStack {
 
     init(_ base: UnsafeMutablePointer<Int32>) { self.base = base }
 
-    var last: Int32? { count > 0 ? base[count - 1] : nil }
+    var last: Int32? { count > 0 ? base[count &- 1] : nil }
 
     subscript(index: Int) -> Int32 {
         get { base[index] }
@@ -969,7 +970,7 @@ struct ScratchStack {
     mutating func append(_ value: Int32) {
         if count == capacity { grow() }
         base[count] = value
-        count += 1
+        count &+= 1  // (below the capacity)
     }
 
     mutating func popLast() -> Int32? {
