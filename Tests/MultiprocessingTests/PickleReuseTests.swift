@@ -43,6 +43,27 @@ private final class PickleHoarder: Codable {
     }
 }
 
+/// A value whose coding keeps every container it is given, for containers that outlive their thread.
+private final class PickleThreadHoarder: Codable {
+    enum Keys: String, CodingKey { case a }
+    nonisolated(unsafe) static var encoding: [KeyedEncodingContainer<Keys>] = []
+    nonisolated(unsafe) static var decoding: [KeyedDecodingContainer<Keys>] = []
+
+    init() {}
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: Keys.self)
+        try container.encode(1, forKey: .a)
+        Self.encoding.append(container)
+    }
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: Keys.self)
+        _ = try container.decode(Int.self, forKey: .a)
+        Self.decoding.append(container)
+    }
+}
+
 /// A chain of one key type whose last link keeps its containers after the call: nested deeper than the
 /// kept boxes, so the last link's container is one the cache has no room for.
 private final class PickleHoardingChain: Codable {
@@ -170,6 +191,29 @@ struct PickleReuseTests {
         #expect(throws: DecodingError.self) { _ = try decoding.decode(Int.self, forKey: .value) }
         PickleHoardingChain.encoding = nil
         PickleHoardingChain.decoding = nil
+    }
+
+    @Test("containers kept past their call, cached ones and those beyond the cache, still only throw or write nowhere once their thread has ended")
+    func containersOutliveTheirThread() throws {
+        // 20 containers held at once in one call: 16 fill the kept boxes, the others are beyond them.
+        let items = (0..<20).map { _ in PickleThreadHoarder() }
+        let bytes = try SyncThread {
+            let bytes = try PickleEncoder().encode(items)
+            _ = try PickleDecoder().decode([PickleThreadHoarder].self, from: bytes)
+            return bytes
+        }.join()
+        #expect(PickleThreadHoarder.encoding.count == 20 && PickleThreadHoarder.decoding.count == 20)
+        for container in PickleThreadHoarder.decoding {
+            #expect(throws: DecodingError.self) { _ = try container.decode(Int.self, forKey: .a) }
+            #expect(!container.contains(.a) && container.allKeys.isEmpty)
+        }
+        for var container in PickleThreadHoarder.encoding { try container.encode(2, forKey: .a) }  // written nowhere
+        PickleThreadHoarder.encoding = []
+        PickleThreadHoarder.decoding = []
+        #expect(try PickleEncoder().encode(items) == bytes)
+        #expect(try PickleDecoder().decode([PickleThreadHoarder].self, from: bytes).count == 20)
+        PickleThreadHoarder.encoding = []
+        PickleThreadHoarder.decoding = []
     }
 
     @Test("a failed encode leaves an appended-to buffer as it was, and the next encode is whole")

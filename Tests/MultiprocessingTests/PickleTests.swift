@@ -170,6 +170,23 @@ struct PickleTests {
         expectCode(.unsupported) { try PickleDecoder().value(from: [0x80, 0x05, 0x97, 0x2e]) }
     }
 
+    @Test("unhashable dict keys and set items are refused as Python refuses them, by every decoding path")
+    func unhashableKeysAndItems() throws {
+        let pickles: [[UInt8]] = [
+            [0x80, 0x04, 0x7d, 0x5d, 0x4b, 0x02, 0x73, 0x2e],  // {[]: 2}
+            [0x80, 0x04, 0x8f, 0x28, 0x5d, 0x90, 0x2e],  // {[]}
+            [0x80, 0x04, 0x7d, 0x5d, 0x85, 0x4b, 0x02, 0x73, 0x2e],  // {([],): 2}
+        ]
+        for pickle in pickles {
+            expectCode(.transport) { try PickleDecoder().value(from: pickle) }
+            expectCode(.transport) { try PickleDecoder().decode(PythonValue.self, from: pickle) }
+            expectCode(.transport) { try PickleDecoder().decode([PythonValue].self, from: [0x80, 0x04, 0x5d] + pickle.dropFirst(2).dropLast() + [0x61, 0x2e]) }
+        }
+        // The same shapes with hashable keys and items load.
+        #expect(try PickleDecoder().decode(PythonValue.self, from: [0x80, 0x04, 0x7d, 0x29, 0x4b, 0x02, 0x73, 0x2e])
+            == .dict([PythonDictItem(key: .tuple([]), value: .int(2))]))
+    }
+
     @Test("seeded fuzzing: mutated and truncated pickles give typed errors only")
     func fuzz() throws {
         let seed = UInt64.random(in: 0...UInt64.max)

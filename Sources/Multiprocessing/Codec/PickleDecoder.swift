@@ -56,18 +56,19 @@ public struct PickleDecoder: Sendable {
     ///   ``MultiprocessingError/Code/transport`` when the Python object does not fit `type` (a wrong
     ///   type, a missing key, an int too large), with the coding path in the message.
     public func decode<T: Decodable>(_ type: T.Type, from pickle: UnsafeRawBufferPointer) throws -> T {
-        let decoded = try PickleTape.with(pickle, limits: limits) { tape -> T? in
+        if var tape = PickleTape.parsed(pickle, limits: limits) {
+            defer { PickleTape.recycle(&tape) }
             if T.self == PythonValue.self {
                 // The tape's objects when the full reader would load the same; else the reader decides.
-                return tape.rootValue().map { unsafeBitCast($0, to: T.self) }
-            }
-            do {
-                return try PickleTapeDecoder(tape: tape, node: tape.root, entry: -1, depth: 0).decodeValue(T.self)
-            } catch let error as DecodingError {
-                throw MultiprocessingError(.transport, "cannot decode \(T.self) from the Python object: \(describe(error))")
+                if let value = tape.rootValue() { return unsafeBitCast(value, to: T.self) }
+            } else {
+                do {
+                    return try PickleTapeDecoder(tape: tape, node: tape.root, entry: -1, depth: 0).decodeValue(T.self)
+                } catch let error as DecodingError {
+                    throw MultiprocessingError(.transport, "cannot decode \(T.self) from the Python object: \(describe(error))")
+                }
             }
         }
-        if let decoded { return decoded }
         return try decode(type, from: value(from: pickle))
     }
 

@@ -96,17 +96,15 @@ final class PickleStream {
     /// nothing of the call and is referenced only by whoever still holds one of its encoders.
     func finish() {
         writer.output.removeAll()
-        levels.removeAll(keepingCapacity: true)
+        if !levels.isEmpty { levels.removeAll(keepingCapacity: true) }  // (empty after every whole encode)
         if failed { failure = nil }
-        boxes.detachFrames { $0.stream = nil }
+        boxes.detachFrames { $0.detach() }
     }
 
     /// The keyed container of the value at `level`, in a reused box when one is free.
     @inline(__always)
     func keyedContainer<Key: CodingKey>(_: Key.Type, level: Int) -> KeyedEncodingContainer<Key> {
-        if let (box, frame) = boxes.reuse(Key.self) {
-            frame.stream = self
-            frame.level = level
+        if let box = boxes.reuse(Key.self, { $0.attach(self, level: level) }) {
             return reusedContainer(box, as: KeyedEncodingContainer<Key>.self)
         }
         let frame = PickleEncodingFrame(stream: self, level: level)
@@ -342,19 +340,52 @@ struct PickleValueEncoder: Encoder, SingleValueEncodingContainer {
 }
 
 /// What a keyed encoding container works on, kept apart from it so that its box can be reused (see
-/// ``PickleBoxCache``): the stream while its call lasts, nil after.
+/// ``PickleBoxCache``): the stream and level while its call lasts, detached after.
+///
+/// The stream is not retained: a frame is attached only while the stream is in a call, which holds the
+/// stream, and every call detaches its frames when it ends; a detached frame never reads its stream.
 final class PickleEncodingFrame {
-    @exclusivity(unchecked) var stream: PickleStream?
+    @exclusivity(unchecked) var streamReference: Unmanaged<PickleStream>
     @exclusivity(unchecked) var level: Int
+    @exclusivity(unchecked) var attached = false
 
     init(stream: PickleStream, level: Int) {
-        self.stream = stream
+        streamReference = .passUnretained(stream)
         self.level = level
+        attach(stream, level: level)
+    }
+
+    @inline(__always)
+    func attach(_ stream: PickleStream, level: Int) {
+        streamReference = .passUnretained(stream)
+        self.level = level
+        // An encoder kept past its call has a stream in no call (no open levels): its containers stay detached.
+        attached = !stream.levels.isEmpty
+    }
+
+    func detach() { attached = false }
+
+    /// The stream, nil once detached.
+    var stream: PickleStream? { attached ? streamReference.takeUnretainedValue() : nil }
+
+    /// Runs `body` with the stream and level, unless detached (then nothing is written, and nothing reads it).
+    @inline(__always)
+    func withStream(_ body: (PickleStream, Int) throws -> Void) rethrows {
+        guard attached else { return }
+        try streamReference._withUnsafeGuaranteedRef { try body($0, level) }
     }
 }
 
 struct PickleKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
-    let frame: PickleEncodingFrame
+    /// The frame, unretained: the standard library's box copies this container for every call, and a
+    /// copy that retains nothing is a plain copy. The box cache owns the frame for as long as a box may
+    /// hold it (see ``PickleBoxCache``).
+    let frameReference: Unmanaged<PickleEncodingFrame>
+    var frame: PickleEncodingFrame { frameReference.takeUnretainedValue() }
+
+    init(frame: PickleEncodingFrame) {
+        frameReference = .passUnretained(frame)
+    }
     /// The stream; a container used after its call ended writes into a stream of its own, which no one reads.
     var stream: PickleStream { frame.stream ?? PickleStream(writer: PickleWriter(version: PickleEncoder.highestProtocol)) }
     var level: Int { frame.level }
@@ -363,11 +394,13 @@ struct PickleKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
     @inline(__always)
     private func scalar(_ key: Key, _ write: (inout PickleWriter) -> Void) {
         // A container used after its call ended has no stream, and nothing reads what it would write.
-        guard let stream = frame.stream else { return }
-        let level = frame.level
-        guard stream.prepare(level, .keyed) else { return }
-        stream.key(key)
-        stream.item(level, write)
+        frameReference._withUnsafeGuaranteedRef { frame in
+            frame.withStream { stream, level in
+                guard stream.prepare(level, .keyed) else { return }
+                stream.key(key)
+                stream.item(level, write)
+            }
+        }
     }
 
     mutating func encodeNil(forKey key: Key) { scalar(key) { $0.put(.none) } }
@@ -400,12 +433,14 @@ struct PickleKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
     }
 
     mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
-        guard let stream = frame.stream else { return }
-        let level = frame.level
-        guard stream.prepare(level, .keyed) else { return }
-        stream.key(key)
-        if PickleStream.encodesDirectly(T.self) { return stream.directItem(level, value) }
-        try stream.encode(value, in: level, key: key)
+        try frameReference._withUnsafeGuaranteedRef { frame in
+            try frame.withStream { stream, level in
+                guard stream.prepare(level, .keyed) else { return }
+                stream.key(key)
+                if PickleStream.encodesDirectly(T.self) { return stream.directItem(level, value) }
+                try stream.encode(value, in: level, key: key)
+            }
+        }
     }
 
     private func nested(_ key: Key) -> Int {

@@ -49,6 +49,12 @@ struct PickleThreadSlot<State: AnyObject>: Sendable {
 /// `KeyedDecodingContainer<K>` hold nothing but the reference to their box, so a box converts to them
 /// (``reusedContainer(_:as:)``) and from them (`unsafeBitCast`); ``keyedBoxesConvert`` checks that
 /// layout, and without it nothing is cached.
+///
+/// The containers hold their frame unretained (a copy of a container then retains nothing), so this cache
+/// owns every frame it hands out for as long as its box may be held: a cached one in its slot, one that
+/// did not fit until its box is no longer held by anyone else (checked when a call ends). A frame whose
+/// box is still held when the cache goes away (a container kept past its call, on a thread that then
+/// ended) is left allocated, detached, so that the container still only throws.
 struct PickleBoxCache<Frame: AnyObject> {
     static var capacity: Int { 16 }
 
@@ -57,21 +63,35 @@ struct PickleBoxCache<Frame: AnyObject> {
     private let frameStorage = UnsafeMutablePointer<Frame>.allocate(capacity: PickleBoxCache.capacity)
     private(set) var count = 0
 
-    /// The frames handed out during the current call that did not fit in the cache.
-    private var strays: [Frame] = []
+    /// The boxes and frames handed out that did not fit in the cache, kept while their boxes are held.
+    private var strays: [(box: AnyObject, frame: Frame)] = []
 
     /// Ends a call: runs `detach` on the frame of every container handed out (cached or not), so that
-    /// a container kept past its call no longer reaches the call's state.
+    /// a container kept past its call no longer reaches the call's state, and lets go of the frames
+    /// that did not fit once no one else holds their box.
     mutating func detachFrames(_ detach: (Frame) -> Void) {
         for slot in 0..<count { detach(frameStorage[slot]) }
         if !strays.isEmpty {
-            for frame in strays { detach(frame) }
-            strays.removeAll(keepingCapacity: true)
+            var kept = 0
+            for index in strays.indices {
+                detach(strays[index].frame)
+                if !isKnownUniquelyReferenced(&strays[index].box) {
+                    strays.swapAt(kept, index)
+                    kept += 1
+                }
+            }
+            strays.removeLast(strays.count - kept)
         }
     }
 
-    /// Frees the storage; the owner calls this when it goes away.
-    func deallocate() {
+    /// Frees the storage; the owner calls this when it goes away. (Its frames are already detached.)
+    mutating func deallocate() {
+        for slot in 0..<count where !isKnownUniquelyReferenced(&boxes[slot]) {
+            _ = Unmanaged.passRetained(frameStorage[slot])  // its container is still held: it outlives this
+        }
+        for index in strays.indices where !isKnownUniquelyReferenced(&strays[index].box) {
+            _ = Unmanaged.passRetained(strays[index].frame)
+        }
         types.deallocate()
         boxes.deinitialize(count: count)
         boxes.deallocate()
@@ -79,19 +99,20 @@ struct PickleBoxCache<Frame: AnyObject> {
         frameStorage.deallocate()
     }
 
-    /// A cached box of a `Key` container that no one else holds, and its frame.
+    /// A cached box of a `Key` container that no one else holds, after `attach` has run on its frame.
     @inline(__always)
-    func reuse<Key>(_: Key.Type) -> (box: AnyObject, frame: Frame)? {
+    func reuse<Key>(_: Key.Type, _ attach: (Frame) -> Void) -> AnyObject? {
         let type = ObjectIdentifier(Key.self)
         for slot in 0..<count where types[slot] == type && isKnownUniquelyReferenced(&boxes[slot]) {
-            return (boxes[slot], frameStorage[slot])
+            attach(frameStorage[slot])
+            return boxes[slot]
         }
         return nil
     }
 
     /// Keeps a new box of a `Key` container, and its frame, while there is room.
     mutating func keep<Key>(_ box: AnyObject, frame: Frame, of _: Key.Type) {
-        guard keyedBoxesConvert, count < Self.capacity else { return strays.append(frame) }
+        guard keyedBoxesConvert, count < Self.capacity else { return strays.append((box, frame)) }
         (types + count).initialize(to: ObjectIdentifier(Key.self))
         (boxes + count).initialize(to: box)
         (frameStorage + count).initialize(to: frame)

@@ -43,6 +43,8 @@ final class PickleTape {
     private var capacity: Int
     private(set) var nodeCount = 0
     private(set) var input = UnsafeRawBufferPointer(start: nil, count: 0)
+    /// Whether the tape is in a call (between ``parsed(_:limits:)`` and ``recycle(_:)``).
+    var inCall: Bool { input.baseAddress != nil }
     private(set) var limits = PickleDecoder.Limits()
     /// The root node (resolved).
     private(set) var root: Int32 = -1
@@ -74,21 +76,29 @@ final class PickleTape {
     /// Each thread's tape kept from its last decode (see ``PickleThreadSlot``).
     private static let kept = PickleThreadSlot<PickleTape>()
 
-    /// Reads the pickle into this thread's kept tape (or a new one) and runs `body` with it; nil when
-    /// the pickle needs the full reader. The tape is good only within `body`.
+    /// This thread's kept tape (or a new one) with the pickle read into it, or nil when the pickle needs
+    /// the full reader. The caller hands the tape back with ``recycle(_:)`` when its call ends; the tape
+    /// is good only until then. (No closure and no generic result here, so a decode of `T` asks for no
+    /// `Optional<T>` metadata.)
     @inline(__always)
-    static func with<R>(_ input: UnsafeRawBufferPointer, limits: PickleDecoder.Limits, _ body: (PickleTape) throws -> R?) rethrows -> R? {
+    static func parsed(_ input: UnsafeRawBufferPointer, limits: PickleDecoder.Limits) -> PickleTape? {
         guard input.count >= 3, input.count < Int32.max, input[0] == 0x80, input[1] >= 2, input[1] <= 5 else { return nil }
         var tape = kept.take() ?? PickleTape()
         tape.input = input
         tape.limits = limits
-        defer {
-            tape.finish()
-            kept.keep(&tape)
+        guard let root = tape.parse() else {
+            recycle(&tape)
+            return nil
         }
-        guard let root = tape.parse() else { return nil }
         tape.root = tape.resolve(root)
-        return try body(tape)
+        return tape
+    }
+
+    /// Ends the call of a tape from ``parsed(_:limits:)`` and keeps it for this thread's next call.
+    @inline(__always)
+    static func recycle(_ tape: inout PickleTape) {
+        tape.finish()
+        kept.keep(&tape)
     }
 
     /// Ends a call: forgets the pickle and detaches the cached containers, so that the tape is
@@ -101,7 +111,7 @@ final class PickleTape {
         hintDict = -1
         hintKey = -1
         if !paths.isEmpty { paths.removeAll(keepingCapacity: paths.count < 4096) }
-        boxes.detachFrames { $0.decoder = nil }
+        boxes.detachFrames { $0.detach() }
         if capacity > Self.keptCapacity {
             nodes.deallocate()
             capacity = Self.initialCapacity
@@ -112,8 +122,7 @@ final class PickleTape {
     /// The keyed container of the dict `decoder` is on, in a reused box when one is free.
     @inline(__always)
     func keyedContainer<Key: CodingKey>(_: Key.Type, _ decoder: PickleTapeDecoder) -> KeyedDecodingContainer<Key> {
-        if let (box, frame) = boxes.reuse(Key.self) {
-            frame.decoder = decoder
+        if let box = boxes.reuse(Key.self, { $0.attach(decoder) }) {
             return reusedContainer(box, as: KeyedDecodingContainer<Key>.self)
         }
         let frame = PickleDecodingFrame(decoder: decoder)
@@ -132,8 +141,9 @@ final class PickleTape {
             capacity *= 2
         }
         (nodes + nodeCount).initialize(to: node)
-        nodeCount += 1
-        return Int32(nodeCount - 1)
+        // (No overflow checks: a pickle is shorter than Int32.max bytes and makes at most a node per byte.)
+        nodeCount &+= 1
+        return Int32(truncatingIfNeeded: nodeCount &- 1)
     }
 
     @inline(__always)
@@ -142,7 +152,7 @@ final class PickleTape {
         let last = nodes[Int(parent)].last
         if last < 0 { nodes[Int(parent)].first = child } else { nodes[Int(last)].next = child }
         nodes[Int(parent)].last = child
-        nodes[Int(parent)].count += 1
+        nodes[Int(parent)].count &+= 1  // (at most a node per byte of the pickle, which is shorter than Int32.max)
     }
 
     /// The little-endian unsigned integer of `width` bytes at `position`, which moves past it.
@@ -179,22 +189,22 @@ final class PickleTape {
         var position = 2
         while position < count {
             let opcode = input[position]
-            position += 1
+            position &+= 1
             // The two most common opcodes of protocol 4 first: MEMOIZE and SHORT_BINUNICODE.
             if opcode == 0x94 {
                 guard stack.count > Int(marks.last ?? 0) else { return nil }
-                memo.append(stack[stack.count - 1])
+                memo.append(stack[stack.count &- 1])
                 continue
             }
             if opcode == 0x8C {
                 guard position < count else { return nil }
                 let length = Int(input[position])
-                position += 1
-                guard length <= count - position else { return nil }
+                position &+= 1
+                guard length <= count &- position else { return nil }
                 expanded += 1
                 guard expanded <= maxObjects else { return nil }
                 stack.append(add(Node(kind: .string, payload: position, count: Int32(truncatingIfNeeded: length))))
-                position += length
+                position &+= length
                 continue
             }
             var pushed: Node
@@ -370,7 +380,14 @@ final class PickleTape {
         let bytes = text(node)
         var ascii = true
         for byte in bytes where byte >= 0x80 { ascii = false; break }
-        if ascii { return String(decoding: bytes, as: UTF8.self) }
+        if ascii {
+            // Copied without a second validation: a short ASCII string is made in place (as a small
+            // string), which String(decoding:as:) would validate again first.
+            return String(unsafeUninitializedCapacity: bytes.count) { buffer in
+                if !bytes.isEmpty { UnsafeMutableRawBufferPointer(buffer).copyMemory(from: bytes) }
+                return bytes.count
+            }
+        }
         guard let string = String(validating: bytes, as: UTF8.self) else {
             throw DecodingError.dataCorrupted(.init(codingPath: path(), debugDescription: "a str is not valid UTF-8"))
         }
@@ -422,10 +439,11 @@ final class PickleTape {
         .typeMismatch(type, .init(codingPath: path, debugDescription: "expected \(type), found a Python \(typeName(node))"))
     }
 
-    /// The items of the list, tuple, set or frozenset `node`, each decoded by `item` from its node (nil
-    /// when the node is of another Python type); coding paths are made from `path` only for an error.
+    /// The items of the list, tuple, set or frozenset `node`, each decoded by `item` from its node and
+    /// position (nil when the node is of another Python type); coding paths are made from `path` only for
+    /// an error.
     @inline(__always)
-    func array<E>(_ node: Int32, depth: Int32, path: () -> [any CodingKey], _ item: (Int32, () -> [any CodingKey]) throws -> E?) throws -> [E] {
+    func array<E>(_ node: Int32, depth: Int32, path: () -> [any CodingKey], _ item: (Int32, Int) throws -> E?) throws -> [E] {
         let value = nodes[Int(node)]
         switch value.kind {
         case .list, .tuple, .set, .frozenset: break
@@ -435,21 +453,21 @@ final class PickleTape {
         guard Int(depth) < limits.maxDepth else {
             throw DecodingError.dataCorrupted(.init(codingPath: path(), debugDescription: "pickle nests containers deeper than \(limits.maxDepth)"))
         }
-        return try withoutActuallyEscaping(path) { path in
-            var items: [E] = []
-            items.reserveCapacity(Int(value.count))
-            var cursor = value.first
-            while cursor >= 0 {
-                let position = items.count
-                let itemPath = { path() + [PythonCodingKey(intValue: position)] }
-                try visit(itemPath())
-                let element = resolve(cursor)
-                guard let decoded = try item(element, itemPath) else { throw mismatch(E.self, element, itemPath()) }
-                items.append(decoded)
-                cursor = nodes[Int(cursor)].next
+        // (No closure is made per call or per item here: one that captures the path would be allocated.)
+        var items: [E] = []
+        items.reserveCapacity(Int(value.count))
+        var cursor = value.first
+        while cursor >= 0 {
+            let position = items.count
+            try visit(path() + [PythonCodingKey(intValue: position)])
+            let element = resolve(cursor)
+            guard let decoded = try item(element, position) else {
+                throw mismatch(E.self, element, path() + [PythonCodingKey(intValue: position)])
             }
-            return items
+            items.append(decoded)
+            cursor = nodes[Int(cursor)].next
         }
+        return items
     }
 
     /// Whether `T` is one of the types decoded directly by ``direct(_:_:depth:path:)``: strings, numbers,
@@ -473,13 +491,13 @@ final class PickleTape {
         if T.self == Int.self { return try scalar(integer(Int.self, node, path())) }
         if T.self == Double.self { return try scalar(double(node, path())) }
         if T.self == Bool.self { return try scalar(bool(node)) }
-        if T.self == [String].self { return unsafeBitCast(try array(node, depth: depth, path: path) { try string($0, $1()) }, to: T.self) }
-        if T.self == [Int].self { return unsafeBitCast(try array(node, depth: depth, path: path) { try integer(Int.self, $0, $1()) }, to: T.self) }
-        if T.self == [Double].self { return unsafeBitCast(try array(node, depth: depth, path: path) { try double($0, $1()) }, to: T.self) }
+        if T.self == [String].self { return unsafeBitCast(try array(node, depth: depth, path: path) { try string($0, path() + [PythonCodingKey(intValue: $1)]) }, to: T.self) }
+        if T.self == [Int].self { return unsafeBitCast(try array(node, depth: depth, path: path) { try integer(Int.self, $0, path() + [PythonCodingKey(intValue: $1)]) }, to: T.self) }
+        if T.self == [Double].self { return unsafeBitCast(try array(node, depth: depth, path: path) { try double($0, path() + [PythonCodingKey(intValue: $1)]) }, to: T.self) }
         if T.self == [UInt8].self {
             let kind = nodes[Int(node)].kind
             if kind == .bytes || kind == .bytearray { return unsafeBitCast(Array(text(node)), to: T.self) }
-            return unsafeBitCast(try array(node, depth: depth, path: path) { try integer(UInt8.self, $0, $1()) }, to: T.self)
+            return unsafeBitCast(try array(node, depth: depth, path: path) { try integer(UInt8.self, $0, path() + [PythonCodingKey(intValue: $1)]) }, to: T.self)
         }
         return unsafeBitCast(try value(node, depth: Int(depth)), to: T.self)
     }
@@ -494,12 +512,15 @@ final class PickleTape {
         }
         let index = resolve(index)
         let node = nodes[Int(index)]
-        func children() throws -> [PythonValue] {
+        /// The items; set items must be hashable, as in Python.
+        func children(hashable: Bool = false) throws -> [PythonValue] {
             var items: [PythonValue] = []
             items.reserveCapacity(Int(node.count))
             var child = node.first
             while child >= 0 {
-                items.append(try value(child, depth: depth + 1))
+                let item = try value(child, depth: depth + 1)
+                if hashable && !item.isHashable { throw Self.unhashable }
+                items.append(item)
                 child = nodes[Int(child)].next
             }
             return items
@@ -517,8 +538,8 @@ final class PickleTape {
         case .bytearray: return .bytearray(Array(text(index)))
         case .list: return .list(try children())
         case .tuple: return .tuple(try children())
-        case .set: return .set(try children())
-        case .frozenset: return .frozenset(try children())
+        case .set: return .set(try children(hashable: true))
+        case .frozenset: return .frozenset(try children(hashable: true))
         case .dict:
             var pairs: [PythonDictItem] = []
             pairs.reserveCapacity(Int(node.count) / 2)
@@ -526,30 +547,23 @@ final class PickleTape {
             while key >= 0 {
                 let value = nodes[Int(key)].next
                 guard value >= 0 else { break }  // (a dict's items come in pairs)
-                pairs.append(PythonDictItem(key: try self.value(key, depth: depth + 1), value: try self.value(value, depth: depth + 1)))
+                let keyValue = try self.value(key, depth: depth + 1)
+                if !keyValue.isHashable { throw Self.unhashable }
+                pairs.append(PythonDictItem(key: keyValue, value: try self.value(value, depth: depth + 1)))
                 key = nodes[Int(value)].next
             }
             return .dict(pairs)
         }
     }
 
-    /// The whole pickle as a ``PythonValue`` when it is one the full reader would load the same way,
-    /// else nil (the reader then decides, with its errors).
-    func rootValue() -> PythonValue? {
-        guard let value = try? value(root, depth: 0), value.hashableWhereRequired else { return nil }
-        return value
-    }
-}
+    /// An unhashable set item or dict key, which the full reader refuses with its own error.
+    private static let unhashable = DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "an unhashable set item or dict key"))
 
-extension PythonValue {
-    /// Whether every set item and dict key inside is hashable, as Python requires.
-    var hashableWhereRequired: Bool {
-        switch self {
-        case .list(let items), .tuple(let items): return items.allSatisfy(\.hashableWhereRequired)
-        case .set(let items), .frozenset(let items): return items.allSatisfy { $0.isHashable && $0.hashableWhereRequired }
-        case .dict(let items): return items.allSatisfy { $0.key.isHashable && $0.key.hashableWhereRequired && $0.value.hashableWhereRequired }
-        default: return true
-        }
+    /// The whole pickle as a ``PythonValue`` when it is one the full reader would load the same way
+    /// (every set item and dict key hashable, as Python requires), else nil (the reader then decides,
+    /// with its errors).
+    func rootValue() -> PythonValue? {
+        try? value(root, depth: 0)
     }
 }
 
@@ -565,6 +579,14 @@ struct PickleTapeDecoder: Decoder, SingleValueDecodingContainer {
     init(tape: PickleTape, node: Int32, entry: Int32, depth: Int32) {
         self.tape = tape
         self.node = tape.resolve(node)
+        self.entry = entry
+        self.depth = depth
+    }
+
+    /// A decoder on a node that is no alias.
+    init(tape: PickleTape, resolved node: Int32, entry: Int32, depth: Int32) {
+        self.tape = tape
+        self.node = node
         self.entry = entry
         self.depth = depth
     }
@@ -656,30 +678,65 @@ struct PickleTapeDecoder: Decoder, SingleValueDecodingContainer {
 }
 
 /// What a keyed decoding container works on, kept apart from it so that its box can be reused (see
-/// ``PickleBoxCache``): the decoder of its dict while its call lasts, nil after.
+/// ``PickleBoxCache``): the tape and dict of its decoder while its call lasts, detached after.
+///
+/// The tape is not retained: a frame is attached only while the tape is in a call, which holds the tape,
+/// and every call detaches its frames when it ends; a detached frame never reads its tape.
 final class PickleDecodingFrame {
-    @exclusivity(unchecked) var decoder: PickleTapeDecoder?
+    /// The tape, not retained (read through `_withUnsafeGuaranteedRef`, which retains nothing either).
+    @exclusivity(unchecked) var tape: Unmanaged<PickleTape>
+    /// The dict node, its coding path entry and its depth (as in ``PickleTapeDecoder``).
+    @exclusivity(unchecked) var node: Int32 = -1
+    @exclusivity(unchecked) var entry: Int32 = -1
+    @exclusivity(unchecked) var depth: Int32 = 0
+    @exclusivity(unchecked) var attached = false
 
     init(decoder: PickleTapeDecoder) {
-        self.decoder = decoder
+        tape = .passUnretained(decoder.tape)
+        attach(decoder)
     }
+
+    @inline(__always)
+    func attach(_ decoder: PickleTapeDecoder) {
+        tape = .passUnretained(decoder.tape)
+        node = decoder.node
+        entry = decoder.entry
+        depth = decoder.depth
+        // A decoder kept past its call has a tape in no call, and its containers stay detached.
+        attached = decoder.tape.inCall
+    }
+
+    func detach() { attached = false }
+
+    /// The decoder of the dict, nil once detached.
+    var decoder: PickleTapeDecoder? {
+        attached ? PickleTapeDecoder(tape: tape.takeUnretainedValue(), resolved: node, entry: entry, depth: depth) : nil
+    }
+
+    var codingPath: [any CodingKey] { attached ? tape.takeUnretainedValue().codingPath(entry) : [] }
 }
 
 struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
-    let frame: PickleDecodingFrame
-    var codingPath: [any CodingKey] { frame.decoder?.codingPath ?? [] }
+    /// The frame, unretained: the standard library's box copies this container for every call, and a
+    /// copy that retains nothing is a plain copy. The box cache owns the frame for as long as a box may
+    /// hold it (see ``PickleBoxCache``).
+    let frameReference: Unmanaged<PickleDecodingFrame>
+    var frame: PickleDecodingFrame { frameReference.takeUnretainedValue() }
+    var codingPath: [any CodingKey] { frame.codingPath }
 
     init(frame: PickleDecodingFrame) {
-        self.frame = frame
+        self.frameReference = .passUnretained(frame)
     }
 
-    /// The decoder of the dict, or an error for a container used after its call ended.
+    /// Runs `body` with the tape, or throws for a container used after its call ended.
     @inline(__always)
-    private func current() throws -> PickleTapeDecoder {
-        guard let decoder = frame.decoder else {
-            throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "a keyed container was used after its decode call ended"))
+    private func withTape<R>(_ body: (PickleTape, PickleDecodingFrame) throws -> R) throws -> R {
+        try frameReference._withUnsafeGuaranteedRef { frame in
+            guard frame.attached else {
+                throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "a keyed container was used after its decode call ended"))
+            }
+            return try frame.tape._withUnsafeGuaranteedRef { try body($0, frame) }
         }
-        return decoder
     }
 
     /// Whether the key node at `slot` is `key`.
@@ -698,12 +755,11 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
         }
     }
 
-    /// The value slot for `key` in the dict of `decoder`, or nil. The search starts after the key found
-    /// last in this dict.
+    /// The value slot for `key` in the dict of this container, or nil. The search starts after the key
+    /// found last in this dict.
     @inline(__always)
-    private func find(_ key: Key, in decoder: PickleTapeDecoder) -> Int32? {
-        unowned(unsafe) let tape = decoder.tape  // held by `decoder` throughout
-        let dict = decoder.node
+    private func find(_ key: Key, in tape: PickleTape, _ frame: PickleDecodingFrame) -> Int32? {
+        let dict = frame.node
         var text = key.stringValue
         return text.withUTF8 { wanted -> Int32? in
             if tape.hintDict == dict, tape.hintKey >= 0 {
@@ -730,91 +786,90 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     }
 
     var allKeys: [Key] {
-        guard let decoder = frame.decoder else { return [] }
-        let tape = decoder.tape
-        var keys: [Key] = []
-        var slot = tape.nodes[Int(decoder.node)].first
-        while slot >= 0 {
-            let keyNode = tape.resolve(slot)
-            let node = tape.nodes[Int(keyNode)]
-            switch node.kind {
-            case .string:
-                if let text = String(validating: tape.text(keyNode), as: UTF8.self), let key = Key(stringValue: text) { keys.append(key) }
-            case .int:
-                if let key = Key(intValue: node.payload) ?? Key(stringValue: String(node.payload)) { keys.append(key) }
-            default: break
+        (try? withTape { tape, frame in
+            var keys: [Key] = []
+            var slot = tape.nodes[Int(frame.node)].first
+            while slot >= 0 {
+                let keyNode = tape.resolve(slot)
+                let node = tape.nodes[Int(keyNode)]
+                switch node.kind {
+                case .string:
+                    if let text = String(validating: tape.text(keyNode), as: UTF8.self), let key = Key(stringValue: text) { keys.append(key) }
+                case .int:
+                    if let key = Key(intValue: node.payload) ?? Key(stringValue: String(node.payload)) { keys.append(key) }
+                default: break
+                }
+                let value = tape.nodes[Int(slot)].next
+                guard value >= 0 else { break }
+                slot = tape.nodes[Int(value)].next
             }
-            let value = tape.nodes[Int(slot)].next
-            guard value >= 0 else { break }
-            slot = tape.nodes[Int(value)].next
-        }
-        return keys
+            return keys
+        }) ?? []
     }
 
     func contains(_ key: Key) -> Bool {
-        guard let decoder = frame.decoder else { return false }
-        return find(key, in: decoder) != nil
+        (try? withTape { find(key, in: $0, $1) != nil }) ?? false
     }
 
-    private func notFound(_ key: Key, _ decoder: PickleTapeDecoder) -> DecodingError {
-        .keyNotFound(key, .init(codingPath: decoder.codingPath, debugDescription: "the dict has no key '\(key.stringValue)'"))
+    private func notFound(_ key: Key) -> DecodingError {
+        .keyNotFound(key, .init(codingPath: frame.codingPath, debugDescription: "the dict has no key '\(key.stringValue)'"))
     }
 
     private func child(_ key: Key) throws -> PickleTapeDecoder {
-        let decoder = try current()
-        guard let index = find(key, in: decoder) else { throw notFound(key, decoder) }
-        return try decoder.child(index, key: key)
+        try withTape { tape, frame in
+            guard let index = find(key, in: tape, frame) else { throw notFound(key) }
+            return try PickleTapeDecoder(tape: tape, resolved: frame.node, entry: frame.entry, depth: frame.depth).child(index, key: key)
+        }
     }
 
     /// The resolved value node for `key`, counted against the object limit, for the direct scalar paths.
     @inline(__always)
-    private func scalar(_ key: Key, _ decoder: PickleTapeDecoder) throws -> Int32 {
-        guard let index = find(key, in: decoder) else { throw notFound(key, decoder) }
-        try decoder.tape.visit(decoder.codingPath + [key])
-        return decoder.tape.resolve(index)
+    private func scalar(_ key: Key, _ tape: PickleTape, _ frame: PickleDecodingFrame) throws -> Int32 {
+        guard let index = find(key, in: tape, frame) else { throw notFound(key) }
+        try tape.visit(frame.codingPath + [key])
+        return tape.resolve(index)
     }
 
     func decodeNil(forKey key: Key) throws -> Bool {
-        let decoder = try current()
-        guard let index = find(key, in: decoder) else { return true }
-        return decoder.tape.nodes[Int(decoder.tape.resolve(index))].kind == .none
+        try withTape { tape, frame in
+            guard let index = find(key, in: tape, frame) else { return true }
+            return tape.nodes[Int(tape.resolve(index))].kind == .none
+        }
     }
 
     func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool {
-        let decoder = try current()
-        let node = try scalar(key, decoder)
-        guard let flag = decoder.tape.bool(node) else { throw decoder.tape.mismatch(type, node, decoder.codingPath + [key]) }
-        return flag
+        try withTape { tape, frame in
+            let node = try scalar(key, tape, frame)
+            guard let flag = tape.bool(node) else { throw tape.mismatch(type, node, frame.codingPath + [key]) }
+            return flag
+        }
     }
 
     func decode(_ type: String.Type, forKey key: Key) throws -> String {
-        let decoder = try current()
-        let node = try scalar(key, decoder)
-        guard let string = try decoder.tape.string(node, decoder.codingPath + [key]) else {
-            throw decoder.tape.mismatch(type, node, decoder.codingPath + [key])
+        try withTape { tape, frame in
+            let node = try scalar(key, tape, frame)
+            guard let string = try tape.string(node, frame.codingPath + [key]) else { throw tape.mismatch(type, node, frame.codingPath + [key]) }
+            return string
         }
-        return string
     }
 
     func decode(_ type: Double.Type, forKey key: Key) throws -> Double {
-        let decoder = try current()
-        let node = try scalar(key, decoder)
-        guard let number = try decoder.tape.double(node, decoder.codingPath + [key]) else {
-            throw decoder.tape.mismatch(type, node, decoder.codingPath + [key])
+        try withTape { tape, frame in
+            let node = try scalar(key, tape, frame)
+            guard let number = try tape.double(node, frame.codingPath + [key]) else { throw tape.mismatch(type, node, frame.codingPath + [key]) }
+            return number
         }
-        return number
     }
 
     func decode(_ type: Float.Type, forKey key: Key) throws -> Float { Float(try decode(Double.self, forKey: key)) }
 
     @inline(__always)
     private func integer<T: FixedWidthInteger>(_ type: T.Type, forKey key: Key) throws -> T {
-        let decoder = try current()
-        let node = try scalar(key, decoder)
-        guard let number = try decoder.tape.integer(type, node, decoder.codingPath + [key]) else {
-            throw decoder.tape.mismatch(type, node, decoder.codingPath + [key])
+        try withTape { tape, frame in
+            let node = try scalar(key, tape, frame)
+            guard let number = try tape.integer(type, node, frame.codingPath + [key]) else { throw tape.mismatch(type, node, frame.codingPath + [key]) }
+            return number
         }
-        return number
     }
 
     func decode(_ type: Int.Type, forKey key: Key) throws -> Int { try integer(type, forKey: key) }
@@ -828,15 +883,14 @@ struct PickleTapeKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try integer(type, forKey: key) }
     func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try integer(type, forKey: key) }
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
-        let decoder = try current()
-        guard let index = find(key, in: decoder) else { throw notFound(key, decoder) }
-        let tape = decoder.tape
-        let node = tape.resolve(index)
-        if PickleTape.decodesDirectly(T.self) {
-            try tape.visit(decoder.codingPath + [key])
-            return try tape.direct(T.self, node, depth: decoder.depth + 1, path: { decoder.codingPath + [key] })
+        try withTape { tape, frame in
+            guard let index = find(key, in: tape, frame) else { throw notFound(key) }
+            if PickleTape.decodesDirectly(T.self) {
+                try tape.visit(frame.codingPath + [key])
+                return try tape.direct(T.self, tape.resolve(index), depth: frame.depth + 1, path: { frame.codingPath + [key] })
+            }
+            return try PickleTapeDecoder(tape: tape, resolved: frame.node, entry: frame.entry, depth: frame.depth).child(index, key: key).decodeValue(type)
         }
-        return try decoder.child(index, key: key).decodeValue(type)
     }
 
     func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey key: Key) throws -> KeyedDecodingContainer<NestedKey> {
@@ -905,7 +959,7 @@ struct ScratchStack {
 
     init(_ base: UnsafeMutablePointer<Int32>) { self.base = base }
 
-    var last: Int32? { count > 0 ? base[count - 1] : nil }
+    var last: Int32? { count > 0 ? base[count &- 1] : nil }
 
     subscript(index: Int) -> Int32 {
         get { base[index] }
@@ -916,7 +970,7 @@ struct ScratchStack {
     mutating func append(_ value: Int32) {
         if count == capacity { grow() }
         base[count] = value
-        count += 1
+        count &+= 1  // (below the capacity)
     }
 
     mutating func popLast() -> Int32? {
