@@ -181,6 +181,35 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         try write(scratch, descriptors: descriptors)
     }
 
+    /// Sends one message whose bytes `write` appends to an empty buffer: for messages with a layout of
+    /// their own, which skip the coder (a manager's requests and replies). The receiver reads it with
+    /// ``receiveMessage(timeout:_:)``.
+    func sendMessage(_ write: (inout [UInt8]) throws -> Void) throws {
+        try checkWritable()
+        scratch.removeAll(keepingCapacity: true)
+        scratch.append(contentsOf: [0, 0, 0, 0])
+        try write(&scratch)
+        defer { if scratch.capacity > 1 << 20 { scratch = [] } }
+        let length = scratch.count - 4
+        if length > Framing.shortLimit {
+            scratch.replaceSubrange(0..<4, with: Framing.header(forLength: length))
+        } else {
+            scratch.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(length).bigEndian, as: UInt32.self) }
+        }
+        try self.write(scratch, descriptors: [])
+    }
+
+    /// Receives one message sent with ``sendMessage(_:)`` and hands its bytes to `read`, without copying
+    /// them; descriptors that came with it are closed.
+    ///
+    /// - Throws: the errors of ``recvBytes(maxLength:timeout:)-7rggb`` and those `read` throws.
+    func receiveMessage<R>(timeout: Duration? = nil, _ read: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        try receiveFrame(maxLength: nil, deadline: .after(timeout)) { payload in
+            dropFrameDescriptors()
+            return try read(payload)
+        }
+    }
+
     /// Sends each value as a message of its own, with as few system calls as possible: the messages are
     /// written in batches of about 64 KiB. The receiver sees exactly what separate ``send(_:)-70itn`` calls
     /// would give it; a sender with many small messages ready gains an order of magnitude in throughput.

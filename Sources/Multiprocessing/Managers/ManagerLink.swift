@@ -91,7 +91,7 @@ final class ManagerLink: @unchecked Sendable {
                 if let failure { return continuation.resume(throwing: failure) }
                 if Task.isCancelled { return finish(id, throwing: CancellationError()) }
                 do {
-                    try writer.withLock { try $0.send(request) }
+                    try writer.withLock { try $0.sendMessage(request.write) }
                 } catch let error as MultiprocessingError where error.code == .transport {
                     return finish(id, throwing: error)
                 } catch {
@@ -119,7 +119,7 @@ final class ManagerLink: @unchecked Sendable {
         while state.withLock({ $0.pending[id] != nil }) {
             guard let left = deadline.remainingNanoseconds, left > 0 else { break }
             do {
-                dispatch(try reader.recv(ManagerReply.self, timeout: .nanoseconds(left)))
+                dispatch(try reader.receiveMessage(timeout: .nanoseconds(left), ManagerReply.init(reading:)))
             } catch let error as MultiprocessingError where error.code == .timedOut {
                 break
             } catch {
@@ -156,7 +156,7 @@ final class ManagerLink: @unchecked Sendable {
                 }
                 if done { break }
                 do {
-                    dispatch(try reader.recv(ManagerReply.self))
+                    dispatch(try reader.receiveMessage(ManagerReply.init(reading:)))
                 } catch {
                     lost(reading: error)
                     break

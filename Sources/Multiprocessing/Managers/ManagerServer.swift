@@ -101,7 +101,7 @@ public final class ManagerServer: @unchecked Sendable {
 
     private func readRequests(from reader: Connection, for client: ServedClient) {
         while true {
-            guard let request = try? reader.recv(ManagerRequest.self) else { return }
+            guard let request = try? reader.receiveMessage(ManagerRequest.init(reading:)) else { return }
             switch request.kind {
             case .shutdown:
                 client.reply(ManagerReply(id: request.id))
@@ -155,12 +155,12 @@ public final class ManagerServer: @unchecked Sendable {
                 return client.reply(ManagerReply(id: request.id, failure: RemoteFailure(code: .notFound, "the manager hosts no object \(id)")))
             }
             var decoder = ManagerInvocationDecoder(request)
-            let handler = ManagerResultHandler(reply: { client.reply($0) }, id: request.id)
             do {
-                try await ManagerActorSystem.$currentCaller.withValue(client.caller) {
-                    try await system.executeDistributedTarget(
-                        on: object, target: RemoteCallTarget(request.target), invocationDecoder: &decoder, handler: handler)
+                let plan = try DistributedCallPlan.plan(target: request.target, generics: request.generics)
+                let value = try await ManagerActorSystem.$currentCaller.withValue(client.caller) {
+                    try await plan.run(on: object, &decoder)
                 }
+                client.reply(ManagerReply(id: request.id, value: value))
             } catch {
                 client.reply(ManagerReply(id: request.id, failure: RemoteFailure(error)))
             }
@@ -192,10 +192,10 @@ private final class ServedClient: @unchecked Sendable {
     func reply(_ reply: ManagerReply) {
         writer.withLock { connection in
             do {
-                try connection.send(reply)
+                try connection.sendMessage(reply.write)
             } catch let error as MultiprocessingError where error.code == .transport {
                 // The reply could not be encoded: fail that call only.
-                try? connection.send(ManagerReply(id: reply.id, failure: RemoteFailure(error)))
+                try? connection.sendMessage(ManagerReply(id: reply.id, failure: RemoteFailure(error)).write)
             } catch {
                 return
             }

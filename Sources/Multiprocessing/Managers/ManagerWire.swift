@@ -1,9 +1,12 @@
 /// The messages between a process and a manager, over one connection per (process, manager).
 ///
 /// Requests carry an id chosen by the caller; replies carry it back, in whatever order the calls end,
-/// so many calls share one connection at once.
-struct ManagerRequest: Codable, Sendable {
-    enum Kind: UInt8, Codable, Sendable {
+/// so many calls share one connection at once. Both are written in a layout of their own (see
+/// ``write(to:)``) rather than through the coder: they are made and read twice per call, and their
+/// fields are a few integers and byte strings whose inner values (the arguments, the result) are
+/// encoded already.
+struct ManagerRequest: Sendable {
+    enum Kind: UInt8, Sendable {
         /// A distributed method call: `target` names the method, `object` the actor.
         case call
         /// Make a shared object of the type whose mangled name is `target`; replies with its ID.
@@ -20,13 +23,142 @@ struct ManagerRequest: Codable, Sendable {
     var target: String = ""
     var generics: [String] = []
     var arguments: [[UInt8]] = []
+
+    /// Appends the request: kind (1 byte), id and object (8 bytes each, little-endian), then the target,
+    /// a count of generic names and the names, a count of arguments and the arguments, each count and
+    /// each length 4 bytes.
+    func write(to bytes: inout [UInt8]) {
+        bytes.append(kind.rawValue)
+        ManagerWire.append(id, to: &bytes)
+        ManagerWire.append(object, to: &bytes)
+        ManagerWire.append(Array(target.utf8), to: &bytes)
+        ManagerWire.append(UInt32(generics.count), to: &bytes)
+        for name in generics { ManagerWire.append(Array(name.utf8), to: &bytes) }
+        ManagerWire.append(UInt32(arguments.count), to: &bytes)
+        for argument in arguments { ManagerWire.append(argument, to: &bytes) }
+    }
+
+}
+
+extension ManagerRequest {
+    /// Reads a request written by ``write(to:)``.
+    ///
+    /// - Throws: ``MultiprocessingError/Code/protocolViolation`` when the bytes are not such a request.
+    init(reading bytes: UnsafeRawBufferPointer) throws {
+        var reader = ManagerWire.Reader(bytes)
+        guard let kind = Kind(rawValue: try reader.byte()) else {
+            throw MultiprocessingError(.protocolViolation, "a manager request of an unknown kind")
+        }
+        self.kind = kind
+        id = try reader.integer(UInt64.self)
+        object = try reader.integer(UInt64.self)
+        target = String(decoding: try reader.field(), as: UTF8.self)
+        generics = try (0..<reader.count()).map { _ in String(decoding: try reader.field(), as: UTF8.self) }
+        arguments = try (0..<reader.count()).map { _ in Array(try reader.field()) }
+        try reader.finish()
+    }
 }
 
 /// The answer to one ``ManagerRequest``: the encoded result, or the error the call threw.
-struct ManagerReply: Codable, Sendable {
+struct ManagerReply: Sendable {
     var id: UInt64
     var value: [UInt8] = []
     var failure: RemoteFailure?
+
+    /// Appends the reply: id (8 bytes, little-endian), 0 and the encoded result, or 1 and the failure
+    /// (encoded with the coder).
+    ///
+    /// - Throws: ``MultiprocessingError/Code/transport`` when the failure cannot be encoded.
+    func write(to bytes: inout [UInt8]) throws {
+        ManagerWire.append(id, to: &bytes)
+        if let failure {
+            bytes.append(1)
+            bytes += try ManagerCoding.encode(failure)
+        } else {
+            bytes.append(0)
+            bytes += value
+        }
+    }
+
+}
+
+extension ManagerReply {
+    /// Reads a reply written by ``write(to:)``.
+    ///
+    /// - Throws: ``MultiprocessingError/Code/protocolViolation`` when the bytes are not such a reply;
+    ///   ``MultiprocessingError/Code/transport`` when its failure does not decode.
+    init(reading bytes: UnsafeRawBufferPointer) throws {
+        var reader = ManagerWire.Reader(bytes)
+        id = try reader.integer(UInt64.self)
+        let tag = try reader.byte()
+        switch tag {
+        case 0: value = Array(reader.rest())
+        case 1: failure = try ManagerCoding.decode(RemoteFailure.self, from: Array(reader.rest()))
+        default: throw MultiprocessingError(.protocolViolation, "a manager reply of an unknown kind \(tag)")
+        }
+    }
+}
+
+/// The layout helpers of ``ManagerRequest`` and ``ManagerReply``.
+enum ManagerWire {
+    static func append<Integer: FixedWidthInteger>(_ value: Integer, to bytes: inout [UInt8]) {
+        withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
+    }
+
+    static func append(_ field: [UInt8], to bytes: inout [UInt8]) {
+        append(UInt32(truncatingIfNeeded: field.count), to: &bytes)
+        bytes += field
+    }
+
+    /// Reads fields in order; any field that runs past the end is a protocol violation.
+    struct Reader {
+        private let bytes: UnsafeRawBufferPointer
+        private var position = 0
+
+        init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+        private func short() -> MultiprocessingError {
+            MultiprocessingError(.protocolViolation, "a manager message ends early (\(bytes.count) bytes)")
+        }
+
+        mutating func byte() throws -> UInt8 {
+            guard position < bytes.count else { throw short() }
+            defer { position += 1 }
+            return bytes[position]
+        }
+
+        mutating func integer<Integer: FixedWidthInteger>(_ type: Integer.Type) throws -> Integer {
+            let size = MemoryLayout<Integer>.size
+            guard bytes.count - position >= size else { throw short() }
+            defer { position += size }
+            return Integer(littleEndian: bytes.loadUnaligned(fromByteOffset: position, as: Integer.self))
+        }
+
+        /// A 4-byte count of fields that follow, each at least 4 bytes long.
+        mutating func count() throws -> Int {
+            let count = Int(try integer(UInt32.self))
+            guard count <= (bytes.count - position) / 4 else { throw short() }
+            return count
+        }
+
+        /// A 4-byte length, then that many bytes.
+        mutating func field() throws -> UnsafeRawBufferPointer {
+            let length = Int(try integer(UInt32.self))
+            guard bytes.count - position >= length else { throw short() }
+            defer { position += length }
+            return UnsafeRawBufferPointer(rebasing: bytes[position..<position + length])
+        }
+
+        /// The bytes after the last field read.
+        func rest() -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: bytes[position...]) }
+
+        /// Checks that nothing follows the last field.
+        func finish() throws {
+            guard position == bytes.count else {
+                throw MultiprocessingError(.protocolViolation, "a manager message has \(bytes.count - position) bytes too many")
+            }
+        }
+    }
 }
 
 /// An error thrown by a shared object's method, on its way back to the caller: as itself when its type

@@ -83,7 +83,9 @@ public struct ManagerInvocationDecoder: DistributedTargetInvocationDecoder {
     public mutating func decodeReturnType() throws -> Any.Type? { nil }
 }
 
-/// Sends a call's outcome back to the caller.
+/// Sends a call's outcome back to the caller, for calls run through
+/// `DistributedActorSystem.executeDistributedTarget` (a manager runs the calls it receives from a plan
+/// of the method made on its first call, and replies itself).
 public struct ManagerResultHandler: DistributedTargetInvocationResultHandler {
     /// Arguments and results are `Codable`.
     public typealias SerializationRequirement = Codable
