@@ -409,23 +409,17 @@ struct ConnectionTests {
         expectCode(.endOfFile) { try mine.recvBytes(timeout: .seconds(5)) }
     }
 
+    // In a spawned probe: a child forked meanwhile by another test of this process would hold a copy of
+    // the closed ends, and the peer would not look closed.
     @Test("sending to a closed peer is an error, not a SIGPIPE death; raw pipes too")
     func closedPeer() throws {
-        let (a, b) = try makePipe()
-        b.close()
-        expectCode(.system) { try a.sendBytes([1, 2, 3]) }
-        expectCode(.system) { try a.send("x") }
-
-        var fds: [Int32] = [-1, -1]
-        #expect(pipe(&fds) == 0)
-        let reader = try Connection(adopting: fds[0], readable: true, writable: false)
-        let writer = try Connection(adopting: fds[1], readable: false, writable: true)
-        try writer.sendBytes([5, 6])
-        #expect(try reader.recvBytes(timeout: .seconds(5)) == [5, 6])
-        expectCode(.timedOut) { try reader.recvBytes(timeout: .milliseconds(20)) }
-        reader.close()
-        let error = expectCode(.system) { try writer.sendBytes([1]) }
-        #expect(error?.errno == EPIPE)
+        let (reader, writer) = try makePipe(duplex: false)
+        let probe = ChildProcess(ClosedPeerProbe(report: writer))
+        try probe.start()
+        let failures = try reader.recv([String].self, timeout: .seconds(60))
+        #expect(failures.isEmpty, "\(failures)")
+        #expect(try probe.join(timeout: .seconds(30)))
+        #expect(probe.exitCode == 0)
     }
 
     @Test("a handled signal does not break a blocked receive")
@@ -526,3 +520,36 @@ struct ConnectionTests {
     }
 }
 
+
+/// Sends to closed peers (a socket pair, then a raw pipe) and sends back what went wrong.
+struct ClosedPeerProbe: ProcessTask {
+    let report: Connection
+    func run() throws {
+        var failures: [String] = []
+        func expect(_ code: MultiprocessingError.Code, _ what: String, errno expected: Int32? = nil, _ body: () throws -> Void) {
+            do {
+                try body()
+                failures.append("\(what): no error")
+            } catch let error as MultiprocessingError {
+                if error.code != code || (expected != nil && error.errno != expected) { failures.append("\(what): \(error)") }
+            } catch {
+                failures.append("\(what): \(error)")
+            }
+        }
+        let (a, b) = try makePipe()
+        b.close()
+        expect(.system, "bytes to a closed socket peer") { try a.sendBytes([1, 2, 3]) }
+        expect(.system, "a value to a closed socket peer") { try a.send("x") }
+
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { throw MultiprocessingError.system("pipe") }
+        let reader = try Connection(adopting: fds[0], readable: true, writable: false)
+        let writer = try Connection(adopting: fds[1], readable: false, writable: true)
+        try writer.sendBytes([5, 6])
+        if try reader.recvBytes(timeout: .seconds(5)) != [5, 6] { failures.append("raw pipe lost the bytes") }
+        expect(.timedOut, "an empty raw pipe") { _ = try reader.recvBytes(timeout: .milliseconds(20)) }
+        reader.close()
+        expect(.system, "bytes to a closed raw pipe", errno: EPIPE) { try writer.sendBytes([1]) }
+        try report.send(failures)
+    }
+}
