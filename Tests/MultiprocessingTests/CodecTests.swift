@@ -577,6 +577,22 @@ import Testing
         #expect(transportError { _ = try decoder.decode(String.self, from: bad) }?.message.contains("UTF-8") == true)
     }
 
+    /// A decoding thread hands out the short string it read last again when the same bytes come back:
+    /// strings that differ from the one before in one byte, in length, or past 15 bytes decode as
+    /// themselves, alone, as fields and within one message.
+    @Test func repeatedShortStrings() throws {
+        let values = ["item", "item", "itex", "item", "ite", "item", "", "", "a", "b", "abcdefghijklmno",
+                      "abcdefghijklmnp", "abcdefghijklmnop", "abcdefghijklmnoq", "abcdefghijklmnop", "é", "e",
+                      "item\u{0}", "item"]
+        for value in values {
+            #expect(try roundTrip(value) == value)
+            let small = Small(id: 1, name: value, score: 0.5, tags: [])
+            #expect(try roundTrip(small) == small)
+        }
+        let pairs = zip(values, values.dropFirst()).map { Small(id: 2, name: $0, score: 1, tags: [$1]) }
+        #expect(try roundTrip(pairs) == pairs)
+    }
+
     @Test func optionalsOmitKeys() throws {
         let none = Optionals()
         let all = Optionals(a: 1, b: "b", c: [1, 2], d: sampleSmall, e: false, f: 0.5)

@@ -4,6 +4,33 @@ import Glibc
 import Darwin
 #endif
 
+/// One short ASCII string (up to 15 bytes, which a String holds inline, without a reference to
+/// count) and its bytes, zero-padded to two words.
+struct BinaryShortString {
+    private var string = ""
+    private var words: (UInt64, UInt64) = (0, 0)
+    private var count = -1
+
+    /// The string kept, when `bytes` are its bytes.
+    @inline(__always)
+    func string(ifSameAs bytes: UnsafeRawBufferPointer) -> String? {
+        guard bytes.count == count else { return nil }
+        let same = withUnsafeBytes(of: words) {
+            BinaryDecodingContext.equal(UnsafeRawBufferPointer(rebasing: $0[..<count]), bytes)
+        }
+        return same ? string : nil
+    }
+
+    /// Keeps `string`, made of the ASCII `bytes`, if it is short.
+    mutating func remember(_ string: String, _ bytes: UnsafeRawBufferPointer) {
+        guard bytes.count <= 15 else { return }
+        self.string = string
+        words = (0, 0)
+        withUnsafeMutableBytes(of: &words) { $0.copyMemory(from: bytes) }
+        count = bytes.count
+    }
+}
+
 /// Decodes `Decodable` values from the bytes that ``BinaryEncoder`` produces.
 ///
 /// The input is treated as untrusted: truncated, corrupt or hostile bytes throw
@@ -89,6 +116,8 @@ final class BinaryDecodingContext: BinaryReusableState {
     /// Changes at the start and end of every call, retiring what the call handed out.
     @exclusivity(unchecked) var generation = 0
     @exclusivity(unchecked) var kinds = BinaryKindCache()
+    /// The short string read last (see ``readString(at:limit:next:)``), kept across calls.
+    @exclusivity(unchecked) var lastShort = BinaryShortString()
     @exclusivity(unchecked) var boxes = BinaryBoxCache<Frame>()
     /// Frames of keyed containers made while every cached box was in use, and the containers' boxes.
     @exclusivity(unchecked) var spilledFrames: [Frame] = []
@@ -317,9 +346,20 @@ final class BinaryDecodingContext: BinaryReusableState {
         if let tag = quickTag(at: offset, limit: limit), tag >= BinaryFormat.smallStringBase && tag < BinaryFormat.smallIntBase {
             let length = Int(tag &- BinaryFormat.smallStringBase)
             let bytes = UnsafeRawBufferPointer(start: reader.base + offset + 1, count: length)
-            if length < limit &- offset, BinaryReader.isASCII(bytes) {
-                next = offset &+ 1 &+ length
-                return String(decoding: bytes, as: UTF8.self)
+            if length < limit &- offset {
+                // The short string read last, again: messages of a stream often repeat theirs (kinds,
+                // states, names), and comparing two words costs far less than making a String,
+                // which validates its bytes.
+                if let same = lastShort.string(ifSameAs: bytes) {
+                    next = offset &+ 1 &+ length
+                    return same
+                }
+                if BinaryReader.isASCII(bytes) {
+                    next = offset &+ 1 &+ length
+                    let string = String(decoding: bytes, as: UTF8.self)
+                    lastShort.remember(string, bytes)
+                    return string
+                }
             }
         }
         return try readOtherString(at: offset, limit: limit, next: &next)
