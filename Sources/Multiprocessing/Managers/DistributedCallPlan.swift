@@ -155,6 +155,8 @@ private struct ResultSlot {
 
 // The runtime's entry points that `executeDistributedTarget` uses, declared with raw pointers where the
 // Distributed module's declarations take `Builtin.RawPointer` (the same machine type).
+// The module does not publish these two: a toolchain that changed their signatures would break this file
+// without a compile error, so the manager tests call generic and plain methods through them on every run.
 
 /// Writes the parameter types of the mangled method `name` into `types`; returns how many, or a
 /// negative number when the name cannot be read.
