@@ -145,8 +145,15 @@ final class QueueRing: @unchecked Sendable {
     /// no item, and the caller would not wait), `shutDown`.
     enum Status: Sendable { case done, shutDown, busy }
 
-    /// The size of the record that carries `length` payload bytes.
-    static func recordSize(_ length: Int) -> Int { max(16, (headerSize + length + 7) & ~7) }
+    /// The size of the record that carries `length` payload bytes. A record of ``lineAlignedFrom``
+    /// bytes or more fills whole cache lines, so that a consumer reading it while the producer writes the
+    /// next one shares no line with that writer.
+    static func recordSize(_ length: Int) -> Int {
+        length >= lineAlignedFrom ? (headerSize + length + 63) & ~63 : max(16, (headerSize + length + 7) & ~7)
+    }
+
+    /// The payload size from which records are rounded up to whole cache lines (see ``recordSize(_:)``).
+    static let lineAlignedFrom = 256
 
     /// The state of one put or get across the steps of its wait.
     final class Attempt: @unchecked Sendable {
