@@ -190,12 +190,7 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         scratch.append(contentsOf: [0, 0, 0, 0])
         try write(&scratch)
         defer { if scratch.capacity > 1 << 20 { scratch = [] } }
-        let length = scratch.count - 4
-        if length > Framing.shortLimit {
-            scratch.replaceSubrange(0..<4, with: Framing.header(forLength: length))
-        } else {
-            scratch.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(length).bigEndian, as: UInt32.self) }
-        }
+        Framing.fillHeader(of: &scratch)
         try self.write(scratch, descriptors: [])
     }
 
@@ -280,13 +275,8 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         message.removeAll(keepingCapacity: true)
         message.append(contentsOf: [0, 0, 0, 0, UInt8(0)])
         try encoder.encode(value, appendingTo: &message)
-        let length = message.count - 4
         message[4] = UInt8(transfer.outgoing.count)
-        if length > Framing.shortLimit {
-            message.replaceSubrange(0..<4, with: Framing.header(forLength: length))
-        } else {
-            message.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(length).bigEndian, as: UInt32.self) }
-        }
+        Framing.fillHeader(of: &message)
         if transfer.outgoing.isEmpty { encoderCache = (encoder, transfer) }
         return transfer.outgoing
     }

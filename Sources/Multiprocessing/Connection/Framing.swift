@@ -19,6 +19,17 @@ enum Framing {
         return header
     }
 
+    /// Writes the header of a message built in place: `message` starts with 4 reserved bytes, and the
+    /// payload is everything after them (the long form replaces the 4 bytes with its 12).
+    static func fillHeader(of message: inout [UInt8]) {
+        let length = message.count - 4
+        if length > shortLimit {
+            message.replaceSubrange(0..<4, with: header(forLength: length))
+        } else {
+            message.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(length).bigEndian, as: UInt32.self) }
+        }
+    }
+
     /// Parses a header at the start of `bytes`: the payload length and the header's size,
     /// or nil when more bytes are needed. Throws for a negative length other than -1.
     static func parseHeader(_ bytes: UnsafeRawBufferPointer) throws -> (length: Int, headerSize: Int)? {
