@@ -29,13 +29,13 @@ struct ManagerRequest: Sendable {
     /// each length 4 bytes.
     func write(to bytes: inout [UInt8]) {
         bytes.append(kind.rawValue)
-        ManagerWire.append(id, to: &bytes)
-        ManagerWire.append(object, to: &bytes)
-        ManagerWire.append(Array(target.utf8), to: &bytes)
-        ManagerWire.append(UInt32(generics.count), to: &bytes)
-        for name in generics { ManagerWire.append(Array(name.utf8), to: &bytes) }
-        ManagerWire.append(UInt32(arguments.count), to: &bytes)
-        for argument in arguments { ManagerWire.append(argument, to: &bytes) }
+        WireFields.append(id, to: &bytes)
+        WireFields.append(object, to: &bytes)
+        WireFields.append(field: Array(target.utf8), to: &bytes)
+        WireFields.append(UInt32(generics.count), to: &bytes)
+        for name in generics { WireFields.append(field: Array(name.utf8), to: &bytes) }
+        WireFields.append(UInt32(arguments.count), to: &bytes)
+        for argument in arguments { WireFields.append(field: argument, to: &bytes) }
     }
 
 }
@@ -45,7 +45,7 @@ extension ManagerRequest {
     ///
     /// - Throws: ``MultiprocessingError/Code/protocolViolation`` when the bytes are not such a request.
     init(reading bytes: UnsafeRawBufferPointer) throws {
-        var reader = ManagerWire.Reader(bytes)
+        var reader = WireFieldReader(bytes, what: "a manager message")
         guard let kind = Kind(rawValue: try reader.byte()) else {
             throw MultiprocessingError(.protocolViolation, "a manager request of an unknown kind")
         }
@@ -70,7 +70,7 @@ struct ManagerReply: Sendable {
     ///
     /// - Throws: ``MultiprocessingError/Code/transport`` when the failure cannot be encoded.
     func write(to bytes: inout [UInt8]) throws {
-        ManagerWire.append(id, to: &bytes)
+        WireFields.append(id, to: &bytes)
         if let failure {
             bytes.append(1)
             bytes += try ManagerCoding.encode(failure)
@@ -88,75 +88,13 @@ extension ManagerReply {
     /// - Throws: ``MultiprocessingError/Code/protocolViolation`` when the bytes are not such a reply;
     ///   ``MultiprocessingError/Code/transport`` when its failure does not decode.
     init(reading bytes: UnsafeRawBufferPointer) throws {
-        var reader = ManagerWire.Reader(bytes)
+        var reader = WireFieldReader(bytes, what: "a manager message")
         id = try reader.integer(UInt64.self)
         let tag = try reader.byte()
         switch tag {
         case 0: value = Array(reader.rest())
         case 1: failure = try ManagerCoding.decode(RemoteFailure.self, from: Array(reader.rest()))
         default: throw MultiprocessingError(.protocolViolation, "a manager reply of an unknown kind \(tag)")
-        }
-    }
-}
-
-/// The layout helpers of ``ManagerRequest`` and ``ManagerReply``.
-enum ManagerWire {
-    static func append<Integer: FixedWidthInteger>(_ value: Integer, to bytes: inout [UInt8]) {
-        withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
-    }
-
-    static func append(_ field: [UInt8], to bytes: inout [UInt8]) {
-        append(UInt32(truncatingIfNeeded: field.count), to: &bytes)
-        bytes += field
-    }
-
-    /// Reads fields in order; any field that runs past the end is a protocol violation.
-    struct Reader {
-        private let bytes: UnsafeRawBufferPointer
-        private var position = 0
-
-        init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
-
-        private func short() -> MultiprocessingError {
-            MultiprocessingError(.protocolViolation, "a manager message ends early (\(bytes.count) bytes)")
-        }
-
-        mutating func byte() throws -> UInt8 {
-            guard position < bytes.count else { throw short() }
-            defer { position += 1 }
-            return bytes[position]
-        }
-
-        mutating func integer<Integer: FixedWidthInteger>(_ type: Integer.Type) throws -> Integer {
-            let size = MemoryLayout<Integer>.size
-            guard bytes.count - position >= size else { throw short() }
-            defer { position += size }
-            return Integer(littleEndian: bytes.loadUnaligned(fromByteOffset: position, as: Integer.self))
-        }
-
-        /// A 4-byte count of fields that follow, each at least 4 bytes long.
-        mutating func count() throws -> Int {
-            let count = Int(try integer(UInt32.self))
-            guard count <= (bytes.count - position) / 4 else { throw short() }
-            return count
-        }
-
-        /// A 4-byte length, then that many bytes.
-        mutating func field() throws -> UnsafeRawBufferPointer {
-            let length = Int(try integer(UInt32.self))
-            guard bytes.count - position >= length else { throw short() }
-            defer { position += length }
-            return UnsafeRawBufferPointer(rebasing: bytes[position..<position + length])
-        }
-
-        /// The bytes after the last field read.
-        func rest() -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: bytes[position...]) }
-
-        /// Checks that nothing follows the last field.
-        func finish() throws {
-            guard position == bytes.count else {
-                throw MultiprocessingError(.protocolViolation, "a manager message has \(bytes.count - position) bytes too many")
-            }
         }
     }
 }

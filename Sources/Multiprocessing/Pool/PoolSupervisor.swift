@@ -447,16 +447,20 @@ final class PoolSupervisor: @unchecked Sendable {
 
     /// What a reply answers, and its flags; nil when it does not answer what the worker was sent.
     private func answer(_ slot: WorkerSlot, _ frame: [UInt8]) -> (Answer, flags: UInt8)? {
-        var reader = PoolFrameReader(frame)
-        guard let kind = try? reader.byte(), let flags = try? reader.byte(), let id = try? reader.integer(UInt64.self) else { return nil }
-        if kind == PoolWire.initializerFailed { return (.initializerFailed(reader.rest()), flags) }
+        let fields = frame.withUnsafeBytes { bytes -> (kind: UInt8, flags: UInt8, id: UInt64, header: Int)? in
+            var reader = WireFieldReader(bytes, what: "a pool frame")
+            guard let kind = try? reader.byte(), let flags = try? reader.byte(), let id = try? reader.integer(UInt64.self) else { return nil }
+            return (kind, flags, id, reader.position)
+        }
+        guard let (kind, flags, id, header) = fields else { return nil }
+        if kind == PoolWire.initializerFailed { return (.initializerFailed(Array(frame[header...])), flags) }
         if kind == PoolWire.outputs {
             guard let item = slot.answeredBatch(id) else { return nil }
-            let outputs = PoolEncodedBatch(bytes: frame, range: reader.offset..<frame.count, count: item.count)
+            let outputs = PoolEncodedBatch(bytes: frame, range: header..<frame.count, count: item.count)
             return (.batch(item.call, PoolBatchOutputs(outputs, firstIndex: item.index)), flags)
         }
         guard let (item, offset) = slot.answered(id) else { return nil }
-        let payload = reader.rest()
+        let payload = Array(frame[header...])
         let outcome: PoolOutcome
         if kind == PoolWire.output {
             outcome = .output(payload)

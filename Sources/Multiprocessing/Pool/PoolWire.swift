@@ -43,89 +43,21 @@ enum PoolWire {
             throw MultiprocessingError(.invalidArgument, "a chunk of \(size) bytes is too large to send to a worker")
         }
         buffer.reserveCapacity(buffer.count + 4 + size)
-        appendBigEndian(UInt32(size), to: &buffer)
+        Framing.appendBigEndian(UInt32(size), to: &buffer)
         buffer.append(batch ? kind | batched : kind)
-        append(firstID, to: &buffer)
-        append(UInt32(name.count), to: &buffer)
-        buffer.append(contentsOf: name)
-        append(UInt32(task.count), to: &buffer)
-        buffer.append(contentsOf: task)
-        append(UInt32(batch ? inputs.first!.count : inputs.count), to: &buffer)
-        for item in inputs {
-            append(UInt32(item.input.count), to: &buffer)
-            buffer.append(contentsOf: item.input)
-        }
+        WireFields.append(firstID, to: &buffer)
+        WireFields.append(field: name, to: &buffer)
+        WireFields.append(field: task, to: &buffer)
+        WireFields.append(UInt32(batch ? inputs.first!.count : inputs.count), to: &buffer)
+        for item in inputs { WireFields.append(field: item.input, to: &buffer) }
     }
 
     /// Appends one reply frame, with its connection header, to `buffer`.
     static func appendReply(to buffer: inout [UInt8], kind: UInt8, flags: UInt8, id: UInt64, payload: [UInt8]) {
-        appendBigEndian(UInt32(10 + payload.count), to: &buffer)
+        Framing.appendBigEndian(UInt32(10 + payload.count), to: &buffer)
         buffer.append(kind)
         buffer.append(flags)
-        append(id, to: &buffer)
+        WireFields.append(id, to: &buffer)
         buffer.append(contentsOf: payload)
     }
-
-    static func append<I: FixedWidthInteger>(_ value: I, to buffer: inout [UInt8]) {
-        withUnsafeBytes(of: value.littleEndian) { buffer.append(contentsOf: $0) }
-    }
-
-    static func appendBigEndian(_ value: UInt32, to buffer: inout [UInt8]) {
-        withUnsafeBytes(of: value.bigEndian) { buffer.append(contentsOf: $0) }
-    }
-}
-
-/// Reads the fields of a frame in order; any read past the end is a protocol violation.
-struct PoolFrameReader {
-    let bytes: [UInt8]
-    var offset = 0
-
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
-
-    mutating func byte() throws -> UInt8 {
-        guard offset < bytes.count else { throw Self.truncated }
-        defer { offset += 1 }
-        return bytes[offset]
-    }
-
-    mutating func integer<I: FixedWidthInteger>(_: I.Type) throws -> I {
-        let size = MemoryLayout<I>.size
-        guard bytes.count - offset >= size else { throw Self.truncated }
-        var value = I.zero
-        withUnsafeMutableBytes(of: &value) { target in
-            bytes.withUnsafeBytes { source in
-                target.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[offset..<offset + size]))
-            }
-        }
-        offset += size
-        return I(littleEndian: value)
-    }
-
-    /// A length-prefixed run of bytes.
-    mutating func counted() throws -> [UInt8] {
-        let count = Int(try integer(UInt32.self))
-        return try take(count)
-    }
-
-    /// Where a length-prefixed run of bytes lies in the frame (read in place instead of copied).
-    mutating func countedRange() throws -> Range<Int> {
-        let count = Int(try integer(UInt32.self))
-        guard bytes.count - offset >= count else { throw Self.truncated }
-        defer { offset += count }
-        return offset..<offset + count
-    }
-
-    mutating func take(_ count: Int) throws -> [UInt8] {
-        guard count >= 0, bytes.count - offset >= count else { throw Self.truncated }
-        defer { offset += count }
-        return Array(bytes[offset..<offset + count])
-    }
-
-    /// Everything not read yet.
-    mutating func rest() -> [UInt8] {
-        defer { offset = bytes.count }
-        return Array(bytes[offset...])
-    }
-
-    static let truncated = MultiprocessingError(.protocolViolation, "a pool frame ended early")
 }

@@ -163,20 +163,23 @@ struct PoolWorkerSession {
         let received = nextFrame ?? (try? channel.recvBytes())
         nextFrame = nil
         guard let frame = received else { return nil }
-        var reader = PoolFrameReader(frame)
         do {
-            let kind = try reader.byte()
-            let firstID = try reader.integer(UInt64.self)
-            let name = try reader.counted()
-            let task = try reader.counted()
-            let count = Int(try reader.integer(UInt32.self))
-            var inputs: [[UInt8]] = []
-            var batch: PoolEncodedBatch?
-            if kind & PoolWire.batched != 0 {
-                batch = PoolEncodedBatch(bytes: frame, range: try reader.countedRange(), count: count)
-            } else {
-                inputs.reserveCapacity(count)
-                for _ in 0..<count { inputs.append(try reader.counted()) }
+            let (kind, firstID, name, task, count, inputs, batch) = try frame.withUnsafeBytes { bytes in
+                var reader = WireFieldReader(bytes, what: "a pool frame")
+                let kind = try reader.byte()
+                let firstID = try reader.integer(UInt64.self)
+                let name = Array(try reader.field())
+                let task = Array(try reader.field())
+                let count = Int(try reader.integer(UInt32.self))
+                var inputs: [[UInt8]] = []
+                var batch: PoolEncodedBatch?
+                if kind & PoolWire.batched != 0 {
+                    batch = PoolEncodedBatch(bytes: frame, range: try reader.fieldRange(), count: count)
+                } else {
+                    inputs.reserveCapacity(count)
+                    for _ in 0..<count { inputs.append(Array(try reader.field())) }
+                }
+                return (kind, firstID, name, task, count, inputs, batch)
             }
             return Job(
                 firstID: firstID, runner: runner(name: name, task: task), inputs: inputs, batch: batch, count: count,
