@@ -15,11 +15,14 @@ struct ForkServerAttackTests {
         let (reader, writer) = try makePipe(duplex: false)
         let probe = ChildProcess(ForkServerKillProbe(report: writer, starts: 1000))
         try probe.start()
+        // Only the probe holds the writing end now: if it crashes, the receive ends at once.
+        writer.close()
         // The probe's starts stop at its time budget (60 s); under a whole suite on a cold machine a start
         // and its join can take tens of seconds more (each server it replaces is spawned anew).
-        let result = try reader.recv(KillProbeResult.self, timeout: .seconds(300))
+        let received = Result { try reader.recv(KillProbeResult.self, timeout: .seconds(300)) }
         #expect(try probe.join(timeout: .seconds(30)))
-        #expect(probe.exitCode == 0)
+        #expect(probe.exitCode == 0, "the probe ended with \(String(describing: probe.exitCode)): \(String(describing: probe.failure))")
+        let result = try received.get()
         #expect(result.kills > 0, "the server was never killed: \(result)")
         #expect(result.started > 0, "no start succeeded: \(result)")
         #expect(result.started + result.failed >= 100, "too few starts within the time budget: \(result)")
@@ -31,11 +34,23 @@ struct ForkServerAttackTests {
         #expect(result.leftBehind == 0, "\(result)")
     }
 
+    @Test("the killer counts the pids created since it last looked, also across the wrap-around of pids")
+    func newPidsAcrossWrap() {
+        #expect(ServerKiller.newPids(after: 100, upTo: 100) == nil)
+        #expect(ServerKiller.newPids(after: 100, upTo: 103) == 101...103)
+        #expect(ServerKiller.newPids(after: 100, upTo: 200) == 184...200)
+        // After the wrap: the newest pid is below the one seen before.
+        #expect(ServerKiller.newPids(after: 32_760, upTo: 5) == 1...5)
+        #expect(ServerKiller.newPids(after: 32_760, upTo: 400) == 384...400)
+        #expect(ServerKiller.newPids(after: 32_760, upTo: 0) == nil)
+    }
+
     @Test("a SIGSTOPped fork server is replaced: the start after it succeeds within the reply bound")
     func stoppedServer() throws {
         let (reader, writer) = try makePipe(duplex: false)
         let probe = ChildProcess(ForkServerStopProbe(report: writer))
         try probe.start()
+        writer.close()
         let result = try reader.recv(StopProbeResult.self, timeout: .seconds(60))
         #expect(try probe.join(timeout: .seconds(30)))
         #expect(probe.exitCode == 0)
@@ -108,8 +123,8 @@ enum ServerKiller {
             }
             var hit = target > 0 && Deadline.monotonicNow() >= killAt
             let newest = lastPid(lastPidFile)
-            if forksLeft > 0, target > 0, newest != seenPid, newest > 0 {
-                forksLeft -= (max(seenPid + 1, newest - 16)...newest).count { parentPid(of: $0) == target }
+            if forksLeft > 0, target > 0, let created = newPids(after: seenPid, upTo: newest) {
+                forksLeft -= created.count { parentPid(of: $0) == target }
                 hit = forksLeft <= 0
             }
             seenPid = newest
@@ -120,6 +135,15 @@ enum ServerKiller {
             }
             if forksLeft > 0 { sched_yield() } else { usleep(200) }
         }
+    }
+
+    /// The pids handed out since `seen` when the newest is `newest`, at most the last 16 of them (nil
+    /// for none). Pids wrap around at the kernel's `pid_max` (32768 by default), which a whole test suite
+    /// reaches within minutes: after a wrap the newest is below the one seen before.
+    static func newPids(after seen: Int32, upTo newest: Int32) -> ClosedRange<Int32>? {
+        guard newest > 0, newest != seen else { return nil }
+        let lowest = newest > seen ? max(seen + 1, newest - 16) : max(1, newest - 16)
+        return lowest...newest
     }
 
     private static func lastPid(_ fd: Int32) -> Int32 {
