@@ -21,48 +21,91 @@ extension MPIPool {
     ///   ``MultiprocessingError/Code/transport``, ``MultiprocessingError/Code/invalidArgument``, or
     ///   ``MultiprocessingError/Code/invalidState`` after ``shutdown(timeout:)``.
     ///   ``mapResults(_:_:chunkSize:timeout:)`` gives every input's outcome instead.
+    @inlinable
     public func map<T: PoolTask>(
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: MPIProgress? = nil
     ) throws -> [T.Output] {
-        let job = try start(task, inputArray(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self)
+        // Each call is inlined so that the inputs become an array in code specialised for their sequence
+        // type, as the local pool's calls are: run unspecialised here, `Array(inputs)` walks a
+        // `Range<Int>` an element at a time through its witnesses, about 100 ns an input.
+        try map(task, inputArray: Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress)
+    }
+
+    @usableFromInline
+    func map<T: PoolTask>(
+        _ task: T, inputArray inputs: [T.Input], chunkSize: Int?, timeout: Duration?, progress: MPIProgress?
+    ) throws -> [T.Output] {
+        let job = try start(task, inputs, chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self)
         return try job.wait(timeout: nil, until: { $0.isComplete }, take: { try $0.outputs() })
     }
 
     /// ``map(_:_:chunkSize:timeout:progress:)`` for an ``AsyncPoolTask``.
     /// - Throws: as ``map(_:_:chunkSize:timeout:progress:)``.
+    @inlinable
     public func map<T: AsyncPoolTask>(
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: MPIProgress? = nil
     ) throws -> [T.Output] {
-        let job = try start(task, inputArray(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self)
+        try map(task, inputArray: Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress)
+    }
+
+    @usableFromInline
+    func map<T: AsyncPoolTask>(
+        _ task: T, inputArray inputs: [T.Input], chunkSize: Int?, timeout: Duration?, progress: MPIProgress?
+    ) throws -> [T.Output] {
+        let job = try start(task, inputs, chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self)
         return try job.wait(timeout: nil, until: { $0.isComplete }, take: { try $0.outputs() })
     }
 
     /// ``map(_:_:chunkSize:timeout:progress:)`` waiting on the Swift concurrency runtime; cancellation
     /// ends the wait with `CancellationError` (the inputs already sent still run).
     /// - Throws: as ``map(_:_:chunkSize:timeout:progress:)``, or `CancellationError`.
+    @inlinable
     public func map<T: PoolTask>(
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, timeout: Duration? = nil
     ) async throws -> [T.Output] {
-        let job = try start(task, inputArray(inputs), chunkSize: chunkSize, timeout: timeout, progress: nil, as: T.Output.self)
+        try await map(task, inputArray: Array(inputs), chunkSize: chunkSize, timeout: timeout)
+    }
+
+    @usableFromInline
+    func map<T: PoolTask>(
+        _ task: T, inputArray inputs: [T.Input], chunkSize: Int?, timeout: Duration?
+    ) async throws -> [T.Output] {
+        let job = try start(task, inputs, chunkSize: chunkSize, timeout: timeout, progress: nil, as: T.Output.self)
         return try await job.wait(until: { $0.isComplete }, take: { try $0.outputs() })
     }
 
     /// The async ``map(_:_:chunkSize:timeout:progress:)`` for an ``AsyncPoolTask``.
     /// - Throws: as ``map(_:_:chunkSize:timeout:progress:)``, or `CancellationError`.
+    @inlinable
     public func map<T: AsyncPoolTask>(
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, timeout: Duration? = nil
     ) async throws -> [T.Output] {
-        let job = try start(task, inputArray(inputs), chunkSize: chunkSize, timeout: timeout, progress: nil, as: T.Output.self)
+        try await map(task, inputArray: Array(inputs), chunkSize: chunkSize, timeout: timeout)
+    }
+
+    @usableFromInline
+    func map<T: AsyncPoolTask>(
+        _ task: T, inputArray inputs: [T.Input], chunkSize: Int?, timeout: Duration?
+    ) async throws -> [T.Output] {
+        let job = try start(task, inputs, chunkSize: chunkSize, timeout: timeout, progress: nil, as: T.Output.self)
         return try await job.wait(until: { $0.isComplete }, take: { try $0.outputs() })
     }
 
     /// ``map(_:_:chunkSize:timeout:progress:)`` giving every input's outcome, in input order, instead of
     /// throwing the first failure.
     /// - Throws: the errors of starting the work only (see ``submit(_:_:timeout:)``).
+    @inlinable
     public func mapResults<T: PoolTask>(
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int? = nil, timeout: Duration? = nil
     ) throws -> [Result<T.Output, any Error>] {
-        let job = try start(task, inputArray(inputs), chunkSize: chunkSize, timeout: timeout, progress: nil, as: T.Output.self)
+        try mapResults(task, inputArray: Array(inputs), chunkSize: chunkSize, timeout: timeout)
+    }
+
+    @usableFromInline
+    func mapResults<T: PoolTask>(
+        _ task: T, inputArray inputs: [T.Input], chunkSize: Int?, timeout: Duration?
+    ) throws -> [Result<T.Output, any Error>] {
+        let job = try start(task, inputs, chunkSize: chunkSize, timeout: timeout, progress: nil, as: T.Output.self)
         return try job.wait(timeout: nil, until: { $0.isComplete }, take: { job in (0..<job.count).map { job.result($0) } })
     }
 
@@ -70,19 +113,35 @@ extension MPIPool {
     /// `Pool.imap`): a failed input is a `.failure` in its place and the others go on.
     /// - Parameter timeout: the longest each input may run in its local worker.
     /// - Throws: the errors of starting the work (see ``submit(_:_:timeout:)``).
+    @inlinable
     public func imap<T: PoolTask>(
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int = 1, timeout: Duration? = nil, progress: MPIProgress? = nil
     ) throws -> MPIResults<T.Output> {
-        MPIResults(try start(task, inputArray(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self), ordered: true)
+        try imap(task, inputArray: Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress)
+    }
+
+    @usableFromInline
+    func imap<T: PoolTask>(
+        _ task: T, inputArray inputs: [T.Input], chunkSize: Int, timeout: Duration?, progress: MPIProgress?
+    ) throws -> MPIResults<T.Output> {
+        MPIResults(try start(task, inputs, chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self), ordered: true)
     }
 
     /// ``imap(_:_:chunkSize:timeout:progress:)`` with results in the order they finish (Python's
     /// `Pool.imap_unordered`).
     /// - Throws: as ``imap(_:_:chunkSize:timeout:progress:)``.
+    @inlinable
     public func imapUnordered<T: PoolTask>(
         _ task: T, _ inputs: some Sequence<T.Input>, chunkSize: Int = 1, timeout: Duration? = nil, progress: MPIProgress? = nil
     ) throws -> MPIResults<T.Output> {
-        MPIResults(try start(task, inputArray(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self), ordered: false)
+        try imapUnordered(task, inputArray: Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress)
+    }
+
+    @usableFromInline
+    func imapUnordered<T: PoolTask>(
+        _ task: T, inputArray inputs: [T.Input], chunkSize: Int, timeout: Duration?, progress: MPIProgress?
+    ) throws -> MPIResults<T.Output> {
+        MPIResults(try start(task, inputs, chunkSize: chunkSize, timeout: timeout, progress: progress, as: T.Output.self), ordered: false)
     }
 
     /// Runs `task` on one input on some worker rank and waits for its output (Python's `Pool.apply`).
