@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import CMultiprocessing
 import Distributed
 import Synchronization
@@ -149,9 +152,13 @@ public final class ManagerActorSystem: DistributedActorSystem, @unchecked Sendab
     }
 
     /// The link to `address`, connecting when there is none (or the last one was lost).
+    ///
+    /// A link made by another process (this one was forked from it) counts as none: its socket and
+    /// channel are that process's stream, and a second reader would take its replies. It is only
+    /// replaced here, never lost or shut down, which would cut the other process's connection too.
     func link(to address: ConnectionAddress) throws -> ManagerLink {
         let (existing, key) = state.withLock { ($0.links[address], $0.keys[address]) }
-        if let existing, !existing.isLost { return existing }
+        if let existing, Self.usable(existing) { return existing }
         let link = try ManagerLink(address: address, authkey: key ?? currentProcess().authkey, timeout: Self.connectTimeout) {
             [weak self] lost in
             self?.state.withLock { state in
@@ -159,12 +166,17 @@ public final class ManagerActorSystem: DistributedActorSystem, @unchecked Sendab
             }
         }
         let chosen = state.withLock { state -> ManagerLink in
-            if let raced = state.links[address], !raced.isLost { return raced }  // another task connected meanwhile
+            if let raced = state.links[address], Self.usable(raced) { return raced }  // another task connected meanwhile
             state.links[address] = link
             return link
         }
         if chosen !== link { link.lose("another connection to the same manager was made at the same time") }
         return chosen
+    }
+
+    /// Whether `link` can carry this process's calls: it is this process's own, and not lost.
+    private static func usable(_ link: ManagerLink) -> Bool {
+        link.owner == getpid() && !link.isLost
     }
 
     /// Remembers the key of the manager at `address`, for links made later.

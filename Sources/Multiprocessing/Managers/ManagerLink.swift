@@ -20,12 +20,22 @@ import Synchronization
 /// manager died or shut down, the network dropped) every pending call fails at once with
 /// ``MultiprocessingError/Code/managerUnavailable``, and the link is dropped so that the next call
 /// connects again.
+///
+/// A link to a manager on this machine (a Unix socket address) moves its messages into shared memory
+/// right after it connects (see ``ManagerChannel``); one over TCP uses the socket alone.
+///
+/// A link belongs to the process that made it (``owner``): a process forked from it must make its
+/// own, or two processes would read one stream.
 final class ManagerLink: @unchecked Sendable {
     let address: ConnectionAddress
+    /// The process that made the link, the only one that may use it.
+    let owner = getpid()
     /// A second descriptor for the same socket, for sending; a lock keeps whole messages from interleaving.
-    private let writer: Mutex<Connection>
+    private let writer: Mutex<ManagerSender>
     /// The receiving end, read only by the holder of the read turn.
-    private let reader: Connection
+    private let reader: ManagerReceiver
+    /// The channel's ring of requests, when the messages go through a ``ManagerChannel``.
+    private let requests: ManagerChannel.Ring?
     private let state = Mutex(State())
     private let onLoss: @Sendable (ManagerLink) -> Void
     /// Posted when the read turn passes to the reader thread (or the link is lost).
@@ -59,10 +69,59 @@ final class ManagerLink: @unchecked Sendable {
             try Syscall.setKeepAlive(try connection.fileno, idle: 1, interval: 1, probes: 2, userTimeout: .seconds(4))
         }
         // The connection that did the handshake reads, in case it holds bytes that came after it.
-        reader = connection
-        writer = Mutex(try Connection(adopting: try Syscall.duplicate(try connection.fileno), readable: false, writable: true))
+        let reader = ManagerReceiver(connection)
+        let writer = ManagerSender(try Connection(adopting: try Syscall.duplicate(try connection.fileno), readable: false, writable: true))
+        var channel: ManagerChannel?
+        if case .unix = address {
+            do {
+                channel = try Self.attachChannel(reader: reader, writer: writer, timeout: timeout)
+            } catch let error as MultiprocessingError where error.code != .managerUnavailable {
+                throw MultiprocessingError(.managerUnavailable, "the manager at \(address) stopped answering: \(error)", errno: error.errno)
+            }
+        }
+        self.reader = reader
+        self.writer = Mutex(writer)
+        requests = channel?.ring(writtenBy: .client)
         sem_init(turnPassed, 0, 0)
     }
+
+    /// Moves the connection's messages into a new ``ManagerChannel`` (see
+    /// ``ManagerRequest/Kind/attachChannel``) and returns it. When the channel cannot be made or the
+    /// manager refuses it, the link keeps using the socket (and says why in ``diagnostics``): nil.
+    ///
+    /// - Throws: the errors of the socket when the manager stops answering.
+    private static func attachChannel(reader: ManagerReceiver, writer: ManagerSender, timeout: Duration) throws -> ManagerChannel? {
+        let channel: ManagerChannel
+        do {
+            channel = try ManagerChannel()
+        } catch {
+            diagnostics.notice("manager calls go over the socket: no shared memory for them: \(error)")
+            return nil
+        }
+        try writer.send(ManagerRequest(id: 0, kind: .attachChannel).write)
+        if let failure = try reader.receive(timeout: timeout, ManagerReply.init(reading:)).failure {
+            diagnostics.notice("manager calls go over the socket: the manager refused shared memory: \(failure.error)")
+            return nil
+        }
+        try writer.connection.sendDescriptor(channel.fd)
+        if let failure = try reader.receive(timeout: timeout, ManagerReply.init(reading:)).failure {
+            diagnostics.notice("manager calls go over the socket: the manager could not map shared memory: \(failure.error)")
+            return nil
+        }
+        writer.attach(channel, as: .client)
+        reader.attach(channel, as: .client)
+        return channel
+    }
+
+    /// Whether the link's messages travel through a ``ManagerChannel``.
+    var usesChannel: Bool { requests != nil }
+
+    /// The bytes of requests written to the channel that the manager has not read yet (0 without a
+    /// channel): read without any lock, so that a test can see a writer stuck on a full ring.
+    var unreadRequestBytes: Int { requests?.unreadBytes ?? 0 }
+
+    /// How many calls wait for their reply.
+    var pendingCalls: Int { state.withLock { $0.pending.count } }
 
     deinit {
         sem_destroy(turnPassed)
@@ -91,7 +150,7 @@ final class ManagerLink: @unchecked Sendable {
                 if let failure { return continuation.resume(throwing: failure) }
                 if Task.isCancelled { return finish(id, throwing: CancellationError()) }
                 do {
-                    try writer.withLock { try $0.sendMessage(request.write) }
+                    try writer.withLock { try $0.send(request.write) }
                 } catch let error as MultiprocessingError where error.code == .transport {
                     return finish(id, throwing: error)
                 } catch {
@@ -119,7 +178,7 @@ final class ManagerLink: @unchecked Sendable {
         while state.withLock({ $0.pending[id] != nil }) {
             guard let left = deadline.remainingNanoseconds, left > 0 else { break }
             do {
-                dispatch(try reader.receiveMessage(timeout: .nanoseconds(left), ManagerReply.init(reading:)))
+                dispatch(try reader.receive(timeout: .nanoseconds(left), ManagerReply.init(reading:)))
             } catch let error as MultiprocessingError where error.code == .timedOut {
                 break
             } catch {
@@ -156,7 +215,7 @@ final class ManagerLink: @unchecked Sendable {
                 }
                 if done { break }
                 do {
-                    dispatch(try reader.receiveMessage(ManagerReply.init(reading:)))
+                    dispatch(try reader.receive(ManagerReply.init(reading:)))
                 } catch {
                     lost(reading: error)
                     break
@@ -195,7 +254,7 @@ final class ManagerLink: @unchecked Sendable {
         }
         for continuation in pending { continuation.resume(throwing: error) }
         // Wakes a reading party, which then finds the link failed; the descriptors close with the link.
-        if let fd = try? reader.fileno { shutdown(fd, Int32(SHUT_RDWR)) }
+        if let fd = try? reader.connection.fileno { shutdown(fd, Int32(SHUT_RDWR)) }
         if wakeReader { sem_post(turnPassed) }
         onLoss(self)
     }

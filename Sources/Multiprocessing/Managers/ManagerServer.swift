@@ -79,8 +79,8 @@ public final class ManagerServer: @unchecked Sendable {
 
     private func serve(_ connection: Connection) throws {
         // The accepted connection reads: it may hold bytes of the first request, read during the handshake.
-        let reader = connection
-        let writer = try Connection(adopting: try Syscall.duplicate(try connection.fileno), readable: false, writable: true)
+        let reader = ManagerReceiver(connection)
+        let writer = ManagerSender(try Connection(adopting: try Syscall.duplicate(try connection.fileno), readable: false, writable: true))
         let client = state.withLock { state -> ServedClient? in
             guard !state.stopped else { return nil }
             defer { state.nextCaller += 1 }
@@ -88,21 +88,23 @@ public final class ManagerServer: @unchecked Sendable {
             state.clients[client.caller] = client
             return client
         }
-        guard let client else { return reader.close() }
+        guard let client else { return connection.close() }
         if case .tcp = address, let fd = try? connection.fileno {
             try? Syscall.setKeepAlive(fd, idle: 1, interval: 1, probes: 2, userTimeout: .seconds(4))
         }
         Task.detached { [self] in
             _ = try? await withBlockingThread { self.readRequests(from: reader, for: client) }
-            reader.close()
+            connection.close()
             await dropClient(client)
         }
     }
 
-    private func readRequests(from reader: Connection, for client: ServedClient) {
+    private func readRequests(from reader: ManagerReceiver, for client: ServedClient) {
         while true {
-            guard let request = try? reader.receiveMessage(ManagerRequest.init(reading:)) else { return }
+            guard let request = try? reader.receive(ManagerRequest.init(reading:)) else { return }
             switch request.kind {
+            case .attachChannel:
+                attachChannel(request, reader: reader, for: client)
             case .shutdown:
                 client.reply(ManagerReply(id: request.id))
                 shutdown()
@@ -120,6 +122,25 @@ public final class ManagerServer: @unchecked Sendable {
                 // caller's next request follows and spins that long.
                 reader.answerExpected(sentAt: Deadline.monotonicNow())
             }
+        }
+    }
+
+    /// Serves a client's ``ManagerRequest/Kind/attachChannel``: asks for the channel's descriptor,
+    /// maps it, says so, and moves the client's messages into it. On failure the client is told, and
+    /// both sides keep using the socket.
+    private func attachChannel(_ request: ManagerRequest, reader: ManagerReceiver, for client: ServedClient) {
+        guard case .unix = address, !reader.usesChannel else {
+            return client.reply(ManagerReply(id: request.id, failure: RemoteFailure(code: .unsupported, "only a Unix socket's connection can move into shared memory, once")))
+        }
+        client.reply(ManagerReply(id: request.id))
+        do {
+            let channel = try ManagerChannel(adopting: try reader.connection.recvDescriptor(timeout: .seconds(10)))
+            client.reply(ManagerReply(id: request.id))
+            client.attach(channel)
+            reader.attach(channel, as: .server)
+        } catch {
+            diagnostics.notice("manager \(address): a client's calls stay on the socket: \(error)")
+            client.reply(ManagerReply(id: request.id, failure: RemoteFailure(error)))
         }
     }
 
@@ -164,7 +185,7 @@ public final class ManagerServer: @unchecked Sendable {
             } catch {
                 client.reply(ManagerReply(id: request.id, failure: RemoteFailure(error)))
             }
-        case .shutdown, .ping:
+        case .shutdown, .ping, .attachChannel:
             return
         }
     }
@@ -173,7 +194,7 @@ public final class ManagerServer: @unchecked Sendable {
 /// One connected process, as the server sees it.
 private final class ServedClient: @unchecked Sendable {
     let caller: UInt64
-    private let writer: Mutex<Connection>
+    private let writer: Mutex<ManagerSender>
     private let running = Mutex(Running())
 
     private struct Running {
@@ -183,23 +204,28 @@ private final class ServedClient: @unchecked Sendable {
         var closed = false
     }
 
-    init(caller: UInt64, writer: Connection) {
+    init(caller: UInt64, writer: ManagerSender) {
         self.caller = caller
         self.writer = Mutex(writer)
     }
 
     /// Sends a reply; a client that has gone is noticed by the reading side.
     func reply(_ reply: ManagerReply) {
-        writer.withLock { connection in
+        writer.withLock { sender in
             do {
-                try connection.sendMessage(reply.write)
+                try sender.send(reply.write)
             } catch let error as MultiprocessingError where error.code == .transport {
                 // The reply could not be encoded: fail that call only.
-                try? connection.sendMessage(ManagerReply(id: reply.id, failure: RemoteFailure(error)).write)
+                try? sender.send(ManagerReply(id: reply.id, failure: RemoteFailure(error)).write)
             } catch {
                 return
             }
         }
+    }
+
+    /// Sends the replies through `channel` from now on.
+    func attach(_ channel: ManagerChannel) {
+        writer.withLock { $0.attach(channel, as: .server) }
     }
 
     /// Runs a request in a task of its own, cancelled if the client leaves first.
@@ -237,8 +263,8 @@ private final class ServedClient: @unchecked Sendable {
             return Array(running.tasks.values)
         }
         for task in tasks { task.cancel() }
-        writer.withLock { connection in
-            if let fd = try? connection.fileno { shutdown(fd, Int32(SHUT_RDWR)) }
+        writer.withLock { sender in
+            if let fd = try? sender.connection.fileno { shutdown(fd, Int32(SHUT_RDWR)) }
         }
     }
 }

@@ -15,6 +15,11 @@ struct ManagerRequest: Sendable {
         case shutdown
         /// Reply at once (a health check).
         case ping
+        /// Move this connection's messages into shared memory (a ``ManagerChannel``): the server
+        /// replies, the client then sends the channel's descriptor, and the server replies again once it
+        /// mapped it; from then on both sides use the channel, and the socket carries only doorbells.
+        /// Only over a Unix socket (a manager on this machine).
+        case attachChannel
     }
 
     var id: UInt64

@@ -1,0 +1,195 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMultiprocessing
+import Distributed
+import Synchronization
+import Testing
+@testable import Multiprocessing
+
+/// A shared object whose method holds the thread that runs it: in a manager, the thread reading the
+/// caller's connection, which then reads nothing more from that caller until the stall ends.
+distributed actor ChannelTestStaller: SharedObject {
+    distributed func stall(milliseconds: Int) -> Int {
+        var request = timespec(tv_sec: milliseconds / 1000, tv_nsec: milliseconds % 1000 * 1_000_000)
+        var left = timespec()
+        while nanosleep(&request, &left) != 0 && errno == EINTR { request = left }
+        return milliseconds
+    }
+}
+
+/// Whether a thread started.
+private final class StartFlag: Sendable {
+    let started = Mutex(false)
+}
+
+/// A child that stalls the manager's reading of its connection, then starts a request several times
+/// larger than the channel's ring, and reports "full" once the ring is full: the request is partly in
+/// the ring and its writer waits for room. The test kills it there.
+struct LargeRequestWriter: AsyncProcessTask {
+    let staller: ChannelTestStaller
+    let dictionary: SharedDictionary<Int, String>
+    let report: Connection
+
+    func run() async throws {
+        _ = try await staller.stall(milliseconds: 0)
+        let link = try ManagerActorSystem.shared.link(to: staller.id.manager)
+        guard link.usesChannel else { return try await report.send("no channel") }
+        // Sent before the large request, so the manager is stalled before it reads any of it.
+        let stalled = Task.immediate { try await staller.stall(milliseconds: 3000) }
+        while link.pendingCalls == 0 { await Task.yield() }
+        // This process's tasks all run on its main thread, which the large request's writer holds
+        // while it waits for room: the watcher is a thread of its own.
+        let flag = StartFlag()
+        let watcher = Task {
+            try await withBlockingThread { [report] in
+                flag.started.withLock { $0 = true }
+                let deadline = Deadline.after(.seconds(20))
+                while link.unreadRequestBytes < ManagerChannel.ringSize && !deadline.hasPassed { usleep(200) }
+                try report.send(deadline.hasPassed ? "never full" : "full")
+            }
+        }
+        while !flag.started.withLock({ $0 }) { await Task.yield() }
+        var entries: [Int: String] = [:]
+        for key in 0..<1000 { entries[key] = String(repeating: "v", count: 4000) }
+        try await dictionary.update(entries)
+        try await watcher.value
+        _ = try await stalled.value
+    }
+}
+
+/// A child that makes its link to the manager, then forks: it and its fork child each add 1 to
+/// `counter` `rounds` times at the same time, and it reports what each saw.
+struct ForkingCaller: AsyncProcessTask {
+    let counter: TestCounter
+    let rounds: Int
+    let report: Connection
+
+    func run() async throws {
+        _ = try await counter.add(0)
+        let (results, resultWriter) = try makePipe(duplex: false)
+        let pid = mp_fork(nil, 0)
+        if pid == 0 {
+            // The fork child: a link inherited and used would hang it; the alarm ends it then.
+            alarm(30)
+            results.close()
+            let seen = (try? await addAll()) ?? []
+            try? sendNow(seen, on: resultWriter)
+            _exit(seen.count == rounds ? 0 : 1)
+        }
+        resultWriter.close()
+        guard pid > 0 else { throw MultiprocessingError.system("fork") }
+        let mine = try await addAll()
+        let theirs = (try? receiveNow([Int].self, from: results, timeout: .seconds(40))) ?? []
+        var status: Int32 = 0
+        _ = waitpid(pid, &status, 0)
+        try await report.send([mine, theirs])
+    }
+
+    private func addAll() async throws -> [Int] {
+        var seen: [Int] = []
+        for _ in 0..<rounds { seen.append(try await counter.add(1)) }
+        return seen
+    }
+}
+
+/// Sends `value` without the event loop: a forked child has none.
+private func sendNow<T: Encodable>(_ value: T, on connection: Connection) throws { try connection.send(value) }
+
+/// Receives a value on the calling thread, blocking it.
+private func receiveNow<T: Decodable>(_ type: T.Type, from connection: Connection, timeout: Duration) throws -> T {
+    try connection.recv(type, timeout: timeout)
+}
+
+@Suite("Manager channel", .timeLimit(.minutes(2)))
+struct ManagerChannelTests {
+    @Test("a manager on a Unix socket address is reached through shared memory; one on TCP over the socket alone")
+    func channelOnUnixOnly() async throws {
+        let local = try SharedObjectManager()
+        defer { try? local.process?.kill() }
+        let remote = try SharedObjectManager(address: .tcp(host: "127.0.0.1", port: 0))
+        defer { try? remote.process?.kill() }
+        let near = try await local.make(TestCounter.self)
+        let far = try await remote.make(TestCounter.self)
+        #expect(try await near.add(2) == 2)
+        #expect(try await far.add(3) == 3)
+        #expect(try ManagerActorSystem.shared.link(to: near.id.manager).usesChannel)
+        #expect(try !ManagerActorSystem.shared.link(to: far.id.manager).usesChannel)
+        try await local.shutdown()
+        try await remote.shutdown()
+    }
+
+    @Test("values many times larger than the ring go both ways exactly, one at a time and beside small calls")
+    func valuesLargerThanTheRing() async throws {
+        let manager = try SharedObjectManager()
+        defer { try? manager.process?.kill() }
+        let dictionary = try await manager.makeDictionary([Int: String].self)
+        let counter = try await manager.make(TestCounter.self)
+        let entries = Dictionary(uniqueKeysWithValues: (0..<3000).map { key in
+            (key, String(repeating: Character(Unicode.Scalar(UInt8(65 + key % 26))), count: 2000) + "\(key)")
+        })
+        #expect(try ManagerActorSystem.shared.link(to: dictionary.id.manager).usesChannel)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for _ in 0..<200 { _ = try await counter.add(1) }
+            }
+            group.addTask {
+                try await dictionary.update(entries)
+                #expect(try await dictionary.snapshot() == entries)
+                let one = String(repeating: "x", count: 5 << 20)
+                try await dictionary.setValue(one, forKey: -1)
+                #expect(try await dictionary.value(forKey: -1) == one)
+            }
+            try await group.waitForAll()
+        }
+        #expect(try await counter.value() == 200)
+        try await manager.shutdown()
+    }
+
+    @Test("a caller SIGKILLed while its large request is partly in the ring: the manager drops it and serves the others on")
+    func callerKilledMidRequest() async throws {
+        let manager = try SharedObjectManager()
+        defer { try? manager.process?.kill() }
+        let staller = try await manager.make(ChannelTestStaller.self)
+        let counter = try await manager.make(TestCounter.self)
+        let dictionary = try await manager.makeDictionary([Int: String].self)
+        let (report, sender) = try makePipe(duplex: false)
+        let writer = ChildProcess(LargeRequestWriter(staller: staller, dictionary: dictionary, report: sender))
+        try writer.start()
+        defer { try? writer.kill() }
+        sender.close()
+        #expect(try await report.recv(String.self, timeout: .seconds(30)) == "full")
+        let others = ChildProcess(CountingChild(counter: counter, tasks: 4, rounds: 25))
+        try others.start()
+        try writer.kill()
+        #expect(try await writer.join(timeout: .seconds(10)))
+        #expect(try await others.join(timeout: .seconds(60)))
+        #expect(others.exitCode == 0)
+        #expect(try await counter.value() == 100)
+        #expect(try await dictionary.snapshot().isEmpty)  // the cut request did nothing
+        #expect(try await staller.stall(milliseconds: 1) == 1)
+        try await manager.shutdown()
+        #expect(manager.process?.exitCode == 0)
+    }
+
+    @Test("a process forked from one that holds a link makes its own: both call one object at once, with exact results")
+    func forkChildMakesItsOwnLink() async throws {
+        let manager = try SharedObjectManager()
+        defer { try? manager.process?.kill() }
+        let counter = try await manager.make(TestCounter.self)
+        let (report, sender) = try makePipe(duplex: false)
+        let rounds = 500
+        let child = ChildProcess(ForkingCaller(counter: counter, rounds: rounds, report: sender))
+        try child.start()
+        defer { try? child.kill() }
+        sender.close()
+        let seen = try await report.recv([[Int]].self, timeout: .seconds(60))
+        #expect(try await child.join(timeout: .seconds(10)))
+        #expect(child.exitCode == 0)
+        #expect(seen.count == 2 && seen.allSatisfy { $0.count == rounds })
+        for values in seen { #expect(zip(values, values.dropFirst()).allSatisfy { $0 < $1 }) }
+        #expect(seen.joined().sorted() == Array(1...(2 * rounds)))
+        #expect(try await counter.value() == 2 * rounds)
+        try await manager.shutdown()
+    }
+}
