@@ -192,4 +192,33 @@ struct ManagerChannelTests {
         #expect(try await counter.value() == 2 * rounds)
         try await manager.shutdown()
     }
+
+    @Test("a server shuts down while a reply waits for room in the channel of a client that reads nothing")
+    func shutdownWhileAReplyWaitsForRoom() async throws {
+        let server = try ManagerServer()
+        let serving = Task { try await server.run() }
+        defer { server.shutdown() }
+        let connection = try Connection(connectingTo: server.address, authkey: currentProcess().authkey, timeout: .seconds(10))
+        let receiver = ManagerReceiver(connection)
+        let sender = ManagerSender(try Connection(adopting: try Syscall.duplicate(try connection.fileno), readable: false, writable: true))
+        let channel = try #require(try ManagerLink.attachChannel(reader: receiver, writer: sender, timeout: .seconds(10)))
+        // More replies than the ring holds: the server's reply writer waits for room, holding its lock.
+        let replyRoom = ManagerChannel.ringSize / 13  // a ping's reply takes 13 bytes
+        for id in 1...(replyRoom + 1000) { try sender.send(ManagerRequest(id: UInt64(id), kind: .ping).write) }
+        let replies = channel.ring(writtenBy: .server)
+        #expect(await eventually(within: .seconds(10)) { replies.unreadBytes > ManagerChannel.ringSize - 13 })
+        let stopped = Mutex(false)
+        let stopping = Task {
+            try await withBlockingThread {
+                server.shutdown()
+                stopped.withLock { $0 = true }
+            }
+        }
+        #expect(await eventually(within: .seconds(5)) { stopped.withLock { $0 } }, "shutdown waited for the reply")
+        if stopped.withLock({ $0 }) {
+            try await stopping.value
+            try await serving.value
+        }
+        withExtendedLifetime((receiver, sender)) {}
+    }
 }

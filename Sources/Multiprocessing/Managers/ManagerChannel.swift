@@ -116,16 +116,19 @@ final class ManagerChannel: @unchecked Sendable {
         Syscall.close(fd)
     }
 
+    /// Maps the whole channel, shared with the other process.
     private static func map(_ fd: Int32) throws -> UnsafeMutableRawPointer {
         let address = mmap(nil, mappingSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         guard let address, address != MAP_FAILED else { throw MultiprocessingError.system("mmap") }
         return address
     }
 
+    /// The 64-bit atomic at header `offset`.
     private func atomic64(_ offset: Int) -> UnsafeMutablePointer<Atomic<UInt64>> {
         (base + offset).assumingMemoryBound(to: Atomic<UInt64>.self)
     }
 
+    /// The 32-bit atomic at header `offset`.
     private func atomic32(_ offset: Int) -> UnsafeMutablePointer<Atomic<UInt32>> {
         (base + offset).assumingMemoryBound(to: Atomic<UInt32>.self)
     }
@@ -151,8 +154,11 @@ final class ManagerChannel: @unchecked Sendable {
     struct Ring: @unchecked Sendable {
         /// Keeps the mapping alive while the ring is used.
         let channel: ManagerChannel
+        /// The ring's ``ManagerChannel/ringSize`` bytes.
         let data: UnsafeMutableRawPointer
+        /// Bytes written so far (stored by the writer only, with release).
         let tail: UnsafeMutablePointer<Atomic<UInt64>>
+        /// Bytes read so far (stored by the reader only, with release).
         let head: UnsafeMutablePointer<Atomic<UInt64>>
         /// Set by the reader before it sleeps in poll(); cleared by the writer that rings the doorbell.
         let readerWaiting: UnsafeMutablePointer<Atomic<UInt32>>
@@ -209,7 +215,7 @@ final class ManagerChannel: @unchecked Sendable {
         }
     }
 
-    /// Spinning pays only when the other process runs on another CPU meanwhile.
+    /// Spinning pays only when the other process can run on another CPU meanwhile.
     private static let spinning = sysconf(Int32(_SC_NPROCESSORS_ONLN)) > 1
 }
 
@@ -219,12 +225,14 @@ final class ManagerChannel: @unchecked Sendable {
 final class ManagerSender: @unchecked Sendable {
     /// The socket (a descriptor of its own, for sending).
     let connection: Connection
+    /// The ring this side writes, once a channel is attached.
     private var ring: ManagerChannel.Ring?
     /// The message being sent, kept to reuse its storage.
     private var scratch: [UInt8] = []
     /// A head this sender saw: the room it leaves is at least the room there is.
     private var knownHead: UInt64 = 0
 
+    /// Sends over `connection` until a channel is attached.
     init(_ connection: Connection) { self.connection = connection }
 
     /// Sends from now on through `channel`, as `side`.
@@ -317,6 +325,7 @@ final class ManagerSender: @unchecked Sendable {
 final class ManagerReceiver: @unchecked Sendable {
     /// The socket (the descriptor that did the handshake).
     let connection: Connection
+    /// The ring this side reads, once a channel is attached.
     private var ring: ManagerChannel.Ring?
     /// The bytes of the message being read so far: its header, then its payload.
     private var message: [UInt8] = []
@@ -327,6 +336,7 @@ final class ManagerReceiver: @unchecked Sendable {
     /// How long a wait for data spins (see ``ManagerChannel/spinNanoseconds``).
     private var spinWindow = ManagerChannel.spinNanoseconds
 
+    /// Receives from `connection` until a channel is attached.
     init(_ connection: Connection) { self.connection = connection }
 
     /// Receives from now on through `channel`, as `side`.

@@ -90,7 +90,7 @@ final class ManagerLink: @unchecked Sendable {
     /// manager refuses it, the link keeps using the socket (and says why in ``diagnostics``): nil.
     ///
     /// - Throws: the errors of the socket when the manager stops answering.
-    private static func attachChannel(reader: ManagerReceiver, writer: ManagerSender, timeout: Duration) throws -> ManagerChannel? {
+    static func attachChannel(reader: ManagerReceiver, writer: ManagerSender, timeout: Duration) throws -> ManagerChannel? {
         let channel: ManagerChannel
         do {
             channel = try ManagerChannel()

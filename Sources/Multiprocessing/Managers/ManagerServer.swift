@@ -195,6 +195,10 @@ public final class ManagerServer: @unchecked Sendable {
 private final class ServedClient: @unchecked Sendable {
     let caller: UInt64
     private let writer: Mutex<ManagerSender>
+    /// The socket's descriptor (the writer's, open as long as this object): ``close()`` shuts it down
+    /// without the writer's lock, which a reply waiting for room in a full channel holds until the
+    /// client reads or is gone (the shutdown is what tells that reply the client is gone).
+    private let socket: Int32
     private let running = Mutex(Running())
 
     private struct Running {
@@ -206,6 +210,7 @@ private final class ServedClient: @unchecked Sendable {
 
     init(caller: UInt64, writer: ManagerSender) {
         self.caller = caller
+        socket = (try? writer.connection.fileno) ?? -1
         self.writer = Mutex(writer)
     }
 
@@ -263,8 +268,6 @@ private final class ServedClient: @unchecked Sendable {
             return Array(running.tasks.values)
         }
         for task in tasks { task.cancel() }
-        writer.withLock { sender in
-            if let fd = try? sender.connection.fileno { shutdown(fd, Int32(SHUT_RDWR)) }
-        }
+        if socket >= 0 { shutdown(socket, Int32(SHUT_RDWR)) }
     }
 }
