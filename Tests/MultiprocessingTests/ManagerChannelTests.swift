@@ -7,15 +7,34 @@ import Synchronization
 import Testing
 @testable import Multiprocessing
 
+/// Posted, in a manager's process, to end a ``ChannelTestStaller`` stall.
+nonisolated(unsafe) private let stallRelease: UnsafeMutablePointer<sem_t> = {
+    let semaphore = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
+    sem_init(semaphore, 0, 0)
+    return semaphore
+}()
+
 /// A shared object whose method holds the thread that runs it: in a manager, the thread reading the
 /// caller's connection, which then reads nothing more from that caller until the stall ends.
 distributed actor ChannelTestStaller: SharedObject {
-    distributed func stall(milliseconds: Int) -> Int {
-        var request = timespec(tv_sec: milliseconds / 1000, tv_nsec: milliseconds % 1000 * 1_000_000)
-        var left = timespec()
-        while nanosleep(&request, &left) != 0 && errno == EINTR { request = left }
-        return milliseconds
+    /// Holds the thread until ``ChannelTestReleaser/release()`` or `milliseconds` pass; returns
+    /// whether it was released.
+    distributed func stall(milliseconds: Int) -> Bool {
+        var limit = timespec()
+        clock_gettime(CLOCK_REALTIME, &limit)
+        let nanoseconds = limit.tv_nsec + milliseconds % 1000 * 1_000_000
+        limit.tv_sec += milliseconds / 1000 + nanoseconds / 1_000_000_000
+        limit.tv_nsec = nanoseconds % 1_000_000_000
+        while sem_timedwait(stallRelease, &limit) != 0 {
+            if errno != EINTR { return false }
+        }
+        return true
     }
+}
+
+/// Ends a ``ChannelTestStaller`` stall in the same manager.
+distributed actor ChannelTestReleaser: SharedObject {
+    distributed func release() { sem_post(stallRelease) }
 }
 
 /// Whether a thread started.
@@ -36,7 +55,7 @@ struct LargeRequestWriter: AsyncProcessTask {
         let link = try ManagerActorSystem.shared.link(to: staller.id.manager)
         guard link.usesChannel else { return try await report.send("no channel") }
         // Sent before the large request, so the manager is stalled before it reads any of it.
-        let stalled = Task.immediate { try await staller.stall(milliseconds: 3000) }
+        let stalled = Task.immediate { try await staller.stall(milliseconds: 60_000) }
         while link.pendingCalls == 0 { await Task.yield() }
         // This process's tasks all run on its main thread, which the large request's writer holds
         // while it waits for room: the watcher is a thread of its own.
@@ -151,6 +170,7 @@ struct ManagerChannelTests {
         let manager = try SharedObjectManager()
         defer { try? manager.process?.kill() }
         let staller = try await manager.make(ChannelTestStaller.self)
+        let releaser = try await manager.make(ChannelTestReleaser.self)
         let counter = try await manager.make(TestCounter.self)
         let dictionary = try await manager.makeDictionary([Int: String].self)
         let (report, sender) = try makePipe(duplex: false)
@@ -158,16 +178,18 @@ struct ManagerChannelTests {
         try writer.start()
         defer { try? writer.kill() }
         sender.close()
-        #expect(try await report.recv(String.self, timeout: .seconds(30)) == "full")
+        #expect(try await report.recv(String.self, timeout: .seconds(60)) == "full")
+        try writer.kill()
+        #expect(try await writer.join(timeout: .seconds(20)))
+        // The manager reads the rest only now: a request cut in the middle, then the end of the stream.
         let others = ChildProcess(CountingChild(counter: counter, tasks: 4, rounds: 25))
         try others.start()
-        try writer.kill()
-        #expect(try await writer.join(timeout: .seconds(10)))
+        try await releaser.release()
         #expect(try await others.join(timeout: .seconds(60)))
         #expect(others.exitCode == 0)
         #expect(try await counter.value() == 100)
         #expect(try await dictionary.snapshot().isEmpty)  // the cut request did nothing
-        #expect(try await staller.stall(milliseconds: 1) == 1)
+        #expect(try await staller.stall(milliseconds: 0) == false)  // its object is free again
         try await manager.shutdown()
         #expect(manager.process?.exitCode == 0)
     }
@@ -198,15 +220,15 @@ struct ManagerChannelTests {
         let server = try ManagerServer()
         let serving = Task { try await server.run() }
         defer { server.shutdown() }
-        let connection = try Connection(connectingTo: server.address, authkey: currentProcess().authkey, timeout: .seconds(10))
+        let connection = try Connection(connectingTo: server.address, authkey: currentProcess().authkey, timeout: .seconds(60))
         let receiver = ManagerReceiver(connection)
         let sender = ManagerSender(try Connection(adopting: try Syscall.duplicate(try connection.fileno), readable: false, writable: true))
-        let channel = try #require(try ManagerLink.attachChannel(reader: receiver, writer: sender, timeout: .seconds(10)))
+        let channel = try #require(try ManagerLink.attachChannel(reader: receiver, writer: sender, timeout: .seconds(60)))
         // More replies than the ring holds: the server's reply writer waits for room, holding its lock.
         let replyRoom = ManagerChannel.ringSize / 13  // a ping's reply takes 13 bytes
         for id in 1...(replyRoom + 1000) { try sender.send(ManagerRequest(id: UInt64(id), kind: .ping).write) }
         let replies = channel.ring(writtenBy: .server)
-        #expect(await eventually(within: .seconds(10)) { replies.unreadBytes > ManagerChannel.ringSize - 13 })
+        #expect(await eventually(within: .seconds(60)) { replies.unreadBytes > ManagerChannel.ringSize - 13 })
         let stopped = Mutex(false)
         let stopping = Task {
             try await withBlockingThread {
@@ -214,7 +236,7 @@ struct ManagerChannelTests {
                 stopped.withLock { $0 = true }
             }
         }
-        #expect(await eventually(within: .seconds(5)) { stopped.withLock { $0 } }, "shutdown waited for the reply")
+        #expect(await eventually(within: .seconds(30)) { stopped.withLock { $0 } }, "shutdown waited for the reply")
         if stopped.withLock({ $0 }) {
             try await stopping.value
             try await serving.value
