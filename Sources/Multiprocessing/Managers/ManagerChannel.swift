@@ -227,6 +227,14 @@ final class ManagerChannel: @unchecked Sendable {
         }
     }
 
+    /// Throws ``MultiprocessingError/Code/system`` (errno `EPIPE`) when the socket `fd` says its other
+    /// side is gone or it was shut down: for a writer that waits for room and never reads.
+    static func checkPeer(_ fd: Int32) throws {
+        var entry = pollfd(fd: fd, events: 0, revents: 0)
+        guard poll(&entry, 1, 0) > 0, entry.revents & Int16(POLLHUP | POLLERR | POLLNVAL) != 0 else { return }
+        throw MultiprocessingError(.system, "the peer closed the connection", errno: EPIPE)
+    }
+
     /// Spinning pays only when the other process can run on another CPU meanwhile.
     private static let spinning = sysconf(Int32(_SC_NPROCESSORS_ONLN)) > 1
 }
@@ -326,7 +334,7 @@ final class ManagerSender: @unchecked Sendable {
             if hasRoom() { return ring.roomWaiting.pointee.store(0, ordering: .relaxed) }
             Futex.wait(Futex.address(ring.roomBell), expected: bell, until: .after(ManagerChannel.livenessSlice))
             if hasRoom() { return }
-            try ManagerReceiver.checkPeer(try connection.fileno)
+            try ManagerChannel.checkPeer(try connection.fileno)
         }
     }
 }
@@ -478,13 +486,19 @@ final class ManagerReceiver: @unchecked Sendable {
         spinSkips = spinPenalty
     }
 
-    /// Reads the doorbell bytes waiting on the socket without blocking; returns whether the socket's
-    /// other side is gone (end of file, or a reset).
+    /// Reads the doorbell bytes waiting on the socket without blocking (a bounded number of reads, so
+    /// a peer that keeps writing cannot hold the reader here); returns whether the socket's other side
+    /// is gone (end of file, or a reset).
     private static func drainDoorbells(_ fd: Int32) throws -> Bool {
         var bells = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        var reads = 0
         while true {
             let result = withUnsafeMutableBytes(of: &bells) { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-            if result > 0 { continue }
+            reads += 1
+            if result > 0 {
+                if reads >= 64 { return false }
+                continue
+            }
             if result == 0 { return true }
             switch errno {
             case EINTR: continue
@@ -493,13 +507,5 @@ final class ManagerReceiver: @unchecked Sendable {
             case let error: throw MultiprocessingError.system("recv", errno: error)
             }
         }
-    }
-
-    /// Throws ``MultiprocessingError/Code/system`` (errno `EPIPE`) when the socket `fd` says its other
-    /// side is gone or it was shut down: for a writer that waits for room and never reads.
-    static func checkPeer(_ fd: Int32) throws {
-        var entry = pollfd(fd: fd, events: 0, revents: 0)
-        guard poll(&entry, 1, 0) > 0, entry.revents & Int16(POLLHUP | POLLERR | POLLNVAL) != 0 else { return }
-        throw MultiprocessingError(.system, "the peer closed the connection", errno: EPIPE)
     }
 }
