@@ -112,6 +112,31 @@ struct ForkingCaller: AsyncProcessTask {
     }
 }
 
+/// A child whose tasks make large calls all at once: requests and replies several times larger than the
+/// channel's ring, more of them than the threads that run its tasks (in a child, one). It reports how
+/// many entries the last snapshot held.
+struct ConcurrentLargeCaller: AsyncProcessTask {
+    let dictionary: SharedDictionary<Int, String>
+    let report: Connection
+
+    func run() async throws {
+        let count = try await withThrowingTaskGroup(of: Int.self) { group in
+            for round in 0..<4 {
+                group.addTask {
+                    var entries: [Int: String] = [:]
+                    for key in 0..<250 { entries[round * 1000 + key] = String(repeating: "u", count: 4000) }
+                    try await dictionary.update(entries)
+                    return 0
+                }
+                group.addTask { try await dictionary.snapshot().count }
+            }
+            return try await group.reduce(0, max)
+        }
+        _ = count
+        try await report.send(try await dictionary.snapshot().count)
+    }
+}
+
 /// Sends `value` without the event loop: a forked child has none.
 private func sendNow<T: Encodable>(_ value: T, on connection: Connection) throws { try connection.send(value) }
 
@@ -162,6 +187,30 @@ struct ManagerChannelTests {
             try await group.waitForAll()
         }
         #expect(try await counter.value() == 200)
+        try await manager.shutdown()
+    }
+
+    @Test("large requests and replies from many tasks at once, more than the threads running them: all complete")
+    func concurrentLargeCalls() async throws {
+        let manager = try SharedObjectManager()
+        defer { try? manager.process?.kill() }
+        let dictionary = try await manager.makeDictionary([Int: String].self)
+        var entries: [Int: String] = [:]
+        for key in 0..<1000 { entries[-1 - key] = String(repeating: "s", count: 3000) }
+        try await dictionary.update(entries)
+        let (report, sender) = try makePipe(duplex: false)
+        let caller = ChildProcess(ConcurrentLargeCaller(dictionary: dictionary, report: sender))
+        try caller.start()
+        defer { try? caller.kill() }
+        sender.close()
+        let received: Int?
+        do { received = try await report.recv(Int.self, timeout: .seconds(60)) } catch {
+            received = nil
+            Issue.record("no report from the caller: \(error)")
+        }
+        #expect(try await caller.join(timeout: .seconds(20)))
+        #expect(caller.exitCode == 0)
+        #expect(received == 2000)
         try await manager.shutdown()
     }
 

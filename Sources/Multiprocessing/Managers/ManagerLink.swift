@@ -199,7 +199,14 @@ final class ManagerLink: @unchecked Sendable {
             return !state.readerStarted
         }
         guard let start else { return }
-        if start { Task.detached { [self] in _ = try? await withBlockingThread { self.readForOthers() } } }
+        // A thread started directly: the callers may hold every thread of the cooperative pool (a
+        // child's tasks all run on its main thread), blocked writing requests while the manager waits for
+        // room to write the replies that this thread reads.
+        if start {
+            do { try startThread { [self] in readForOthers() } } catch {
+                return lose("its replies cannot be read: \(error)")
+            }
+        }
         sem_post(turnPassed)
     }
 

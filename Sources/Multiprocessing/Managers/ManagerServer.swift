@@ -92,10 +92,17 @@ public final class ManagerServer: @unchecked Sendable {
         if case .tcp = address, let fd = try? connection.fileno {
             try? Syscall.setKeepAlive(fd, idle: 1, interval: 1, probes: 2, userTimeout: .seconds(4))
         }
-        Task.detached { [self] in
-            _ = try? await withBlockingThread { self.readRequests(from: reader, for: client) }
+        // The reading thread starts directly, not from a task: a reply that waits for room may hold a
+        // thread of the cooperative pool (in a manager's own process, its only one).
+        let reading: @Sendable () -> Void = { [self] in
+            readRequests(from: reader, for: client)
             connection.close()
-            await dropClient(client)
+            Task { await dropClient(client) }
+        }
+        do { try startThread(reading) } catch {
+            diagnostics.warning("manager at \(address) cannot serve a client: \(error)")
+            connection.close()
+            Task { await dropClient(client) }
         }
     }
 
