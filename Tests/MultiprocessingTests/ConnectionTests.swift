@@ -378,15 +378,36 @@ struct ConnectionTests {
     @Test("a receive spins longer only for a peer that answers a little later than the usual spin")
     func spinWindow() {
         let usual: UInt64 = 20_000
-        #expect(Connection.spinWindow(afterTurnaround: 4_000) == usual)
-        #expect(Connection.spinWindow(afterTurnaround: 20_000) == usual)
-        #expect(Connection.spinWindow(afterTurnaround: 30_000) == 45_000)
-        #expect(Connection.spinWindow(afterTurnaround: 66_000) == 99_000)
-        #expect(Connection.spinWindow(afterTurnaround: 67_000) == usual)
-        #expect(Connection.spinWindow(afterTurnaround: 5_000_000) == usual)
+        #expect(SpinBudget.window(afterTurnaround: 4_000) == usual)
+        #expect(SpinBudget.window(afterTurnaround: 20_000) == usual)
+        #expect(SpinBudget.window(afterTurnaround: 30_000) == 45_000)
+        #expect(SpinBudget.window(afterTurnaround: 66_000) == 99_000)
+        #expect(SpinBudget.window(afterTurnaround: 67_000) == usual)
+        #expect(SpinBudget.window(afterTurnaround: 5_000_000) == usual)
         for turnaround in stride(from: UInt64(0), to: 1_000_000, by: 997) {
-            #expect(Connection.spinWindow(afterTurnaround: turnaround) <= Connection.longestSpinNanoseconds)
+            #expect(SpinBudget.window(afterTurnaround: turnaround) <= SpinBudget.longestNanoseconds)
         }
+    }
+
+    @Test("each spin in vain doubles the waits that sleep at once, up to 64; a spin in time resets it")
+    func spinPenalty() {
+        var budget = SpinBudget()
+        let first = budget.takeSpin()
+        #expect(first)
+        var sleptAtOnce: [Int] = []
+        for _ in 0..<8 {
+            budget.spinEnded(inTime: false)
+            var skipped = 0
+            while !budget.takeSpin() { skipped += 1 }
+            sleptAtOnce.append(skipped)
+        }
+        #expect(sleptAtOnce == [1, 2, 4, 8, 16, 32, 64, 64])
+        budget.spinEnded(inTime: true)
+        let afterInTime = budget.takeSpin()
+        budget.spinEnded(inTime: false)
+        let afterOneInVain = (budget.takeSpin(), budget.takeSpin())
+        #expect(afterInTime)
+        #expect(afterOneInVain == (false, true))
     }
 
     @Test("invalid descriptors are refused")

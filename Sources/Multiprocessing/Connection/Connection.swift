@@ -46,44 +46,17 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     /// Whether the descriptor still looks like a socket (cleared at the first ENOTSOCK).
     private var isSocket = true
     private static let initialCapacity = 64 * 1024
-    /// How long a receive polls a socket without sleeping before it blocks. Waking a process on another
-    /// CPU costs about 20 us on this kind of VM, so when both ends spin a ping-pong takes about 4 us
-    /// instead of 10 to 40. Spinning only pays when the peer runs on another CPU meanwhile; on a busy
-    /// machine it steals time, so each spin in vain (empty-handed, or one during which this thread lost its
-    /// CPU, a sign that the peer shares it) doubles the number of waits that block at once (up to 64).
-    /// Measured: 40 us spins gained nothing more when idle and cost more when busy; with one CPU hogged,
-    /// this costs about 15% over never spinning, and when idle it is 3.5 us instead of 40.
-    private static let spinNanoseconds: UInt64 = 20_000
-    private static let spinsSkippedAtMost = 64
-    /// A pause between two polls longer than this means the thread was preempted.
-    private static let preemptedGap: UInt64 = 5_000
-    private static let spinning = sysconf(Int32(_SC_NPROCESSORS_ONLN)) > 1
-    /// Waits left that block without spinning, and how many the next fruitless spin makes that.
-    private var spinSkips = 0
-    private var spinPenalty = 0
-    /// How long this connection's receives spin: `spinNanoseconds`, or longer for a peer measured to
-    /// answer a little later than that (see `spinWindow(afterTurnaround:)`).
-    private var spinWindow = Connection.spinNanoseconds
+    /// When a receive spins before it sleeps (a socket's only).
+    private var spin = SpinBudget()
     /// When the last message was sent, while no receive has measured the peer's answer to it yet (0).
     private var lastSent: UInt64 = 0
-    /// The longest spin: a peer that answers later than two thirds of this is waited for by blocking.
-    static let longestSpinNanoseconds: UInt64 = 100_000
 
     /// Tells a connection that only receives that a message it answers went out at `sent` (monotonic
     /// nanoseconds) through another descriptor of the same socket, so that its next receive measures the
     /// peer's turnaround and spins long enough for it, as after its own send. Call it from the thread
     /// that receives.
     func answerExpected(sentAt sent: UInt64) {
-        if isSocket && Self.spinning { lastSent = sent }
-    }
-
-    /// The spin for the next receive, given how long after a send the peer's answer arrived. A peer that
-    /// answers within the usual spin keeps it; one that takes a little longer (a Python program, which
-    /// wakes up and unpickles before it answers) gets half again its time, so that the answer is caught
-    /// without a wake-up of its own; one slower than that gets the usual spin.
-    static func spinWindow(afterTurnaround turnaround: UInt64) -> UInt64 {
-        guard turnaround > spinNanoseconds, turnaround <= longestSpinNanoseconds / 3 * 2 else { return spinNanoseconds }
-        return turnaround + turnaround / 2
+        if isSocket && SpinBudget.available { lastSent = sent }
     }
 
     /// Wraps an open descriptor; the connection owns it and closes it on ``close()`` or deinit.
@@ -323,7 +296,7 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
                 }
             }
         }
-        if isSocket && Self.spinning { lastSent = Deadline.monotonicNow() }
+        if isSocket && SpinBudget.available { lastSent = Deadline.monotonicNow() }
     }
 
     /// Writes `frames` (whole frames) without holding a thread while the peer's buffer is full: the task
@@ -735,7 +708,7 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     }
 
     /// Reads what is available into the buffer (at least one byte) and returns true, or throws at EOF or
-    /// timeout. A socket is read without blocking for a few microseconds first (see `spinNanoseconds`).
+    /// timeout. A socket is read without blocking for a few microseconds first (see ``SpinBudget``).
     /// When not `blocking`, returns false instead of waiting any longer than that.
     private func fill(deadline: Deadline, blocking: Bool) throws -> Bool {
         if end == capacity {
@@ -747,23 +720,21 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
                 reserve(capacity * 2)
             }
         }
-        // A spin polls until `spinUntil`. A gap of more than `preemptedGap` between two polls means this
+        // A spin polls until `spinUntil`. A gap of more than `SpinBudget.preemptedGap` between two polls means this
         // thread lost its CPU meanwhile: data that came then likely came from a peer on our own CPU, which
         // the spin only delayed, so such a spin counts as one in vain.
         var spinUntil: UInt64 = 0
         var lastPoll: UInt64 = 0
         var preempted = false
-        // A wait that starts just after a send measures how long the peer takes to answer (see spinWindow).
+        // A wait that starts just after a send measures how long the peer takes to answer.
         var sentAt: UInt64 = 0
-        if isSocket && Self.spinning && !deadline.hasPassed {
+        if isSocket && SpinBudget.available && !deadline.hasPassed {
             let start = Deadline.monotonicNow()
-            if lastSent > 0, start - lastSent < Self.spinNanoseconds { sentAt = lastSent }
+            if lastSent > 0, start - lastSent < SpinBudget.usualNanoseconds { sentAt = lastSent }
             lastSent = 0
-            if spinSkips == 0 {
+            if spin.takeSpin() {
                 lastPoll = start
-                spinUntil = lastPoll + spinWindow
-            } else {
-                spinSkips -= 1
+                spinUntil = lastPoll + spin.window
             }
         }
         // Without a spin, a wait without deadline goes straight to a blocking read.
@@ -774,9 +745,9 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
                 if spinUntil > 0 || sentAt > 0 {
                     let now = Deadline.monotonicNow()
                     if spinUntil > 0 {
-                        if preempted || now - lastPoll > Self.preemptedGap { penalizeSpin() } else { spinPenalty = 0 }
+                        spin.spinEnded(inTime: !preempted && now - lastPoll <= SpinBudget.preemptedGap)
                     }
-                    if sentAt > 0 { spinWindow = Self.spinWindow(afterTurnaround: now - sentAt) }
+                    if sentAt > 0 { spin.answered(after: now - sentAt) }
                 }
                 end += result
                 return true
@@ -794,11 +765,11 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
             // Nothing ready (EAGAIN).
             if spinUntil > 0 {
                 let now = Deadline.monotonicNow()
-                preempted = preempted || now - lastPoll > Self.preemptedGap
+                preempted = preempted || now - lastPoll > SpinBudget.preemptedGap
                 lastPoll = now
                 if now < spinUntil, !deadline.hasPassed { continue }
                 spinUntil = 0
-                penalizeSpin()
+                spin.spinEnded(inTime: false)
             }
             if !blocking { return false }
             if deadline.nanoseconds == nil {
@@ -822,12 +793,6 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         default:
             throw MultiprocessingError.system("recv", errno: error)
         }
-    }
-
-    /// After a spin in vain, the next waits block at once: twice as many as after the previous one.
-    private func penalizeSpin() {
-        spinPenalty = min(max(1, spinPenalty * 2), Self.spinsSkippedAtMost)
-        spinSkips = spinPenalty
     }
 
     /// One read into the free end of the buffer: bytes read, 0 at end of file, or -1 with errno (EAGAIN

@@ -54,12 +54,12 @@ final class ManagerChannel: @unchecked Sendable {
     /// The mapping's size.
     static let mappingSize = headerSize + 2 * ringSize
     /// How long a reader with an empty ring, or a writer with a full one, spins before it sleeps: the
-    /// socket's usual spin (see ``Connection/spinWindow(afterTurnaround:)``). A manager answers a call
+    /// socket's usual spin (see ``SpinBudget``). A manager answers a call
     /// to an idle object in a few microseconds and a caller's next request follows its reply as
     /// quickly; waking a process that sleeps costs about 20 us on this kind of VM. A reader told that
     /// an answer is expected (``ManagerReceiver/answerExpected(sentAt:)``) measures how late it came
-    /// and spins as a socket's receive would for it, up to ``Connection/longestSpinNanoseconds``.
-    static let spinNanoseconds = Connection.spinWindow(afterTurnaround: 0)
+    /// and spins as a socket's receive would for it, up to ``SpinBudget/longestNanoseconds``.
+    static let spinNanoseconds = SpinBudget.usualNanoseconds
     /// How often a writer asleep waiting for room looks whether the other side is gone.
     static let livenessSlice = Duration.milliseconds(10)
 
@@ -205,13 +205,10 @@ final class ManagerChannel: @unchecked Sendable {
     /// sign that the other side shares it, and that the spin only delayed it), or never held.
     enum SpinOutcome { case ready, readyAfterPreemption, gaveUp }
 
-    /// A pause between two looks at the clock longer than this means the spinning thread was preempted.
-    static let preemptedGap: UInt64 = 5_000
-
     /// Spins until `ready()` or `window` nanoseconds (or `deadline`) pass, without system calls but
     /// the clock's (read through the vDSO).
     static func spin(for window: UInt64 = spinNanoseconds, until deadline: Deadline, _ ready: () -> Bool) -> SpinOutcome {
-        guard spinning else { return ready() ? .ready : .gaveUp }
+        guard SpinBudget.available else { return ready() ? .ready : .gaveUp }
         var last = Deadline.monotonicNow()
         let end = min(last &+ window, deadline.nanoseconds ?? .max)
         var preempted = false
@@ -221,7 +218,7 @@ final class ManagerChannel: @unchecked Sendable {
                 mp_cpu_relax()
             }
             let now = Deadline.monotonicNow()
-            preempted = preempted || now &- last > preemptedGap
+            preempted = preempted || now &- last > SpinBudget.preemptedGap
             last = now
             if now >= end { return ready() ? (preempted ? .readyAfterPreemption : .ready) : .gaveUp }
         }
@@ -234,9 +231,6 @@ final class ManagerChannel: @unchecked Sendable {
         guard poll(&entry, 1, 0) > 0, entry.revents & Int16(POLLHUP | POLLERR | POLLNVAL) != 0 else { return }
         throw MultiprocessingError(.system, "the peer closed the connection", errno: EPIPE)
     }
-
-    /// Spinning pays only when the other process can run on another CPU meanwhile.
-    private static let spinning = sysconf(Int32(_SC_NPROCESSORS_ONLN)) > 1
 }
 
 /// How a manager connection's messages go out: over the socket, or, once a ``ManagerChannel`` is
@@ -353,21 +347,8 @@ final class ManagerReceiver: @unchecked Sendable {
     private var knownTail: UInt64 = 0
     /// When the message this side expects an answer to went out (0: none, or measured already).
     private var lastSent: UInt64 = 0
-    /// How long a wait for data spins (see ``ManagerChannel/spinNanoseconds``).
-    private var spinWindow = ManagerChannel.spinNanoseconds
-    /// Waits left that sleep at once without spinning, and how many the next spin in vain makes that:
-    /// a spin that ends empty-handed, or during which this thread lost its CPU, doubles it (up to
-    /// ``spinsSkippedAtMost``); one that catches the data in time resets it. The socket's receive
-    /// follows the same rule (see ``Connection``): on a busy machine, or with the other side on this
-    /// thread's CPU, a spin only steals the time the other side needs to answer. Measured with
-    /// `mp-bench --swift-only --filter manager` while a shell loop kept one of the 2 CPUs busy:
-    /// without it, 29,000-30,000 actor calls/s and 13,400 one-by-one updates/s; with it, 74,000-76,000
-    /// and 65,000-71,000 (the socket alone: 45,000-46,000 and 42,000-46,000). Idle, it costs nothing
-    /// measurable.
-    private var spinSkips = 0
-    private var spinPenalty = 0
-    /// The most waits that skip the spin after spins in vain.
-    static let spinsSkippedAtMost = 64
+    /// How long a wait for data spins, and whether it does (the rule a socket's receive follows too).
+    private var spin = SpinBudget()
 
     /// Receives from `connection` until a channel is attached.
     init(_ connection: Connection) { self.connection = connection }
@@ -425,7 +406,7 @@ final class ManagerReceiver: @unchecked Sendable {
         }
         try ManagerChannel.Ring.check(tail: knownTail, head: head)
         if lastSent > 0 {
-            spinWindow = Connection.spinWindow(afterTurnaround: Deadline.monotonicNow() &- lastSent)
+            spin.answered(after: Deadline.monotonicNow() &- lastSent)
             lastSent = 0
         }
         let count = min(Int(knownTail &- head), wanted)
@@ -450,19 +431,10 @@ final class ManagerReceiver: @unchecked Sendable {
             knownTail = ring.tail.pointee.load(ordering: .acquiring)
             return knownTail != head
         }
-        if spinSkips > 0 {
-            spinSkips -= 1
-        } else {
-            switch ManagerChannel.spin(for: spinWindow, until: deadline, hasData) {
-            case .ready:
-                spinPenalty = 0
-                return
-            case .readyAfterPreemption:
-                penalizeSpin()
-                return
-            case .gaveUp:
-                penalizeSpin()
-            }
+        if spin.takeSpin() {
+            let outcome = ManagerChannel.spin(for: spin.window, until: deadline, hasData)
+            spin.spinEnded(inTime: outcome == .ready)
+            if outcome != .gaveUp { return }
         }
         ring.readerWaiting.pointee.store(1, ordering: .sequentiallyConsistent)
         atomicMemoryFence(ordering: .sequentiallyConsistent)
@@ -480,11 +452,6 @@ final class ManagerReceiver: @unchecked Sendable {
             .endOfFile, message.isEmpty ? "the peer closed the connection" : "the peer closed the connection in the middle of a message")
     }
 
-    /// After a spin in vain, the next waits sleep at once: twice as many as after the previous one.
-    private func penalizeSpin() {
-        spinPenalty = min(max(1, spinPenalty * 2), Self.spinsSkippedAtMost)
-        spinSkips = spinPenalty
-    }
 
     /// Reads the doorbell bytes waiting on the socket without blocking (a bounded number of reads, so
     /// a peer that keeps writing cannot hold the reader here); returns whether the socket's other side
