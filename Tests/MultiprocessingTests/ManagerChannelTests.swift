@@ -145,7 +145,7 @@ private func receiveNow<T: Decodable>(_ type: T.Type, from connection: Connectio
     try connection.recv(type, timeout: timeout)
 }
 
-@Suite("Manager channel", .timeLimit(.minutes(2)))
+@Suite("Manager channel", .ownThread, .timeLimit(.minutes(2)))
 struct ManagerChannelTests {
     @Test("a manager on a Unix socket address is reached through shared memory; one on TCP over the socket alone")
     func channelOnUnixOnly() async throws {
