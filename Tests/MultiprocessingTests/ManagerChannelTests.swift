@@ -137,6 +137,103 @@ struct ConcurrentLargeCaller: AsyncProcessTask {
     }
 }
 
+/// Starts the task `make` builds around a report connection in a child, and returns the failures it
+/// reports (empty when all went as expected).
+private func runInChild(_ make: (Connection) -> some AsyncProcessTask) async throws -> [String] {
+    let (report, sender) = try makePipe(duplex: false)
+    let child = ChildProcess(make(sender))
+    try child.start()
+    defer { try? child.kill() }
+    sender.close()
+    let failures: [String]
+    do { failures = try await report.recv([String].self, timeout: .seconds(90)) } catch {
+        failures = ["no report from the child: \(error)"]
+    }
+    #expect(try await child.join(timeout: .seconds(20)))
+    #expect(child.exitCode == 0)
+    return failures
+}
+
+/// Large values both ways beside 200 small calls; reports what went wrong.
+struct LargeValuesCaller: AsyncProcessTask {
+    let dictionary: SharedDictionary<Int, String>
+    let counter: TestCounter
+    let report: Connection
+
+    func run() async throws {
+        var failures: [String] = []
+        let entries = Dictionary(uniqueKeysWithValues: (0..<3000).map { key in
+            (key, String(repeating: Character(Unicode.Scalar(UInt8(65 + key % 26))), count: 2000) + "\(key)")
+        })
+        if try !ManagerActorSystem.shared.link(to: dictionary.id.manager).usesChannel { failures.append("no channel") }
+        let large = try await withThrowingTaskGroup(of: [String].self) { group in
+            group.addTask {
+                for _ in 0..<200 { _ = try await counter.add(1) }
+                return []
+            }
+            group.addTask {
+                var wrong: [String] = []
+                try await dictionary.update(entries)
+                if try await dictionary.snapshot() != entries { wrong.append("the snapshot differs from the update") }
+                let one = String(repeating: "x", count: 5 << 20)
+                try await dictionary.setValue(one, forKey: -1)
+                if try await dictionary.value(forKey: -1) != one { wrong.append("the 5 MiB string came back changed") }
+                return wrong
+            }
+            return try await group.reduce([], +)
+        }
+        try await report.send(failures + large)
+    }
+}
+
+/// A client that attaches a channel to a server of this process, sends more pings than the replies'
+/// ring holds and reads nothing; the server's reply writer then waits for room. Reports whether the
+/// server's shutdown still ends.
+struct ShutdownWithFullRing: AsyncProcessTask {
+    let report: Connection
+
+    func run() async throws {
+        var failures: [String] = []
+        let server = try ManagerServer()
+        let serving = Task { try await server.run() }
+        // The client runs on another thread: this child's tasks, the server's accepting one among them,
+        // run on its main thread.
+        let address = server.address
+        let (receiver, sender, attached) = try await withBlockingThread {
+            let connection = try Connection(connectingTo: address, authkey: currentProcess().authkey, timeout: .seconds(60))
+            let receiver = ManagerReceiver(connection)
+            let sender = ManagerSender(try Connection(adopting: try Syscall.duplicate(try connection.fileno), readable: false, writable: true))
+            let channel = try ManagerLink.attachChannel(reader: receiver, writer: sender, timeout: .seconds(60))
+            // More replies than the ring holds: the server's reply writer waits for room, holding its lock.
+            let replyRoom = ManagerChannel.ringSize / 13  // a ping's reply takes 13 bytes
+            if channel != nil {
+                for id in 1...(replyRoom + 1000) { try sender.send(ManagerRequest(id: UInt64(id), kind: .ping).write) }
+            }
+            return (receiver, sender, channel)
+        }
+        guard let channel = attached else { return try await report.send(["no channel"]) }
+        let replies = channel.ring(writtenBy: .server)
+        if await !eventually(within: .seconds(60), { replies.unreadBytes > ManagerChannel.ringSize - 13 }) {
+            failures.append("the replies' ring never filled")
+        }
+        let stopped = Mutex(false)
+        let stopping = Task {
+            try await withBlockingThread {
+                server.shutdown()
+                stopped.withLock { $0 = true }
+            }
+        }
+        if await eventually(within: .seconds(30), { stopped.withLock { $0 } }) {
+            try await stopping.value
+            try await serving.value
+        } else {
+            failures.append("shutdown waited for the reply")
+        }
+        withExtendedLifetime((receiver, sender)) {}
+        try await report.send(failures)
+    }
+}
+
 /// Sends `value` without the event loop: a forked child has none.
 private func sendNow<T: Encodable>(_ value: T, on connection: Connection) throws { try connection.send(value) }
 
@@ -169,23 +266,10 @@ struct ManagerChannelTests {
         defer { try? manager.process?.kill() }
         let dictionary = try await manager.makeDictionary([Int: String].self)
         let counter = try await manager.make(TestCounter.self)
-        let entries = Dictionary(uniqueKeysWithValues: (0..<3000).map { key in
-            (key, String(repeating: Character(Unicode.Scalar(UInt8(65 + key % 26))), count: 2000) + "\(key)")
-        })
-        #expect(try ManagerActorSystem.shared.link(to: dictionary.id.manager).usesChannel)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                for _ in 0..<200 { _ = try await counter.add(1) }
-            }
-            group.addTask {
-                try await dictionary.update(entries)
-                #expect(try await dictionary.snapshot() == entries)
-                let one = String(repeating: "x", count: 5 << 20)
-                try await dictionary.setValue(one, forKey: -1)
-                #expect(try await dictionary.value(forKey: -1) == one)
-            }
-            try await group.waitForAll()
-        }
+        // The calls run in a child: they hold the thread that makes them while they stream through the
+        // ring, which in this process would hold up the other tests' tasks.
+        let failures = try await runInChild { LargeValuesCaller(dictionary: dictionary, counter: counter, report: $0) }
+        #expect(failures == [])
         #expect(try await counter.value() == 200)
         try await manager.shutdown()
     }
@@ -266,30 +350,7 @@ struct ManagerChannelTests {
 
     @Test("a server shuts down while a reply waits for room in the channel of a client that reads nothing")
     func shutdownWhileAReplyWaitsForRoom() async throws {
-        let server = try ManagerServer()
-        let serving = Task { try await server.run() }
-        defer { server.shutdown() }
-        let connection = try Connection(connectingTo: server.address, authkey: currentProcess().authkey, timeout: .seconds(60))
-        let receiver = ManagerReceiver(connection)
-        let sender = ManagerSender(try Connection(adopting: try Syscall.duplicate(try connection.fileno), readable: false, writable: true))
-        let channel = try #require(try ManagerLink.attachChannel(reader: receiver, writer: sender, timeout: .seconds(60)))
-        // More replies than the ring holds: the server's reply writer waits for room, holding its lock.
-        let replyRoom = ManagerChannel.ringSize / 13  // a ping's reply takes 13 bytes
-        for id in 1...(replyRoom + 1000) { try sender.send(ManagerRequest(id: UInt64(id), kind: .ping).write) }
-        let replies = channel.ring(writtenBy: .server)
-        #expect(await eventually(within: .seconds(60)) { replies.unreadBytes > ManagerChannel.ringSize - 13 })
-        let stopped = Mutex(false)
-        let stopping = Task {
-            try await withBlockingThread {
-                server.shutdown()
-                stopped.withLock { $0 = true }
-            }
-        }
-        #expect(await eventually(within: .seconds(30)) { stopped.withLock { $0 } }, "shutdown waited for the reply")
-        if stopped.withLock({ $0 }) {
-            try await stopping.value
-            try await serving.value
-        }
-        withExtendedLifetime((receiver, sender)) {}
+        // In a child, whose server and client are its own: its threads wait for the ring by design.
+        #expect(try await runInChild { ShutdownWithFullRing(report: $0) } == [])
     }
 }

@@ -66,8 +66,10 @@ final class ManagerChannel: @unchecked Sendable {
     /// Which end of the connection a process holds: the client writes requests and reads replies.
     enum Side: Sendable { case client, server }
 
+    /// The header page and the rings.
+    private let mapping: SharedMapping
     /// The memfd.
-    let fd: Int32
+    var fd: Int32 { mapping.fd }
     /// The start of the mapping (the header).
     private let base: UnsafeMutableRawPointer
 
@@ -75,18 +77,9 @@ final class ManagerChannel: @unchecked Sendable {
     ///
     /// - Throws: ``MultiprocessingError/Code/system`` when the memory cannot be made or mapped.
     init() throws {
-        let fd = mp_memfd_create("multiprocessing-manager-channel")
-        guard fd >= 0 else { throw MultiprocessingError.system("memfd_create") }
-        do {
-            try Syscall.retrying("ftruncate") { ftruncate(fd, off_t(Self.mappingSize)) }
-            base = try Self.map(fd)
-        } catch {
-            Syscall.close(fd)
-            throw error
-        }
-        self.fd = fd
+        mapping = try SharedMapping(size: Self.mappingSize, magic: Self.magic, name: "multiprocessing-manager-channel")
+        base = mapping.base
         base.storeBytes(of: UInt32(Self.ringSize), toByteOffset: 4, as: UInt32.self)
-        base.storeBytes(of: Self.magic, as: UInt32.self)
     }
 
     /// Maps a channel received from a client; takes ownership of `fd` (closed on failure).
@@ -94,33 +87,11 @@ final class ManagerChannel: @unchecked Sendable {
     /// - Throws: ``MultiprocessingError/Code/transport`` when `fd` is not a channel's memory;
     ///   ``MultiprocessingError/Code/system`` when it cannot be mapped.
     init(adopting fd: Int32) throws {
-        var status = stat()
-        guard fstat(fd, &status) == 0, status.st_size == off_t(Self.mappingSize) else {
-            Syscall.close(fd)
+        mapping = try SharedMapping(adopting: fd, size: Self.mappingSize, magic: Self.magic, what: "a manager channel")
+        base = mapping.base
+        guard base.load(fromByteOffset: 4, as: UInt32.self) == UInt32(Self.ringSize) else {
             throw MultiprocessingError(.transport, "descriptor \(fd) is not a manager channel's shared memory")
         }
-        do { base = try Self.map(fd) } catch {
-            Syscall.close(fd)
-            throw error
-        }
-        guard base.load(as: UInt32.self) == Self.magic, base.load(fromByteOffset: 4, as: UInt32.self) == UInt32(Self.ringSize) else {
-            munmap(base, Self.mappingSize)
-            Syscall.close(fd)
-            throw MultiprocessingError(.transport, "descriptor \(fd) is not a manager channel's shared memory")
-        }
-        self.fd = fd
-    }
-
-    deinit {
-        munmap(base, Self.mappingSize)
-        Syscall.close(fd)
-    }
-
-    /// Maps the whole channel, shared with the other process.
-    private static func map(_ fd: Int32) throws -> UnsafeMutableRawPointer {
-        let address = mmap(nil, mappingSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        guard let address, address != MAP_FAILED else { throw MultiprocessingError.system("mmap") }
-        return address
     }
 
     /// The 64-bit atomic at header `offset`.

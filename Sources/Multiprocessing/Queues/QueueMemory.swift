@@ -18,7 +18,8 @@ final class QueueMemory: @unchecked Sendable {
     /// The ring's size in bytes (virtual; untouched pages cost nothing).
     static let capacity = 1 << 31
 
-    private let fd: Int32
+    /// The header and the ring.
+    private let mapping: SharedMapping
     /// The start of the mapping (the header).
     let base: UnsafeMutableRawPointer
     /// The start of the ring.
@@ -26,48 +27,15 @@ final class QueueMemory: @unchecked Sendable {
 
     /// A new zeroed queue memory whose header says `maxSize` (0: unbounded).
     init(maxSize: UInt32) throws {
-        let fd = mp_memfd_create("multiprocessing-queue")
-        guard fd >= 0 else { throw MultiprocessingError.system("memfd_create") }
-        do {
-            try Syscall.retrying("ftruncate") { ftruncate(fd, off_t(Self.headerSize + Self.capacity)) }
-            base = try Self.map(fd)
-        } catch {
-            Syscall.close(fd)
-            throw error
-        }
-        self.fd = fd
+        mapping = try SharedMapping(size: Self.headerSize + Self.capacity, magic: Self.magic, name: "multiprocessing-queue", sparse: true)
+        base = mapping.base
         base.storeBytes(of: maxSize, toByteOffset: 4, as: UInt32.self)
-        base.storeBytes(of: Self.magic, as: UInt32.self)
     }
 
     /// Maps a queue's memory received from another process, checking that it is one.
     private init(adopting fd: Int32) throws {
-        var status = stat()
-        guard fstat(fd, &status) == 0, status.st_size == off_t(Self.headerSize + Self.capacity) else {
-            Syscall.close(fd)
-            throw MultiprocessingError(.transport, "descriptor \(fd) is not a queue's shared memory")
-        }
-        do { base = try Self.map(fd) } catch {
-            Syscall.close(fd)
-            throw error
-        }
-        guard base.load(as: UInt32.self) == Self.magic else {
-            munmap(base, Self.headerSize + Self.capacity)
-            Syscall.close(fd)
-            throw MultiprocessingError(.transport, "descriptor \(fd) is not a queue's shared memory")
-        }
-        self.fd = fd
-    }
-
-    deinit {
-        munmap(base, Self.headerSize + Self.capacity)
-        Syscall.close(fd)
-    }
-
-    private static func map(_ fd: Int32) throws -> UnsafeMutableRawPointer {
-        let address = mmap(nil, headerSize + capacity, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0)
-        guard let address, address != MAP_FAILED else { throw MultiprocessingError.system("mmap") }
-        return address
+        mapping = try SharedMapping(adopting: fd, size: Self.headerSize + Self.capacity, magic: Self.magic, what: "a queue", sparse: true)
+        base = mapping.base
     }
 
     /// The maximum number of items, 0 for none.
@@ -87,7 +55,7 @@ final class QueueMemory: @unchecked Sendable {
     /// and not given back).
     var residentBytes: Int {
         var status = stat()
-        guard fstat(fd, &status) == 0 else { return 0 }
+        guard fstat(mapping.fd, &status) == 0 else { return 0 }
         return Int(status.st_blocks) * 512
     }
 
@@ -109,7 +77,7 @@ final class QueueMemory: @unchecked Sendable {
     func encode(to encoder: any Encoder, as what: String) throws {
         let transfer = try DescriptorTransfer.from(encoder.userInfo, for: what)
         var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(transfer.add(fd), forKey: .memory)
+        try container.encode(transfer.add(mapping.fd), forKey: .memory)
     }
 
     /// Takes the memfd from the decoder's ``DescriptorTransfer`` and maps it.

@@ -37,7 +37,8 @@ final class SharedRegion: @unchecked Sendable {
     /// The size of every region.
     static let size = 4096
 
-    private let fd: Int32
+    /// The page.
+    private let mapping: SharedMapping
     /// The start of the mapping.
     let base: UnsafeMutableRawPointer
     /// The primitive the region belongs to.
@@ -45,49 +46,16 @@ final class SharedRegion: @unchecked Sendable {
 
     /// A new zero-filled region for `kind`.
     init(_ kind: Kind) throws {
-        let fd = mp_memfd_create("multiprocessing-sync")
-        guard fd >= 0 else { throw MultiprocessingError.system("memfd_create") }
-        do {
-            try Syscall.retrying("ftruncate") { ftruncate(fd, off_t(Self.size)) }
-            base = try Self.map(fd)
-        } catch {
-            Syscall.close(fd)
-            throw error
-        }
-        self.fd = fd
+        mapping = try SharedMapping(size: Self.size, magic: kind.rawValue, name: "multiprocessing-sync")
+        base = mapping.base
         self.kind = kind
-        base.storeBytes(of: kind.rawValue, as: UInt32.self)
     }
 
     /// Maps a region received from another process, checking that it belongs to `kind`.
     private init(adopting fd: Int32, as kind: Kind) throws {
-        var status = stat()
-        guard fstat(fd, &status) == 0, status.st_size == off_t(Self.size) else {
-            Syscall.close(fd)
-            throw MultiprocessingError(.transport, "descriptor \(fd) is not \(kind.name)'s shared memory")
-        }
-        do { base = try Self.map(fd) } catch {
-            Syscall.close(fd)
-            throw error
-        }
-        guard base.load(as: UInt32.self) == kind.rawValue else {
-            munmap(base, Self.size)
-            Syscall.close(fd)
-            throw MultiprocessingError(.transport, "descriptor \(fd) is not \(kind.name)'s shared memory")
-        }
-        self.fd = fd
+        mapping = try SharedMapping(adopting: fd, size: Self.size, magic: kind.rawValue, what: kind.name)
+        base = mapping.base
         self.kind = kind
-    }
-
-    deinit {
-        munmap(base, Self.size)
-        Syscall.close(fd)
-    }
-
-    private static func map(_ fd: Int32) throws -> UnsafeMutableRawPointer {
-        let address = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        guard let address, address != MAP_FAILED else { throw MultiprocessingError.system("mmap") }
-        return address
     }
 
     /// The 32-bit atomic at `offset` (a multiple of 4).
@@ -108,7 +76,7 @@ final class SharedRegion: @unchecked Sendable {
     func encode(to encoder: any Encoder) throws {
         let transfer = try DescriptorTransfer.from(encoder.userInfo, for: kind.name)
         var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(transfer.add(fd), forKey: .memory)
+        try container.encode(transfer.add(mapping.fd), forKey: .memory)
     }
 
     /// Takes the memfd from the decoder's ``DescriptorTransfer`` and maps it, checking its kind.
