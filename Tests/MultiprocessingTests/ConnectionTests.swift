@@ -506,6 +506,25 @@ struct ConnectionTests {
         expectCode(.transport) { try b.recvDescriptor(timeout: .seconds(5)) }
     }
 
+    @Test("a descriptor sent right after a message without one stays with its own message, though one read takes both")
+    func descriptorAfterPlainMessage() throws {
+        let (a, b) = try makePipe()
+        let pair = try Syscall.socketPair()
+        defer { Glibc.close(pair.0) }
+        // Both are queued before the receiver reads: its first read takes both frames and the descriptor.
+        try a.sendBytes(Array("plain".utf8))
+        try a.send(3)
+        try a.sendDescriptor(pair.1)
+        Glibc.close(pair.1)
+        #expect(try b.recvBytes(timeout: .seconds(5)) == Array("plain".utf8))
+        #expect(try b.recv(Int.self, timeout: .seconds(5)) == 3)
+        let received = try b.recvDescriptor(timeout: .seconds(5))
+        defer { Glibc.close(received) }
+        #expect(write(received, "ok", 2) == 2)
+        var bytes = [UInt8](repeating: 0, count: 4)
+        #expect(read(pair.0, &bytes, 4) == 2)
+    }
+
     @Test("send(contentsOf:) delivers each value as its own message, descriptors included")
     func batches() throws {
         let (a, b) = try makePipe()

@@ -32,9 +32,12 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
     private var capacity: Int
     private var start = 0
     private var end = 0
-    /// Descriptors that arrived and no message has claimed yet, oldest first, each with the position in
-    /// the byte stream where the read that brought it began (a descriptor rides on its frame's first byte).
-    private var receivedDescriptors: [(position: UInt64, fd: Int32)] = []
+    /// Descriptors that arrived and no message has claimed yet, oldest first, each with the stream
+    /// positions where the read that brought it began and ended. A descriptor rides on the first byte of
+    /// its frame, which lies somewhere in that read: one read can bring a frame without descriptors and
+    /// the next frame's descriptors together, so a descriptor can only be known to belong to a frame
+    /// consumed already once its read ended within the frames consumed.
+    private var receivedDescriptors: [(position: UInt64, end: UInt64, fd: Int32)] = []
     /// The stream position of `buffer[start]`: how many bytes were consumed so far.
     private var consumed: UInt64 = 0
     /// Whether descriptors that arrive are kept; when false (before authentication) they are closed at once.
@@ -474,29 +477,27 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         return try decoder.decode(T.self, from: body)
     }
 
-    /// The first `count` descriptors that arrived with the frame just consumed, for the message being
-    /// decoded; the frame's others are closed.
+    /// The first `count` descriptors that may have come with the frame just consumed, for the message
+    /// being decoded; of the rest, those that can only have come with it (or an earlier frame) are closed.
     private func takeDescriptors(_ count: Int) throws -> DescriptorTransfer {
-        let arrived = frameDescriptors()
-        guard arrived.count >= count else {
-            for fd in arrived { Syscall.close(fd) }
-            throw MultiprocessingError(.transport, "message announces \(count) descriptors but \(arrived.count) arrived")
+        let candidates = receivedDescriptors.prefix { $0.position < consumed }.count
+        guard candidates >= count else {
+            dropFrameDescriptors()
+            throw MultiprocessingError(.transport, "message announces \(count) descriptors but \(candidates) arrived")
         }
-        for extra in arrived.dropFirst(count) { Syscall.close(extra) }
-        return DescriptorTransfer(received: Array(arrived.prefix(count)))
+        let taken = receivedDescriptors.prefix(count).map(\.fd)
+        receivedDescriptors.removeFirst(count)
+        dropFrameDescriptors()
+        return DescriptorTransfer(received: taken)
     }
 
-    /// Removes and returns the descriptors that arrived with the frames consumed so far.
-    private func frameDescriptors() -> [Int32] {
-        guard let first = receivedDescriptors.first, first.position < consumed else { return [] }
-        let count = receivedDescriptors.firstIndex { $0.position >= consumed } ?? receivedDescriptors.count
-        defer { receivedDescriptors.removeFirst(count) }
-        return receivedDescriptors.prefix(count).map(\.fd)
-    }
-
-    /// Closes descriptors that came with a frame read as bytes: nobody asked for them.
+    /// Closes the descriptors that can only have come with the frames consumed so far (their read ended
+    /// within them) and that no message claimed: nobody asked for them.
     private func dropFrameDescriptors() {
-        if !receivedDescriptors.isEmpty { for fd in frameDescriptors() { Syscall.close(fd) } }
+        guard let first = receivedDescriptors.first, first.end <= consumed else { return }
+        let count = receivedDescriptors.firstIndex { $0.end > consumed } ?? receivedDescriptors.count
+        for received in receivedDescriptors.prefix(count) { Syscall.close(received.fd) }
+        receivedDescriptors.removeFirst(count)
     }
 
     /// Receives one value as ``recv(_:timeout:)`` does, waiting on the package's event loop, so that no
@@ -818,7 +819,11 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
                 fd, target, count, fds.baseAddress, MP_MAX_FDS_PER_MESSAGE, &received, blocking ? 0 : 1)
             if received > 0 {
                 for fd in fds.prefix(Int(received)) {
-                    if acceptsDescriptors { receivedDescriptors.append((position, fd)) } else { Syscall.close(fd) }
+                    if acceptsDescriptors && result > 0 {
+                        receivedDescriptors.append((position, position &+ UInt64(result), fd))
+                    } else {
+                        Syscall.close(fd)
+                    }
                 }
             }
             return result

@@ -18,9 +18,8 @@ struct ManagerRequest: Sendable {
         /// Move this connection's messages into shared memory (a ``ManagerChannel``): the server
         /// replies, the client then sends the channel's descriptor, and the server replies again once it
         /// mapped it; from then on both sides use the channel, and the socket carries only doorbells.
-        /// Only over a Unix socket (a manager on this machine). The descriptor waits for the first
-        /// reply so that it never arrives in the same read as the request: the receive of a hand-packed
-        /// message closes the descriptors that came with the bytes it consumed.
+        /// Only over a Unix socket (a manager on this machine). The descriptor is sent once the first
+        /// reply says the server takes a channel.
         case attachChannel
     }
 
