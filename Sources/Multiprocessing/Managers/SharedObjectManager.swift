@@ -15,6 +15,11 @@ import Distributed
 /// let child = ChildProcess(Worker(scores: scores))   // the reference crosses in the task
 /// ```
 ///
+/// Calls to a manager on this machine (a Unix socket address, the default) travel through shared memory
+/// that the caller's process and the manager share, a few microseconds each; the socket stays open to
+/// wake a side that sleeps and to notice a side that is gone. A manager on a TCP address is reached over
+/// the socket alone.
+///
 /// When the manager's process dies or the network to it drops, every call pending on it and every later
 /// one fails within seconds with ``MultiprocessingError/Code/managerUnavailable``; none hangs. A
 /// manager started here is a daemon child: it ends with this process however this process ends.
