@@ -77,6 +77,35 @@ struct LargeRequestWriter: AsyncProcessTask {
     }
 }
 
+/// A child whose large request waits for room in the ring (the manager's reading of its connection is
+/// stalled) while its other tasks go on: it reports "full" from a task on its one thread once the ring
+/// is full, and "done" once the request went through after the test released the stall.
+struct LargeRequestAwaiter: AsyncProcessTask {
+    let staller: ChannelTestStaller
+    let dictionary: SharedDictionary<Int, String>
+    let report: Connection
+
+    func run() async throws {
+        _ = try await staller.stall(milliseconds: 0)
+        let link = try ManagerActorSystem.shared.link(to: staller.id.manager)
+        guard link.usesChannel else { return try await report.send("no channel") }
+        let stalled = Task.immediate { try await staller.stall(milliseconds: 60_000) }
+        while link.pendingCalls == 0 { await Task.yield() }
+        var entries: [Int: String] = [:]
+        for key in 0..<1000 { entries[key] = String(repeating: "v", count: 4000) }
+        let update = Task { [entries] in try await dictionary.update(entries) }
+        // This runs on the child's one thread: it could not while a writer held that thread.
+        let deadline = ContinuousClock.now + .seconds(20)
+        while link.unreadRequestBytes < ManagerChannel.ringSize && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(1))
+        }
+        try await report.send(link.unreadRequestBytes < ManagerChannel.ringSize ? "never full" : "full")
+        try await update.value
+        _ = try await stalled.value
+        try await report.send(try await dictionary.count() == 1000 ? "done" : "lost entries")
+    }
+}
+
 /// A child that makes its link to the manager, then forks: it and its fork child each add 1 to
 /// `counter` `rounds` times at the same time, and it reports what each saw.
 struct ForkingCaller: AsyncProcessTask {
@@ -325,6 +354,26 @@ struct ManagerChannelTests {
         #expect(try await staller.stall(milliseconds: 0) == false)  // its object is free again
         try await manager.shutdown()
         #expect(manager.process?.exitCode == 0)
+    }
+
+    @Test("an awaited call whose large request waits for room in the ring holds no thread: the caller's other tasks go on")
+    func largeRequestHoldsNoThread() async throws {
+        let manager = try SharedObjectManager()
+        defer { try? manager.process?.kill() }
+        let staller = try await manager.make(ChannelTestStaller.self)
+        let releaser = try await manager.make(ChannelTestReleaser.self)
+        let dictionary = try await manager.makeDictionary([Int: String].self)
+        let (report, sender) = try makePipe(duplex: false)
+        let child = ChildProcess(LargeRequestAwaiter(staller: staller, dictionary: dictionary, report: sender))
+        try child.start()
+        defer { try? child.kill() }
+        sender.close()
+        #expect(try await report.recv(String.self, timeout: .seconds(60)) == "full")
+        try await releaser.release()
+        #expect(try await report.recv(String.self, timeout: .seconds(60)) == "done")
+        #expect(try await child.join(timeout: .seconds(20)))
+        #expect(child.exitCode == 0)
+        try await manager.shutdown()
     }
 
     @Test("a process forked from one that holds a link makes its own: both call one object at once, with exact results")

@@ -149,18 +149,39 @@ final class ManagerLink: @unchecked Sendable {
                 }
                 if let failure { return continuation.resume(throwing: failure) }
                 if Task.isCancelled { return finish(id, throwing: CancellationError()) }
-                do {
-                    try writer.withLock { try $0.send(request.write) }
-                } catch let error as MultiprocessingError where error.code == .transport {
-                    return finish(id, throwing: error)
-                } catch {
-                    return lose("sending to it failed: \(error)")
+                // A small request goes out on the calling thread when the writer is free. One that may not
+                // fit in the room the manager has left, or that would wait for another call's large
+                // request, is written by a thread of its own: the calling task waits without holding one.
+                let large = request.arguments.reduce(0) { $0 + $1.count } > Self.largeRequestBytes
+                if !large, let outcome = writer.withLockIfAvailable({ writer in Result { try writer.send(request.write) } }) {
+                    return sent(outcome, id)
                 }
-                readOwnReply(id, sentAt: Deadline.monotonicNow())
+                do {
+                    try startThread { [self, request] in sent(writer.withLock { writer in Result { try writer.send(request.write) } }, id) }
+                } catch {
+                    lose("no thread could send to it: \(error)")
+                }
             }
         } onCancel: {
             finish(id, throwing: CancellationError())
         }
+    }
+
+    /// Requests with arguments larger than this are written by a thread of their own (see ``call(_:)``):
+    /// a quarter of a channel's ring, and less than a socket's usual buffer.
+    static let largeRequestBytes = ManagerChannel.ringSize / 4
+
+    /// After call `id`'s request was written (or failed to be): fails the call, or loses the link, or
+    /// reads the reply (see `readOwnReply`).
+    private func sent(_ outcome: Result<Void, any Error>, _ id: UInt64) {
+        do {
+            try outcome.get()
+        } catch let error as MultiprocessingError where error.code == .transport {
+            return finish(id, throwing: error)
+        } catch {
+            return lose("sending to it failed: \(error)")
+        }
+        readOwnReply(id, sentAt: Deadline.monotonicNow())
     }
 
     /// Takes the read turn if nobody holds it and reads until call `id` (sent at `sent`) is answered, for at most
