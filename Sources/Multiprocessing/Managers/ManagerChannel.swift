@@ -13,7 +13,7 @@ import Synchronization
 /// and waits that spin on non-blocking receives: measured with `perf` on `mp-bench --filter manager`,
 /// about 70% of both processes' time was in the kernel. Through the rings a message is two copies, and
 /// a side that waits spins on the ring's counter without system calls, as long as a socket's receive
-/// would poll it (``spinNanoseconds``, or longer for an answer measured to come a little later).
+/// would poll it (``SpinBudget``: the usual spin, or longer for an answer measured to come a little later).
 ///
 /// **Layout.** An anonymous memfd (no name to leak), made by the client and sent to the server with
 /// `attachChannel`: a header page, then the requests' ring, then the replies' ring, each
@@ -53,13 +53,6 @@ final class ManagerChannel: @unchecked Sendable {
     static let ringSize = 256 * 1024
     /// The mapping's size.
     static let mappingSize = headerSize + 2 * ringSize
-    /// How long a reader with an empty ring, or a writer with a full one, spins before it sleeps: the
-    /// socket's usual spin (see ``SpinBudget``). A manager answers a call
-    /// to an idle object in a few microseconds and a caller's next request follows its reply as
-    /// quickly; waking a process that sleeps costs about 20 us on this kind of VM. A reader told that
-    /// an answer is expected (``ManagerReceiver/answerExpected(sentAt:)``) measures how late it came
-    /// and spins as a socket's receive would for it, up to ``SpinBudget/longestNanoseconds``.
-    static let spinNanoseconds = SpinBudget.usualNanoseconds
     /// How often a writer asleep waiting for room looks whether the other side is gone.
     static let livenessSlice = Duration.milliseconds(10)
 
@@ -172,29 +165,6 @@ final class ManagerChannel: @unchecked Sendable {
         }
     }
 
-    /// How a spin ended: `ready` held, held after the spinning thread lost its CPU for a while (a
-    /// sign that the other side shares it, and that the spin only delayed it), or never held.
-    enum SpinOutcome { case ready, readyAfterPreemption, gaveUp }
-
-    /// Spins until `ready()` or `window` nanoseconds (or `deadline`) pass, without system calls but
-    /// the clock's (read through the vDSO).
-    static func spin(for window: UInt64 = spinNanoseconds, until deadline: Deadline, _ ready: () -> Bool) -> SpinOutcome {
-        guard SpinBudget.available else { return ready() ? .ready : .gaveUp }
-        var last = Deadline.monotonicNow()
-        let end = min(last &+ window, deadline.nanoseconds ?? .max)
-        var preempted = false
-        while true {
-            for _ in 0..<8 {
-                if ready() { return preempted ? .readyAfterPreemption : .ready }
-                mp_cpu_relax()
-            }
-            let now = Deadline.monotonicNow()
-            preempted = preempted || now &- last > SpinBudget.preemptedGap
-            last = now
-            if now >= end { return ready() ? (preempted ? .readyAfterPreemption : .ready) : .gaveUp }
-        }
-    }
-
     /// Throws ``MultiprocessingError/Code/system`` (errno `EPIPE`) when the socket `fd` says its other
     /// side is gone or it was shut down: for a writer that waits for room and never reads.
     static func checkPeer(_ fd: Int32) throws {
@@ -291,7 +261,7 @@ final class ManagerSender: @unchecked Sendable {
             // Counters that make no sense end the wait too: the caller checks them.
             return tail &- knownHead != UInt64(ManagerChannel.ringSize)
         }
-        if ManagerChannel.spin(until: .never, hasRoom) != .gaveUp { return }
+        if SpinBudget.spin(for: SpinBudget.usualNanoseconds, until: .never, hasRoom) != .gaveUp { return }
         while true {
             let bell = ring.roomBell.pointee.load(ordering: .acquiring)
             ring.roomWaiting.pointee.store(1, ordering: .sequentiallyConsistent)
@@ -403,7 +373,7 @@ final class ManagerReceiver: @unchecked Sendable {
             return knownTail != head
         }
         if spin.takeSpin() {
-            let outcome = ManagerChannel.spin(for: spin.window, until: deadline, hasData)
+            let outcome = SpinBudget.spin(for: spin.window, until: deadline, hasData)
             spin.spinEnded(inTime: outcome == .ready)
             if outcome != .gaveUp { return }
         }
@@ -422,7 +392,6 @@ final class ManagerReceiver: @unchecked Sendable {
         throw MultiprocessingError(
             .endOfFile, message.isEmpty ? "the peer closed the connection" : "the peer closed the connection in the middle of a message")
     }
-
 
     /// Reads the doorbell bytes waiting on the socket without blocking (a bounded number of reads, so
     /// a peer that keeps writing cannot hold the reader here); returns whether the socket's other side

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CMultiprocessing
 
 /// How long a wait for another process's answer spins before it sleeps: one rule for a socket's receive
 /// (``Connection``) and a manager channel's (``ManagerReceiver``).
@@ -62,5 +63,29 @@ struct SpinBudget {
     static func window(afterTurnaround turnaround: UInt64) -> UInt64 {
         guard turnaround > usualNanoseconds, turnaround <= longestNanoseconds / 3 * 2 else { return usualNanoseconds }
         return turnaround + turnaround / 2
+    }
+
+    /// How a spin ended: `ready` held, held after the spinning thread lost its CPU for a while (a
+    /// sign that the other side shares it, and that the spin only delayed it), or never held.
+    enum SpinOutcome { case ready, readyAfterPreemption, gaveUp }
+
+    /// Spins until `ready()` or `window` nanoseconds (or `deadline`) pass, without system calls but
+    /// the clock's (read through the vDSO): for a wait on memory another process writes (a manager
+    /// channel's ring). A socket's receive spins on its own reads instead (see ``Connection``).
+    static func spin(for window: UInt64, until deadline: Deadline, _ ready: () -> Bool) -> SpinOutcome {
+        guard available else { return ready() ? .ready : .gaveUp }
+        var last = Deadline.monotonicNow()
+        let end = min(last &+ window, deadline.nanoseconds ?? .max)
+        var preempted = false
+        while true {
+            for _ in 0..<8 {
+                if ready() { return preempted ? .readyAfterPreemption : .ready }
+                mp_cpu_relax()
+            }
+            let now = Deadline.monotonicNow()
+            preempted = preempted || now &- last > preemptedGap
+            last = now
+            if now >= end { return ready() ? (preempted ? .readyAfterPreemption : .ready) : .gaveUp }
+        }
     }
 }
