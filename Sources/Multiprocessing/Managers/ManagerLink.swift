@@ -153,11 +153,10 @@ final class ManagerLink: @unchecked Sendable {
                 // fit in the room the manager has left, or that would wait for another call's large
                 // request, is written by a thread of its own: the calling task waits without holding one.
                 let large = request.arguments.reduce(0) { $0 + $1.count } > Self.largeRequestBytes
-                if !large, let outcome = writer.withLockIfAvailable({ writer in Result { try writer.send(request.write) } }) {
-                    return sent(outcome, id)
-                }
+                let write = { @Sendable [request] (sender: ManagerSender) in Result { try sender.send(request.write) } }
+                if !large, let outcome = writer.withLockIfAvailable({ write($0) }) { return sent(outcome, id) }
                 do {
-                    try startThread { [self, request] in sent(writer.withLock { writer in Result { try writer.send(request.write) } }, id) }
+                    try startThread { [self] in sent(writer.withLock { write($0) }, id) }
                 } catch {
                     lose("no thread could send to it: \(error)")
                 }

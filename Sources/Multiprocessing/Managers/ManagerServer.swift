@@ -94,15 +94,18 @@ public final class ManagerServer: @unchecked Sendable {
         }
         // The reading thread starts directly, not from a task: a reply that waits for room may hold a
         // thread of the cooperative pool (in a manager's own process, its only one).
-        let reading: @Sendable () -> Void = { [self] in
-            readRequests(from: reader, for: client)
+        let end: @Sendable () -> Void = { [self] in
             connection.close()
             Task { await dropClient(client) }
         }
-        do { try startThread(reading) } catch {
+        do {
+            try startThread { [self] in
+                readRequests(from: reader, for: client)
+                end()
+            }
+        } catch {
             diagnostics.warning("manager at \(address) cannot serve a client: \(error)")
-            connection.close()
-            Task { await dropClient(client) }
+            end()
         }
     }
 
