@@ -37,49 +37,10 @@ distributed actor ChannelTestReleaser: SharedObject {
     distributed func release() { sem_post(stallRelease) }
 }
 
-/// Whether a thread started.
-private final class StartFlag: Sendable {
-    let started = Mutex(false)
-}
-
 /// A child that stalls the manager's reading of its connection, then starts a request several times
-/// larger than the channel's ring, and reports "full" once the ring is full: the request is partly in
-/// the ring and its writer waits for room. The test kills it there.
-struct LargeRequestWriter: AsyncProcessTask {
-    let staller: ChannelTestStaller
-    let dictionary: SharedDictionary<Int, String>
-    let report: Connection
-
-    func run() async throws {
-        _ = try await staller.stall(milliseconds: 0)
-        let link = try ManagerActorSystem.shared.link(to: staller.id.manager)
-        guard link.usesChannel else { return try await report.send("no channel") }
-        // Sent before the large request, so the manager is stalled before it reads any of it.
-        let stalled = Task.immediate { try await staller.stall(milliseconds: 60_000) }
-        while link.pendingCalls == 0 { await Task.yield() }
-        // This process's tasks all run on its main thread, which the large request's writer holds
-        // while it waits for room: the watcher is a thread of its own.
-        let flag = StartFlag()
-        let watcher = Task {
-            try await withBlockingThread { [report] in
-                flag.started.withLock { $0 = true }
-                let deadline = Deadline.after(.seconds(20))
-                while link.unreadRequestBytes < ManagerChannel.ringSize && !deadline.hasPassed { usleep(200) }
-                try report.send(deadline.hasPassed ? "never full" : "full")
-            }
-        }
-        while !flag.started.withLock({ $0 }) { await Task.yield() }
-        var entries: [Int: String] = [:]
-        for key in 0..<1000 { entries[key] = String(repeating: "v", count: 4000) }
-        try await dictionary.update(entries)
-        try await watcher.value
-        _ = try await stalled.value
-    }
-}
-
-/// A child whose large request waits for room in the ring (the manager's reading of its connection is
-/// stalled) while its other tasks go on: it reports "full" from a task on its one thread once the ring
-/// is full, and "done" once the request went through after the test released the stall.
+/// larger than the channel's ring, which waits for room while the child's other tasks go on: it reports
+/// "full" from a task on its one thread once the ring is full, and "done" once the request went through
+/// after the test released the stall. A test may kill it after "full", with its request partly in the ring.
 struct LargeRequestAwaiter: AsyncProcessTask {
     let staller: ChannelTestStaller
     let dictionary: SharedDictionary<Int, String>
@@ -89,6 +50,7 @@ struct LargeRequestAwaiter: AsyncProcessTask {
         _ = try await staller.stall(milliseconds: 0)
         let link = try ManagerActorSystem.shared.link(to: staller.id.manager)
         guard link.usesChannel else { return try await report.send("no channel") }
+        // Sent before the large request, so the manager is stalled before it reads any of it.
         let stalled = Task.immediate { try await staller.stall(milliseconds: 60_000) }
         while link.pendingCalls == 0 { await Task.yield() }
         var entries: [Int: String] = [:]
@@ -142,27 +104,27 @@ struct ForkingCaller: AsyncProcessTask {
 }
 
 /// A child whose tasks make large calls all at once: requests and replies several times larger than the
-/// channel's ring, more of them than the threads that run its tasks (in a child, one). It reports how
-/// many entries the last snapshot held.
+/// channel's ring, more of them than the threads that run its tasks (in a child, one). It reports a
+/// failure unless the snapshot after them holds all `expected` entries.
 struct ConcurrentLargeCaller: AsyncProcessTask {
     let dictionary: SharedDictionary<Int, String>
+    let expected: Int
     let report: Connection
 
     func run() async throws {
-        let count = try await withThrowingTaskGroup(of: Int.self) { group in
+        try await withThrowingTaskGroup(of: Void.self) { group in
             for round in 0..<4 {
                 group.addTask {
                     var entries: [Int: String] = [:]
                     for key in 0..<250 { entries[round * 1000 + key] = String(repeating: "u", count: 4000) }
                     try await dictionary.update(entries)
-                    return 0
                 }
-                group.addTask { try await dictionary.snapshot().count }
+                group.addTask { _ = try await dictionary.snapshot() }
             }
-            return try await group.reduce(0, max)
+            try await group.waitForAll()
         }
-        _ = count
-        try await report.send(try await dictionary.snapshot().count)
+        let count = try await dictionary.snapshot().count
+        try await report.send(count == expected ? [] : ["the snapshot holds \(count) entries, not \(expected)"])
     }
 }
 
@@ -311,19 +273,7 @@ struct ManagerChannelTests {
         var entries: [Int: String] = [:]
         for key in 0..<1000 { entries[-1 - key] = String(repeating: "s", count: 3000) }
         try await dictionary.update(entries)
-        let (report, sender) = try makePipe(duplex: false)
-        let caller = ChildProcess(ConcurrentLargeCaller(dictionary: dictionary, report: sender))
-        try caller.start()
-        defer { try? caller.kill() }
-        sender.close()
-        let received: Int?
-        do { received = try await report.recv(Int.self, timeout: .seconds(60)) } catch {
-            received = nil
-            Issue.record("no report from the caller: \(error)")
-        }
-        #expect(try await caller.join(timeout: .seconds(20)))
-        #expect(caller.exitCode == 0)
-        #expect(received == 2000)
+        #expect(try await runInChild { ConcurrentLargeCaller(dictionary: dictionary, expected: 2000, report: $0) } == [])
         try await manager.shutdown()
     }
 
@@ -336,7 +286,7 @@ struct ManagerChannelTests {
         let counter = try await manager.make(TestCounter.self)
         let dictionary = try await manager.makeDictionary([Int: String].self)
         let (report, sender) = try makePipe(duplex: false)
-        let writer = ChildProcess(LargeRequestWriter(staller: staller, dictionary: dictionary, report: sender))
+        let writer = ChildProcess(LargeRequestAwaiter(staller: staller, dictionary: dictionary, report: sender))
         try writer.start()
         defer { try? writer.kill() }
         sender.close()
