@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "process_shim.h"
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
@@ -247,6 +248,11 @@ int mp_share_code_with_children(void) {
     }
     close(memory);
     return changed;
+}
+
+int mp_yield_to_children(void) {
+    struct sched_param none = { 0 };
+    return sched_setscheduler(0, SCHED_BATCH | SCHED_RESET_ON_FORK, &none);
 }
 
 void mp_keep_heap_slack(void) {

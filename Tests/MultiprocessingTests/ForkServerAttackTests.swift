@@ -34,6 +34,21 @@ struct ForkServerAttackTests {
         #expect(result.leftBehind == 0, "\(result)")
     }
 
+    @Test("spares killed before they are used: each start takes the next live spare, and its task runs in the process its handle names")
+    func killedSpares() throws {
+        let (reader, writer) = try makePipe(duplex: false)
+        let probe = ChildProcess(SpareKillProbe(report: writer))
+        try probe.start()
+        writer.close()
+        let result = try reader.recv(SpareKillResult.self, timeout: .seconds(120))
+        #expect(try probe.join(timeout: .seconds(30)))
+        #expect(probe.exitCode == 0)
+        #expect(result.killed >= 2 * ForkServerLauncher.sparesAhead, "\(result)")
+        #expect(result.exitCodes == [0, 0, 0, 0, 0, 0], "\(result)")
+        #expect(result.ranIn == result.pids, "\(result)")
+        #expect(result.sameServer, "a killed spare made the server look dead: \(result)")
+    }
+
     @Test("the killer counts the pids created since it last looked, also across the wrap-around of pids")
     func newPidsAcrossWrap() {
         #expect(ServerKiller.newPids(after: 100, upTo: 100) == nil)
@@ -45,7 +60,7 @@ struct ForkServerAttackTests {
         #expect(ServerKiller.newPids(after: 32_760, upTo: 0) == nil)
     }
 
-    @Test("a SIGSTOPped fork server is replaced: the start after it succeeds within the reply bound")
+    @Test("a SIGSTOPped fork server is replaced: the spares it left waiting serve starts, and the start after them succeeds within the reply bound")
     func stoppedServer() throws {
         let (reader, writer) = try makePipe(duplex: false)
         let probe = ChildProcess(ForkServerStopProbe(report: writer))
@@ -54,12 +69,13 @@ struct ForkServerAttackTests {
         let result = try reader.recv(StopProbeResult.self, timeout: .seconds(60))
         #expect(try probe.join(timeout: .seconds(30)))
         #expect(probe.exitCode == 0)
-        #expect(result.exitCodes == [0, 0])
+        #expect(result.exitCodes.count >= 2 && result.exitCodes.allSatisfy { $0 == 0 }, "\(result)")
         #expect(result.ranIn == result.pids)
         #expect(result.stoppedServerGone)
         #expect(result.newServer)
-        // The reply bound is 0.5 s in the probe: the start took about that, not forever.
-        #expect(result.milliseconds >= 400 && result.milliseconds < 20_000, "\(result)")
+        // The reply bound is 0.5 s in the probe: the start that found no answer took about that, not
+        // forever; the others took far less.
+        #expect(result.milliseconds.max()! >= 400 && result.milliseconds.max()! < 20_000, "\(result)")
     }
 }
 
@@ -152,7 +168,23 @@ enum ServerKiller {
         return Int32(String(decoding: buffer.prefix(max(0, count)).filter { $0 >= 48 && $0 <= 57 }, as: UTF8.self)) ?? 0
     }
 
-    private static func parentPid(of pid: Int32) -> Int32 { Int32(statField(of: pid, 4)) }
+}
+
+/// The parent of `pid` (0 when it cannot be read).
+private func parentPid(of pid: Int32) -> Int32 { Int32(statField(of: pid, 4)) }
+
+/// The name of `pid`'s main thread, as ps shows it ("" when it cannot be read).
+private func processName(_ pid: Int32) -> String {
+    let fd = open("/proc/\(pid)/comm", O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return "" }
+    defer { close(fd) }
+    var buffer = [UInt8](repeating: 0, count: 32)
+    let count = read(fd, &buffer, 32)
+    return String(decoding: buffer.prefix(max(0, count)), as: UTF8.self).trimmingSuffix("\n")
+}
+
+extension String {
+    fileprivate func trimmingSuffix(_ suffix: String) -> String { hasSuffix(suffix) ? String(dropLast(suffix.count)) : self }
 }
 
 /// Starts `starts` forkserver children while their servers are killed again and again; each child
@@ -212,7 +244,10 @@ struct ForkServerKillProbe: ProcessTask {
         var remaining: [Int32] = []
         repeat {
             while waitpid(-1, nil, WNOHANG) > 0 {}
-            remaining = ProcessTree.descendants(of: getpid()).filter { $0 != server && !isGone($0) }
+            // The current server and the spare it keeps waiting for the next start stay.
+            remaining = ProcessTree.descendants(of: getpid()).filter {
+                $0 != server && !isGone($0) && !(parentPid(of: $0) == server && processName($0) == "mp-spare")
+            }
             if remaining.isEmpty { break }
             usleep(10_000)
         } while !deadline.hasPassed
@@ -227,14 +262,15 @@ struct StopProbeResult: Codable, CustomStringConvertible {
     var ranIn: [Int32] = []
     var stoppedServerGone = false
     var newServer = false
-    var milliseconds = 0
+    var milliseconds: [Int] = []
     var description: String {
         "exit \(exitCodes) pids \(pids) ran in \(ranIn) stopped server gone \(stoppedServerGone) new \(newServer) \(milliseconds) ms"
     }
 }
 
-/// Starts a forkserver child, stops the server with SIGSTOP, and starts another: the second start
-/// must give up on the stopped server after the reply bound and succeed through a new one.
+/// Starts a forkserver child, stops the server with SIGSTOP, and starts more until the server is
+/// replaced: the spares the server forked before it was stopped may serve a start each, and the start
+/// after them must give up on the stopped server after the reply bound and succeed through a new one.
 struct ForkServerStopProbe: ProcessTask {
     let report: Connection
     func run() throws {
@@ -242,22 +278,74 @@ struct ForkServerStopProbe: ProcessTask {
         let context = ProcessContext(.forkserver)
         let (reader, writer) = try makePipe(duplex: false)
         var result = StopProbeResult()
-        let first = ChildProcess(ReportPid(report: writer), context: context)
-        try first.start()
-        result.ranIn.append(try reader.recv(Int32.self, timeout: .seconds(30)))
-        try first.join(timeout: .seconds(30))
+        func startOne() throws {
+            let began = Deadline.monotonicNow()
+            let child = ChildProcess(ReportPid(report: writer), context: context)
+            try child.start()
+            result.milliseconds.append(Int((Deadline.monotonicNow() - began) / 1_000_000))
+            result.ranIn.append(try reader.recv(Int32.self, timeout: .seconds(30)))
+            try child.join(timeout: .seconds(30))
+            result.exitCodes.append(child.exitCode ?? -1)
+            result.pids.append(child.pid ?? -1)
+        }
+        try startOne()
+        result.milliseconds = []
         guard let stopped = ForkServerLauncher.serverPid else { exit(3) }
         kill(stopped, SIGSTOP)
-        let began = Deadline.monotonicNow()
-        let second = ChildProcess(ReportPid(report: writer), context: context)
-        try second.start()
-        result.milliseconds = Int((Deadline.monotonicNow() - began) / 1_000_000)
-        result.ranIn.append(try reader.recv(Int32.self, timeout: .seconds(30)))
-        try second.join(timeout: .seconds(30))
-        result.exitCodes = [first.exitCode ?? -1, second.exitCode ?? -1]
-        result.pids = [first.pid ?? -1, second.pid ?? -1]
+        for _ in 0...ForkServerLauncher.sparesAhead where ForkServerLauncher.serverPid == stopped { try startOne() }
         result.stoppedServerGone = isGone(stopped)
         result.newServer = ForkServerLauncher.serverPid.map { $0 != stopped } ?? false
+        try report.send(result)
+    }
+}
+
+struct SpareKillResult: Codable, CustomStringConvertible {
+    var killed = 0
+    var exitCodes: [Int32] = []
+    var pids: [Int32] = []
+    var ranIn: [Int32] = []
+    var sameServer = false
+    var description: String { "killed \(killed) exit \(exitCodes) pids \(pids) ran in \(ranIn) same server \(sameServer)" }
+}
+
+/// Starts a forkserver child, then twice kills every spare the server keeps waiting and starts three
+/// children: each start must skip the dead spares (their notices are still queued) and run in a live one.
+struct SpareKillProbe: ProcessTask {
+    let report: Connection
+    func run() throws {
+        let context = ProcessContext(.forkserver)
+        let (reader, writer) = try makePipe(duplex: false)
+        var result = SpareKillResult()
+        func startOne() throws {
+            let child = ChildProcess(ReportPid(report: writer), context: context)
+            try child.start()
+            result.ranIn.append(try reader.recv(Int32.self, timeout: .seconds(30)))
+            try child.join(timeout: .seconds(30))
+            result.exitCodes.append(child.exitCode ?? -1)
+            result.pids.append(child.pid ?? -1)
+        }
+        try startOne()
+        result.ranIn = []
+        result.exitCodes = []
+        result.pids = []
+        guard let server = ForkServerLauncher.serverPid else { exit(3) }
+        for _ in 0..<2 {
+            // The server forks its spares soon after a start; wait until they all wait, then kill them.
+            var spares: [Int32] = []
+            let deadline = Deadline.after(.seconds(10))
+            repeat {
+                spares = ProcessTree.descendants(of: server).filter { parentPid(of: $0) == server && processName($0) == "mp-spare" }
+                if spares.count >= ForkServerLauncher.sparesAhead { break }
+                usleep(1_000)
+            } while !deadline.hasPassed
+            for spare in spares where kill(spare, SIGKILL) == 0 { result.killed += 1 }
+            // Only a spare that has ended refuses its bootstrap; one still dying would take it and be
+            // reported killed, as a child killed right after its start is.
+            let dying = Deadline.after(.seconds(10))
+            while !spares.allSatisfy(isGone) && !dying.hasPassed { usleep(1_000) }
+            for _ in 0..<3 { try startOne() }
+        }
+        result.sameServer = ForkServerLauncher.serverPid == server
         try report.send(result)
     }
 }

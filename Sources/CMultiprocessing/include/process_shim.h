@@ -52,5 +52,8 @@ int mp_share_code_with_children(void);
 /// frees at start find room in the heap it inherited instead of moving the break (brk) each time.
 /// Untouched room costs neither the server nor fork anything.
 void mp_keep_heap_slack(void);
+/// For a fork server: SCHED_BATCH, which does not preempt a running task when it wakes, reset to the
+/// normal policy in the processes it forks. 0, or -1 with errno.
+int mp_yield_to_children(void);
 
 #endif

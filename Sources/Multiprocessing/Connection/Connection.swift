@@ -157,6 +157,18 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         try write(scratch, descriptors: descriptors)
     }
 
+    /// One message carrying `value`, framed as ``send(_:)-70itn`` frames it, for a descriptor that has no
+    /// connection object yet (a child's bootstrap, written before the child exists). The value's
+    /// descriptors are borrowed: keep it alive until the message is sent.
+    static func message<T: Encodable>(carrying value: T) throws -> UnsentMessage {
+        let (encoder, transfer) = makeEncoder()
+        var bytes: [UInt8] = [0, 0, 0, 0, 0]
+        try encoder.encode(value, appendingTo: &bytes)
+        bytes[4] = UInt8(transfer.outgoing.count)
+        Framing.fillHeader(of: &bytes)
+        return UnsentMessage(bytes: bytes[...], descriptors: transfer.outgoing)
+    }
+
     /// Sends one message whose bytes `write` appends to an empty buffer: for messages with a layout of
     /// their own, which skip the coder (a manager's requests and replies). The receiver reads it with
     /// ``receiveMessage(timeout:_:)``.
@@ -926,4 +938,47 @@ public func makePipe(duplex: Bool = true) throws -> (Connection, Connection) {
     shutdown(b, Int32(SHUT_RD))
     return (try Connection(adopting: a, readable: true, writable: false),
             try Connection(adopting: b, readable: false, writable: true))
+}
+
+/// A message for a Unix stream socket, or the part of one still to write, with its descriptors while
+/// none of it went out (they ride on its first byte).
+struct UnsentMessage {
+    var bytes: ArraySlice<UInt8>
+    var descriptors: [Int32]
+
+    /// Writes as much as `fd`'s buffer takes without waiting, and returns what is left.
+    /// - Throws: ``MultiprocessingError/Code/system`` (errno EPIPE or ECONNRESET when the peer is closed).
+    func sendWithoutWaiting(on fd: Int32) throws -> UnsentMessage {
+        var rest = self
+        try rest.write(on: fd, blocking: false)
+        return rest
+    }
+
+    /// Writes everything left to `fd`, waiting for room as long as it takes.
+    func sendRest(on fd: Int32) throws {
+        var rest = self
+        try rest.write(on: fd, blocking: true)
+    }
+
+    private mutating func write(on fd: Int32, blocking: Bool) throws {
+        while !bytes.isEmpty {
+            let sent = bytes.withUnsafeBytes { raw in
+                var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress), iov_len: raw.count)
+                return descriptors.withUnsafeBufferPointer {
+                    mp_sendmsg_fds_flags(fd, &vector, 1, $0.baseAddress, Int32($0.count), blocking ? 0 : 1)
+                }
+            }
+            if sent >= 0 {
+                bytes = bytes.dropFirst(sent)
+                descriptors = []
+                continue
+            }
+            switch errno {
+            case EINTR: continue
+            case EAGAIN where !blocking: return
+            case EPIPE, ECONNRESET: throw MultiprocessingError(.system, "the peer closed the connection", errno: errno)
+            default: throw MultiprocessingError.system("send", errno: errno)
+            }
+        }
+    }
 }

@@ -23,11 +23,11 @@ enum Syscall {
         if fd >= 0 { _ = Glibc.close(fd) }
     }
 
-    /// A connected pair of Unix stream sockets, both close-on-exec.
-    static func socketPair() throws -> (Int32, Int32) {
+    /// A connected pair of Unix sockets of `type` (a stream unless said), both close-on-exec.
+    static func socketPair(_ type: __socket_type = SOCK_STREAM) throws -> (Int32, Int32) {
         var fds: [Int32] = [-1, -1]
         try retrying("socketpair") {
-            socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds)
+            socketpair(AF_UNIX, Int32(type.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds)
         }
         return (fds[0], fds[1])
     }

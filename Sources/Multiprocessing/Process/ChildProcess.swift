@@ -186,11 +186,8 @@ public final class ChildProcess: @unchecked Sendable, CustomStringConvertible {
             }
             bootstrap.settings = link.wire
             if case .task(let task) = work { bootstrap.taskName = "\(type(of: task))" } else { bootstrap.taskName = "closure" }
-            let (parentEnd, childEnd): (Int32, Int32)
-            do { (parentEnd, childEnd) = try Syscall.socketPair() } catch { link.abandon(); throw error }
             var request = LaunchRequest(
-                bootstrap: bootstrap, work: work, parentEnd: parentEnd, childEnd: childEnd,
-                parentOnly: ChildRegistry.parentEnds + link.parentOnly)
+                bootstrap: bootstrap, work: work, parentOnly: ChildRegistry.parentEnds + link.parentOnly)
             defer { Syscall.close(request.childEnd) }
             do {
                 let handle = try method.launcher.launch(&request)

@@ -15,6 +15,7 @@ enum ForkLauncher: Launcher {
                     + "runtime runs Task.sleep's timers on Dispatch threads, which a forked child of a "
                     + "threaded parent cannot have; use spawn or forkserver")
         }
+        try request.makeBootstrapPair()
         let (bootstrap, work, childEnd) = (request.bootstrap, request.work, request.childEnd)
         let closing = request.parentOnly + [request.parentEnd]
         fflush(nil)

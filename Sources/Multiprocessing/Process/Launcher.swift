@@ -8,12 +8,12 @@ struct LaunchRequest {
     var bootstrap: ChildBootstrap
     /// What the child runs.
     let work: ChildProcess.Work
-    /// The parent's end of the bootstrap socket pair, kept by the parent while the child runs.
-    /// A launcher may replace the pair (the fork server retries with a fresh one); the caller then
-    /// keeps or closes whatever the request holds when the launcher returns or throws.
-    var parentEnd: Int32
+    /// The parent's end of the bootstrap socket pair, kept by the parent while the child runs (-1 until
+    /// the launcher makes the pair, or takes one the fork server made). The caller keeps or closes
+    /// whatever the request holds when the launcher returns or throws.
+    var parentEnd: Int32 = -1
     /// The child's end of the bootstrap socket pair, closed by the caller once the child has it.
-    var childEnd: Int32
+    var childEnd: Int32 = -1
     /// Descriptors only the parent may hold (other children's bootstrap ends, capture read ends),
     /// which a forked child closes.
     let parentOnly: [Int32]
@@ -50,11 +50,29 @@ extension LaunchRequest {
         return (TaskEnvelope(task), try TaskEnvelope.typeName(of: type(of: task)))
     }
 
-    /// Sends the bootstrap to a started child over the parent's end; if that fails, kills and reaps the
-    /// child before throwing, so that nothing is left behind.
-    func sendBootstrap(to handle: any ChildHandle) throws {
+    /// Makes the bootstrap socket pair, for a launcher whose child is created with its end.
+    mutating func makeBootstrapPair() throws {
+        (parentEnd, childEnd) = try Syscall.socketPair()
+    }
+
+    /// The bootstrap as one message, to write with ``startBootstrap(_:)``.
+    func bootstrapMessage() throws -> UnsentMessage {
+        try Connection.message(carrying: bootstrap)
+    }
+
+    /// Writes the bootstrap into the parent's end before the child exists (or has read anything), as far
+    /// as the socket takes it without waiting: the child then reads it the moment it starts instead of
+    /// waiting for its parent to hear of it. Returns what is left, for ``finishBootstrap(_:for:)``.
+    func startBootstrap(_ message: UnsentMessage) throws -> UnsentMessage {
+        try withExtendedLifetime(bootstrap) { try message.sendWithoutWaiting(on: parentEnd) }
+    }
+
+    /// Writes the rest of the bootstrap to a started child; if that fails, kills and reaps the child
+    /// before throwing, so that nothing is left behind.
+    func finishBootstrap(_ rest: UnsentMessage, for handle: any ChildHandle) throws {
         do {
-            try Connection(adopting: Syscall.duplicate(parentEnd)).send(bootstrap)
+            // The bootstrap's descriptors are borrowed from it until they are sent.
+            try withExtendedLifetime(bootstrap) { try rest.sendRest(on: parentEnd) }
         } catch {
             try? handle.send(signal: SIGKILL)
             _ = try? Syscall.pollReadable([handle.sentinel], until: .after(.seconds(5)))

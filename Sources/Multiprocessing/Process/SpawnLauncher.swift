@@ -6,13 +6,15 @@ import CMultiprocessing
 /// The spawn start method: `posix_spawn` of the running executable, whose constructor hands control
 /// to ``multiprocessingChildMain(_:)`` before `main` runs.
 enum SpawnLauncher: Launcher {
-    /// Spawns a child that reads its bootstrap from the request's child end (descriptor 3 there), and
-    /// sends it the bootstrap with its task.
+    /// Spawns a child that reads its bootstrap, with its task, from the request's child end (descriptor 3
+    /// there); the bootstrap is written before the spawn, so the child need not wait for it.
     static func launch(_ request: inout LaunchRequest) throws -> any ChildHandle {
         let (task, _) = try request.taskForFreshProgram(.spawn)
         request.bootstrap.work = task
+        try request.makeBootstrapPair()
+        let rest = try request.startBootstrap(request.bootstrapMessage())
         let handle = try PidfdHandle(pid: spawnSelf(keeping: request.childEnd, variable: MP_CHILD_ENV))
-        try request.sendBootstrap(to: handle)
+        try request.finishBootstrap(rest, for: handle)
         return handle
     }
 
