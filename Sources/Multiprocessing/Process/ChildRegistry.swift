@@ -54,9 +54,11 @@ enum ExitHooks {
 
     /// Terminates daemon children, then joins every child (Python's `_exit_function`).
     static func run() {
-        exiting.store(true, ordering: .relaxed)
-        // A process that never started a child has none to end (and need not build the registry).
+        // A process that never started a child has none to end (and need not build the registry); nothing
+        // of its could be replacing children either, and not writing spares a fork server's child a copied
+        // page.
         guard installed.load(ordering: .relaxed) else { return }
+        exiting.store(true, ordering: .relaxed)
         let children = ChildRegistry.all
         for child in children where child.daemon { try? child.terminate() }
         for child in children { _ = try? child.join() }

@@ -17,8 +17,8 @@ import Synchronization
 ///
 /// The server reaps every process it forked and writes its exit code to its status socket, which is the
 /// child's sentinel. A child that exits normally writes its code there itself too, so the code survives
-/// even the server's death. A spare whose server died still serves the start that reaches it; if none
-/// does, it ends. If the server has died, the next start that needs a spare spawns a new server. Before
+/// even the server's death. A start that finds the server dead spawns a new one; a spare of a dead
+/// server serves a start that reached it before it saw the death, and ends otherwise. Before
 /// its first fork the server rehearses a child's start, and after it shares its code's page tables with
 /// later children (`mp_share_code_with_children`), so that a child neither rebuilds the runtime's caches
 /// nor faults in the program's code again; the parent names each task type to the server once, and the
@@ -160,6 +160,11 @@ enum ForkServerLauncher {
         let timeout = Duration.milliseconds(replyTimeoutMilliseconds.load(ordering: .relaxed))
         let deadline = Deadline.after(timeout)
         var asked = false
+        // A server that died is replaced at the next start, as in Python, though its spares could still
+        // serve it: its children's exit codes would have no one to report them.
+        if let process = server.process, try !Syscall.pollReadable([process.sentinel], until: .now).isEmpty {
+            throw MultiprocessingError(.endOfFile, "the fork server died")
+        }
         while true {
             switch try readNotice(server.control) {
             case .spare(let spare):
@@ -173,7 +178,6 @@ enum ForkServerLauncher {
                 let sentinels = [server.control] + (server.process.map { [$0.sentinel] } ?? [])
                 let ready = try Syscall.pollReadable(sentinels, until: deadline)
                 if ready.isEmpty { throw MultiprocessingError(.timedOut, "the fork server did not answer within \(timeout)") }
-                // A server that died is replaced once its notices are read.
                 if ready == [1] { throw MultiprocessingError(.endOfFile, "the fork server died") }
             }
         }
@@ -453,16 +457,21 @@ private final class ForkServerLoop {
     private func waitAsSpare(bootstrap: Int32, status: Int32) -> Never {
         mp_set_thread_name("mp-spare")
         mp_report_exit_code(status)
-        var watched = [pollfd(fd: bootstrap, events: Int16(POLLIN), revents: 0), pollfd(fd: toServer, events: 0, revents: 0)]
-        while poll(&watched, 2, -1) < 0 {}
-        if watched[0].revents == 0 { shutdown(bootstrap, Int32(SHUT_RD)) }
+        // The loop's own storage: a new array here would instantiate its type's metadata in every spare.
+        entries[0] = pollfd(fd: bootstrap, events: Int16(POLLIN), revents: 0)
+        entries[1] = pollfd(fd: toServer, events: 0, revents: 0)
+        while poll(entries, 2, -1) < 0 {}
+        if entries[0].revents == 0 { shutdown(bootstrap, Int32(SHUT_RD)) }
         var first: UInt8 = 0
         guard recv(bootstrap, &first, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) == 1 else { _exit(0) }
         var pid = getpid()
         withUnsafeBytes(of: &pid) { _ = send(toServer, $0.baseAddress, 4, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
         Syscall.close(toServer)
         mp_set_thread_name("mp-child")
-        multiprocessingChildMain(bootstrap)
+        // The server holds none of the state a forked child forgets (it starts no children, runs no event
+        // loop, and holds no lock when it forks), so the child starts as a fresh program does, without
+        // writing to the pages that state lives on.
+        multiprocessingChildMain(bootstrap, fresh: true)
         _exit(0)
     }
 
