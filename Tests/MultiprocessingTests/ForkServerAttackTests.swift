@@ -49,6 +49,26 @@ struct ForkServerAttackTests {
         #expect(result.sameServer, "a killed spare made the server look dead: \(result)")
     }
 
+    @Test("a fork server that cannot fork (a pids cgroup at its limit) fails the start with the fork's errno once its spares are used, and serves again when it can")
+    func serverCannotFork() throws {
+        let (reader, writer) = try makePipe(duplex: false)
+        let probe = ChildProcess(ForkFailureProbe(report: writer))
+        try probe.start()
+        writer.close()
+        let result = try reader.recv(ForkFailureResult.self, timeout: .seconds(120))
+        #expect(try probe.join(timeout: .seconds(30)))
+        #expect(probe.exitCode == 0)
+        guard result.limited else {
+            print("skipped: no writable pids cgroup to limit the fork server with (\(result.skipReason))")
+            return
+        }
+        #expect(result.startedBeforeFailure <= ForkServerLauncher.sparesAhead, "\(result)")
+        #expect(result.failureErrno == EAGAIN, "\(result)")
+        #expect(result.failureMessage.contains("could not fork"), "\(result)")
+        #expect(result.startedAfterLimitRaised, "\(result)")
+        #expect(result.sameServer, "\(result)")
+    }
+
     @Test("the killer counts the pids created since it last looked, also across the wrap-around of pids")
     func newPidsAcrossWrap() {
         #expect(ServerKiller.newPids(after: 100, upTo: 100) == nil)
@@ -347,5 +367,70 @@ struct SpareKillProbe: ProcessTask {
         }
         result.sameServer = ForkServerLauncher.serverPid == server
         try report.send(result)
+    }
+}
+
+struct ForkFailureResult: Codable, CustomStringConvertible {
+    var limited = false
+    var skipReason = ""
+    var startedBeforeFailure = 0
+    var failureErrno: Int32 = 0
+    var failureMessage = ""
+    var startedAfterLimitRaised = false
+    var sameServer = false
+    var description: String {
+        "limited \(limited) started before failure \(startedBeforeFailure) errno \(failureErrno) (\(failureMessage)) "
+            + "started after \(startedAfterLimitRaised) same server \(sameServer)"
+    }
+}
+
+/// Moves its fork server into a pids cgroup whose limit is reached, so that the server's forks fail with
+/// EAGAIN; starts children until one fails, then moves the server back out and starts one more.
+struct ForkFailureProbe: ProcessTask {
+    let report: Connection
+    func run() throws {
+        var result = ForkFailureResult()
+        defer { try? report.send(result) }
+        let context = ProcessContext(.forkserver)
+        func startOne() throws {
+            let child = ChildProcess(Nap(milliseconds: 0), context: context)
+            try child.start()
+            guard try child.join(timeout: .seconds(30)), child.exitCode == 0 else { throw MultiprocessingError(.system, "child failed") }
+        }
+        try startOne()
+        guard let server = ForkServerLauncher.serverPid else { exit(3) }
+        let group = "/sys/fs/cgroup/pids/multiprocessing-test-\(getpid())"
+        guard mkdir(group, 0o755) == 0 else {
+            result.skipReason = "mkdir: errno \(errno)"
+            return
+        }
+        defer { rmdir(group) }
+        func write(_ text: String, to file: String) -> Bool {
+            let fd = open(file, O_WRONLY | O_CLOEXEC)
+            guard fd >= 0 else { return false }
+            defer { close(fd) }
+            return text.withCString { Glibc.write(fd, $0, strlen($0)) } == text.utf8.count
+        }
+        // The server goes back to the root group before the group is removed (a group with a process in
+        // it cannot be); children it forked while limited would have stayed, but it could fork none.
+        defer { _ = write("\(server)", to: "/sys/fs/cgroup/pids/cgroup.procs") }
+        guard write("1", to: group + "/pids.max"), write("\(server)", to: group + "/cgroup.procs") else {
+            result.skipReason = "cgroup not writable: errno \(errno)"
+            return
+        }
+        result.limited = true
+        for _ in 0..<(ForkServerLauncher.sparesAhead + 3) {
+            do {
+                try startOne()
+                result.startedBeforeFailure += 1
+            } catch let error as MultiprocessingError {
+                result.failureErrno = error.errno ?? 0
+                result.failureMessage = error.message
+                break
+            }
+        }
+        _ = write("\(server)", to: "/sys/fs/cgroup/pids/cgroup.procs")
+        result.startedAfterLimitRaised = (try? startOne()) != nil
+        result.sameServer = ForkServerLauncher.serverPid == server
     }
 }

@@ -29,6 +29,8 @@ enum ForkServerLauncher {
         var process: PidfdHandle?
         /// The task types named to this server.
         var namedTypes: Set<String> = []
+        /// Whether the server's last fork failed: it forks again only when asked.
+        var forkFailed = false
     }
 
     private static let server = ForkSafeMutex(Server())
@@ -79,7 +81,7 @@ enum ForkServerLauncher {
                     if server.control < 0 { server = try startServer() }
                     try name(typeName, to: &server)
                     while true {
-                        let spare = try nextSpare(of: server)
+                        let spare = try nextSpare(of: &server)
                         do {
                             // The request holds the bootstrap, whose descriptors the message borrows.
                             let rest = try message.sendWithoutWaiting(on: spare.bootstrap)
@@ -156,7 +158,7 @@ enum ForkServerLauncher {
     /// - Throws: ``MultiprocessingError/Code/timedOut`` when the server announced nothing within
     ///   ``replyTimeoutMilliseconds`` (it hung), ``MultiprocessingError/Code/endOfFile`` when it died, and
     ///   ``CouldNotFork`` when it could not fork.
-    private static func nextSpare(of server: Server) throws -> ForkServerSpare {
+    private static func nextSpare(of server: inout Server) throws -> ForkServerSpare {
         let timeout = Duration.milliseconds(replyTimeoutMilliseconds.load(ordering: .relaxed))
         let deadline = Deadline.after(timeout)
         var asked = false
@@ -165,16 +167,26 @@ enum ForkServerLauncher {
         if let process = server.process, try !Syscall.pollReadable([process.sentinel], until: .now).isEmpty {
             throw MultiprocessingError(.endOfFile, "the fork server died")
         }
+        func ask() throws {
+            var poke: Int32 = 0
+            try withUnsafeBytes(of: &poke) { try Syscall.writeAll(server.control, $0) }
+            asked = true
+        }
         while true {
             switch try readNotice(server.control) {
             case .spare(let spare):
+                server.forkFailed = false
                 return spare
             case .forkFailed(let error):
+                server.forkFailed = true
                 if asked { throw CouldNotFork(errno: error) }
-                var poke: Int32 = 0
-                try withUnsafeBytes(of: &poke) { try Syscall.writeAll(server.control, $0) }
-                asked = true
+                try ask()
             case nil:
+                // A server whose last fork failed waits to be asked before it forks again.
+                if server.forkFailed && !asked {
+                    try ask()
+                    continue
+                }
                 let sentinels = [server.control] + (server.process.map { [$0.sentinel] } ?? [])
                 let ready = try Syscall.pollReadable(sentinels, until: deadline)
                 if ready.isEmpty { throw MultiprocessingError(.timedOut, "the fork server did not answer within \(timeout)") }
