@@ -7,8 +7,9 @@ public enum StartMethod: String, CaseIterable, Sendable, CustomStringConvertible
     /// Start a fresh copy of the running executable (`posix_spawn`), which runs only the task.
     /// The default: safe with threads, Dispatch and Swift concurrency in the parent.
     case spawn
-    /// Ask a small single-threaded server process, started on first use, to fork a copy of itself.
-    /// Faster than spawn, and just as safe; the server is restarted if it dies.
+    /// Take a child from a small single-threaded server process, started on first use, which forks
+    /// copies of itself ahead of need (two wait at a time). Faster than spawn, and just as safe; the
+    /// server is restarted if it dies.
     case forkserver
     /// Fork the calling process. The only method that can run a capturing closure, but the child
     /// may run only synchronous code: locks held by other threads at fork time stay held.
