@@ -11,6 +11,8 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -72,6 +74,13 @@ ssize_t mp_recvmsg_fds_flags(int sock, void *buf, size_t len, int *fds, int maxf
 
 ssize_t mp_recvmsg_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds) {
     return mp_recvmsg_fds_flags(sock, buf, len, fds, maxfds, nfds, 0);
+}
+
+long mp_socket_free_send_room(int sock) {
+    int unsent = 0, size = 0;
+    socklen_t length = sizeof size;
+    if (ioctl(sock, SIOCOUTQ, &unsent) != 0 || getsockopt(sock, SOL_SOCKET, SO_SNDBUF, &size, &length) != 0) return -1;
+    return (long)size - (long)unsent;
 }
 
 ssize_t mp_writev_nosigpipe(int fd, const struct iovec *iov, int iovcnt) {

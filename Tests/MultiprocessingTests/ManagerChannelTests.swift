@@ -326,6 +326,38 @@ struct ManagerChannelTests {
         try await manager.shutdown()
     }
 
+    @Test("a client stopped while a large reply to it waits for room holds none of the manager's threads: other clients' calls go on")
+    func stalledClientHoldsNoManagerThread() async throws {
+        let manager = try SharedObjectManager()
+        defer { try? manager.process?.kill() }
+        let counter = try await manager.make(TestCounter.self)
+        let gate = try await manager.makeEvent()
+        let (report, sender) = try makePipe(duplex: false)
+        let stalled = ChildProcess(LargeReplyReader(counter: counter, gate: gate, bytes: 4 << 20, report: sender))
+        try stalled.start()
+        defer { try? stalled.kill() }
+        sender.close()
+        #expect(try await eventually { try await counter.waitingCalls() == 1 })
+        Glibc.kill(stalled.pid ?? 0, SIGSTOP)
+        // The call resumes on a thread of the manager, whose 4 MiB reply fills the stopped client's ring.
+        try await gate.set()
+        let added = try await withThrowingTaskGroup(of: Int?.self) { group in
+            group.addTask { try await counter.add(1) }
+            group.addTask {
+                try await Task.sleep(for: .seconds(10))
+                return nil
+            }
+            defer { group.cancelAll() }
+            return try await group.next() ?? nil
+        }
+        #expect(added == 1, "another client's call did not run while a reply waited for the stopped client")
+        Glibc.kill(stalled.pid ?? 0, SIGCONT)
+        #expect(try await report.recv(Int.self, timeout: .seconds(60)) == 4 << 20)
+        #expect(try await stalled.join(timeout: .seconds(20)))
+        #expect(stalled.exitCode == 0)
+        try await manager.shutdown()
+    }
+
     @Test("a process forked from one that holds a link makes its own: both call one object at once, with exact results")
     func forkChildMakesItsOwnLink() async throws {
         let manager = try SharedObjectManager()
@@ -351,5 +383,17 @@ struct ManagerChannelTests {
     func shutdownWhileAReplyWaitsForRoom() async throws {
         // In a child, whose server and client are its own: its threads wait for the ring by design.
         #expect(try await runInChild { ShutdownWithFullRing(report: $0) } == [])
+    }
+}
+
+/// A child that waits in a call returning `bytes` bytes, then reports how many it got.
+struct LargeReplyReader: AsyncProcessTask {
+    let counter: TestCounter
+    let gate: SharedEvent
+    let bytes: Int
+    let report: Connection
+
+    func run() async throws {
+        try await report.send(try await counter.largeAfterRelease(gate, bytes: bytes).count)
     }
 }

@@ -28,7 +28,16 @@ distributed actor TestCounter: SharedObject {
         return total
     }
 
-    /// How many calls wait in ``addAfterRelease(_:)``.
+    /// Waits as ``addAfterRelease(_:)`` does, then returns `bytes` bytes: a large reply that the manager
+    /// writes from the thread that resumed the call.
+    distributed func largeAfterRelease(_ gate: SharedEvent, bytes: Int) async throws -> [UInt8] {
+        waiting += 1
+        defer { waiting -= 1 }
+        _ = try await gate.wait(timeout: .seconds(60))
+        return [UInt8](repeating: 7, count: bytes)
+    }
+
+    /// How many calls wait in ``addAfterRelease(_:)`` or ``largeAfterRelease(_:bytes:)``.
     distributed func waitingCalls() -> Int { waiting }
 
     distributed func take(_ value: NotEncodable) {}

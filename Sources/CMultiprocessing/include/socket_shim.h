@@ -21,6 +21,9 @@ ssize_t mp_recvmsg_fds(int sock, void *buf, size_t len, int *fds, int maxfds, in
 /// writev() to a descriptor that may be a pipe, with SIGPIPE blocked for the call and any SIGPIPE it
 /// raised discarded, so a closed reader gives EPIPE instead of killing the process.
 ssize_t mp_writev_nosigpipe(int fd, const struct iovec *iov, int iovcnt);
+/// The room left in a socket's send buffer: SO_SNDBUF less what waits in it (SIOCOUTQ, which counts the
+/// kernel's overhead per buffer too). -1 with errno when either cannot be read.
+long mp_socket_free_send_room(int sock);
 
 /// The largest number of descriptors one message may carry.
 #define MP_MAX_FDS_PER_MESSAGE 250

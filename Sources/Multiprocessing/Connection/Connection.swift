@@ -182,6 +182,13 @@ public final class Connection: @unchecked Sendable, Codable, CustomStringConvert
         try self.write(scratch, descriptors: [])
     }
 
+    /// Writes `frames`, whole frames built beforehand (``ManagerSender/message(_:)``), waiting for room
+    /// as long as it takes.
+    func sendFrames(_ frames: [UInt8]) throws {
+        try checkWritable()
+        try write(frames, descriptors: [])
+    }
+
     /// Receives one message sent with ``sendMessage(_:)`` and hands its bytes to `read`, without copying
     /// them; descriptors that came with it are closed.
     ///

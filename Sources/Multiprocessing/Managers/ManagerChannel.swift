@@ -175,15 +175,13 @@ final class ManagerChannel: @unchecked Sendable {
 }
 
 /// How a manager connection's messages go out: over the socket, or, once a ``ManagerChannel`` is
-/// attached, through its ring with the socket for doorbells. Used under its owner's lock (one message
-/// at a time), by a link for its requests and by a server for a client's replies.
+/// attached, through its ring with the socket for doorbells. Used by one party at a time (see
+/// ``ManagerWriter``), by a link for its requests and by a server for a client's replies.
 final class ManagerSender: @unchecked Sendable {
     /// The socket (a descriptor of its own, for sending).
     let connection: Connection
     /// The ring this side writes, once a channel is attached.
     private var ring: ManagerChannel.Ring?
-    /// The message being sent, kept to reuse its storage.
-    private var scratch: [UInt8] = []
     /// A head this sender saw: the room it leaves is at least the room there is.
     private var knownHead: UInt64 = 0
 
@@ -200,19 +198,45 @@ final class ManagerSender: @unchecked Sendable {
     /// Whether a channel carries the messages.
     var usesChannel: Bool { ring != nil }
 
-    /// Sends one message whose bytes `write` appends to an empty buffer (see
+    /// One message whose bytes `write` appends to an empty buffer, framed (see
     /// ``Connection/sendMessage(_:)``).
+    ///
+    /// - Throws: what `write` throws.
+    static func message(_ write: (inout [UInt8]) throws -> Void) rethrows -> [UInt8] {
+        var message: [UInt8] = [0, 0, 0, 0]
+        try write(&message)
+        Framing.fillHeader(of: &message)
+        return message
+    }
+
+    /// Sends one message whose bytes `write` appends to an empty buffer (see
+    /// ``Connection/sendMessage(_:)``), waiting for room as long as it takes.
     ///
     /// - Throws: what `write` throws (nothing was sent then); ``MultiprocessingError/Code/system``
     ///   (errno `EPIPE`) when the other side is gone; the errors of ``Connection/sendMessage(_:)``.
     func send(_ write: (inout [UInt8]) throws -> Void) throws {
-        guard let ring else { return try connection.sendMessage(write) }
-        scratch.removeAll(keepingCapacity: true)
-        scratch.append(contentsOf: [0, 0, 0, 0])
-        try write(&scratch)
-        defer { if scratch.capacity > 1 << 20 { scratch = [] } }
-        Framing.fillHeader(of: &scratch)
-        try scratch.withUnsafeBytes { try put($0, into: ring) }
+        try put(Self.message(write))
+    }
+
+    /// Sends `message` (from ``message(_:)``), waiting for room as long as it takes.
+    ///
+    /// - Throws: ``MultiprocessingError/Code/system`` (errno `EPIPE`) when the other side is gone; the
+    ///   errors of ``Connection/sendFrames(_:)``.
+    func put(_ message: [UInt8]) throws {
+        guard let ring else { return try connection.sendFrames(message) }
+        try message.withUnsafeBytes { try put($0, into: ring) }
+    }
+
+    /// Whether `count` bytes can be written now without waiting: the ring's free room, or the socket's
+    /// (with as much again to spare for the kernel's overhead per buffer).
+    func hasRoom(for count: Int) -> Bool {
+        guard let ring else {
+            guard let fd = try? connection.fileno else { return false }
+            return mp_socket_free_send_room(fd) >= 2 * count + 4096
+        }
+        knownHead = ring.head.pointee.load(ordering: .acquiring)
+        let used = ring.tail.pointee.load(ordering: .relaxed) &- knownHead
+        return used <= UInt64(ManagerChannel.ringSize) && ManagerChannel.ringSize - Int(used) >= count
     }
 
     /// Copies `bytes` into the ring, as much at a time as there is room for, publishing each part.

@@ -30,8 +30,9 @@ final class ManagerLink: @unchecked Sendable {
     let address: ConnectionAddress
     /// The process that made the link, the only one that may use it.
     let owner = getpid()
-    /// A second descriptor for the same socket, for sending; a lock keeps whole messages from interleaving.
-    private let writer: Mutex<ManagerSender>
+    /// A second descriptor for the same socket, for sending: whole messages, in order, without making a
+    /// caller wait for room.
+    private let writer: ManagerWriter
     /// The receiving end, read only by the holder of the read turn.
     private let reader: ManagerReceiver
     /// The channel's ring of requests, when the messages go through a ``ManagerChannel``.
@@ -80,7 +81,7 @@ final class ManagerLink: @unchecked Sendable {
             }
         }
         self.reader = reader
-        self.writer = Mutex(writer)
+        self.writer = ManagerWriter(writer)
         requests = channel?.ring(writtenBy: .client)
         sem_init(turnPassed, 0, 0)
     }
@@ -149,49 +150,44 @@ final class ManagerLink: @unchecked Sendable {
                 }
                 if let failure { return continuation.resume(throwing: failure) }
                 if Task.isCancelled { return finish(id, throwing: CancellationError()) }
-                // A small request goes out on the calling thread when the writer is free. One that may not
-                // fit in the room the manager has left, or that would wait for another call's large
-                // request, is written by a thread of its own: the calling task waits without holding one.
-                let large = request.arguments.reduce(0) { $0 + $1.count } > Self.largeRequestBytes
-                let write = { @Sendable [request] (sender: ManagerSender) in Result { try sender.send(request.write) } }
-                if !large, let outcome = writer.withLockIfAvailable({ write($0) }) { return sent(outcome, id) }
-                do {
-                    try startThread { [self] in sent(writer.withLock { write($0) }, id) }
-                } catch {
-                    lose("no thread could send to it: \(error)")
-                }
+                // A small request with room for it goes out on the calling thread; any other is written by
+                // the writer's own thread: the calling task waits without holding one (see ManagerWriter).
+                writer.send(ManagerSender.message(request.write)) { [self] outcome, atOnce in sent(outcome, id, readingReply: atOnce) }
             }
         } onCancel: {
             finish(id, throwing: CancellationError())
         }
     }
 
-    /// Requests with arguments larger than this are written by a thread of their own (see ``call(_:)``):
-    /// a quarter of a channel's ring, and less than a socket's usual buffer.
-    static let largeRequestBytes = ManagerChannel.ringSize / 4
-
     /// After call `id`'s request was written (or failed to be): fails the call, or loses the link, or
-    /// reads the reply (see `readOwnReply`).
-    private func sent(_ outcome: Result<Void, any Error>, _ id: UInt64) {
+    /// sees that its reply is read: on this thread when `readingReply` (see `readOwnReply`), else by the
+    /// reader thread (the writer's thread, which wrote it, goes on with the requests queued after it).
+    private func sent(_ outcome: Result<Void, any Error>, _ id: UInt64, readingReply: Bool) {
         do {
             try outcome.get()
-        } catch let error as MultiprocessingError where error.code == .transport {
-            return finish(id, throwing: error)
         } catch {
             return lose("sending to it failed: \(error)")
         }
-        readOwnReply(id, sentAt: Deadline.monotonicNow())
+        guard takeReadTurn() else { return }
+        if readingReply {
+            readOwnReply(id, sentAt: Deadline.monotonicNow())
+        } else {
+            passTurn()
+        }
     }
 
-    /// Takes the read turn if nobody holds it and reads until call `id` (sent at `sent`) is answered, for at most
-    /// ``ownReplyWait``; then passes the turn on if calls are still pending.
-    private func readOwnReply(_ id: UInt64, sentAt sent: UInt64) {
-        let took = state.withLock { state -> Bool in
+    /// Takes the read turn if nobody holds it (and the link is not lost).
+    private func takeReadTurn() -> Bool {
+        state.withLock { state -> Bool in
             guard !state.reading, state.failure == nil else { return false }
             state.reading = true
             return true
         }
-        guard took else { return }
+    }
+
+    /// With the read turn: reads until call `id` (sent at `sent`) is answered, for at most
+    /// ``ownReplyWait``; then passes the turn on if calls are still pending.
+    private func readOwnReply(_ id: UInt64, sentAt sent: UInt64) {
         // The request went out through the writer: the receive spins for the manager's usual answer time.
         reader.answerExpected(sentAt: sent)
         let deadline = Deadline.after(Self.ownReplyWait)

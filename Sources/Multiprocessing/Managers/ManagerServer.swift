@@ -204,10 +204,11 @@ public final class ManagerServer: @unchecked Sendable {
 /// One connected process, as the server sees it.
 private final class ServedClient: @unchecked Sendable {
     let caller: UInt64
-    private let writer: Mutex<ManagerSender>
-    /// The socket's descriptor (the writer's, open as long as this object): ``close()`` shuts it down
-    /// without the writer's lock, which a reply waiting for room in a full channel holds until the
-    /// client reads or is gone (the shutdown is what tells that reply the client is gone).
+    /// Writes the replies whole and in order; a reply that would wait for room (a client that reads
+    /// nothing) waits on the writer's own thread, not on the thread that ran the call.
+    private let writer: ManagerWriter
+    /// The socket's descriptor (the writer's, open as long as this object): ``close()`` shuts it down,
+    /// which tells a reply waiting for room in a full channel that the client is gone.
     private let socket: Int32
     private let running = Mutex(Running())
 
@@ -221,26 +222,26 @@ private final class ServedClient: @unchecked Sendable {
     init(caller: UInt64, writer: ManagerSender) {
         self.caller = caller
         socket = (try? writer.connection.fileno) ?? -1
-        self.writer = Mutex(writer)
+        self.writer = ManagerWriter(writer)
     }
 
     /// Sends a reply; a client that has gone is noticed by the reading side.
     func reply(_ reply: ManagerReply) {
-        writer.withLock { sender in
-            do {
-                try sender.send(reply.write)
-            } catch let error as MultiprocessingError where error.code == .transport {
-                // The reply could not be encoded: fail that call only.
-                try? sender.send(ManagerReply(id: reply.id, failure: RemoteFailure(error)).write)
-            } catch {
-                return
-            }
+        let message: [UInt8]
+        do {
+            message = try ManagerSender.message(reply.write)
+        } catch {
+            // The reply could not be encoded: fail that call only.
+            guard let failure = try? ManagerSender.message(ManagerReply(id: reply.id, failure: RemoteFailure(error)).write)
+            else { return }
+            message = failure
         }
+        writer.send(message) { _, _ in }
     }
 
-    /// Sends the replies through `channel` from now on.
+    /// Sends the replies through `channel` from now on: after the replies handed in before.
     func attach(_ channel: ManagerChannel) {
-        writer.withLock { $0.attach(channel, as: .server) }
+        writer.perform { $0.attach(channel, as: .server) }
     }
 
     /// Runs a request in a task of its own, cancelled if the client leaves first.
