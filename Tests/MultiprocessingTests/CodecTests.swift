@@ -698,6 +698,46 @@ import Testing
         #expect(try roundTrip(nested) == nested)
     }
 
+    /// A tree whose children are a dictionary keyed by strings.
+    struct Tree: Codable, Equatable {
+        var children: [String: Tree]
+    }
+
+    @Test func stringKeyedDictionariesAreReadStraightFromTheirEntries() throws {
+        // The fast path (BinaryKind.stringKeyedDictionary) gives what Dictionary.init(from:) gives.
+        let unicode = ["é": 1, "日本": 2, "a\u{0}b": 3, "": 4, String(repeating: "k", count: 300): 5]
+        #expect(try roundTrip(unicode) == unicode)
+        let nested: [String: [String: Double]] = ["x": ["y": 1.5, "z": -2], "empty": [:]]
+        #expect(try roundTrip(nested) == nested)
+        struct Holder: Codable, Equatable {
+            var table: [String: [Int]]
+            var list: [[String: String]]
+            var tree: Tree
+        }
+        let holder = Holder(
+            table: ["a": [1, 2], "b": []], list: [["k": "v"], [:]],
+            tree: Tree(children: ["left": Tree(children: [:]), "right": Tree(children: ["leaf": Tree(children: [:])])]))
+        #expect(try roundTrip(holder) == holder)
+        // An entry whose key is not UTF-8 is skipped, as the general path's allKeys skips it.
+        let badKey = [BinaryFormat.keyedTag] + withUnsafeBytes(of: UInt32(6).littleEndian) { Array($0) }
+            + [1, 0xFF, 0x81, 1, 0x61, 0x82]
+        #expect(try decoder.decode([String: Int].self, from: badKey) == ["a": 2])
+        // Every truncation throws.
+        let bytes = try encoder.encode(nested)
+        for length in 0..<bytes.count {
+            let error = transportError { _ = try decoder.decode([String: [String: Double]].self, from: Array(bytes[..<length])) }
+            #expect(error != nil, "cut to \(length) of \(bytes.count) bytes")
+        }
+        // A value that is not a keyed container is refused as before.
+        #expect(transportError { _ = try decoder.decode([String: Int].self, from: encoder.encode([1, 2])) } != nil)
+        // Hostile input nesting dictionaries deeper than the limit is refused without exhausting the stack.
+        var hostile = keyed([("children", keyed([]))])
+        for _ in 0..<(BinaryFormat.maxDepth + 10) {
+            hostile = keyed([("children", keyed([("c", hostile)]))])
+        }
+        #expect(transportError { _ = try decoder.decode(Tree.self, from: hostile) }?.message.contains("nest") == true)
+    }
+
     @Test func deepNesting() throws {
         let chain = Chain(depth: 200)
         #expect(try roundTrip(chain) == chain)

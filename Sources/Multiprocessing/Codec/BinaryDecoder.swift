@@ -473,6 +473,7 @@ final class BinaryDecodingContext: BinaryReusableState {
         case .uint64: return try scalar(UInt64.self, as: T.self, at: offset, limit: limit, end: &end, packed: packed)
         case _ where packed != nil: break
         case .strings: if let value = try readStrings(at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
+        case .stringKeyedDictionary: if let value = try readDictionary(T.self, at: offset, limit: limit, end: &end) { return value as! T }
         case .intArray: if let value = try readPacked(Int.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
         case .int8Array: if let value = try readPacked(Int8.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
         case .int16Array: if let value = try readPacked(Int16.self, kind: kind.packed, at: offset, limit: limit, end: &end) { return binaryCast(value, to: T.self) }
@@ -521,6 +522,49 @@ final class BinaryDecodingContext: BinaryReusableState {
         return strings
     }
 
+    /// A value of kind ``BinaryKind/stringKeyedDictionary`` read by ``readStringKeyed(_:at:limit:end:)``,
+    /// or nil. As `Any`: a `T?` here would make ``decodeValue(_:at:limit:end:packed:)``, which every value
+    /// goes through, look up `Optional<T>`'s metadata on every call.
+    @inline(never)
+    private func readDictionary<T>(_: T.Type, at offset: Int, limit: Int, end: inout Int) throws -> Any? {
+        try (T.self as! any BinaryStringKeyedDictionary.Type).read(from: self, at: offset, limit: limit, end: &end)
+    }
+
+    /// The entries of the keyed container at `offset` as a dictionary keyed by their strings, without
+    /// going through `Dictionary.init(from:)` (which lists the keys, looks each one up again, and grows
+    /// its table as it goes); nil when the value is something else, for the general path to handle.
+    /// Entries whose keys are not valid UTF-8 are skipped, as `allKeys` skips them.
+    func readStringKeyed<Value: Decodable>(_: Value.Type, at offset: Int, limit: Int, end: inout Int) throws -> [String: Value]? {
+        guard let tag = reader.byte(at: offset), tag == BinaryFormat.keyedTag || tag == BinaryFormat.keyed64Tag,
+              let bounds = reader.containerBounds(at: offset, limit: limit) else { return nil }
+        // The entries are counted first, so that the table is sized once.
+        var count = 0
+        var position = bounds.contentStart
+        while position < bounds.end {
+            guard let (_, value) = reader.entryKey(at: position, limit: bounds.end),
+                  let next = reader.valueEnd(at: value, limit: bounds.end) else {
+                throw error("malformed keyed container entry", at: position)
+            }
+            count += 1
+            position = next
+        }
+        try reserve(count, of: MemoryLayout<String>.stride &+ MemoryLayout<Value>.stride, at: offset)
+        var result = [String: Value](minimumCapacity: count)
+        try enterNested(at: offset)
+        defer { depth -= 1 }
+        position = bounds.contentStart
+        while position < bounds.end {
+            let (name, value) = reader.entryKey(at: position, limit: bounds.end)!
+            try charge(name.count, at: position)
+            var next = value
+            let element = try decodeValue(Value.self, at: value, limit: bounds.end, end: &next)
+            if let key = BinaryReader.string(name) { result[key] = element }
+            position = next
+        }
+        end = bounds.end
+        return result
+    }
+
     /// Runs `T.init(from:)` on the value at `offset`, counting the nesting so hostile input cannot
     /// exhaust the stack.
     private func decodeNested<T: Decodable>(_: T.Type, at offset: Int, stamp: Int) throws -> T {
@@ -535,6 +579,23 @@ final class BinaryDecodingContext: BinaryReusableState {
                     + "decode them on a thread with a larger stack", at: offset)
         }
         return try T(from: BinaryValueDecoder(context: .passUnretained(self), position: offset, stamp: stamp))
+    }
+
+    /// Counts one more level of nesting for the value at `offset` (the caller counts it back down), or
+    /// throws when there are too many or the thread's stack is nearly used up.
+    @inline(__always)
+    private func enterNested(at offset: Int) throws {
+        depth += 1
+        guard depth <= BinaryFormat.maxDepth else {
+            depth -= 1
+            throw error("values nest more than \(BinaryFormat.maxDepth) levels deep", at: offset)
+        }
+        if stack.exhausted(atDepth: depth) {
+            defer { depth -= 1 }
+            throw error(
+                "values nest \(depth) levels deep, more than this thread's stack has room for (\(stack.left) left); "
+                    + "decode them on a thread with a larger stack", at: offset)
+        }
     }
 
     /// A decoder's `stamp`: this call's generation and the packed element kind (0 for a tagged value).
@@ -1258,5 +1319,18 @@ struct BinarySingleValueDecodingContainer: SingleValueDecodingContainer {
 
     func decode<T: Decodable>(_ type: T.Type) throws -> T {
         try read("\(T.self)") { try $0.decodeValue(T.self, at: position, limit: $0.reader.count, end: &$2, packed: $1) }
+    }
+}
+
+/// Dictionaries keyed by strings, which ``BinaryDecodingContext/readStringKeyed(_:at:limit:end:)`` reads
+/// directly (``BinaryKind/stringKeyedDictionary``).
+protocol BinaryStringKeyedDictionary {
+    /// The dictionary at `offset`, or nil when the value there is not a keyed container.
+    static func read(from context: BinaryDecodingContext, at offset: Int, limit: Int, end: inout Int) throws -> Self?
+}
+
+extension Dictionary: BinaryStringKeyedDictionary where Key == String, Value: Decodable {
+    static func read(from context: BinaryDecodingContext, at offset: Int, limit: Int, end: inout Int) throws -> Self? {
+        try context.readStringKeyed(Value.self, at: offset, limit: limit, end: &end)
     }
 }

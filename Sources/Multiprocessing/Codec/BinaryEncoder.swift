@@ -461,7 +461,7 @@ final class BinaryEncodingState: BinaryReusableState {
     @inline(__always)
     func encodeScalar<T: Encodable>(_ value: T) -> Bool {
         switch kinds.kind(of: T.self) {
-        case .general: return false
+        case .general, .stringKeyedDictionary: return false
         case .string: writeString(binaryCast(value, to: String.self))
         case .bool: writeBool(binaryCast(value, to: Bool.self))
         case .double: writeDouble(binaryCast(value, to: Double.self))

@@ -99,10 +99,11 @@ enum BinaryPackedKind: UInt8 {
 }
 
 /// How values of a type are coded. The types listed have fast paths (arrays of fixed-width numbers
-/// travel as packed arrays, on little-endian machines); any other type is `general`, coded through its
-/// own `Codable` conformance. Looked up through a ``BinaryKindCache``.
+/// travel as packed arrays, on little-endian machines; dictionaries keyed by strings are decoded
+/// straight from their keyed container); any other type is `general`, coded through its own `Codable`
+/// conformance. Looked up through a ``BinaryKindCache``.
 enum BinaryKind: UInt8 {
-    case general, string, bool, double, float, strings
+    case general, string, bool, double, float, strings, stringKeyedDictionary
     case int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64
     case intArray, int8Array, int16Array, int32Array, int64Array
     case uintArray, uint8Array, uint16Array, uint32Array, uint64Array, floatArray, doubleArray
@@ -133,8 +134,13 @@ enum BinaryKind: UInt8 {
     @inline(never)
     private static func arrayType<Element>(_: Element.Type) -> Any.Type { [Element].self }
 
-    init(_ type: ObjectIdentifier) {
-        self = BinaryKind.table.first { $0.0 == type }?.1 ?? .general
+    init(_ type: Any.Type) {
+        let id = ObjectIdentifier(type)
+        if let listed = BinaryKind.table.first(where: { $0.0 == id })?.1 {
+            self = listed
+        } else {
+            self = type is any BinaryStringKeyedDictionary.Type ? .stringKeyedDictionary : .general
+        }
     }
 
     /// The element kind on the wire of a packed array type.
@@ -165,7 +171,7 @@ struct BinaryKindCache {
         let index = Int(truncatingIfNeeded: UInt(bitPattern: id) >> 4) & 31
         if types[index] == id { return kinds[index] }
         types[index] = id
-        kinds[index] = BinaryKind(id)
+        kinds[index] = BinaryKind(type)
         return kinds[index]
     }
 }
