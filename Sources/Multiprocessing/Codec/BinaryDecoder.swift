@@ -558,7 +558,7 @@ final class BinaryDecodingContext: BinaryReusableState {
             try charge(name.count, at: position)
             var next = value
             let element = try decodeValue(Value.self, at: value, limit: bounds.end, end: &next)
-            if let key = BinaryReader.string(name) { result[key] = element }
+            if let key = BinaryReader.string(name) { result.updateValue(element, forKey: key) }
             position = next
         }
         end = bounds.end
