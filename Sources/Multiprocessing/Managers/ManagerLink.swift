@@ -150,7 +150,7 @@ final class ManagerLink: @unchecked Sendable {
                 }
                 if let failure { return continuation.resume(throwing: failure) }
                 if Task.isCancelled { return finish(id, throwing: CancellationError()) }
-                // A small request with room for it goes out on the calling thread; any other is written by
+                // A request with room for it now goes out on the calling thread; any other is written by
                 // the writer's own thread: the calling task waits without holding one (see ManagerWriter).
                 writer.send(ManagerSender.message(request.write)) { [self] outcome, atOnce in sent(outcome, id, readingReply: atOnce) }
             }

@@ -8,8 +8,8 @@ import Synchronization
 /// wait for room.
 ///
 /// A message goes out on the caller's thread when nothing is queued or being written and there is room
-/// for all of it now (it is at most ``quickBytes``). Any other message joins a queue, which a thread of
-/// its own writes in order, waiting for room as long as the other side takes to make it. So a task
+/// for all of it now. Any other message (one larger than a channel's ring never has room) joins a queue,
+/// which a thread of its own writes in order, waiting for room as long as the other side takes to make it. So a task
 /// thread is never held by a peer that stops reading: a SIGSTOPped client cannot hold the threads a
 /// manager runs its other clients' calls on, nor a stalled manager a caller's. (A child's tasks all run
 /// on its main thread, and a manager process's on one or two: before, a large reply to a client that
@@ -29,18 +29,13 @@ final class ManagerWriter: @unchecked Sendable {
         var draining = false
     }
 
-    /// The largest message written on the caller's thread: a quarter of a channel's ring, and less than a
-    /// socket's usual buffer.
-    static let quickBytes = ManagerChannel.ringSize / 4
-
     init(_ sender: ManagerSender) { self.sender = sender }
 
     /// Sends `message` (whole frames, from ``ManagerSender/message(_:)``) and hands the outcome to `then`,
     /// with whether the message went out on this thread. `then` runs without any lock held.
     func send(_ message: [UInt8], then: @escaping @Sendable (_ outcome: Result<Void, any Error>, _ atOnce: Bool) -> Void) {
         let outcome = state.withLock { state -> Result<Void, any Error>? in
-            guard state.queue.isEmpty, !state.draining, message.count <= Self.quickBytes, sender.hasRoom(for: message.count)
-            else { return nil }
+            guard state.queue.isEmpty, !state.draining, sender.hasRoom(for: message.count) else { return nil }
             return Result { try sender.put(message) }
         }
         if let outcome { return then(outcome, true) }
