@@ -401,12 +401,13 @@ struct ProcessTests {
     @Test("a child sees its parent die")
     func parentDeath() throws {
         let (reader, writer) = try makePipe(duplex: false)
-        let parent = ChildProcess(StartChildOutliving(report: writer))
+        let (childReader, childWriter) = try makePipe(duplex: false)
+        let parent = ChildProcess(StartChildOutliving(report: writer, childReport: childWriter))
         try parent.start()
         #expect(try reader.recv(Int32.self, timeout: .seconds(30)) > 0)
-        #expect(try reader.recv(Bool.self, timeout: .seconds(30)), "parent alive at first")
+        #expect(try childReader.recv(Bool.self, timeout: .seconds(30)), "parent alive at first")
         try parent.terminate()
-        #expect(try reader.recv(Bool.self, timeout: .seconds(30)), "parent's death observed")
+        #expect(try childReader.recv(Bool.self, timeout: .seconds(30)), "parent's death observed")
         #expect(try parent.join(timeout: .seconds(10)))
     }
 
@@ -473,11 +474,13 @@ struct ProcessTests {
     }
 }
 
-/// Starts a non-daemon child that watches this process, reports its pid, then blocks.
+/// Starts a non-daemon child that watches this process (and reports on `childReport`), reports its pid
+/// on `report`, then blocks. Two connections: the two processes' messages need not arrive in order.
 struct StartChildOutliving: ProcessTask {
     let report: Connection
+    let childReport: Connection
     func run() throws {
-        let child = ChildProcess(OutliveParent(report: report))
+        let child = ChildProcess(OutliveParent(report: childReport))
         try child.start()
         try report.send(child.pid ?? -1)
         while true { pause() }
