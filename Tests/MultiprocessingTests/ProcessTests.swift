@@ -120,6 +120,15 @@ struct OutliveParent: ProcessTask {
     }
 }
 
+/// Reports the size and byte sum of the payload it carries.
+struct ReportPayload: ProcessTask {
+    let payload: [UInt8]
+    let report: Connection
+    func run() throws {
+        try report.send([payload.count, payload.reduce(0) { $0 &+ Int($1) }])
+    }
+}
+
 /// Starts a daemon that blocks and a non-daemon that naps then reports, and returns at once:
 /// the exit rules must terminate the first and wait for the second.
 struct ExitWithChildren: ProcessTask {
@@ -236,6 +245,17 @@ struct ProcessTests {
             #expect(try child.join(timeout: .seconds(30)))
             #expect(child.exitCode == -SIGTERM)
         }
+    }
+
+    @Test("a task carrying 4 MiB reaches its child whole: the part of the bootstrap its socket could not take before the start follows it", arguments: StartMethod.allCases)
+    func largeTask(method: StartMethod) throws {
+        let payload = (0..<(4 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 12) }
+        let (reader, writer) = try makePipe(duplex: false)
+        let child = ChildProcess(ReportPayload(payload: payload, report: writer), context: ProcessContext(method))
+        try child.start()
+        #expect(try reader.recv([Int].self, timeout: .seconds(60)) == [payload.count, payload.reduce(0) { $0 &+ Int($1) }])
+        #expect(try child.join(timeout: .seconds(30)))
+        #expect(child.exitCode == 0)
     }
 
     @Test("children killed right after start all end with -SIGKILL", arguments: StartMethod.allCases)
