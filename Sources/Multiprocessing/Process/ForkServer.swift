@@ -45,8 +45,8 @@ enum ForkServerLauncher {
     /// How many servers one start tries before it gives up.
     static let attempts = 3
 
-    /// How many spares the server keeps waiting. Two: a start then never waits for the fork of the spare
-    /// it takes, even when the fork after the previous start has not finished.
+    /// How many spares the server keeps waiting. Two, so that a start seldom waits for a fork: one spare
+    /// is still there while the server forks the one after the previous start.
     static let sparesAhead = 2
 
     /// In a forked child: the parent's server is the parent's; this process starts its own when needed.
