@@ -443,9 +443,9 @@ private final class ForkServerLoop {
         while true {
             let got = withUnsafeMutableBytes(of: &length) { recv(control, $0.baseAddress, 4, Int32(MSG_DONTWAIT)) }
             if got < 0 && errno == EINTR { continue }
-            if got < 0 { return }
-            // The parent is gone: leave running children alone (daemons end themselves) and exit. Waiting
-            // spares read end of file on their bootstrap sockets and end too.
+            if got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return }
+            // The parent is gone (or its socket broke): leave running children alone (daemons end
+            // themselves) and exit. Waiting spares see the server's end and end too.
             guard got == 4, length >= 0, Int(length) <= message.count else { _exit(0) }
             if length == 0 {
                 forkFailed = false
@@ -472,7 +472,9 @@ private final class ForkServerLoop {
         // The loop's own storage: a new array here would instantiate its type's metadata in every spare.
         entries[0] = pollfd(fd: bootstrap, events: Int16(POLLIN), revents: 0)
         entries[1] = pollfd(fd: toServer, events: 0, revents: 0)
-        while poll(entries, 2, -1) < 0 {}
+        while poll(entries, 2, -1) < 0 {
+            if errno != EINTR { _exit(1) }
+        }
         if entries[0].revents == 0 { shutdown(bootstrap, Int32(SHUT_RD)) }
         var first: UInt8 = 0
         guard recv(bootstrap, &first, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) == 1 else { _exit(0) }
