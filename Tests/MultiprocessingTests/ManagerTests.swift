@@ -330,7 +330,7 @@ extension ManagerTests {
         try await manager.shutdown()
     }
 
-    @Test("SIGKILL of the manager while 4 processes are mid-call: every call fails with managerUnavailable within 2 s")
+    @Test("SIGKILL of the manager while 4 processes are mid-call: every call fails with managerUnavailable within 5 s")
     func managerKilledMidCall() async throws {
         let manager = try SharedObjectManager()
         defer { try? manager.process?.kill() }
@@ -354,7 +354,9 @@ extension ManagerTests {
             #expect(try await report.recv(String.self, timeout: .seconds(5)) == "managerUnavailable")
         }
         let elapsed = ContinuousClock.now - killed
-        #expect(elapsed < .seconds(2), "the calls took \(elapsed) to fail")
+        // Milliseconds on a quiet machine; the bound leaves room for a whole suite loading two CPUs (one such
+        // run took 3.x s), and still tells a failure from a hang.
+        #expect(elapsed < .seconds(5), "the calls took \(elapsed) to fail")
         for child in children {
             #expect(try await child.join(timeout: .seconds(10)))
             #expect(child.exitCode == 0)
