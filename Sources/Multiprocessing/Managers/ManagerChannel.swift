@@ -147,6 +147,9 @@ final class ManagerChannel: @unchecked Sendable {
             }
         }
 
+        /// The room a writer at `tail` has when the reader is at `head` (counters that passed ``check(tail:head:)``).
+        static func room(tail: UInt64, head: UInt64) -> Int { ManagerChannel.ringSize - Int(tail &- head) }
+
         /// Copies `count` bytes at stream position `position` into `target` (the ring wraps).
         func copy(from position: UInt64, count: Int, into target: UnsafeMutableRawPointer) {
             let offset = Int(position % UInt64(ManagerChannel.ringSize))
@@ -235,8 +238,10 @@ final class ManagerSender: @unchecked Sendable {
             return mp_socket_free_send_room(fd) >= 2 * count + 4096
         }
         knownHead = ring.head.pointee.load(ordering: .acquiring)
-        let used = ring.tail.pointee.load(ordering: .relaxed) &- knownHead
-        return used <= UInt64(ManagerChannel.ringSize) && ManagerChannel.ringSize - Int(used) >= count
+        let tail = ring.tail.pointee.load(ordering: .relaxed)
+        // Counters that make no sense leave the message to the writer's thread, whose put reports them.
+        guard (try? ManagerChannel.Ring.check(tail: tail, head: knownHead)) != nil else { return false }
+        return ManagerChannel.Ring.room(tail: tail, head: knownHead) >= count
     }
 
     /// Copies `bytes` into the ring, as much at a time as there is room for, publishing each part.
@@ -246,11 +251,11 @@ final class ManagerSender: @unchecked Sendable {
         var sent = 0
         while sent < bytes.count {
             let left = bytes.count - sent
-            var room = ManagerChannel.ringSize - Int(tail &- knownHead)
+            var room = ManagerChannel.Ring.room(tail: tail, head: knownHead)
             if room < left {
                 knownHead = ring.head.pointee.load(ordering: .acquiring)
                 try ManagerChannel.Ring.check(tail: tail, head: knownHead)
-                room = ManagerChannel.ringSize - Int(tail &- knownHead)
+                room = ManagerChannel.Ring.room(tail: tail, head: knownHead)
             }
             if room == 0 {
                 try waitForRoom(in: ring, tail: tail)

@@ -83,8 +83,7 @@ enum ForkServerLauncher {
                     while true {
                         let spare = try nextSpare(of: &server)
                         do {
-                            // The request holds the bootstrap, whose descriptors the message borrows.
-                            let rest = try message.sendWithoutWaiting(on: spare.bootstrap)
+                            let rest = try request.startBootstrap(message, on: spare.bootstrap)
                             request.parentEnd = spare.bootstrap
                             return (spare, rest)
                         } catch let error as MultiprocessingError

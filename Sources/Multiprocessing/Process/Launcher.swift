@@ -60,10 +60,14 @@ extension LaunchRequest {
         try Connection.message(carrying: bootstrap)
     }
 
-    /// Writes the bootstrap into the parent's end before the child exists (or has read anything), as far
-    /// as the socket takes it without waiting: the child then reads it the moment it starts instead of
-    /// waiting for its parent to hear of it. Returns what is left, for ``finishBootstrap(_:for:)``.
-    func startBootstrap(_ message: UnsentMessage) throws -> UnsentMessage {
+    /// Writes the bootstrap (``bootstrapMessage()``) into `parentEnd` before the child exists (or has read
+    /// anything), as far as the socket takes it without waiting: the child then reads it the moment it
+    /// starts instead of waiting for its parent to hear of it. Returns what is left, for
+    /// ``finishBootstrap(_:for:)``.
+    /// - Throws: ``MultiprocessingError/Code/system`` (errno EPIPE or ECONNRESET when the child's end is
+    ///   closed).
+    func startBootstrap(_ message: UnsentMessage, on parentEnd: Int32) throws -> UnsentMessage {
+        // The message borrows the bootstrap's descriptors.
         try withExtendedLifetime(bootstrap) { try message.sendWithoutWaiting(on: parentEnd) }
     }
 

@@ -12,7 +12,7 @@ enum SpawnLauncher: Launcher {
         let (task, _) = try request.taskForFreshProgram(.spawn)
         request.bootstrap.work = task
         try request.makeBootstrapPair()
-        let rest = try request.startBootstrap(request.bootstrapMessage())
+        let rest = try request.startBootstrap(request.bootstrapMessage(), on: request.parentEnd)
         let handle = try PidfdHandle(pid: spawnSelf(keeping: request.childEnd, variable: MP_CHILD_ENV))
         try request.finishBootstrap(rest, for: handle)
         return handle
