@@ -12,17 +12,9 @@ import Testing
 struct ForkServerAttackTests {
     @Test("a fork server killed again and again during 1,000 starts: each start fails cleanly or runs its task once, in the process its handle names")
     func killedDuringStarts() throws {
-        let (reader, writer) = try makePipe(duplex: false)
-        let probe = ChildProcess(ForkServerKillProbe(report: writer, starts: 1000))
-        try probe.start()
-        // Only the probe holds the writing end now: if it crashes, the receive ends at once.
-        writer.close()
         // The probe's starts stop at its time budget (60 s); under a whole suite on a cold machine a start
         // and its join can take tens of seconds more (each server it replaces is spawned anew).
-        let received = Result { try reader.recv(KillProbeResult.self, timeout: .seconds(300)) }
-        #expect(try probe.join(timeout: .seconds(30)))
-        #expect(probe.exitCode == 0, "the probe ended with \(String(describing: probe.exitCode)): \(String(describing: probe.failure))")
-        let result = try received.get()
+        let result = try runProbe(KillProbeResult.self, within: .seconds(300)) { ForkServerKillProbe(report: $0, starts: 1000) }
         #expect(result.kills > 0, "the server was never killed: \(result)")
         #expect(result.started > 0, "no start succeeded: \(result)")
         #expect(result.started + result.failed >= 100, "too few starts within the time budget: \(result)")
@@ -36,13 +28,7 @@ struct ForkServerAttackTests {
 
     @Test("spares killed before they are used: each start takes the next live spare, and its task runs in the process its handle names")
     func killedSpares() throws {
-        let (reader, writer) = try makePipe(duplex: false)
-        let probe = ChildProcess(SpareKillProbe(report: writer))
-        try probe.start()
-        writer.close()
-        let result = try reader.recv(SpareKillResult.self, timeout: .seconds(120))
-        #expect(try probe.join(timeout: .seconds(30)))
-        #expect(probe.exitCode == 0)
+        let result = try runProbe(SpareKillResult.self, within: .seconds(120)) { SpareKillProbe(report: $0) }
         #expect(result.killed >= 2 * ForkServerLauncher.sparesAhead, "\(result)")
         #expect(result.exitCodes == [0, 0, 0, 0, 0, 0], "\(result)")
         #expect(result.ranIn == result.pids, "\(result)")
@@ -51,13 +37,7 @@ struct ForkServerAttackTests {
 
     @Test("a fork server that cannot fork (a pids cgroup at its limit) fails the start with the fork's errno once its spares are used, and serves again when it can")
     func serverCannotFork() throws {
-        let (reader, writer) = try makePipe(duplex: false)
-        let probe = ChildProcess(ForkFailureProbe(report: writer))
-        try probe.start()
-        writer.close()
-        let result = try reader.recv(ForkFailureResult.self, timeout: .seconds(120))
-        #expect(try probe.join(timeout: .seconds(30)))
-        #expect(probe.exitCode == 0)
+        let result = try runProbe(ForkFailureResult.self, within: .seconds(120)) { ForkFailureProbe(report: $0) }
         guard result.limited else {
             print("skipped: no writable pids cgroup to limit the fork server with (\(result.skipReason))")
             return
@@ -82,13 +62,7 @@ struct ForkServerAttackTests {
 
     @Test("a SIGSTOPped fork server is replaced: the spares it left waiting serve starts, and the start after them succeeds within the reply bound")
     func stoppedServer() throws {
-        let (reader, writer) = try makePipe(duplex: false)
-        let probe = ChildProcess(ForkServerStopProbe(report: writer))
-        try probe.start()
-        writer.close()
-        let result = try reader.recv(StopProbeResult.self, timeout: .seconds(60))
-        #expect(try probe.join(timeout: .seconds(30)))
-        #expect(probe.exitCode == 0)
+        let result = try runProbe(StopProbeResult.self, within: .seconds(60)) { ForkServerStopProbe(report: $0) }
         #expect(result.exitCodes.count >= 2 && result.exitCodes.allSatisfy { $0 == 0 }, "\(result)")
         #expect(result.ranIn == result.pids)
         #expect(result.stoppedServerGone)
@@ -97,6 +71,23 @@ struct ForkServerAttackTests {
         // forever; the others took far less.
         #expect(result.milliseconds.max()! >= 400 && result.milliseconds.max()! < 20_000, "\(result)")
     }
+}
+
+/// Starts the probe `make` builds around a report connection (in a spawned child, which has a fork server
+/// of its own), and returns what it reports within `timeout`, once it has ended with code 0.
+private func runProbe<Report: Decodable, Probe: ProcessTask>(
+    _: Report.Type, within timeout: Duration, _ make: (Connection) -> Probe, sourceLocation: SourceLocation = #_sourceLocation
+) throws -> Report {
+    let (reader, writer) = try makePipe(duplex: false)
+    let probe = ChildProcess(make(writer))
+    try probe.start()
+    // Only the probe holds the writing end now: if it crashes, the receive ends at once.
+    writer.close()
+    let received = Result { try reader.recv(Report.self, timeout: timeout) }
+    #expect(try probe.join(timeout: .seconds(30)), sourceLocation: sourceLocation)
+    #expect(probe.exitCode == 0, "the probe ended with \(String(describing: probe.exitCode)): \(String(describing: probe.failure))",
+            sourceLocation: sourceLocation)
+    return try received.get()
 }
 
 /// Sends the pid of the process it runs in.

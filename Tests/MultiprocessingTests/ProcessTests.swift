@@ -234,16 +234,18 @@ struct ProcessTests {
         }
     }
 
-    @Test("children terminated right after start all end with -SIGTERM", arguments: StartMethod.allCases)
-    func terminateRightAfterStart(method: StartMethod) throws {
+    @Test("children terminated (SIGTERM) or killed (SIGKILL) right after start all end with that signal",
+          arguments: StartMethod.allCases, [SIGTERM, SIGKILL])
+    func stopRightAfterStart(method: StartMethod, signal: Int32) throws {
+        // A forkserver child may still be a spare that has not read its bootstrap: its server reports it.
         let children = (0..<30).map { _ in ChildProcess(EndWith(way: .blocking), context: ProcessContext(method)) }
         for child in children {
             try child.start()
-            try child.terminate()
+            if signal == SIGKILL { try child.kill() } else { try child.terminate() }
         }
         for child in children {
             #expect(try child.join(timeout: .seconds(30)))
-            #expect(child.exitCode == -SIGTERM)
+            #expect(child.exitCode == -signal)
         }
     }
 
@@ -256,20 +258,6 @@ struct ProcessTests {
         #expect(try reader.recv([Int].self, timeout: .seconds(60)) == [payload.count, payload.reduce(0) { $0 &+ Int($1) }])
         #expect(try child.join(timeout: .seconds(30)))
         #expect(child.exitCode == 0)
-    }
-
-    @Test("children killed right after start all end with -SIGKILL", arguments: StartMethod.allCases)
-    func killRightAfterStart(method: StartMethod) throws {
-        // A forkserver child may still be a spare that has not read its bootstrap: its server reports it.
-        let children = (0..<30).map { _ in ChildProcess(EndWith(way: .blocking), context: ProcessContext(method)) }
-        for child in children {
-            try child.start()
-            try child.kill()
-        }
-        for child in children {
-            #expect(try child.join(timeout: .seconds(30)))
-            #expect(child.exitCode == -SIGKILL)
-        }
     }
 
     @Test("a crashing task is reported as a signal, quickly", arguments: [StartMethod.spawn, .forkserver])
